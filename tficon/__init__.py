@@ -7,6 +7,17 @@ Heavy submodules are imported lazily so that ``import tficon`` stays fast.
 from __future__ import annotations
 
 import importlib
+import os
+
+# The UI sources live in the checkout's top-level widgets/ folder and are installed as
+# tficon/widgets. When tficon is imported from a source checkout (an editable install, or
+# the checkout on sys.path), there is no tficon/widgets folder: add the checkout root to this
+# package's search path so that ``tficon.widgets`` resolves exactly as in an installed copy.
+_package_dir = os.path.dirname(os.path.abspath(__file__))
+if not os.path.isdir(os.path.join(_package_dir, "widgets")) and os.path.isfile(
+    os.path.join(os.path.dirname(_package_dir), "widgets", "__init__.py")
+):
+    __path__.append(os.path.dirname(_package_dir))
 
 __version__ = "0.1.0"
 

@@ -1,0 +1,235 @@
+"""The composite self-attention processor against a slow, literal transcription of spec section 9."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from tficon.attention import (
+    BatchLayout,
+    CaptureRequest,
+    InjectionController,
+    composite_attention,
+    composite_logits,
+    self_attention_layers,
+)
+from tficon.placement import RegionIndex
+
+
+def _region(h, w, box, fg, fg_ref, ref_box=None):
+    """A RegionIndex from explicit index lists (linear i*w + j)."""
+    t = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+    return RegionIndex(h, w, t(box), t(fg), t(fg_ref), t(list(range(len(fg)))), t(ref_box if ref_box else fg_ref))
+
+
+def _naive_composite(q, k, layout, region, scale):
+    """Full N x N logits written in the official assignment order with plain Python loops."""
+    c, o, p, r = layout.cond, layout.orig, layout.pseudo, layout.ref
+    heads, n = q.shape[1], q.shape[2]
+    L = (q[c] @ k[c].transpose(-1, -2)) * scale
+    box = set(region.box.tolist())
+    F, R = region.fg.tolist(), region.fg_ref.tolist()
+    if layout.bg:
+        O = (q[o] @ k[o].transpose(-1, -2)) * scale
+        for i in range(n):
+            for j in range(n):
+                if i not in box and j not in box:
+                    L[:, i, j] = O[:, i, j]
+    if layout.fg and F:
+        C = torch.stack([(q[p] * k[p][:, R[b]][:, None, :]).sum(-1) * scale for b in range(len(F))], -1)  # (heads, N, |F|)
+        for b, fb in enumerate(F):
+            for i in range(n):
+                L[:, i, fb] = C[:, i, b]
+        for a, fa in enumerate(F):
+            for j in range(n):
+                L[:, fa, j] = C[:, j, a]
+        for a, fa in enumerate(F):
+            for b, fb in enumerate(F):
+                L[:, fa, fb] = (q[r][:, R[a]] * k[r][:, R[b]]).sum(-1) * scale
+    return L
+
+
+CASES = {
+    # 6x6 grid; box rows 1-3 x cols 3-5 (off-centre), object at 3 box cells; reference box elsewhere
+    "off-centre": dict(box=[9, 10, 11, 15, 16, 17, 21, 22, 23], fg=[10, 16, 17], fg_ref=[7, 13, 14]),
+    "empty-F": dict(box=[9, 10, 15, 16], fg=[], fg_ref=[], ref_box=[0, 1, 6, 7]),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("fg,bg", [(True, True), (True, False), (False, True)])
+def test_composite_logits_match_naive_transcription(case, fg, bg):
+    torch.manual_seed(0)
+    heads, n, d = 2, 36, 4
+    q, k = torch.randn(5, heads, n, d, dtype=torch.float64), torch.randn(5, heads, n, d, dtype=torch.float64)
+    layout = BatchLayout(orig=0, ref=1, pseudo=2, uncond=3, cond=4, fg=fg, bg=bg)
+    region = _region(6, 6, **CASES[case])
+    outside = torch.ones(n, dtype=torch.bool)
+    outside[region.box] = False
+    own = (q[4] @ k[4].transpose(-1, -2)) * 0.5
+    got = composite_logits(own, query=q, key=k, layout=layout, regions=region, outside=outside, scale=0.5)
+    want = _naive_composite(q, k, layout, region, 0.5)
+    torch.testing.assert_close(got, want.float() if got.dtype == torch.float32 else want)
+    if case == "empty-F" and not bg:
+        torch.testing.assert_close(got, own)  # nothing to inject at a layer with |F| = 0
+
+
+def test_composite_rows_follow_the_piecewise_table():
+    """Spot-check the table of section 9 for each (query, key) region pair."""
+    torch.manual_seed(1)
+    heads, n, d = 1, 36, 3
+    q, k = torch.randn(5, heads, n, d), torch.randn(5, heads, n, d)
+    region = _region(6, 6, **CASES["off-centre"])
+    layout = BatchLayout(orig=0, ref=1, pseudo=2, uncond=3, cond=4, fg=True, bg=True)
+    outside = torch.ones(n, dtype=torch.bool)
+    outside[region.box] = False
+    own = q[4] @ k[4].transpose(-1, -2)
+    L = composite_logits(own, query=q, key=k, layout=layout, regions=region, outside=outside, scale=1.0)[0]
+    dot = lambda a, i, b, j: float(q[a, 0, i] @ k[b, 0, j])  # noqa: E731
+    F, R = [10, 16, 17], [7, 13, 14]
+    # i in F, j in F: Rf(R[a], R[b])
+    assert L[16, 17] == pytest.approx(dot(1, 13, 1, 14), abs=1e-5)
+    # i in F, j outside F: C(j, a), the pseudo row's query j against object key R[a] (no translation)
+    assert L[10, 0] == pytest.approx(dot(2, 0, 2, 7), abs=1e-5)
+    assert L[10, 9] == pytest.approx(dot(2, 9, 2, 7), abs=1e-5)
+    # i in B\F, j in F: C(i, b); j in B\F or outside: G
+    assert L[9, 17] == pytest.approx(dot(2, 9, 2, 14), abs=1e-5)
+    assert L[9, 11] == pytest.approx(dot(4, 9, 4, 11), abs=1e-5)
+    assert L[9, 0] == pytest.approx(dot(4, 9, 4, 0), abs=1e-5)
+    # i outside B: j in F -> C(i, b); j in B\F -> G; j outside B -> O
+    assert L[0, 16] == pytest.approx(dot(2, 0, 2, 13), abs=1e-5)
+    assert L[0, 15] == pytest.approx(dot(4, 0, 4, 15), abs=1e-5)
+    assert L[0, 35] == pytest.approx(dot(0, 0, 0, 35), abs=1e-5)
+    assert F and R
+
+
+def _attention_module(dim=16, heads=2):
+    torch.manual_seed(3)
+    return Attention(query_dim=dim, heads=heads, dim_head=dim // heads).eval()
+
+
+def test_processor_without_layout_equals_stock_processor():
+    attn = _attention_module()
+    x = torch.randn(5, 36, 16)
+    controller = InjectionController(latent_size=(6, 6), region_fn=lambda h, w: _region(h, w, **CASES["off-centre"]))
+    from tficon.attention import CompositeSelfAttention
+
+    attn.set_processor(AttnProcessor2_0())
+    want = attn(x)
+    attn.set_processor(CompositeSelfAttention(controller, "layer"))
+    assert torch.equal(attn(x), want)
+    controller.layout = BatchLayout(orig=0, ref=1, uncond=3, cond=4)  # rows present, nothing injected
+    assert torch.equal(attn(x), want)
+
+
+def test_processor_injects_only_the_cond_and_pseudo_rows():
+    attn = _attention_module()
+    torch.manual_seed(4)
+    x = torch.randn(5, 36, 16)
+    region = _region(6, 6, **CASES["off-centre"])
+    controller = InjectionController(latent_size=(6, 6), region_fn=lambda h, w: region)
+    from tficon.attention import CompositeSelfAttention
+
+    attn.set_processor(AttnProcessor2_0())
+    plain = attn(x)
+    attn.set_processor(CompositeSelfAttention(controller, "layer"))
+    controller.layout = BatchLayout(orig=0, ref=1, pseudo=2, uncond=3, cond=4, fg=True, bg=True)
+    got = attn(x)
+    torch.testing.assert_close(got[[0, 1, 3]], plain[[0, 1, 3]])
+    # pseudo row: attention over its own object tokens only, computed by hand
+    q, k, v = (proj(x[2]).view(36, 2, 8).transpose(0, 1) for proj in (attn.to_q, attn.to_k, attn.to_v))
+    keep = region.fg_ref
+    probs = torch.softmax(q @ k[:, keep].transpose(-1, -2) * attn.scale, -1)
+    pseudo = attn.to_out[0]((probs @ v[:, keep]).transpose(0, 1).reshape(36, 16))
+    torch.testing.assert_close(got[2], pseudo)
+    # cond row: softmax of the naive composite times gen's own values
+    qs, ks, vs = (
+        torch.stack([proj(x[i]).view(36, 2, 8).transpose(0, 1) for i in range(5)]) for proj in (attn.to_q, attn.to_k, attn.to_v)
+    )
+    L = _naive_composite(qs, ks, controller.layout, region, attn.scale)
+    cond = attn.to_out[0]((torch.softmax(L, -1) @ vs[4]).transpose(0, 1).reshape(36, 16))
+    torch.testing.assert_close(got[4], cond)
+
+
+def test_pseudo_row_with_whole_image_object_equals_plain_attention():
+    attn = _attention_module()
+    x = torch.randn(3, 16, 16)
+    everything = list(range(16))
+    region = _region(4, 4, box=everything, fg=everything, fg_ref=everything)
+    controller = InjectionController(latent_size=(4, 4), region_fn=lambda h, w: region)
+    from tficon.attention import CompositeSelfAttention
+
+    attn.set_processor(AttnProcessor2_0())
+    plain = attn(x)
+    attn.set_processor(CompositeSelfAttention(controller, "layer"))
+    controller.layout = BatchLayout(pseudo=0, uncond=1, cond=2)
+    torch.testing.assert_close(attn(x), plain, atol=1e-6, rtol=1e-5)
+
+
+def _tiny_unet():
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    ).eval()
+
+
+def test_context_manager_installs_on_attn1_only_and_restores():
+    unet = _tiny_unet()
+    before = dict(unet.attn_processors)
+    controller = InjectionController(latent_size=(8, 8), region_fn=lambda h, w: None)
+    with composite_attention(unet, controller) as installed:
+        now = unet.attn_processors
+        assert set(installed) == set(self_attention_layers(unet)) and installed
+        for name, proc in now.items():
+            if name.endswith("attn1.processor"):
+                assert proc is installed[name[: -len(".processor")]]
+            else:
+                assert proc is before[name]
+    assert all(unet.attn_processors[n] is p for n, p in before.items())
+    with pytest.raises(KeyError):
+        with composite_attention(unet, controller):
+            raise KeyError("boom")
+    assert all(unet.attn_processors[n] is p for n, p in before.items())
+
+
+def test_unet_output_identical_with_processor_and_no_injection():
+    unet = _tiny_unet()
+    x, t, e = torch.randn(3, 4, 8, 8), torch.tensor([999.0, 500.5, 3.0]), torch.randn(3, 5, 16)
+    with torch.no_grad():
+        want = unet(x, t, encoder_hidden_states=e).sample
+        controller = InjectionController(latent_size=(8, 8), region_fn=lambda h, w: None)
+        with composite_attention(unet, controller):
+            assert torch.equal(unet(x, t, encoder_hidden_states=e).sample, want)
+            controller.layout = BatchLayout(orig=0, uncond=1, cond=2)
+            assert torch.equal(unet(x, t, encoder_hidden_states=e).sample, want)
+
+
+def test_capture_is_head_mean_pooled_and_bounded():
+    unet = _tiny_unet()
+    region = lambda h, w: _region(h, w, box=[0, 1], fg=[1], fg_ref=[0])  # noqa: E731
+    controller = InjectionController(latent_size=(8, 8), region_fn=region)
+    controller.layout = BatchLayout(orig=0, ref=1, pseudo=2, uncond=3, cond=4, fg=True, bg=True)
+    controller.capture = CaptureRequest(max_tokens=16)
+    x, e = torch.randn(5, 4, 8, 8), torch.randn(5, 5, 16)
+    with torch.no_grad(), composite_attention(unet, controller):
+        unet(x, torch.full((5,), 500.0), encoder_hidden_states=e)
+    maps = controller.captured
+    kinds = {kind for _, kind in maps}
+    assert kinds == {"composite", "generation", "background", "reference", "pseudo_cross"}
+    for (layer, kind), m in maps.items():
+        assert m.shape[0] == m.shape[1] <= 16
+        torch.testing.assert_close(m.sum(-1), torch.ones(m.shape[0]), atol=1e-5, rtol=0)  # rows stay distributions
+    # the pseudo-cross row attends only to object keys (here one key) -> at full resolution all mass there
+    layer_16 = [name for (name, kind) in maps if kind == "pseudo_cross" and maps[(name, kind)].shape[0] == 16]
+    assert layer_16

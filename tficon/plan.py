@@ -1,0 +1,125 @@
+"""What each composition step does: a pure plan derived from the injection schedule.
+
+The Session executes plans; keeping them pure makes three things easy: testing the batched design
+against tficon-algorithm.md 13.3/13.6 without a model, counting UNet work, and finding the first
+step whose result changes when a setting changes (the first step whose plan differs).
+
+Step s (0..S) leaves the generation branch at grid index s: steps s >= 1 first move every active
+trajectory from t_{s-1} to t_s, then (for s < S) one batched UNet call evaluates the roles of
+``attention.BatchLayout``, then the blends of that step are applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .schedule import InjectionSchedule
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Everything step ``s`` does, in execution order.
+
+    pre_evals:      grid indices j at which orig and ref are evaluated on their own and then moved to
+                    j + 1 before the main call (the official warm-up runs them ahead of gen, 8.4).
+    advance_*:      move that trajectory from t_{s-1} to t_s with ``order``.
+    evaluate:       make the batched UNet call (every step but the last).
+    map_index:      grid index of the orig/ref/pseudo rows whose logits gen's call at t_s reads.
+    pseudo_latent:  grid index of the reference latent fed to the pseudo-cross row (the official lag).
+    orig_row, ref_row, pseudo_row: which helper rows the call holds (gen's two rows are always there).
+    fg, bg:         foreground / background injection into gen's conditional row.
+    history_blend:  after the last warm-up evaluation, replace gen's stored D values outside the box
+                    by orig's (the official model-history blending).
+    blend:          after the evaluation, gen's latent outside the box <- orig's latent.
+    """
+
+    s: int
+    order: int
+    pre_evals: tuple[int, ...]
+    advance_gen: bool
+    advance_orig: bool
+    advance_ref: bool
+    evaluate: bool
+    map_index: int | None
+    pseudo_latent: int | None
+    orig_row: bool
+    ref_row: bool
+    pseudo_row: bool
+    fg: bool
+    bg: bool
+    history_blend: bool
+    blend: bool
+
+    @property
+    def batch_size(self) -> int:
+        """Samples in this step's main UNet call (0 when there is none)."""
+        if not self.evaluate:
+            return 0
+        return 2 + int(self.orig_row) + int(self.ref_row) + int(self.pseudo_row)
+
+    @property
+    def sample_evals(self) -> int:
+        """Samples through the UNet in this step, pre-evaluations included."""
+        return self.batch_size + 2 * len(self.pre_evals)
+
+    @property
+    def unet_calls(self) -> int:
+        return int(self.evaluate) + len(self.pre_evals)
+
+
+def solver_order(index: int, steps: int, order: int) -> int:
+    """Order of the update landing on grid index ``index`` (warm-up j < k uses order j; spec 5)."""
+    from .solver import step_order
+
+    return step_order(index, steps, order)
+
+
+def step_plan(schedule: InjectionSchedule, s: int, *, cross_lag: bool = True) -> StepPlan:
+    """The plan of step ``s`` (0..steps) for an injection schedule.
+
+    ``cross_lag`` (official True): in the main loop the pseudo-cross row reads the reference latent of
+    the previous grid point, t_{s-1}, with the timestep of t_s.
+    """
+    steps, k = schedule.steps, schedule.order
+    if not 0 <= s <= steps:
+        raise ValueError(f"step must be in 0..{steps}, got {s}")
+    # Officially orig and ref finish their whole warm-up (evaluations t_0..t_{k-1}) before gen starts,
+    # and every gen warm-up evaluation reads their maps at t_{k-1}.
+    ahead = not schedule.align_warmup and k > 1
+    evaluate = s < steps
+    fg = evaluate and schedule.fg_inject(s)
+    bg = evaluate and schedule.bg_inject(s)
+    orig_row = evaluate and (bg or schedule.orig_needed(s))
+    blend = s >= k and schedule.blend_after(s)
+    if s == 0 or (ahead and s < k):
+        advance_orig = advance_ref = False
+    else:
+        advance_orig = orig_row or blend
+        advance_ref = fg
+    map_index = schedule.maps_index(s) if evaluate else None
+    pseudo_latent = None
+    if fg:
+        pseudo_latent = map_index - 1 if (cross_lag and map_index >= k) else map_index
+    return StepPlan(
+        s=s,
+        order=solver_order(s, steps, k) if s > 0 else 0,
+        pre_evals=tuple(range(k - 1)) if (s == 0 and ahead) else (),
+        advance_gen=s > 0,
+        advance_orig=advance_orig,
+        advance_ref=advance_ref,
+        evaluate=evaluate,
+        map_index=map_index,
+        pseudo_latent=pseudo_latent,
+        orig_row=orig_row,
+        ref_row=fg,
+        pseudo_row=fg,
+        fg=fg,
+        bg=bg,
+        history_blend=s == k - 1,
+        blend=blend,
+    )
+
+
+def composition_plan(schedule: InjectionSchedule, *, cross_lag: bool = True) -> tuple[StepPlan, ...]:
+    """Plans of all steps 0..steps."""
+    return tuple(step_plan(schedule, s, cross_lag=cross_lag) for s in range(schedule.steps + 1))

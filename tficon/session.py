@@ -1,0 +1,642 @@
+"""The stepwise, resumable TF-ICON Session.
+
+A Session owns one composition: its inputs, its configuration, both inversions, the start latent
+and one immutable record per completed denoising step. Every phase can be run, inspected, rewound
+and re-run; ``update`` changes settings and keeps everything that does not depend on them.
+
+Phases, in order (each runs the ones before it when needed):
+
+1. ``prepare``        images and box -> placement, background / reference / cut-and-paste tensors;
+2. ``encode``         VAE posterior samples of the background (the cut-and-paste in "same" mode) and of
+                      the reference, the first two draws of the seeded generator;
+3. ``invert()``       exceptional-prompt DPM-Solver++ inversion of both latents (cached);
+4. ``compose_start()`` the start latent (noise incorporation, spec 7), the next generator draws;
+5. ``step()``         steps 0..S: step s leaves gen at grid index s (see ``tficon.plan``), each one
+                      batched UNet call over the active roles with the composite self-attention;
+6. ``decode()`` / ``result``.
+
+Records are immutable (tensors are never modified in place), so ``rewind`` is a truncation and a
+step that raises leaves the Session exactly as it was.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import io, placement as placement_mod, solver
+from .attention import BatchLayout, CaptureRequest, InjectionController, composite_attention, self_attention_layers
+from .config import CompositionConfig
+from .inversion import invert_latent, noise_schedule
+from .plan import StepPlan, step_plan
+from .schedule import InjectionSchedule, injection_schedule
+
+BRANCHES = ("gen", "orig", "ref")
+
+# Settings whose change keeps the prepared inputs, both latents and both inversions.
+_SAMPLING_FIELDS = {"tau_a", "tau_b", "tau_bg", "align_warmup", "no_cross_lag", "guidance"}
+
+
+@dataclass(frozen=True)
+class Track:
+    """One solver trajectory: the latent at grid index ``index`` and its D history."""
+
+    index: int
+    state: solver.SolverState
+    evaluated: bool = False  # whether D at ``index`` is already in the history
+
+    def advance(self, index: int, order: int, schedule, grid) -> "Track":
+        if index != self.index + 1 or not self.evaluated:
+            raise RuntimeError(f"cannot move a trajectory from grid index {self.index} to {index}")
+        return Track(index, self.state.advance(grid[index], order, schedule))
+
+    def with_evaluation(self, d: torch.Tensor) -> "Track":
+        return Track(self.index, self.state.with_evaluation(d), True)
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.state.x
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """The state after step ``s``: every trajectory, the reference latents so far, and costs."""
+
+    s: int
+    plan: StepPlan
+    gen: Track
+    orig: Track
+    ref: Track
+    ref_latents: tuple[torch.Tensor, ...]  # x_ref at grid indices 0, 1, ...
+    seconds: float
+    unet_calls: int
+    sample_evals: int
+    attention: dict = field(default_factory=dict)  # captured maps (layer, kind) -> (Nq, Nk), if requested
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Prepared inputs, all at the working size."""
+
+    placement: placement_mod.Placement
+    background: torch.Tensor  # (3, H, W) in [-1, 1], resized background
+    reference: torch.Tensor  # (3, H, W) in [-1, 1], foreground centred on black
+    object_mask: np.ndarray  # (H, W) float64 0/1, the padded object mask (Mpad)
+    cut_and_paste: torch.Tensor  # (3, H, W) pixel composite (spec 2.5)
+
+
+class Session:
+    """One TF-ICON composition, run step by step.
+
+    ``model`` is a ``tficon.LoadedModel`` or a spec for ``tficon.load_model`` (e.g. "toy"). Images are
+    paths, PIL images or uint8 arrays; ``mask_or_box`` is the user mask (its first contour's bbox is
+    the target box, as officially) or a box (x, y, w, h) in working-image pixels. Keyword arguments
+    not consumed here are configuration fields (see ``CompositionConfig``).
+    """
+
+    def __init__(
+        self,
+        model,
+        background,
+        foreground,
+        foreground_mask,
+        mask_or_box,
+        prompt: str,
+        config: CompositionConfig | None = None,
+        *,
+        image_size: int | tuple[int, int] | None = None,
+        progress: bool = False,
+        **config_changes,
+    ):
+        if isinstance(model, str) or hasattr(model, "__fspath__"):
+            from .models import load_model
+
+            model = load_model(model)
+        self.model = model
+        self.progress = progress
+        self._config = (config or CompositionConfig()).replace(**config_changes)
+        self._check_steps(self._config)
+        self._images = {
+            "background": io.load_image(background, name="background"),
+            "foreground": io.load_image(foreground, name="foreground"),
+        }
+        self._object_mask = io.load_mask(foreground_mask, name="foreground_mask")
+        self._mask_or_box = self._load_box(mask_or_box)
+        self._prompt = self._check_prompt(prompt)
+        size = image_size if image_size is not None else model.image_size
+        self.image_size = (size, size) if isinstance(size, int) else tuple(size)
+        io.check_image_size(self.image_size, self._size_multiple(), name="image_size")
+        self.schedule = noise_schedule(model)
+        self.stats = {"unet_calls": 0, "sample_evals": 0}
+        self.timings: dict[str, float] = {}
+        self._capture_steps: dict[int, CaptureRequest] = {}
+        self._reset(inputs=True)
+
+    # ------------------------------------------------------------------ configuration
+    @property
+    def config(self) -> CompositionConfig:
+        return self._config
+
+    @property
+    def prompt(self) -> str:
+        return self._prompt
+
+    @property
+    def steps(self) -> int:
+        return self._config.steps
+
+    @property
+    def injection(self) -> InjectionSchedule:
+        c = self._config
+        return injection_schedule(c.steps, c.order, c.tau_a, c.tau_b, c.tau_bg, align_warmup=c.align_warmup)
+
+    @property
+    def plans(self) -> tuple[StepPlan, ...]:
+        """The plan of every step 0..S under the current settings."""
+        return self._plans_for(self._config)
+
+    def _plans_for(self, config: CompositionConfig) -> tuple[StepPlan, ...]:
+        sched = injection_schedule(
+            config.steps, config.order, config.tau_a, config.tau_b, config.tau_bg, align_warmup=config.align_warmup
+        )
+        return tuple(step_plan(sched, s, cross_lag=not config.no_cross_lag) for s in range(config.steps + 1))
+
+    def _size_multiple(self) -> int:
+        levels = len(self.model.unet.config.block_out_channels)
+        return self.model.vae_scale_factor * 2 ** (levels - 1)
+
+    @staticmethod
+    def _check_steps(config: CompositionConfig) -> None:
+        if config.steps < config.order:
+            raise ValueError(f"steps ({config.steps}) must be >= order ({config.order})")
+
+    def _check_prompt(self, prompt) -> str:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        self.model.encode_prompt(prompt)  # raises a clear error when it is longer than the encoder window
+        return prompt
+
+    @staticmethod
+    def _load_box(mask_or_box):
+        if isinstance(mask_or_box, (tuple, list)) and len(mask_or_box) == 4:
+            if not all(isinstance(v, (int, np.integer)) for v in mask_or_box):
+                raise ValueError(f"a box must be 4 integers (x, y, w, h) in pixels, got {mask_or_box!r}")
+            return tuple(int(v) for v in mask_or_box)
+        return io.load_mask(mask_or_box, name="mask")
+
+    def update(self, **changes) -> int | None:
+        """Apply new settings; returns the first step whose result changes (None: nothing changes).
+
+        Accepts configuration fields, ``prompt``, and ``mask_or_box``. Steps from the returned index on
+        are dropped and recomputed by the next ``run``; a prompt or guidance change keeps both
+        inversions and the start latent, a tau change keeps every step before its first effect, a box
+        move in cross mode keeps both inversions (the reference canvas is centred, so only a size
+        change re-inverts it; inversions are cached by content).
+        """
+        new_prompt = self._check_prompt(changes.pop("prompt")) if "prompt" in changes else self._prompt
+        new_box = self._load_box(changes.pop("mask_or_box")) if "mask_or_box" in changes else self._mask_or_box
+        new_config = self._config.replace(**changes)
+        self._check_steps(new_config)
+        prompt_changed = new_prompt != self._prompt
+        box_changed = not _same_box(new_box, self._mask_or_box)
+        changed_fields = {
+            name for name in new_config.__dataclass_fields__ if getattr(new_config, name) != getattr(self._config, name)
+        }
+        old_plans = self.plans
+        self._config, self._prompt, self._mask_or_box = new_config, new_prompt, new_box
+
+        if box_changed or changed_fields & {"mode", "largest_contour", "clip_box"}:
+            self._reset(inputs=True)
+            return 0
+        if changed_fields - _SAMPLING_FIELDS:  # steps, order, seed: new latents and inversions
+            self._reset(inputs=False)
+            return 0
+        if prompt_changed or "guidance" in changed_fields:
+            first = 0
+        else:
+            new_plans = self.plans
+            first = next((s for s, (a, b) in enumerate(zip(old_plans, new_plans)) if a != b), None)
+        if first is None:
+            return None
+        self._records = self._records[:first]
+        self._result = None
+        return first
+
+    # ------------------------------------------------------------------ phases 1-4
+    def _reset(self, *, inputs: bool) -> None:
+        if inputs:
+            self._inputs: Inputs | None = None
+        self._latents = None  # (z_bg, z_ref, generator state after both draws)
+        self._inverted = None  # (x_bg_T, x_ref_T)
+        self._start = None
+        self._records: list[StepRecord] = []
+        self._result = None
+        self._controller = None
+
+    @property
+    def inputs(self) -> Inputs:
+        if self._inputs is None:
+            c = self._config
+            size = self.image_size
+            place = placement_mod.compute_placement(
+                self._mask_or_box,
+                self._images["foreground"].size,
+                size,
+                self.model.vae_scale_factor,
+                box_rule=c.box_rule,
+                clip=c.clip_box,
+                levels=len(self.model.unet.config.block_out_channels),
+            )
+            background = io.resize_background(self._images["background"], size)
+            reference, mpad = placement_mod.prepare_foreground(self._images["foreground"], self._object_mask, place)
+            composite = placement_mod.cut_and_paste(background, reference, mpad, place)
+            self._inputs = Inputs(place, background, reference, mpad, composite)
+        return self._inputs
+
+    @property
+    def placement(self) -> placement_mod.Placement:
+        return self.inputs.placement
+
+    def _encode(self):
+        if self._latents is None:
+            started = time.perf_counter()
+            inputs = self.inputs
+            device, dtype = self.model.device, self.model.dtype
+            generator = torch.Generator().manual_seed(self._config.seed)
+            first = inputs.cut_and_paste if self._config.mode == "same" else inputs.background
+            with torch.no_grad():
+                z_bg = self.model.encode_image(first[None].to(device, dtype), generator).float()
+                z_ref = self.model.encode_image(inputs.reference[None].to(device, dtype), generator).float()
+            self._latents = (z_bg, z_ref, generator.get_state())
+            self.timings["encode"] = time.perf_counter() - started
+        return self._latents
+
+    def invert(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Invert the background (the cut-and-paste in "same" mode) and the reference to t = 1."""
+        if self._inverted is None:
+            z_bg, z_ref, _ = self._encode()
+            started = time.perf_counter()
+            x_bg, cached_bg = invert_latent(
+                self.model, z_bg, self.steps, self._config.order, progress=self.progress, counter=self._count
+            )
+            x_ref, cached_ref = invert_latent(
+                self.model, z_ref, self.steps, self._config.order, progress=self.progress, counter=self._count
+            )
+            self._inverted = (x_bg, x_ref)
+            self.timings["invert"] = time.perf_counter() - started
+            self.timings["invert_cached"] = (cached_bg, cached_ref)
+        return self._inverted
+
+    def compose_start(self) -> torch.Tensor:
+        """The start latent (spec 7): inverted background outside the box, inverted reference (cross) or
+        inverted composite (same) on the object, fresh noise in the rest of the box."""
+        if self._start is None:
+            x_bg, x_ref = self.invert()
+            _, _, rng_state = self._encode()
+            generator = torch.Generator()
+            generator.set_state(rng_state)
+            place = self.placement
+            target, ref_box = place.latent_target_box, place.latent_ref_box
+            seg = placement_mod.segmentation_at(self.inputs.object_mask, self.model.vae_scale_factor)
+            sigma = torch.from_numpy(np.ascontiguousarray(seg[ref_box.slices()])).to(x_bg)
+            shape = (1, x_bg.shape[1], target.height, target.width)
+            start = x_bg.clone()
+            rows, cols = target.slices()
+            noise_1 = torch.randn(shape, generator=generator).to(x_bg)
+            start[:, :, rows, cols] = x_bg[:, :, rows, cols] * sigma + noise_1 * (1 - sigma)
+            if self._config.mode == "cross":
+                noise_2 = torch.randn(shape, generator=generator).to(x_bg)
+                ref_rows, ref_cols = ref_box.slices()
+                start[:, :, rows, cols] = x_ref[:, :, ref_rows, ref_cols] * sigma + noise_2 * (1 - sigma)
+            self._start = start
+        return self._start
+
+    def region_masks(self, height: int | None = None, width: int | None = None) -> dict[str, torch.Tensor]:
+        """Bool maps of the target box, the object and the background at a resolution (latent by default)."""
+        lh, lw = self._latent_size()
+        regions = placement_mod.region_indices(self.placement, self.inputs.object_mask, height or lh, width or lw)
+        return regions.masks()
+
+    def _latent_size(self) -> tuple[int, int]:
+        f = self.model.vae_scale_factor
+        return self.image_size[0] // f, self.image_size[1] // f
+
+    # ------------------------------------------------------------------ phase 5: steps
+    @property
+    def step_index(self) -> int:
+        """The next step to run (= number of completed steps)."""
+        return len(self._records)
+
+    @property
+    def done(self) -> bool:
+        return len(self._records) == self.steps + 1
+
+    @property
+    def records(self) -> tuple[StepRecord, ...]:
+        return tuple(self._records)
+
+    def _count(self, batch: int) -> None:
+        self.stats["unet_calls"] += 1
+        self.stats["sample_evals"] += batch
+
+    def _embeddings(self):
+        m = self.model
+        return m.exceptional_embedding(), m.encode_prompt(""), m.encode_prompt(self._prompt)
+
+    def _initial_tracks(self) -> tuple[Track, Track, Track, tuple]:
+        x_bg, x_ref = self.invert()
+        start = self.compose_start()
+        grid = self._grid()
+        make = lambda x: Track(0, solver.SolverState(x=x, t=grid[0]))  # noqa: E731
+        return make(start), make(x_bg), make(x_ref), (x_ref,)
+
+    def _grid(self) -> torch.Tensor:
+        return solver.time_grid(self.steps)
+
+    def _blend_mask(self, like: torch.Tensor) -> torch.Tensor:
+        """True inside the latent target box ("param"), broadcastable to a latent."""
+        box = self.placement.latent_target_box
+        mask = torch.zeros(like.shape[-2:], dtype=torch.bool, device=like.device)
+        rows, cols = box.slices()
+        mask[rows, cols] = True
+        return mask
+
+    def _ensure_controller(self) -> InjectionController:
+        if self._controller is None:
+            inputs = self.inputs
+            device = self.model.device
+            regions = lambda h, w: _to_device(  # noqa: E731
+                placement_mod.region_indices(inputs.placement, inputs.object_mask, h, w), device
+            )
+            self._controller = InjectionController(latent_size=self._latent_size(), region_fn=regions)
+        return self._controller
+
+    def step(self) -> StepRecord:
+        """Run the next step and return its record (raises when the composition is complete)."""
+        if self.done:
+            raise RuntimeError("the composition is complete; rewind() or update() to run steps again")
+        s = len(self._records)
+        capture = self._capture_steps.get(s)
+        record = self._compute_step(s, capture=capture)
+        self._records.append(record)  # only now does the Session change: a failed step leaves no trace
+        self._result = None
+        return record
+
+    def run(self, until: int | None = None) -> "Session":
+        """Run steps until ``until`` steps are complete (all S + 1 by default)."""
+        target = self.steps + 1 if until is None else until
+        if not 0 <= target <= self.steps + 1:
+            raise ValueError(f"until must be in 0..{self.steps + 1}, got {until}")
+        self.compose_start()
+        remaining = range(len(self._records), target)
+        for _ in tqdm(remaining, desc="compose", disable=not self.progress or not remaining, leave=False):
+            self.step()
+        return self
+
+    def rewind(self, step: int) -> None:
+        """Forget steps ``step``.. so that the next ``step()`` recomputes step ``step``."""
+        if not 0 <= step <= len(self._records):
+            raise ValueError(f"can rewind to 0..{len(self._records)}, got {step}")
+        del self._records[step:]
+        self._result = None
+
+    def _compute_step(self, s: int, *, capture: CaptureRequest | None = None) -> StepRecord:
+        """Pure: the record of step ``s`` from the record before it (nothing in ``self`` is modified
+        except the evaluation counters)."""
+        started = time.perf_counter()
+        plan = self.plans[s]
+        schedule, grid = self.schedule, self._grid()
+        if s == 0:
+            gen, orig, ref, ref_latents = self._initial_tracks()
+        else:
+            prev = self._records[s - 1]
+            gen, orig, ref, ref_latents = prev.gen, prev.orig, prev.ref, prev.ref_latents
+        e_star, e_uncond, e_cond = self._embeddings()
+        calls = evals = 0
+        controller = self._ensure_controller()
+
+        with composite_attention(self.model.unet, controller):
+            try:
+                for j in plan.pre_evals:
+                    out = self._call(controller, [(orig.x, j, e_star), (ref.x, j, e_star)], BatchLayout())
+                    calls, evals = calls + 1, evals + 2
+                    orig = orig.with_evaluation(self._data(out[0:1], orig.x, grid[j]))
+                    ref = ref.with_evaluation(self._data(out[1:2], ref.x, grid[j]))
+                    order = solver.step_order(j + 1, self.steps, self._config.order)
+                    orig = orig.advance(j + 1, order, schedule, grid)
+                    ref = ref.advance(j + 1, order, schedule, grid)
+                    ref_latents = ref_latents + (ref.x,)
+
+                if plan.advance_gen:
+                    gen = gen.advance(s, plan.order, schedule, grid)
+                if plan.advance_orig:
+                    orig = orig.advance(s, plan.order, schedule, grid)
+                if plan.advance_ref:
+                    ref = ref.advance(s, plan.order, schedule, grid)
+                    ref_latents = ref_latents + (ref.x,)
+
+                attention = {}
+                if plan.evaluate:
+                    rows, layout_rows = [], {}
+                    m = plan.map_index
+                    if plan.orig_row:
+                        layout_rows["orig"] = len(rows)
+                        rows.append((orig.x, orig.index, e_star))
+                    if plan.ref_row:
+                        layout_rows["ref"] = len(rows)
+                        rows.append((ref.x, m, e_star))
+                    if plan.pseudo_row:
+                        layout_rows["pseudo"] = len(rows)
+                        rows.append((ref_latents[plan.pseudo_latent], m, e_star))
+                    layout_rows["uncond"] = len(rows)
+                    rows.append((gen.x, s, e_uncond))
+                    layout_rows["cond"] = len(rows)
+                    rows.append((gen.x, s, e_cond))
+                    layout = BatchLayout(**layout_rows, fg=plan.fg, bg=plan.bg)
+                    controller.capture = capture
+                    out = self._call(controller, rows, layout)
+                    calls, evals = calls + 1, evals + len(rows)
+                    if capture is not None:
+                        attention = dict(controller.captured)
+                    if plan.orig_row and not orig.evaluated:
+                        orig = orig.with_evaluation(self._data(out[0:1], orig.x, grid[orig.index]))
+                    if plan.ref_row and not ref.evaluated:
+                        r = layout.ref
+                        ref = ref.with_evaluation(self._data(out[r : r + 1], ref.x, grid[ref.index]))
+                    u, c = layout.uncond, layout.cond
+                    guided = out[u : u + 1] + self._config.effective_guidance * (out[c : c + 1] - out[u : u + 1])
+                    gen = gen.with_evaluation(self._data(guided, gen.x, grid[s]))
+            finally:
+                controller.layout = None
+                controller.capture = None
+                controller.captured = {}
+
+        inside = self._blend_mask(gen.x)
+        if plan.history_blend:
+            k = self._config.order
+            blended = tuple(
+                torch.where(inside, d_gen, d_orig)
+                for d_gen, d_orig in zip(gen.state.d_hist[-k:], orig.state.d_hist[-k:])
+            )
+            state = gen.state
+            gen = Track(gen.index, solver.SolverState(state.x, state.t, state.t_hist, state.d_hist[:-k] + blended), True)
+        if plan.blend:
+            if orig.index != s:
+                raise RuntimeError(f"internal: orig is at grid index {orig.index}, blending at step {s} needs {s}")
+            state = gen.state
+            gen = Track(
+                gen.index,
+                solver.SolverState(torch.where(inside, gen.x, orig.x), state.t, state.t_hist, state.d_hist),
+                gen.evaluated,
+            )
+        self.stats["unet_calls"] += calls
+        self.stats["sample_evals"] += evals
+        return StepRecord(
+            s=s,
+            plan=plan,
+            gen=gen,
+            orig=orig,
+            ref=ref,
+            ref_latents=ref_latents,
+            seconds=time.perf_counter() - started,
+            unet_calls=calls,
+            sample_evals=evals,
+            attention=attention,
+        )
+
+    def _call(self, controller: InjectionController, rows, layout: BatchLayout) -> torch.Tensor:
+        """One batched UNet call; rows are (latent, grid index, embedding)."""
+        grid = self._grid()
+        unet = self.model.unet
+        dtype = unet.dtype
+        x = torch.cat([r[0] for r in rows]).to(dtype)
+        t = self.schedule.model_time(torch.stack([grid[r[1]] for r in rows])).to(x.device)
+        emb = torch.cat([r[2] for r in rows]).to(dtype)
+        controller.layout = layout
+        with torch.no_grad():
+            return unet(x, t, encoder_hidden_states=emb).sample.float()
+
+    def _data(self, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return solver.to_data_prediction(model_output, x, t, self.schedule, self.model.prediction_type)
+
+    # ------------------------------------------------------------------ inspection
+    def capture_attention(
+        self,
+        step: int,
+        *,
+        kinds: Iterable[str] = ("composite", "background", "reference", "pseudo_cross", "generation"),
+        layers: Iterable[str] | None = None,
+        max_tokens: int = 1024,
+    ) -> dict[tuple[str, str], torch.Tensor]:
+        """Attention maps of step ``step``'s UNet call, recomputed from the record before it.
+
+        Returns {(layer, kind): (Nq, Nk) float32} averaged over heads and pooled to at most
+        ``max_tokens`` positions per side. The Session's records are not changed.
+        """
+        if not 0 <= step < self.steps:
+            raise ValueError(f"steps with a UNet call are 0..{self.steps - 1}, got {step}")
+        if step > len(self._records):
+            raise ValueError(f"step {step} is not reachable yet: run(until={step}) first")
+        request = CaptureRequest(tuple(kinds), None if layers is None else frozenset(layers), max_tokens)
+        counts = dict(self.stats)
+        record = self._compute_step(step, capture=request)
+        self.stats.update(counts)  # inspection is not composition work
+        return record.attention
+
+    @property
+    def attention_layers(self) -> list[str]:
+        """Names of the self-attention layers, in execution order."""
+        return self_attention_layers(self.model.unet)
+
+    def latents(self, step: int | None = None) -> dict[str, torch.Tensor]:
+        """Latents of the active branches after ``step`` (default: the last completed step)."""
+        record = self._record(step)
+        out = {"gen": record.gen.x}
+        if record.orig.index == record.s:
+            out["orig"] = record.orig.x
+        if record.ref.index == record.s:
+            out["ref"] = record.ref.x
+        return out
+
+    def x0(self, step: int | None = None) -> dict[str, torch.Tensor]:
+        """Each branch's data prediction (x0 estimate, a latent) at ``step``; the final latent at step S."""
+        record = self._record(step)
+        out = {}
+        for name in BRANCHES:
+            track: Track = getattr(record, name)
+            if track.index == record.s and track.evaluated:
+                out[name] = track.state.d_hist[-1]
+        if record.s == self.steps:
+            out["gen"] = record.gen.x
+        return out
+
+    def _record(self, step: int | None) -> StepRecord:
+        if not self._records:
+            raise RuntimeError("no step has run yet: call step() or run() first")
+        index = len(self._records) - 1 if step is None else step
+        if not 0 <= index < len(self._records):
+            raise ValueError(f"completed steps are 0..{len(self._records) - 1}, got {step}")
+        return self._records[index]
+
+    # ------------------------------------------------------------------ phase 6
+    def decode(self, latent: torch.Tensor | None = None) -> torch.Tensor:
+        """VAE-decode ``latent`` (default: the final composition) to (1, 3, H, W) in [-1, 1]."""
+        if latent is None:
+            if not self.done:
+                raise RuntimeError(f"the composition has {len(self._records)} of {self.steps + 1} steps: run() first")
+            latent = self._records[-1].gen.x
+        with torch.no_grad():
+            return self.model.decode_latent(latent.to(self.model.device, self.model.dtype)).float().cpu()
+
+    @property
+    def result(self):
+        """The composed image as a PIL image (runs the remaining steps)."""
+        if self._result is None:
+            self.run()
+            self._result = io.to_pil(self.decode()[0])
+        return self._result
+
+    def summary(self) -> dict[str, Any]:
+        """Settings, placement, timings and evaluation counts, JSON-serialisable."""
+        import dataclasses
+
+        place = self.placement
+        return {
+            "config": dataclasses.asdict(self._config),
+            "guidance": self._config.effective_guidance,
+            "prompt": self._prompt,
+            "model": getattr(self.model, "spec", None),
+            "image_size": list(self.image_size),
+            "placement": {
+                "f_row": place.f_row,
+                "f_col": place.f_col,
+                "scale": place.scale,
+                "latent_target_box": dataclasses.astuple(place.latent_target_box),
+            },
+            "timings": {k: v for k, v in self.timings.items() if isinstance(v, float)},
+            "step_seconds": sum(r.seconds for r in self._records),
+            "unet_calls": self.stats["unet_calls"],
+            "sample_evals": self.stats["sample_evals"],
+        }
+
+
+def _same_box(a, b) -> bool:
+    if isinstance(a, tuple) or isinstance(b, tuple):
+        return a == b
+    return a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def _to_device(regions, device):
+    import dataclasses
+
+    changes = {
+        f.name: getattr(regions, f.name).to(device)
+        for f in dataclasses.fields(regions)
+        if isinstance(getattr(regions, f.name), torch.Tensor)
+    }
+    return dataclasses.replace(regions, **changes)
