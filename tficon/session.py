@@ -125,7 +125,8 @@ class Session:
             "background": io.load_image(background, name="background"),
             "foreground": io.load_image(foreground, name="foreground"),
         }
-        self._object_mask = io.load_mask(foreground_mask, name="foreground_mask")
+        io.load_mask(foreground_mask, name="foreground_mask")  # validation only: clear errors for bad masks
+        self._object_mask = _official_mask_source(foreground_mask)
         self._mask_or_box = self._load_box(mask_or_box)
         self._prompt = self._check_prompt(prompt)
         size = image_size if image_size is not None else model.image_size
@@ -623,6 +624,21 @@ class Session:
             "unet_calls": self.stats["unet_calls"],
             "sample_evals": self.stats["sample_evals"],
         }
+
+
+def _official_mask_source(mask):
+    """The object mask as the official pipeline binarises it: a greyscale image for PIL's dithering
+    ``convert("1")`` (tficon.placement.prepare_foreground); arrays other than uint8 stay as validated."""
+    from PIL import Image
+
+    if isinstance(mask, (str,)) or hasattr(mask, "__fspath__"):
+        with Image.open(mask) as opened:
+            mask = opened.convert("L")
+    if isinstance(mask, Image.Image):
+        return mask if mask.mode in ("1", "L") else mask.convert("L")
+    if isinstance(mask, np.ndarray) and mask.dtype == np.uint8 and mask.ndim == 2:
+        return mask
+    return io.load_mask(mask, name="foreground_mask")
 
 
 def _same_box(a, b) -> bool:
