@@ -137,6 +137,7 @@ class Session:
         self.timings: dict[str, float] = {}
         self._capture_steps: dict[int, CaptureRequest] = {}
         self._reset(inputs=True)
+        self.inputs  # fail now, naming the argument, if the box or the images do not fit
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -209,10 +210,14 @@ class Session:
             name for name in new_config.__dataclass_fields__ if getattr(new_config, name) != getattr(self._config, name)
         }
         old_plans = self.plans
+        new_inputs = None
+        if box_changed or changed_fields & {"mode", "largest_contour", "clip_box"}:
+            new_inputs = self._prepare_inputs(new_config, new_box)  # raises before anything changes
         self._config, self._prompt, self._mask_or_box = new_config, new_prompt, new_box
 
-        if box_changed or changed_fields & {"mode", "largest_contour", "clip_box"}:
+        if new_inputs is not None:
             self._reset(inputs=True)
+            self._inputs = new_inputs
             return 0
         if changed_fields - _SAMPLING_FIELDS:  # steps, order, seed: new latents and inversions
             self._reset(inputs=False)
@@ -242,22 +247,24 @@ class Session:
     @property
     def inputs(self) -> Inputs:
         if self._inputs is None:
-            c = self._config
-            size = self.image_size
-            place = placement_mod.compute_placement(
-                self._mask_or_box,
-                self._images["foreground"].size,
-                size,
-                self.model.vae_scale_factor,
-                box_rule=c.box_rule,
-                clip=c.clip_box,
-                levels=len(self.model.unet.config.block_out_channels),
-            )
-            background = io.resize_background(self._images["background"], size)
-            reference, mpad = placement_mod.prepare_foreground(self._images["foreground"], self._object_mask, place)
-            composite = placement_mod.cut_and_paste(background, reference, mpad, place)
-            self._inputs = Inputs(place, background, reference, mpad, composite)
+            self._inputs = self._prepare_inputs(self._config, self._mask_or_box)
         return self._inputs
+
+    def _prepare_inputs(self, config: CompositionConfig, mask_or_box) -> Inputs:
+        size = self.image_size
+        place = placement_mod.compute_placement(
+            mask_or_box,
+            self._images["foreground"].size,
+            size,
+            self.model.vae_scale_factor,
+            box_rule=config.box_rule,
+            clip=config.clip_box,
+            levels=len(self.model.unet.config.block_out_channels),
+        )
+        background = io.resize_background(self._images["background"], size)
+        reference, mpad = placement_mod.prepare_foreground(self._images["foreground"], self._object_mask, place)
+        composite = placement_mod.cut_and_paste(background, reference, mpad, place)
+        return Inputs(place, background, reference, mpad, composite)
 
     @property
     def placement(self) -> placement_mod.Placement:

@@ -1,0 +1,275 @@
+"""The stepwise Session on a tiny random SD 2.x-shaped model: start latent, plumbing, blends,
+determinism, resumability, updates and failure safety."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from tficon import solver
+from tficon.config import CompositionConfig
+from tficon.inversion import noise_schedule
+from tficon.samples import toy_sample
+from tficon.session import Session
+from tficon.tiny import tiny_model
+
+SIZE = 128  # tiny model: 16x16 latents, attention at 16, 8 and 4
+STEPS = 10  # S=10, k=2: fg injection at evals 0-2, bg 0-2, blends after steps 2-6
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("sd2")
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return toy_sample(image_size=SIZE)
+
+
+def make(model, sample, **config):
+    config.setdefault("steps", STEPS)
+    return Session(
+        model, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt,
+        image_size=SIZE, **config,
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(model, sample):
+    return make(model, sample).run()
+
+
+def _box_and_object(session):
+    place = session.placement
+    P, Q = place.latent_target_box, place.latent_ref_box
+    from tficon.placement import segmentation_at
+
+    seg = torch.from_numpy(segmentation_at(session.inputs.object_mask, model_factor(session)))[Q.slices()].bool()
+    return P, Q, seg
+
+
+def model_factor(session):
+    return session.model.vae_scale_factor
+
+
+def _draws(session, shape_latent, shape_box, mode):
+    """Re-create the official draw order: bg posterior, ref posterior, N1, then (cross) N2."""
+    g = torch.Generator().manual_seed(session.config.seed)
+    torch.randn(shape_latent, generator=g)
+    torch.randn(shape_latent, generator=g)
+    n1 = torch.randn(shape_box, generator=g)
+    n2 = torch.randn(shape_box, generator=g) if mode == "cross" else None
+    return n1, n2
+
+
+@pytest.mark.parametrize("mode", ["cross", "same"])
+def test_start_latent_region_by_region(model, sample, mode):
+    session = make(model, sample, mode=mode)
+    start = session.compose_start()
+    x_bg, x_ref = session.invert()
+    P, Q, seg = _box_and_object(session)
+    n1, n2 = _draws(session, tuple(x_bg.shape), (1, x_bg.shape[1], P.height, P.width), mode)
+    outside = torch.ones(x_bg.shape[-2:], dtype=torch.bool)
+    outside[P.slices()] = False
+    assert torch.equal(start[..., outside], x_bg[..., outside])
+    box = start[(..., *P.slices())]
+    on, off = seg.expand_as(box[0]), ~seg.expand_as(box[0])
+    if mode == "cross":
+        assert torch.equal(box[0][on], x_ref[(0, slice(None), *Q.slices())][on])
+        assert torch.equal(box[0][off], n2[0][off])
+    else:
+        assert torch.equal(box[0][on], x_bg[(0, slice(None), *P.slices())][on])
+        assert torch.equal(box[0][off], n1[0][off])
+    assert seg.any() and (~seg).any()
+
+
+class _NoInjection(Session):
+    """Plans with every injection and blend switched off (spec 14 item 11)."""
+
+    def _plans_for(self, config):
+        return tuple(
+            dataclasses.replace(p, fg=False, bg=False, history_blend=False, blend=False) for p in super()._plans_for(config)
+        )
+
+
+def _plain_cfg(session):
+    model = session.model
+    e_u, e_c = model.encode_prompt(""), model.encode_prompt(session.prompt)
+    w = session.config.effective_guidance
+
+    def fn(x, t):
+        out = model.unet(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=torch.cat([e_u, e_c])).sample
+        return out[:1] + w * (out[1:] - out[:1])
+
+    with torch.no_grad():
+        return solver.sample(fn, session.compose_start(), noise_schedule(model), session.steps, session.config.order)
+
+
+def test_plumbing_everything_off_equals_plain_cfg_sampling(model, sample, finished):
+    off = _NoInjection(model, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt,
+                       image_size=SIZE, steps=STEPS).run()
+    plain = _plain_cfg(off)
+    # batch-size-dependent kernel rounding, amplified by guidance 5, is the only difference
+    torch.testing.assert_close(off.records[-1].gen.x, plain, atol=3e-4, rtol=1e-3)
+    # the official flags with tau_a = 0 still inject during the warm-up, so they do not give plain sampling
+    tau0 = make(model, sample, tau_a=0.0, tau_b=0.0).run()
+    assert (tau0.records[-1].gen.x - plain).abs().max() > 1e-3
+
+
+def test_blend_invariants(model, sample, finished):
+    P = finished.placement.latent_target_box
+    outside = torch.ones(finished.records[0].gen.x.shape[-2:], dtype=torch.bool)
+    outside[P.slices()] = False
+    blended = [r for r in finished.records if r.plan.blend]
+    assert blended
+    for record in blended:
+        assert torch.equal(record.gen.x[..., outside], record.orig.x[..., outside])
+    for record in finished.records:
+        if not record.plan.blend and record.s > 0 and record.orig.index == record.s:
+            assert not torch.equal(record.gen.x[..., outside], record.orig.x[..., outside])
+    # with tau_b >= (S + k) / S every step blends: the result outside the box is orig's reconstruction
+    full = make(model, sample, tau_b=(STEPS + 2) / STEPS + 0.05).run()
+    final = full.records[-1]
+    assert final.orig.index == STEPS
+    assert torch.equal(final.gen.x[..., outside], final.orig.x[..., outside])
+    x_bg, _ = full.invert()
+    e_star = model.exceptional_embedding()
+    with torch.no_grad():
+        recon = solver.sample(
+            lambda x, t: model.unet(x, t, encoder_hidden_states=e_star).sample, x_bg, noise_schedule(model), STEPS, 2
+        )
+    torch.testing.assert_close(final.gen.x[..., outside], recon[..., outside], atol=1e-4, rtol=1e-4)
+
+
+def test_same_seed_is_bitwise_repeatable_and_seed_matters(model, sample, finished):
+    again = make(model, sample).run()
+    assert torch.equal(again.records[-1].gen.x, finished.records[-1].gen.x)
+    other = make(model, sample, seed=1).run()
+    assert not torch.equal(other.records[-1].gen.x, finished.records[-1].gen.x)
+
+
+def test_rewind_and_rerun_is_bitwise_identical_and_recomputes_only_the_suffix(model, sample, finished):
+    session = make(model, sample).run()
+    calls_before = dict(session.stats)
+    session.rewind(4)
+    assert session.step_index == 4
+    session.run()
+    assert torch.equal(session.records[-1].gen.x, finished.records[-1].gen.x)
+    suffix = session.plans[4:]
+    assert session.stats["sample_evals"] - calls_before["sample_evals"] == sum(p.sample_evals for p in suffix)
+    assert session.stats["unet_calls"] - calls_before["unet_calls"] == sum(p.unet_calls for p in suffix)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [dict(tau_b=0.95), dict(tau_a=0.6), dict(tau_bg=0.6), dict(guidance=3.0), dict(prompt="a red star, outline style"),
+     dict(align_warmup=True), dict(no_cross_lag=True)],
+)
+def test_update_then_run_equals_fresh_session_and_reuses_the_prefix(model, sample, finished, changes):
+    session = make(model, sample).run()
+    before = dict(session.stats)
+    first = session.update(**changes)
+    assert first is not None and session.step_index == first
+    session.run()
+    prompt = changes.pop("prompt", sample.prompt)
+    fresh = Session(model, sample.background, sample.foreground, sample.foreground_mask, sample.box, prompt,
+                    image_size=SIZE, steps=STEPS, **changes).run()
+    assert torch.equal(session.records[-1].gen.x, fresh.records[-1].gen.x)
+    # only the divergent suffix was evaluated: no inversion, no earlier step
+    assert session.stats["sample_evals"] - before["sample_evals"] == sum(p.sample_evals for p in session.plans[first:])
+    if "tau_a" in changes or "tau_b" in changes:
+        assert first > 0
+
+
+def test_update_without_effect_returns_none(model, sample):
+    session = make(model, sample).run()
+    assert session.update(tau_a=0.4) is None
+    assert session.done
+
+
+def test_box_move_in_cross_mode_keeps_both_inversions(model, sample):
+    session = make(model, sample).run()
+    x, y, w, h = sample.box
+    assert session.update(mask_or_box=(x - 16, y + 8, w, h)) == 0
+    session.invert()
+    assert session.timings["invert_cached"] == (True, True)
+    session.update(seed=5)
+    session.invert()
+    assert session.timings["invert_cached"] == (False, False)  # new posterior samples
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+def _arm(unet, after_calls, error=_Boom):
+    """A forward pre-hook on one inner block that raises after ``after_calls`` UNet forwards."""
+    calls = {"n": 0}
+
+    def hook(module, args):
+        calls["n"] += 1
+        if calls["n"] > after_calls:
+            raise error("injected failure")
+
+    return unet.mid_block.register_forward_pre_hook(hook)
+
+
+@pytest.mark.parametrize("error", [_Boom, KeyboardInterrupt])
+def test_a_failing_step_leaves_the_session_unchanged(model, sample, finished, error):
+    session = make(model, sample)
+    session.run(until=3)
+    snapshot = (session.step_index, session.records[-1].gen.x.clone(), dict(session.stats))
+    processors = dict(model.unet.attn_processors)
+    handle = _arm(model.unet, 0, error)
+    try:
+        with pytest.raises(error):
+            session.step()
+    finally:
+        handle.remove()
+    assert session.step_index == snapshot[0]
+    assert torch.equal(session.records[-1].gen.x, snapshot[1])
+    assert all(model.unet.attn_processors[n] is p for n, p in processors.items())
+    session.run()
+    assert torch.equal(session.records[-1].gen.x, finished.records[-1].gen.x)
+
+
+def test_inspection_latents_previews_and_attention(model, sample, finished):
+    latents = finished.latents(2)
+    assert set(latents) == {"gen", "orig", "ref"}
+    x0 = finished.x0(2)
+    assert set(x0) == {"gen", "orig", "ref"} and x0["gen"].shape == latents["gen"].shape
+    before = dict(finished.stats)
+    maps = finished.capture_attention(2, max_tokens=64)
+    assert finished.stats == before
+    layers = finished.attention_layers
+    assert {layer for layer, _ in maps} == set(layers)
+    assert {kind for _, kind in maps} == {"composite", "background", "reference", "pseudo_cross", "generation"}
+    assert all(m.shape[0] <= 64 for m in maps.values())
+    # at step 2 injection is on: the composite differs from gen's own attention at some layer
+    assert any(not torch.allclose(maps[(l, "composite")], maps[(l, "generation")]) for l in layers)
+    late = finished.capture_attention(STEPS - 1, kinds=("composite", "generation"))
+    assert all(torch.equal(late[(l, "composite")], late[(l, "generation")]) for l in layers)
+
+
+def test_input_errors_name_the_argument(model, sample):
+    with pytest.raises(ValueError, match="mode"):
+        make(model, sample, mode="sideways")
+    with pytest.raises(ValueError, match="order"):
+        make(model, sample, order=4)
+    with pytest.raises(TypeError, match="unknown config field"):
+        make(model, sample, tau_c=0.3)
+    with pytest.raises(ValueError, match="box"):
+        make(model, sample).update(mask_or_box=(100, 100, 60, 60))
+    with pytest.raises(ValueError, match="prompt"):
+        make(model, sample).update(prompt=" ".join(["red star"] * 60))
+
+
+def test_summary_is_json_ready(finished):
+    import json
+
+    data = json.loads(json.dumps(finished.summary()))
+    assert data["sample_evals"] >= sum(p.sample_evals for p in finished.plans)  # inversions may be cached
+    assert data["config"]["tau_a"] == 0.4 and data["guidance"] == 5.0

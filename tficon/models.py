@@ -1,0 +1,719 @@
+"""Load a Stable Diffusion model (or the embedded toy model) and say what it is.
+
+``load_model(spec)`` accepts:
+
+- ``"toy"``: the embedded offline model shipped in ``tficon/toy/model``;
+- a local diffusers pipeline folder (``model_index.json`` + ``vae/``, ``unet/``, ``text_encoder/``,
+  ``tokenizer/``, ``scheduler/``);
+- a single-file checkpoint (``.ckpt`` / ``.safetensors``, e.g. the official ``v2-1_512-ema-pruned.ckpt``),
+  read with diffusers' ``from_single_file``; ``config=`` names a diffusers folder (or hub id) with the
+  matching component configs, which keeps it offline;
+- a Hugging Face hub id (``stabilityai/stable-diffusion-2-1-base``,
+  ``stable-diffusion-v1-5/stable-diffusion-v1-5``, ...), taken from the local cache when present.
+
+What the model is (``family``, ``prediction_type``, native ``image_size``, exceptional token) is read from
+the component configs (``cross_attention_dim`` 768 -> SD 1.x, 1024 -> SD 2.x), or from a ``tficon.json``
+file in the folder, which overrides ``family``, ``exceptional_token_id`` and ``image_size`` (the toy and
+tiny models have one). Models TF-ICON cannot drive (SDXL, SD3, inpainting/depth UNets, ...) are rejected
+before any weights are read.
+
+Offline behaviour: nothing here may hang on the network. With ``HF_HUB_OFFLINE`` set (or
+``local_files_only=True``) only local files and the HF cache are used. Otherwise the cache is tried first;
+the network is used only when the hub endpoint answers an HTTP HEAD request within
+``HUB_PROBE_TIMEOUT_S`` seconds, so a machine without network fails within about that long (at once
+when name resolution fails). Once the hub has answered, huggingface_hub's own timeouts
+(``HF_HUB_ETAG_TIMEOUT``, ``HF_HUB_DOWNLOAD_TIMEOUT``) govern the download.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import ssl
+import threading
+import urllib.error
+import urllib.request
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+import torch
+
+if TYPE_CHECKING:  # imported lazily at run time: `import tficon` stays fast
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+__all__ = [
+    "FAMILIES",
+    "HUB_PROBE_TIMEOUT_S",
+    "SD_EXCEPTIONAL_TOKEN_ID",
+    "TFICON_JSON",
+    "TOY_MODEL_DIR",
+    "LoadedModel",
+    "ModelIdentity",
+    "ModelNotAvailableError",
+    "assemble_loaded_model",
+    "identify_model",
+    "load_model",
+]
+
+FAMILIES = ("sd1", "sd2", "toy", "tiny-sd1", "tiny-sd2")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+SD_EXCEPTIONAL_TOKEN_ID = 7788  # "rian</w>" in CLIP's BPE; the official TF-ICON choice
+TFICON_JSON = "tficon.json"
+TOY_MODEL_DIR = Path(__file__).resolve().parent / "toy" / "model"
+HUB_PROBE_TIMEOUT_S = 3.0
+PROMPT_CACHE_SIZE = 16
+CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors")
+# diffusers' single-file loader configures every SD 2.x checkpoint as the 768-v model; the official
+# TF-ICON checkpoint (v2-1_512-ema-pruned.ckpt) is the 512 epsilon "base" model.
+SD2_BASE_CONFIG_REPO = "stabilityai/stable-diffusion-2-1-base"
+_CROSS_ATTENTION_FAMILY = {768: "sd1", 1024: "sd2"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_ALTERNATIVES = (
+    'Use a local diffusers folder or a .ckpt/.safetensors file, or "toy" for the embedded offline model '
+    '(load_model("toy")).'
+)
+
+
+class ModelNotAvailableError(FileNotFoundError):
+    """The requested model is not on this machine and cannot be fetched (offline, not cached, not installed)."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What a model is
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What ``identify_model`` concluded from the component configs."""
+
+    family: str
+    prediction_type: str
+    image_size: int
+    exceptional_token_id: int
+
+
+def identify_model(
+    unet_config: dict,
+    text_encoder_config: dict,
+    vae_config: dict,
+    scheduler_config: dict,
+    *,
+    overrides: dict | None = None,
+    component_names: set[str] | None = None,
+    where: str = "model",
+) -> ModelIdentity:
+    """Decide family, prediction type, native image size and exceptional token from config dicts.
+
+    Args:
+        unet_config, text_encoder_config, vae_config, scheduler_config: the components' ``config.json`` /
+            ``scheduler_config.json`` contents.
+        overrides: the ``tficon.json`` contents (``family``, ``exceptional_token_id``, ``image_size``).
+        component_names: the component names listed in ``model_index.json``, when there is one.
+        where: names the model in error messages.
+
+    Raises:
+        ValueError: a family TF-ICON cannot drive, or inconsistent / invalid metadata.
+    """
+    overrides = dict(overrides or {})
+    names = set(component_names or ())
+    if "text_encoder_2" in names or unet_config.get("addition_embed_type") is not None:
+        raise ValueError(
+            f"{where}: SDXL-style models (two text encoders / added size conditioning) are not supported; "
+            "TF-ICON runs on SD 1.x and SD 2.x."
+        )
+    if "transformer" in names or "prior" in names:
+        raise ValueError(f"{where}: only UNet-based Stable Diffusion 1.x/2.x pipelines are supported.")
+    cross = unet_config.get("cross_attention_dim")
+    latent_channels = int(vae_config.get("latent_channels", 4))
+    in_channels = int(unet_config.get("in_channels", 4))
+    if in_channels != latent_channels:
+        raise ValueError(
+            f"{where}: the UNet takes {in_channels} input channels but the VAE makes {latent_channels}-channel "
+            "latents (an inpainting, depth or upscaling model); use a plain text-to-image SD 1.x/2.x model."
+        )
+    if not isinstance(cross, int):
+        raise ValueError(f"{where}: unsupported UNet cross_attention_dim {cross!r}; expected a single int.")
+    width = text_encoder_config.get("hidden_size")
+    if width is not None and int(width) != cross:
+        raise ValueError(
+            f"{where}: the text encoder width {width} does not match the UNet's cross_attention_dim {cross}."
+        )
+
+    family = overrides.get("family")
+    if family is None:
+        family = _CROSS_ATTENTION_FAMILY.get(cross)
+        if family is None:
+            hint = " (2048 is SDXL)" if cross == 2048 else ""
+            raise ValueError(
+                f"{where}: cannot tell the model family from cross_attention_dim {cross}{hint}; supported are "
+                f"SD 1.x (768) and SD 2.x (1024). For another SD-shaped model add a {TFICON_JSON} with "
+                f'"family" (one of {FAMILIES}).'
+            )
+    elif family not in FAMILIES:
+        raise ValueError(f"{where}: {TFICON_JSON} family must be one of {FAMILIES}, got {family!r}")
+
+    prediction_type = scheduler_config.get("prediction_type", "epsilon")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"{where}: scheduler prediction_type {prediction_type!r} is not supported; expected one of "
+            f"{PREDICTION_TYPES}."
+        )
+
+    vae_factor = 2 ** (len(vae_config.get("block_out_channels", (0,) * 4)) - 1)
+    image_size = overrides.get("image_size")
+    if image_size is None:
+        sample_size = unet_config.get("sample_size")
+        if not isinstance(sample_size, int):
+            raise ValueError(
+                f"{where}: UNet sample_size {sample_size!r} is not a single int; state image_size in {TFICON_JSON}."
+            )
+        image_size = sample_size * vae_factor
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 or image_size % vae_factor:
+        raise ValueError(
+            f"{where}: image_size must be a positive multiple of the VAE factor {vae_factor}, got {image_size!r}"
+        )
+
+    token_id = overrides.get("exceptional_token_id", SD_EXCEPTIONAL_TOKEN_ID)
+    vocab_size = text_encoder_config.get("vocab_size")
+    if isinstance(token_id, bool) or not isinstance(token_id, int) or token_id < 0:
+        raise ValueError(f"{where}: exceptional_token_id must be a non-negative int, got {token_id!r}")
+    if vocab_size is not None and token_id >= int(vocab_size):
+        raise ValueError(
+            f"{where}: exceptional_token_id {token_id} is outside the text encoder's vocabulary of {vocab_size}; "
+            f"state a valid id in {TFICON_JSON}."
+        )
+    return ModelIdentity(family, prediction_type, image_size, token_id)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The loaded model
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """The parts of a Stable Diffusion pipeline that TF-ICON uses, plus what kind of model it is.
+
+    Modules are in eval mode with gradients off. Latents handed out and taken in are scaled by
+    ``latent_scaling`` (SD: 0.18215), i.e. they are what the UNet sees.
+    """
+
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler_config: dict  # for solver.NoiseSchedule.from_scheduler_config
+    family: str  # one of FAMILIES
+    prediction_type: str  # "epsilon" | "v_prediction"
+    spec: str  # what the user asked for
+    exceptional_token_id: int
+    image_size: int  # native working size in pixels
+    device: torch.device
+    dtype: torch.dtype
+    _prompt_cache: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
+    _exceptional: torch.Tensor | None = field(default=None, init=False, repr=False)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along one side (8 for SD)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def latent_scaling(self) -> float:
+        """The VAE's ``scaling_factor`` (0.18215 for SD 1.x/2.x)."""
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def latent_size(self) -> int:
+        """Latent side length at the native image size (64 for SD at 512)."""
+        return self.image_size // self.vae_scale_factor
+
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """``(1, 77, D)`` prompt embedding (see ``tficon.text.encode_prompt``), cached per prompt string.
+
+        The returned tensor is shared with the cache: do not modify it in place.
+        """
+        from tficon.text import encode_prompt
+
+        cached = self._prompt_cache.get(prompt)
+        if cached is None:
+            cached = encode_prompt(self.tokenizer, self.text_encoder, prompt)
+            self._prompt_cache[prompt] = cached
+            while len(self._prompt_cache) > PROMPT_CACHE_SIZE:
+                self._prompt_cache.popitem(last=False)
+        else:
+            self._prompt_cache.move_to_end(prompt)
+        return cached
+
+    def exceptional_embedding(self) -> torch.Tensor:
+        """``(1, 77, D)`` exceptional prompt e* (see ``tficon.text.exceptional_embedding``), cached.
+
+        The returned tensor is shared with the cache: do not modify it in place.
+        """
+        from tficon.text import exceptional_embedding
+
+        if self._exceptional is None:
+            self._exceptional = exceptional_embedding(
+                self.text_encoder, self.exceptional_token_id, int(self.tokenizer.model_max_length)
+            )
+        return self._exceptional
+
+    def encode_image(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Encode images to scaled latents: a posterior *sample*, as the official code takes (spec 4).
+
+        ``z = (mean + std * eps) * latent_scaling`` where, for each image in batch order, ``eps`` is one
+        float32 draw of shape ``(1, C, h, w)`` from ``generator`` on the generator's device (the official
+        code: CPU generator seeded 3407, background then reference).
+
+        Args:
+            image: ``(B, 3, H, W)`` float tensor in [-1, 1]; H and W multiples of ``vae_scale_factor``.
+            generator: the ``torch.Generator`` the noise is drawn from (any device).
+
+        Returns:
+            ``(B, latent_channels, H / f, W / f)`` float32 latents on ``self.device``.
+        """
+        self._check_image(image)
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        with torch.no_grad():
+            posterior = self.vae.encode(image.to(self.device, self.dtype)).latent_dist
+        mean, std = posterior.mean.float(), posterior.std.float()
+        one_image = (1, *mean.shape[1:])
+        noise = torch.cat(
+            [
+                torch.randn(one_image, generator=generator, device=generator.device, dtype=torch.float32)
+                for _ in range(mean.shape[0])
+            ]
+        ).to(self.device)
+        return (mean + std * noise) * self.latent_scaling
+
+    def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """Decode scaled latents ``(B, C, h, w)`` to float32 images ``(B, 3, h*f, w*f)`` clamped to [-1, 1]."""
+        if not isinstance(z, torch.Tensor) or z.ndim != 4 or z.shape[1] != self.latent_channels:
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"z must be a (B, {self.latent_channels}, h, w) latent tensor, got {shape}")
+        with torch.no_grad():
+            image = self.vae.decode((z / self.latent_scaling).to(self.device, self.dtype)).sample
+        return image.float().clamp(-1.0, 1.0)
+
+    def describe(self) -> str:
+        """One line: family, prediction type, sizes, device and dtype."""
+        h = self.latent_size
+        dtype = str(self.dtype).removeprefix("torch.")
+        return (
+            f"{self.family} ({self.prediction_type}), {self.image_size}x{self.image_size} images -> "
+            f"{self.latent_channels}x{h}x{h} latents, {self.device} {dtype}, from {self.spec!r}"
+        )
+
+    def _check_image(self, image: torch.Tensor) -> None:
+        if not isinstance(image, torch.Tensor) or not torch.is_floating_point(image):
+            raise TypeError(f"image must be a float tensor in [-1, 1], got {getattr(image, 'dtype', type(image))}")
+        f = self.vae_scale_factor
+        if image.ndim != 4 or image.shape[1] != 3 or image.shape[2] % f or image.shape[3] % f:
+            raise ValueError(
+                f"image must have shape (B, 3, H, W) with H and W multiples of {f}, got {tuple(image.shape)}"
+            )
+        low, high = float(image.min()), float(image.max())
+        if low < -1.001 or high > 1.001:
+            raise ValueError(
+                f"image values must lie in [-1, 1] (got {low:.3g}..{high:.3g}); map uint8 pixels with x / 127.5 - 1."
+            )
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, (str, torch.device)):
+        return torch.device(device)
+    raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
+
+
+_DTYPE_NAMES = {
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+}  # fmt: skip
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPE_NAMES:
+        return _DTYPE_NAMES[dtype.removeprefix("torch.")]
+    raise TypeError(f"dtype must be a torch.dtype or one of {sorted(_DTYPE_NAMES)}, got {dtype!r}")
+
+
+def assemble_loaded_model(
+    *,
+    vae,
+    unet,
+    text_encoder,
+    tokenizer,
+    scheduler_config: dict,
+    family: str,
+    spec: str,
+    exceptional_token_id: int,
+    image_size: int,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> LoadedModel:
+    """Move components to ``device``/``dtype`` (defaults: cuda+float16 if available, else cpu+float32),
+    switch them to inference (eval, no gradients) and wrap them in a ``LoadedModel``."""
+    device = _resolve_device(device)
+    dtype = _resolve_dtype(dtype, device)
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    prediction_type = scheduler_config.get("prediction_type", "epsilon")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"scheduler prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    for module in (vae, unet, text_encoder):
+        module.to(device=device)
+        if module.dtype != dtype:  # cast only when needed: diffusers warns about any .to(dtype)
+            module.to(dtype=dtype)
+        module.eval()
+        module.requires_grad_(False)
+    return LoadedModel(
+        vae=vae,
+        unet=unet,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler_config=dict(scheduler_config),
+        family=family,
+        prediction_type=prediction_type,
+        spec=spec,
+        exceptional_token_id=int(exceptional_token_id),
+        image_size=int(image_size),
+        device=device,
+        dtype=dtype,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_model(
+    spec: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    *,
+    local_files_only: bool | None = None,
+    config: str | os.PathLike | None = None,
+) -> LoadedModel:
+    """Load ``spec`` (``"toy"``, a diffusers folder, a .ckpt/.safetensors file or a hub id).
+
+    Args:
+        spec: what to load (see the module docstring).
+        device: default cuda when available, else cpu.
+        dtype: default float16 on cuda, float32 otherwise.
+        local_files_only: True: never use the network. False: the network may be used. None (default):
+            offline when ``HF_HUB_OFFLINE`` is set, else local cache first and the network only if the hub
+            answers within ``HUB_PROBE_TIMEOUT_S``.
+        config: single-file checkpoints only: a diffusers folder (or hub id) whose component configs
+            match the checkpoint; a local folder keeps loading fully offline.
+
+    Raises:
+        FileNotFoundError: a local path that does not exist.
+        ModelNotAvailableError: a hub id (or the configs of a checkpoint) neither cached nor reachable, or
+            the toy model not installed.
+        ValueError: an unsupported model family, or a bad argument.
+    """
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"spec must be a str or path, got {type(spec).__name__}")
+    text = os.fspath(spec)
+    if config is not None and not _is_checkpoint_name(text):
+        raise ValueError("config= only applies to single-file checkpoints (.ckpt / .safetensors)")
+    if text == "toy":
+        if not (TOY_MODEL_DIR / "model_index.json").is_file():
+            raise ModelNotAvailableError(
+                f"the embedded toy model is not installed (no {TOY_MODEL_DIR}/model_index.json). Train it with "
+                f"`python -m tficon.toy.train --out {TOY_MODEL_DIR}`, or reinstall tficon."
+            )
+        return _load_folder(TOY_MODEL_DIR, "toy", device, dtype)
+    if re.match(r"^[a-z][a-z0-9+.-]*://", text):
+        raise ValueError(f"URLs are not supported as spec ({text!r}): download the file and pass its local path.")
+
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _load_folder(path, text, device, dtype)
+    if path.is_file():
+        if not _is_checkpoint_name(text):
+            raise ValueError(
+                f"{text!r} is a file but not a .ckpt/.safetensors checkpoint; pass a checkpoint file, a diffusers "
+                "folder, a hub id or \"toy\"."
+            )
+        return _load_single_file(path, text, config, device, dtype, local_files_only)
+    if _looks_like_path(text) or not _HUB_ID.match(text):
+        raise FileNotFoundError(f"model path {text!r} does not exist. {_ALTERNATIVES}")
+    folder = _hub_snapshot(text, local_files_only)
+    return _load_folder(folder, text, device, dtype)
+
+
+def _is_checkpoint_name(text: str) -> bool:
+    return text.lower().endswith(CHECKPOINT_SUFFIXES)
+
+
+def _looks_like_path(text: str) -> bool:
+    return (
+        text.startswith(("/", "./", "../", "~", "\\"))
+        or "\\" in text
+        or text.count("/") > 1
+        or _is_checkpoint_name(text)
+        or (len(text) > 1 and text[1] == ":")  # C:...
+    )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing; is this a complete diffusers Stable Diffusion folder?") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+
+
+def _read_overrides(folder: Path) -> dict:
+    path = folder / TFICON_JSON
+    if not path.is_file():
+        return {}
+    overrides = _read_json(path)
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return overrides
+
+
+def _load_folder(folder: Path, spec: str, device, dtype) -> LoadedModel:
+    """Check the configs of a diffusers pipeline folder, then load its components."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"{spec!r} is a folder but not a diffusers pipeline folder (no model_index.json). {_ALTERNATIVES}"
+        )
+    index = _read_json(folder / "model_index.json")
+    component_names = {k for k, v in index.items() if not k.startswith("_") and isinstance(v, (list, tuple))}
+    identity = identify_model(
+        _read_json(folder / "unet" / "config.json"),
+        _read_json(folder / "text_encoder" / "config.json"),
+        _read_json(folder / "vae" / "config.json"),
+        _read_json(folder / "scheduler" / "scheduler_config.json"),
+        overrides=_read_overrides(folder),
+        component_names=component_names,
+        where=repr(spec),
+    )
+    device = _resolve_device(device)
+    dtype = _resolve_dtype(dtype, device)
+    return assemble_loaded_model(
+        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype),
+        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
+        text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        scheduler_config=_read_json(folder / "scheduler" / "scheduler_config.json"),
+        family=identity.family,
+        spec=spec,
+        exceptional_token_id=identity.exceptional_token_id,
+        image_size=identity.image_size,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def _default_single_file_config(path: Path) -> str | None:
+    """The diffusers config repo for a checkpoint when the caller gave none.
+
+    None lets diffusers infer it from the weights, except for SD 2.x 512 checkpoints (official names
+    ``v2-1_512-ema-pruned.ckpt``, ``512-base-ema.ckpt``): diffusers would configure them as the 768
+    v-prediction model, but they are epsilon models at 512.
+    """
+    name = path.name.lower()
+    if "512" in name and ("v2" in name or "base" in name):
+        return SD2_BASE_CONFIG_REPO
+    return None
+
+
+def _load_single_file(path: Path, spec: str, config, device, dtype, local_files_only) -> LoadedModel:
+    from diffusers import StableDiffusionPipeline
+
+    overrides: dict = {}
+    if config is not None:
+        config_path = Path(os.fspath(config)).expanduser()
+        if config_path.is_dir():
+            if not (config_path / "model_index.json").is_file():
+                raise FileNotFoundError(f"config folder {str(config_path)!r} has no model_index.json")
+            overrides = _read_overrides(config_path)
+            config = str(config_path)
+        elif _looks_like_path(os.fspath(config)):
+            raise FileNotFoundError(f"config folder {os.fspath(config)!r} does not exist")
+        else:
+            config = os.fspath(config)
+    else:
+        config = _default_single_file_config(path)
+
+    offline = _offline_requested(local_files_only)
+    if isinstance(config, str) and not Path(config).is_dir() and (offline or not _hub_reachable()):
+        config = _cached_config_folder(config, spec)  # raises with advice when not cached
+        offline = True
+    elif config is None and not offline and not _hub_reachable():
+        offline = True
+
+    device = _resolve_device(device)
+    dtype = _resolve_dtype(dtype, device)
+    try:
+        pipeline = StableDiffusionPipeline.from_single_file(
+            str(path),
+            config=config,
+            local_files_only=offline,
+            torch_dtype=dtype,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    except OSError as error:  # missing files / configs not cached / network
+        raise ModelNotAvailableError(
+            f"could not load the single-file checkpoint {spec!r}: {error}\nIf the diffusers component configs "
+            "could not be fetched (offline), pass config=<a local diffusers folder of the same architecture, e.g. "
+            "a saved stabilityai/stable-diffusion-2-1-base; its *.json and tokenizer files suffice>, or run once "
+            "with network access so that the configs are cached."
+        ) from error
+    identity = identify_model(
+        dict(pipeline.unet.config),
+        pipeline.text_encoder.config.to_dict(),
+        dict(pipeline.vae.config),
+        dict(pipeline.scheduler.config),
+        overrides=overrides,
+        where=repr(spec),
+    )
+    return assemble_loaded_model(
+        vae=pipeline.vae,
+        unet=pipeline.unet,
+        text_encoder=pipeline.text_encoder,
+        tokenizer=pipeline.tokenizer,
+        scheduler_config=dict(pipeline.scheduler.config),
+        family=identity.family,
+        spec=spec,
+        exceptional_token_id=identity.exceptional_token_id,
+        image_size=identity.image_size,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def _cached_config_folder(repo_id: str, spec: str) -> str:
+    """The locally cached config files (no weights) of ``repo_id``, without touching the network."""
+    from huggingface_hub import snapshot_download, try_to_load_from_cache
+
+    try:
+        # a pure file-system check first: hub calls may wait on a silent network even when cache-only
+        if not isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str):
+            raise FileNotFoundError(f"{repo_id}/model_index.json is not cached")
+        return snapshot_download(repo_id, allow_patterns=["*.json", "*/*.json", "*/*.txt"], local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ModelNotAvailableError(
+            f"cannot load the single-file checkpoint {spec!r} offline: the diffusers configs of {repo_id!r} are not "
+            "in the local Hugging Face cache. Pass config=<a local diffusers folder of the same architecture (its "
+            "*.json and tokenizer files suffice)>, or run once with network access so that they are cached."
+        ) from error
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The hub, without hanging
+# --------------------------------------------------------------------------------------------------------------
+
+_TRUE = {"1", "on", "yes", "true"}
+
+
+def _offline_requested(local_files_only: bool | None) -> bool:
+    if local_files_only is not None:
+        return bool(local_files_only)
+    from huggingface_hub import constants
+
+    # huggingface_hub reads HF_HUB_OFFLINE once at import; reading it here as well honours a later change.
+    variables = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    environment = any(os.environ.get(v, "").strip().lower() in _TRUE for v in variables)
+    return environment or bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_reachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the hub endpoint answers an HTTP HEAD request within ``timeout_s``.
+
+    Name lookup, proxies (urllib reads the same ``*_PROXY`` variables) and TLS are all part of the test,
+    so a sandbox that accepts TCP connections but never answers counts as unreachable. Any HTTP status is
+    an answer; so is a certificate the system store rejects (a TLS-inspecting proxy: huggingface_hub may
+    still trust it through its own CA settings, so let it try).
+    """
+    outcome: list[bool] = []
+
+    def ask() -> None:
+        request = urllib.request.Request(_endpoint(), method="HEAD")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s):
+                outcome.append(True)
+        except urllib.error.HTTPError:
+            outcome.append(True)
+        except urllib.error.URLError as error:
+            outcome.append(isinstance(error.reason, ssl.SSLCertVerificationError))
+        except (OSError, ValueError):
+            outcome.append(False)
+
+    # A thread, because name resolution has no timeout of its own.
+    probe = threading.Thread(target=ask, daemon=True, name="tficon-hub-probe")
+    probe.start()
+    probe.join(timeout_s)
+    return bool(outcome and outcome[0])
+
+
+def _hub_snapshot(repo_id: str, local_files_only: bool | None) -> Path:
+    """The local folder of hub pipeline ``repo_id``: from the cache, else downloaded when allowed and reachable."""
+    from diffusers import StableDiffusionPipeline
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    # The safety checker is never used: passing it tells diffusers not to fetch or require its weights.
+    skip = {"safety_checker": None, "feature_extractor": None}
+    cache_error: Exception | None = None
+    # try_to_load_from_cache only reads the file system. Any hub call, even a cache-only one, may first
+    # spend seconds on a one-off metadata request when the network is silent, so skip them when nothing is cached.
+    if isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str):
+        try:
+            return Path(StableDiffusionPipeline.download(repo_id, local_files_only=True, **skip))
+        except (OSError, ValueError) as error:
+            cache_error = error
+    if _offline_requested(local_files_only):
+        reason = "it is not in the local Hugging Face cache and offline mode is on (HF_HUB_OFFLINE / local_files_only)"
+        raise ModelNotAvailableError(f"cannot load model {repo_id!r}: {reason}. {_ALTERNATIVES}") from cache_error
+    if local_files_only is None and not _hub_reachable():
+        reason = (
+            f"it is not in the local Hugging Face cache and the hub ({urlparse(_endpoint()).hostname}) cannot be "
+            f"reached (no connection within {HUB_PROBE_TIMEOUT_S:g} s)"
+        )
+        raise ModelNotAvailableError(f"cannot load model {repo_id!r}: {reason}. {_ALTERNATIVES}") from cache_error
+    try:
+        # Check the pipeline type on model_index.json alone before fetching gigabytes of weights.
+        index = _read_json(Path(hf_hub_download(repo_id, "model_index.json")))
+        names = {k for k, v in index.items() if not k.startswith("_") and isinstance(v, (list, tuple))}
+        if "text_encoder_2" in names or "transformer" in names or "unet" not in names:
+            raise ValueError(
+                f"{repo_id!r} is a {index.get('_class_name', 'non-SD')} repository; TF-ICON runs on SD 1.x and 2.x."
+            )
+        return Path(StableDiffusionPipeline.download(repo_id, local_files_only=False, **skip))
+    except OSError as error:
+        raise ModelNotAvailableError(f"cannot download model {repo_id!r}: {error}. {_ALTERNATIVES}") from error
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT

@@ -1,0 +1,212 @@
+"""Tiny random-weight models shaped like Stable Diffusion, for tests, benchmarks and offline demos.
+
+They have SD's structure at a toy width, so every code path that walks a real SD model (attention
+processors per resolution, the exceptional prompt, VAE posterior sampling, the noise schedule) runs on
+them in milliseconds on a CPU:
+
+- UNet: 3 levels like SD's 4 (``CrossAttnDownBlock2D`` x2 + ``DownBlock2D``, a cross-attention mid block,
+  ``UpBlock2D`` + ``CrossAttnUpBlock2D`` x2), so self-attention (``attn1``) and cross-attention (``attn2``)
+  run at two resolutions (latent 8x8 and 4x4 for 64x64 images) plus the mid block (2x2).
+  ``"sd2"`` copies SD 2.x's choices (linear ``proj_in``/``proj_out``, per-level head counts, GELU text
+  encoder); ``"sd1"`` copies SD 1.x's (1x1-conv projections, 8 heads everywhere, quick-GELU text encoder).
+  ``"sd2-v"`` is ``"sd2"`` with v-prediction (and upcast attention), like SD 2.x 768-v.
+- VAE: 4 levels, so the downsampling factor is 8 as in SD, with 8 to 32 channels.
+- Text encoder: a 2-layer ``CLIPTextModel`` whose vocabulary (8192 ids) contains SD's exceptional token
+  7788, with a small offline ``CLIPTokenizer`` (window 77) covering ``TINY_WORDS``.
+- Scheduler: SD's training schedule (scaled_linear, 0.00085..0.012, 1000 steps).
+
+The weights are random (fixed by ``seed``): outputs are noise, never images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from tficon.clip_tokenizer import build_clip_tokenizer
+from tficon.models import SD_EXCEPTIONAL_TOKEN_ID, TFICON_JSON, LoadedModel, assemble_loaded_model
+
+__all__ = ["TINY_FAMILIES", "TINY_IMAGE_SIZE", "TINY_WORDS", "tiny_components", "tiny_model", "save_tiny_model"]
+
+TINY_FAMILIES = ("sd1", "sd2", "sd2-v")
+TINY_IMAGE_SIZE = 64  # native size: 64x64 images, 8x8 latents
+TINY_VOCAB_SIZE = 8192  # > 7788, so SD's exceptional token id is valid
+TINY_WORDS = tuple(
+    """a an the of in on with and at by photo painting sketch drawing oil watercolor pencil cartoon anime style
+    cat dog bird horse car house tree flower person face sky sea beach mountain city street forest
+    red green blue yellow black white small big old new realistic""".split()
+) + tuple("abcdefghijklmnopqrstuvwxyz0123456789")
+
+# Per family: text width (stands in for 768 / 1024), text activation, UNet head counts, projection style.
+_TEXT_WIDTH = {"sd1": 32, "sd2": 48}
+_TEXT_ACT = {"sd1": "quick_gelu", "sd2": "gelu"}
+_UNET_HEADS = {"sd1": 8, "sd2": (2, 4, 4)}  # diffusers' attention_head_dim = number of heads for SD
+
+
+def _base_family(family: str) -> str:
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"family must be one of {TINY_FAMILIES}, got {family!r}")
+    return "sd1" if family == "sd1" else "sd2"
+
+
+def _tiny_unet(family: str) -> UNet2DConditionModel:
+    base = _base_family(family)
+    return UNet2DConditionModel(
+        sample_size=TINY_IMAGE_SIZE // 8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=_TEXT_WIDTH[base],
+        attention_head_dim=_UNET_HEADS[base],
+        use_linear_projection=base == "sd2",
+        upcast_attention=family == "sd2-v",
+        norm_num_groups=32,
+        norm_eps=1e-5,
+    )
+
+
+def _tiny_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=TINY_IMAGE_SIZE,
+        scaling_factor=0.18215,
+    )
+
+
+def _tiny_text_encoder(family: str) -> CLIPTextModel:
+    base = _base_family(family)
+    width = _TEXT_WIDTH[base]
+    config = CLIPTextConfig(
+        vocab_size=TINY_VOCAB_SIZE,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act=_TEXT_ACT[base],
+        layer_norm_eps=1e-5,
+        # ids of tficon.clip_tokenizer: <|startoftext|> = 0, <|endoftext|> = 1 (also the padding)
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    return CLIPTextModel(config)
+
+
+def _tiny_scheduler(family: str):
+    sd_schedule = dict(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    if family == "sd2-v":  # SD 2.x 768-v ships a DDIM config with v-prediction
+        return DDIMScheduler(**sd_schedule, clip_sample=False, prediction_type="v_prediction")
+    return PNDMScheduler(**sd_schedule, skip_prk_steps=True, prediction_type="epsilon")
+
+
+def tiny_components(family: str = "sd2", seed: int = 0) -> dict:
+    """Random SD-shaped components: ``{"vae", "unet", "text_encoder", "tokenizer", "scheduler"}``.
+
+    Args:
+        family: ``"sd1"``, ``"sd2"`` or ``"sd2-v"`` (see the module docstring).
+        seed: fixes every weight; the global torch RNG is left untouched.
+
+    Returns:
+        The keyword arguments of ``StableDiffusionPipeline`` minus the safety checker, in float32 on CPU.
+    """
+    _base_family(family)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = _tiny_unet(family)
+        vae = _tiny_vae()
+        text_encoder = _tiny_text_encoder(family)
+    tokenizer = build_clip_tokenizer(TINY_WORDS, model_max_length=77)
+    if len(tokenizer) > TINY_VOCAB_SIZE:  # guards edits of TINY_WORDS
+        raise RuntimeError(f"tiny tokenizer has {len(tokenizer)} tokens, more than the encoder's {TINY_VOCAB_SIZE}")
+    for module in (unet, vae, text_encoder):
+        module.eval()
+    return {
+        "vae": vae,
+        "unet": unet,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler": _tiny_scheduler(family),
+    }
+
+
+def _tiny_family_name(family: str) -> str:
+    return f"tiny-{_base_family(family)}"
+
+
+def tiny_model(
+    family: str = "sd2",
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> LoadedModel:
+    """A ``LoadedModel`` around ``tiny_components(family, seed)``.
+
+    Its family is ``"tiny-sd1"`` or ``"tiny-sd2"`` (``"sd2-v"`` gives ``"tiny-sd2"`` with
+    ``prediction_type == "v_prediction"``), image size 64, exceptional token 7788.
+
+    Args:
+        device: default cuda when available, else cpu.
+        dtype: default float32 on every device (random weights gain nothing from float16).
+    """
+    parts = tiny_components(family, seed)
+    return assemble_loaded_model(
+        vae=parts["vae"],
+        unet=parts["unet"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        scheduler_config=dict(parts["scheduler"].config),
+        family=_tiny_family_name(family),
+        spec=f"tiny:{family}:seed={seed}",
+        exceptional_token_id=SD_EXCEPTIONAL_TOKEN_ID,
+        image_size=TINY_IMAGE_SIZE,
+        device=device,
+        dtype=torch.float32 if dtype is None else dtype,
+    )
+
+
+def save_tiny_model(directory: str | os.PathLike, family: str = "sd2", seed: int = 0) -> Path:
+    """Write a tiny model as a ``StableDiffusionPipeline`` folder plus ``tficon.json``; return the folder.
+
+    ``load_model(directory)`` then reports family ``"tiny-sd1"``/``"tiny-sd2"``, image size 64 and
+    exceptional token 7788 (from ``tficon.json``), and the prediction type from the scheduler config.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    directory = Path(directory)
+    pipeline = StableDiffusionPipeline(
+        **tiny_components(family, seed),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(directory, safe_serialization=True)
+    metadata = {
+        "family": _tiny_family_name(family),
+        "exceptional_token_id": SD_EXCEPTIONAL_TOKEN_ID,
+        "image_size": TINY_IMAGE_SIZE,
+    }
+    (directory / TFICON_JSON).write_text(json.dumps(metadata, indent=2) + "\n")
+    return directory
