@@ -82,6 +82,7 @@ def cmd_compose(args) -> int:
         args.mask if args.mask is not None else args.box,
         args.prompt,
         _config(args, "cross"),
+        image_size=args.size,
         progress=not args.quiet,
     )
     session.run()
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--mask", default=None, help="user mask on the background: its bbox is the target box")
     comp.add_argument("--box", type=_box, default=None, help="target box x,y,w,h in working-image pixels")
     comp.add_argument("--prompt", required=True)
+    comp.add_argument("--size", type=int, default=None, help="working image side in pixels (default: the model's)")
     comp.add_argument("--out", required=True)
     comp.add_argument("--json", default=None, help="write settings, timings and counts as JSON")
     comp.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -583,6 +583,13 @@ class Session:
             out["gen"] = record.gen.x
         return out
 
+    def preview(self, step: int | None = None) -> dict[str, torch.Tensor]:
+        """Cheap RGB previews (3, h, w) in [0, 1] of each branch's x0 estimate at ``step``, through the
+        model's fitted linear latent-to-RGB map (``tficon.preview``); use ``decode`` for full images."""
+        from .preview import latent_to_rgb
+
+        return {name: latent_to_rgb(self.model, x0) for name, x0 in self.x0(step).items()}
+
     def _record(self, step: int | None) -> StepRecord:
         if not self._records:
             raise RuntimeError("no step has run yet: call step() or run() first")

@@ -1,0 +1,55 @@
+"""Cheap latent previews: a fixed linear map from latent channels to RGB.
+
+A full VAE decode per step and branch is too slow for a live view; a per-pixel affine map from the
+latent channels to RGB shows layout and colour well enough. The map is not hard-coded per model:
+it is fitted once per model by least squares on a few synthetic colour-field images, encoded with
+the model's own VAE (posterior mean) and compared with the images area-averaged onto the latent
+grid. This works for SD 1.x / 2.x, the toy model and the tiny test models alike.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _colour_fields(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """n images (n, 3, size, size) in [-1, 1]: random low-resolution colour fields, upsampled."""
+    coarse = torch.rand(n, 3, 4, 4, generator=generator) * 2 - 1
+    fields = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    blocks = F.interpolate(torch.rand(n, 3, 8, 8, generator=generator) * 2 - 1, size=(size, size), mode="nearest")
+    return (0.6 * fields + 0.4 * blocks).clamp(-1, 1)
+
+
+def fit_latent_rgb_map(model, n_images: int = 4, latent_side: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares (weight (C, 3), bias (3,)) with rgb01 ~= latent @ weight + bias, per pixel."""
+    factor = model.vae_scale_factor
+    generator = torch.Generator().manual_seed(0)
+    images = _colour_fields(n_images, latent_side * factor, generator)
+    with torch.no_grad():
+        dist = model.vae.encode(images.to(model.device, model.dtype)).latent_dist
+        latents = (dist.mean * model.latent_scaling).float().cpu()
+    targets = (F.avg_pool2d(images, factor) + 1) / 2  # (n, 3, side, side) in [0, 1]
+    channels = latents.shape[1]
+    x = latents.permute(0, 2, 3, 1).reshape(-1, channels)
+    x = torch.cat([x, torch.ones(x.shape[0], 1)], 1)
+    y = targets.permute(0, 2, 3, 1).reshape(-1, 3)
+    solution = torch.linalg.lstsq(x.double(), y.double()).solution.float()
+    return solution[:channels], solution[channels]
+
+
+def latent_rgb_map(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's preview map, fitted on first use and cached on the model object."""
+    cached = getattr(model, "_tficon_latent_rgb", None)
+    if cached is None:
+        cached = fit_latent_rgb_map(model)
+        model._tficon_latent_rgb = cached
+    return cached
+
+
+def latent_to_rgb(model, latent: torch.Tensor) -> torch.Tensor:
+    """(1, C, h, w) or (C, h, w) scaled latent -> (3, h, w) RGB in [0, 1] (one pixel per latent cell)."""
+    weight, bias = latent_rgb_map(model)
+    z = latent[0] if latent.ndim == 4 else latent
+    rgb = torch.einsum("chw,ck->khw", z.float().cpu(), weight) + bias[:, None, None]
+    return rgb.clamp(0, 1)
