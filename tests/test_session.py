@@ -273,3 +273,20 @@ def test_summary_is_json_ready(finished):
     data = json.loads(json.dumps(finished.summary()))
     assert data["sample_evals"] >= sum(p.sample_evals for p in finished.plans)  # inversions may be cached
     assert data["config"]["tau_a"] == 0.4 and data["guidance"] == 5.0
+
+
+def test_update_object_mask_keeps_inversions_in_cross_mode_and_matches_fresh(model, sample):
+    import numpy as np
+
+    session = make(model, sample).run()
+    mask = np.array(sample.foreground_mask)
+    mask[: mask.shape[0] // 2] = 0  # paint out the top half of the object
+    assert session.update(foreground_mask=mask) == 0
+    session.run()
+    assert session.timings["invert_cached"] == (True, True)
+    fresh = Session(model, sample.background, sample.foreground, mask, sample.box, sample.prompt,
+                    image_size=SIZE, steps=STEPS).run()
+    assert torch.equal(session.records[-1].gen.x, fresh.records[-1].gen.x)
+    with pytest.raises(ValueError, match="foreground_mask"):
+        session.update(foreground_mask=np.zeros_like(mask))
+    assert session.done  # the failed update changed nothing

@@ -125,7 +125,6 @@ class Session:
             "background": io.load_image(background, name="background"),
             "foreground": io.load_image(foreground, name="foreground"),
         }
-        io.load_mask(foreground_mask, name="foreground_mask")  # validation only: clear errors for bad masks
         self._object_mask = _official_mask_source(foreground_mask)
         self._mask_or_box = self._load_box(mask_or_box)
         self._prompt = self._check_prompt(prompt)
@@ -194,7 +193,8 @@ class Session:
     def update(self, **changes) -> int | None:
         """Apply new settings; returns the first step whose result changes (None: nothing changes).
 
-        Accepts configuration fields, ``prompt``, and ``mask_or_box``. Steps from the returned index on
+        Accepts configuration fields, ``prompt``, ``mask_or_box``, ``background``, ``foreground`` and
+        ``foreground_mask``. Invalid values raise and leave the Session unchanged. Steps from the returned index on
         are dropped and recomputed by the next ``run``; a prompt or guidance change keeps both
         inversions and the start latent, a tau change keeps every step before its first effect, a box
         move in cross mode keeps both inversions (the reference canvas is centred, so only a size
@@ -202,6 +202,12 @@ class Session:
         """
         new_prompt = self._check_prompt(changes.pop("prompt")) if "prompt" in changes else self._prompt
         new_box = self._load_box(changes.pop("mask_or_box")) if "mask_or_box" in changes else self._mask_or_box
+        new_images = dict(self._images)
+        for name in ("background", "foreground"):
+            if name in changes:
+                new_images[name] = io.load_image(changes.pop(name), name=name)
+        new_mask = _official_mask_source(changes.pop("foreground_mask")) if "foreground_mask" in changes else self._object_mask
+        images_changed = any(new_images[n] is not self._images[n] for n in new_images) or new_mask is not self._object_mask
         new_config = self._config.replace(**changes)
         self._check_steps(new_config)
         prompt_changed = new_prompt != self._prompt
@@ -211,9 +217,11 @@ class Session:
         }
         old_plans = self.plans
         new_inputs = None
-        if box_changed or changed_fields & {"mode", "largest_contour", "clip_box"}:
-            new_inputs = self._prepare_inputs(new_config, new_box)  # raises before anything changes
+        if images_changed or box_changed or changed_fields & {"mode", "largest_contour", "clip_box"}:
+            # raises before anything changes
+            new_inputs = self._prepare_inputs(new_config, new_box, new_images, new_mask)
         self._config, self._prompt, self._mask_or_box = new_config, new_prompt, new_box
+        self._images, self._object_mask = new_images, new_mask
 
         if new_inputs is not None:
             self._reset(inputs=True)
@@ -247,22 +255,22 @@ class Session:
     @property
     def inputs(self) -> Inputs:
         if self._inputs is None:
-            self._inputs = self._prepare_inputs(self._config, self._mask_or_box)
+            self._inputs = self._prepare_inputs(self._config, self._mask_or_box, self._images, self._object_mask)
         return self._inputs
 
-    def _prepare_inputs(self, config: CompositionConfig, mask_or_box) -> Inputs:
+    def _prepare_inputs(self, config: CompositionConfig, mask_or_box, images: dict, object_mask) -> Inputs:
         size = self.image_size
         place = placement_mod.compute_placement(
             mask_or_box,
-            self._images["foreground"].size,
+            images["foreground"].size,
             size,
             self.model.vae_scale_factor,
             box_rule=config.box_rule,
             clip=config.clip_box,
             levels=len(self.model.unet.config.block_out_channels),
         )
-        background = io.resize_background(self._images["background"], size)
-        reference, mpad = placement_mod.prepare_foreground(self._images["foreground"], self._object_mask, place)
+        background = io.resize_background(images["background"], size)
+        reference, mpad = placement_mod.prepare_foreground(images["foreground"], object_mask, place)
         composite = placement_mod.cut_and_paste(background, reference, mpad, place)
         return Inputs(place, background, reference, mpad, composite)
 
@@ -642,9 +650,11 @@ class Session:
 
 def _official_mask_source(mask):
     """The object mask as the official pipeline binarises it: a greyscale image for PIL's dithering
-    ``convert("1")`` (tficon.placement.prepare_foreground); arrays other than uint8 stay as validated."""
+    ``convert("1")`` (tficon.placement.prepare_foreground); arrays other than uint8 stay as validated.
+    Validates first (clear errors for empty, non-binary or unreadable masks)."""
     from PIL import Image
 
+    io.load_mask(mask, name="foreground_mask")
     if isinstance(mask, (str,)) or hasattr(mask, "__fspath__"):
         with Image.open(mask) as opened:
             mask = opened.convert("L")
