@@ -1,4 +1,4 @@
-"""The ``tficon`` command line: ``demo`` and ``compose`` (``batch`` comes with the batch issue)."""
+"""The ``tficon`` command line: ``demo``, ``compose`` and ``batch``."""
 
 from __future__ import annotations
 
@@ -124,6 +124,30 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from .batch import run_batch
+
+    # --mode here also takes "auto"; the shared settings are built without it and each sample gets its own mode.
+    base = _config(argparse.Namespace(**{**vars(args), "mode": None}), "cross").replace(clip_box=args.clip_box)
+    report = run_batch(
+        args.root,
+        args.out,
+        model=args.model,
+        mode=args.mode,
+        config=base,
+        image_size=args.size,
+        force=args.force,
+        limit=args.limit,
+        progress=not args.quiet,
+        perceptual=not args.pixel_metrics_only,
+        lpips_weights=args.lpips_weights,
+        clip_model=args.clip_model,
+        allow_downloads=args.allow_downloads,
+    )
+    print(report.describe())
+    return 1 if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tficon", description="TF-ICON training-free image composition on diffusers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -150,6 +174,39 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_flags(comp)
     comp.set_defaults(func=cmd_compose)
+
+    # conflict_handler="resolve": the batch's own --mode (with "auto") replaces the one of _add_config_flags.
+    batch = sub.add_parser(
+        "batch",
+        conflict_handler="resolve",
+        help="compose every sample folder under ROOT (the official inputs/<domain>/<prompt>/ layout)",
+        description="Compose every sample folder under ROOT, laid out like the official inputs/<domain>/<prompt>/ "
+        "folders with bg*, fg*, fg*mask* and mask* images; the prompt is the folder name. Writes per-sample results, "
+        "cut-and-paste, placement overlay and JSON, plus summary.csv/json, contact_sheet.png and report.html. "
+        "Finished samples are skipped on a re-run unless --force.",
+    )
+    batch.add_argument("root", help="folder holding the sample folders (e.g. the official inputs/)")
+    batch.add_argument("--out", required=True, help="output folder (one sub-folder per sample, summaries on top)")
+    batch.add_argument("--model", default="toy", help='"toy", a hub id, a diffusers folder or a checkpoint file')
+    batch.add_argument("--size", type=int, default=None, help="working image side in pixels (default: the model's)")
+    batch.add_argument("--force", action="store_true", help="compose finished samples again")
+    batch.add_argument("--limit", type=int, default=None, help="only the first N sample folders (sorted by path)")
+    batch.add_argument("--quiet", action="store_true", help="no progress bar")
+    batch.add_argument(
+        "--clip-box", action="store_true", help="move boxes that leave the image inside (else those samples are skipped)"
+    )
+    batch.add_argument("--lpips-weights", default=None, help="torchvision VGG16 weights file for LPIPS (VGG)")
+    batch.add_argument("--clip-model", default=None, help="CLIP folder or cached hub id for the CLIP scores")
+    batch.add_argument("--allow-downloads", action="store_true", help="let LPIPS/CLIP download missing weights")
+    batch.add_argument("--pixel-metrics-only", action="store_true", help="MSE/PSNR/SSIM only: do not try LPIPS or CLIP")
+    _add_config_flags(batch)
+    batch.add_argument(
+        "--mode",
+        choices=("auto", "cross", "same"),
+        default="auto",
+        help="auto (default): from a cross_domain / same_domain folder above each sample, else cross",
+    )
+    batch.set_defaults(func=cmd_batch)
     return parser
 
 

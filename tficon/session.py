@@ -76,7 +76,7 @@ class StepRecord:
     seconds: float
     unet_calls: int
     sample_evals: int
-    attention: dict = field(default_factory=dict)  # captured maps (layer, kind) -> (Nq, Nk), if requested
+    attention: dict = field(default_factory=dict)  # maps (layer, kind) -> (Nq, Nk) of capture_attention
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,6 @@ class Session:
         self.schedule = noise_schedule(model)
         self.stats = {"unet_calls": 0, "sample_evals": 0}
         self.timings: dict[str, float] = {}
-        self._capture_steps: dict[int, CaptureRequest] = {}
         self._reset(inputs=True)
         self.inputs  # fail now, naming the argument, if the box or the images do not fit
 
@@ -396,9 +395,7 @@ class Session:
         """Run the next step and return its record (raises when the composition is complete)."""
         if self.done:
             raise RuntimeError("the composition is complete; rewind() or update() to run steps again")
-        s = len(self._records)
-        capture = self._capture_steps.get(s)
-        record = self._compute_step(s, capture=capture)
+        record = self._compute_step(len(self._records))
         self._records.append(record)  # only now does the Session change: a failed step leaves no trace
         self._result = None
         return record
