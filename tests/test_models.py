@@ -303,8 +303,6 @@ def test_single_file_without_cached_configs_explains_config_offline(tmp_path, mo
 
 
 def test_toy_model_loads():
-    if not (models.TOY_MODEL_DIR / "model_index.json").is_file():
-        pytest.skip(f"the embedded toy model is not installed yet ({models.TOY_MODEL_DIR} is absent)")
     metadata = json.loads((models.TOY_MODEL_DIR / "tficon.json").read_text())
     model = load_model("toy", device="cpu")
     assert model.family == "toy" and model.spec == "toy"

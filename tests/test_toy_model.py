@@ -12,25 +12,19 @@ import numpy as np
 import pytest
 import torch
 
-from tficon.toy import MODEL_DIR, caption_words
+from tficon.toy import COLOURS, DOMAINS, MODEL_DIR, SHAPES, caption_words
 from tficon.toy.quality import held_out_images, inversion_scores, prompt_text, single_object_scores, vae_psnr
 
-# measured on the shipped model, see tficon/toy/README.md
-MIN_VAE_PSNR_DB = 0.0
-MIN_DOMAIN, MIN_COLOUR, MIN_SHAPE = 0.0, 0.0, 0.0
-MIN_INVERSION_PSNR_DB = 0.0
+# The shipped model reaches (this test's inputs): VAE 26.1 dB on 8 held-out images; on the 16 prompts
+# below, seed 0, domain 5/16, colour 10/16, shape 11/16; exceptional-prompt inversion 27.1 dB vs the
+# VAE reconstruction (2 images, 10 + 10 steps). Chance is 4/16 for each attribute: the domain
+# threshold is only at chance because the shipped model gets domains right barely above it (README).
+MIN_VAE_PSNR_DB = 25.0
+MIN_DOMAIN, MIN_COLOUR, MIN_SHAPE = 4 / 16, 8 / 16, 9 / 16
+MIN_INVERSION_PSNR_DB = 25.0
 
-# 8 prompts: every domain, colour and shape twice
-PROMPTS = [
-    ("flat", "red", "circle"),
-    ("flat", "green", "star"),
-    ("outline", "blue", "square"),
-    ("outline", "yellow", "triangle"),
-    ("striped", "green", "circle"),
-    ("striped", "red", "triangle"),
-    ("pencil", "yellow", "star"),
-    ("pencil", "blue", "square"),
-]
+# 16 prompts: every (domain, colour) pair once, every (domain, shape) pair once
+PROMPTS = [(d, c, SHAPES[(i + j) % 4]) for i, d in enumerate(DOMAINS) for j, c in enumerate(COLOURS)]
 
 
 @pytest.fixture(scope="module")

@@ -62,6 +62,10 @@ def test_caption_formats():
     assert make_caption([circle, star], "outline") == "a red star and a blue circle, outline style"
     assert make_caption([square, star, circle], "pencil") == "a red star, a blue circle and a green square, pencil style"
     assert make_caption([], "flat") == "flat style"
+    # plain (shape, colour, centre, size) tuples work too
+    assert make_caption([("square", "yellow", (30, 30), 5)], "striped") == "a yellow square, striped style"
+    with pytest.raises(ValueError, match="domain"):
+        make_caption([star], "sketch")
 
 
 @pytest.mark.parametrize("domain", DOMAINS)
