@@ -1,10 +1,12 @@
 """Cheap latent previews: a fixed linear map from latent channels to RGB.
 
 A full VAE decode per step and branch is too slow for a live view; a per-pixel affine map from the
-latent channels to RGB shows layout and colour well enough. The map is not hard-coded per model:
-it is fitted once per model by least squares on a few synthetic colour-field images, encoded with
-the model's own VAE (posterior mean) and compared with the images area-averaged onto the latent
-grid. This works for SD 1.x / 2.x, the toy model and the tiny test models alike.
+latent channels to RGB shows layout and colour well enough. The map is not hard-coded per model: it
+is fitted by least squares on images encoded with the model's own VAE (posterior mean) against the
+same images area-averaged onto the latent grid. A Session fits it on its own inputs (background,
+cut-and-paste, reference), so the map matches the content on screen; without images a model-level
+map is fitted on synthetic colour fields. This works for SD 1.x / 2.x, the toy model and the tiny
+test models alike.
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ def _colour_fields(n: int, size: int, generator: torch.Generator) -> torch.Tenso
     return (0.6 * fields + 0.4 * blocks).clamp(-1, 1)
 
 
-def fit_latent_rgb_map(model, n_images: int = 4, latent_side: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least-squares (weight (C, 3), bias (3,)) with rgb01 ~= latent @ weight + bias, per pixel."""
+def fit_latent_rgb_map(model, images: torch.Tensor | None = None, latent_side: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares (weight (C, 3), bias (3,)) with rgb01 ~= latent @ weight + bias, per pixel.
+
+    ``images`` (n, 3, H, W) in [-1, 1]; default: four synthetic colour fields.
+    """
     factor = model.vae_scale_factor
-    generator = torch.Generator().manual_seed(0)
-    images = _colour_fields(n_images, latent_side * factor, generator)
+    if images is None:
+        images = _colour_fields(4, latent_side * factor, torch.Generator().manual_seed(0))
+    images = images.float().cpu()
     with torch.no_grad():
         dist = model.vae.encode(images.to(model.device, model.dtype)).latent_dist
         latents = (dist.mean * model.latent_scaling).float().cpu()
@@ -47,9 +53,9 @@ def latent_rgb_map(model) -> tuple[torch.Tensor, torch.Tensor]:
     return cached
 
 
-def latent_to_rgb(model, latent: torch.Tensor) -> torch.Tensor:
+def latent_to_rgb(model, latent: torch.Tensor, rgb_map: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """(1, C, h, w) or (C, h, w) scaled latent -> (3, h, w) RGB in [0, 1] (one pixel per latent cell)."""
-    weight, bias = latent_rgb_map(model)
+    weight, bias = rgb_map if rgb_map is not None else latent_rgb_map(model)
     z = latent[0] if latent.ndim == 4 else latent
     rgb = torch.einsum("chw,ck->khw", z.float().cpu(), weight) + bias[:, None, None]
     return rgb.clamp(0, 1)

@@ -244,6 +244,7 @@ class Session:
     def _reset(self, *, inputs: bool) -> None:
         if inputs:
             self._inputs: Inputs | None = None
+            self._preview_map = None
         self._latents = None  # (z_bg, z_ref, generator state after both draws)
         self._inverted = None  # (x_bg_T, x_ref_T)
         self._start = None
@@ -591,9 +592,14 @@ class Session:
     def preview(self, step: int | None = None) -> dict[str, torch.Tensor]:
         """Cheap RGB previews (3, h, w) in [0, 1] of each branch's x0 estimate at ``step``, through the
         model's fitted linear latent-to-RGB map (``tficon.preview``); use ``decode`` for full images."""
-        from .preview import latent_to_rgb
+        from .preview import fit_latent_rgb_map, latent_to_rgb
 
-        return {name: latent_to_rgb(self.model, x0) for name, x0 in self.x0(step).items()}
+        if self._preview_map is None:
+            inputs = self.inputs
+            self._preview_map = fit_latent_rgb_map(
+                self.model, torch.stack([inputs.background, inputs.cut_and_paste, inputs.reference])
+            )
+        return {name: latent_to_rgb(self.model, x0, self._preview_map) for name, x0 in self.x0(step).items()}
 
     def _record(self, step: int | None) -> StepRecord:
         if not self._records:
