@@ -147,6 +147,21 @@ class Session:
         return self._prompt
 
     @property
+    def mask_or_box(self):
+        """The target as given: a box (x, y, w, h) or the user mask (bool array)."""
+        return self._mask_or_box
+
+    @property
+    def images(self) -> dict:
+        """The background and foreground as given (PIL RGB, original sizes)."""
+        return dict(self._images)
+
+    @property
+    def foreground_mask(self):
+        """The object mask as the official code binarises it (greyscale PIL image or array)."""
+        return self._object_mask
+
+    @property
     def steps(self) -> int:
         return self._config.steps
 

@@ -1,0 +1,256 @@
+"""The attention panel: every view of one step's captured self-attention maps.
+
+Given ``{(layer, kind): (N, N) map}`` (what ``Session.capture_attention`` returns) and the pictures the
+maps' keys belong to, it shows: a layer / resolution picker (one layer, or the mean of all layers of a
+grid) and a kind picker; the selected map as a clickable query picker with the query's heatmap over
+the image; the map's top SVD components; the region masks at that resolution; and the same query in
+the composite and each of its sources side by side, so a wrong injection is visible at a glance.
+
+It is fed plain data (no Session): the Explorer captures the maps and passes them in, and a notebook
+can do the same with maps from anywhere.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from typing import Any, Callable, Mapping
+
+import ipywidgets as widgets
+import numpy as np
+import torch
+
+from . import maps as maps_mod
+from . import render
+from .views import AttentionMapView, ImageRow
+
+__all__ = ["AttentionPanel", "short_layer_name"]
+
+REGION_NAMES = ("box", "object", "background", "reference_object")
+
+
+def short_layer_name(name: str) -> str:
+    """``down_blocks.1.attentions.0.transformer_blocks.0.attn1`` -> ``down1.0``, ``mid_block...`` -> ``mid.0``."""
+    parts = name.split(".")
+    try:
+        if parts[0] == "mid_block":
+            return f"mid.{parts[2]}"
+        return f"{parts[0].replace('_blocks', '')}{parts[1]}.{parts[3]}"
+    except IndexError:
+        return name
+
+
+class AttentionPanel(widgets.VBox):
+    """Views of one set of captured maps.
+
+    Args:
+        picker_px: display width of the query picker.
+        dispatch: runs the work a click or a menu choice causes (default: at once); the Explorer passes
+            its worker's ``submit``.
+        extra_controls: widgets placed after the layer and kind menus (e.g. the Explorer's Capture button).
+        shown: a dict the panel records what it shows into (arrays and tensors, for tests and notebooks).
+
+    ``show(...)`` sets new maps; ``query`` is the query pixel ``(x, y)`` in image pixels.
+    """
+
+    def __init__(
+        self,
+        *,
+        picker_px: int = 256,
+        dispatch: Callable[[Callable[[], None]], None] | None = None,
+        extra_controls: tuple[widgets.Widget, ...] = (),
+        shown: dict | None = None,
+    ):
+        super().__init__()
+        self._dispatch = dispatch if dispatch is not None else (lambda job: job())
+        self._local = threading.local()
+        self.shown = shown if shown is not None else {}
+        self.maps: Mapping[tuple[str, str], torch.Tensor] | None = None
+        self.grids: dict[tuple[int, int], list[str]] = {}
+        self.query: tuple[int, int] | None = None
+        self._context: dict[str, Any] = {}
+        self._sources_drawn = 0
+
+        self.layer_choice = widgets.Dropdown(options=[], description="layer", style={"description_width": "40px"}, layout=widgets.Layout(width="330px"))
+        self.layer_choice.add_class("tficon-layer")
+        self.kind_choice = widgets.Dropdown(options=[], description="kind", style={"description_width": "40px"}, layout=widgets.Layout(width="250px"))
+        self.kind_choice.add_class("tficon-kind")
+        self.layer_choice.observe(self._on_choice, names="value")
+        self.kind_choice.observe(self._on_choice, names="value")
+        self.title = widgets.HTML("")
+        self.picker = AttentionMapView(size=picker_px, dispatch=self._dispatch)
+        self.picker.add_class("tficon-attention-map")
+        self.picker.on_query(self._on_query)
+        self.svd_row = ImageRow(size=96)
+        self.region_row = ImageRow(size=96)
+        self.sources_row = ImageRow(size=128)
+        self.sources_row.add_class("tficon-sources")
+        small = "<span style='font-size:11px;color:#555'>{}</span>"
+        self.children = [
+            widgets.HBox([self.layer_choice, self.kind_choice, *extra_controls], layout=widgets.Layout(align_items="center")),
+            self.title,
+            widgets.HBox(
+                [
+                    self.picker,
+                    widgets.VBox(
+                        [
+                            widgets.HTML(small.format("top SVD components of the whole map (rows centred; share of energy)")),
+                            self.svd_row,
+                            widgets.HTML(small.format("regions at this resolution")),
+                            self.region_row,
+                        ],
+                        layout=widgets.Layout(margin="0 0 0 12px"),
+                    ),
+                ]
+            ),
+            widgets.HTML(small.format(
+                "the same query in the composite and its sources (reference maps sit on the reference canvas, "
+                "paired by index as the official code pairs them)"
+            )),
+            self.sources_row,
+        ]
+
+    # ------------------------------------------------------------------ public
+    def show(
+        self,
+        maps: Mapping[tuple[str, str], torch.Tensor],
+        *,
+        frames: Mapping[str, np.ndarray],
+        latent_grid: tuple[int, int],
+        region_masks: Callable[[int, int], Mapping[str, torch.Tensor]] | None = None,
+        query: tuple[int, int] | None = None,
+        heading: str = "",
+    ) -> None:
+        """Show new maps.
+
+        frames: ``(H, W, 3)`` pictures: "target" (the composite's frame, e.g. the cut-and-paste),
+            "reference" (the reference canvas) and "background" (the background branch's image).
+        latent_grid: the finest grid's shape, to tell each map's grid from its token count.
+        region_masks: ``(h, w) -> {"box", "object", "background", "reference_object": bool (h, w)}``.
+        query: the query pixel to start from (default: keep the current one, else the image centre).
+        heading: HTML put before the title (e.g. which step).
+        """
+        self.maps = maps
+        self.grids = maps_mod.layers_by_grid(maps, like=latent_grid)
+        self._context = {"frames": frames, "region_masks": region_masks, "heading": heading}
+        if query is not None:
+            self.query = query
+        self._update_choices()
+        self.render()
+
+    def set_query(self, x: int, y: int) -> None:
+        """Move the query to image pixel ``(x, y)`` (redraws the picker and the side-by-side)."""
+        if self.maps is None:
+            self.query = (int(x), int(y))
+            return
+        self.picker.set_query(int(x), int(y))  # -> _on_query
+
+    def selected(self) -> tuple[tuple[int, int], list[str], str]:
+        """``(grid, layers, kind)`` of the current choice."""
+        choice = self.layer_choice.value
+        if choice.startswith("grid:"):
+            h, w = (int(v) for v in choice[5:].split("x"))
+            grid, layers = (h, w), self.grids[(h, w)]
+        else:
+            grid, layers = next((g, [choice]) for g, members in self.grids.items() if choice in members)
+        return grid, layers, self.kind_choice.value
+
+    def frame_for(self, kind: str) -> np.ndarray:
+        """The picture a kind's keys belong to."""
+        frames = self._context["frames"]
+        if maps_mod.KEY_FRAME[kind] == "reference":
+            return frames["reference"]
+        return frames["background"] if kind == "background" else frames["target"]
+
+    # ------------------------------------------------------------------ drawing
+    @property
+    def _syncing(self) -> bool:
+        return getattr(self._local, "syncing", False)
+
+    def _on_choice(self, _change) -> None:
+        if not self._syncing and self.maps is not None:
+            self._dispatch(self.render)
+
+    def _on_query(self, query: tuple[int, int]) -> None:
+        self.query = query
+        self._render_sources()
+
+    def _update_choices(self) -> None:
+        options = []
+        for (h, w), layers in self.grids.items():
+            options.append((f"{h}×{w} · mean of {len(layers)} layer{'s' if len(layers) > 1 else ''}", f"grid:{h}x{w}"))
+            options.extend((f"{h}×{w} · {short_layer_name(layer)}", layer) for layer in layers)
+        values = [v for _, v in options]
+        kinds = [k for k in maps_mod.KINDS if any(kind == k for (_layer, kind) in self.maps)]
+        self._local.syncing = True
+        try:
+            current = self.layer_choice.value
+            self.layer_choice.options = options
+            self.layer_choice.value = current if current in values else values[0]
+            current_kind = self.kind_choice.value
+            self.kind_choice.options = [(maps_mod.KIND_LABELS[k], k) for k in kinds]
+            self.kind_choice.value = current_kind if current_kind in kinds else kinds[0]
+        finally:
+            self._local.syncing = False
+
+    def render(self) -> None:
+        """Redraw every view for the current choice and query."""
+        if self.maps is None or not self.layer_choice.value:
+            return
+        grid, layers, kind = self.selected()
+        attention = maps_mod.mean_map(self.maps, layers, kind)
+        if attention is None:  # this layer set lacks the kind: fall back to the composite
+            kind = "composite"
+            attention = maps_mod.mean_map(self.maps, layers, kind)
+        count = f"{len(layers)} layer{'s' if len(layers) > 1 else ''}"
+        self.title.value = (
+            f"<span style='font-size:12px'>{self._context['heading']}{html.escape(maps_mod.KIND_LABELS[kind])} &middot; "
+            f"{grid[0]}&times;{grid[1]} ({count}) &middot; click the picture to pick a query</span>"
+        )
+        base = self.frame_for(kind)
+        height, width = base.shape[:2]
+        query = self.query if self.query is not None else (width // 2, height // 2)
+        query = (min(query[0], width - 1), min(query[1], height - 1))
+        self.query = query
+        drawn = self._sources_drawn
+        self.picker.set_map(attention, base, grid=grid, query=query)  # draws the side-by-side when the query moved
+        self.shown["attention"] = {"grid": grid, "layers": list(layers), "kind": kind, "map": attention}
+        share, components = maps_mod.svd_components(attention, grid, k=4)
+        self.svd_row.set(
+            [render.colourise(c.numpy(), cmap="RdBu_r", vmin=-float(c.abs().max()), vmax=float(c.abs().max())) for c in components],
+            [f"#{i + 1} &middot; {100 * float(v):.0f}%" for i, v in enumerate(share)],
+        )
+        self.shown["svd"] = (share, components)
+        region_masks = self._context["region_masks"]
+        if region_masks is not None:
+            regions = region_masks(*grid)
+            frames = self._context["frames"]
+            names = [n for n in REGION_NAMES if n in regions]
+            self.region_row.set(
+                [render.tint(frames["reference" if n == "reference_object" else "target"], np.asarray(regions[n])) for n in names],
+                [n.replace("_", " ") for n in names],
+            )
+            self.shown["regions"] = {n: torch.as_tensor(regions[n]).clone() for n in names}
+        if self._sources_drawn == drawn:
+            self._render_sources()
+
+    def _render_sources(self) -> None:
+        if self.maps is None or self.query is None or not self.layer_choice.value:
+            return
+        grid, layers, _kind = self.selected()
+        height, width = self._context["frames"]["target"].shape[:2]
+        query = maps_mod.query_token(self.query[0], self.query[1], (height, width), grid)
+        images, captions, heats = [], [], {}
+        for kind in maps_mod.KINDS:
+            attention = maps_mod.mean_map(self.maps, layers, kind)
+            if attention is None:
+                continue
+            heat = maps_mod.query_heatmap(attention, query, grid)
+            heats[kind] = heat
+            picture = render.heat_overlay(self.frame_for(kind), heat.numpy(), size=self.sources_row.size)
+            scale = picture.shape[1] / width
+            images.append(render.draw_marker(picture, (self.query[0] + 0.5) * scale, (self.query[1] + 0.5) * scale))
+            captions.append(f"{html.escape(maps_mod.KIND_LABELS[kind])}<br>max p = {float(heat.max()):.3f}")
+        self.sources_row.set(images, captions)
+        self._sources_drawn += 1
+        self.shown["sources"] = {"query": query, "grid": grid, "heatmaps": heats}
