@@ -96,3 +96,15 @@ def test_oracle_disagrees_when_a_quirk_is_dropped(model):
                       image_size=SIZE, steps=10).run()
     want = _oracle(session, cross_lag=False)
     assert (session.records[-1].gen.x - want["final"]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2-v"])
+def test_other_families_match_the_oracle_too(family):
+    """SD 1.x-shaped (conv projections, different heads) and v-prediction models, official settings."""
+    model = tiny_model(family)
+    sample = toy_sample(image_size=SIZE)
+    session = Session(model, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt,
+                      image_size=SIZE, steps=8).run()
+    want = _oracle(session)
+    scale = want["final"].abs().max()
+    assert (session.records[-1].gen.x - want["final"]).abs().max() <= 1e-5 * scale + 1e-5
