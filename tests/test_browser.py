@@ -13,7 +13,8 @@ runs it, and then acts as a user would, checking each effect in the page:
 - a box dragged on the background: the Session gets it (within rounding) and the result changes.
 
 Screenshots go to artifacts/ (the page after the first run, the final page, the Explorer alone); the
-final Explorer screenshot is copied to docs/explorer.png (the README's picture).
+final Explorer screenshot is copied to docs/explorer.png (the README's picture) when
+TFICON_UPDATE_SCREENSHOT=1, so that ordinary test runs leave the checkout clean.
 
 Only Debian's (or a given) Chromium is used, never a browser downloaded by Playwright
 (``tools/install-browser`` installs it). The test skips, loudly, only when no Chromium, Playwright
@@ -358,8 +359,9 @@ def test_explorer_in_jupyterlab(jupyter_server, page):
     page.locator(".tficon-explorer").scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "explorer-2-final-page.png"))
     page.locator(".tficon-explorer").screenshot(path=str(ARTIFACTS / "explorer.png"))
-    (ROOT / "docs").mkdir(exist_ok=True)
-    shutil.copy(ARTIFACTS / "explorer.png", ROOT / "docs" / "explorer.png")
+    if os.environ.get("TFICON_UPDATE_SCREENSHOT") == "1":
+        (ROOT / "docs").mkdir(exist_ok=True)
+        shutil.copy(ARTIFACTS / "explorer.png", ROOT / "docs" / "explorer.png")
     mark("screenshots saved")
 
     print("timings (s from server start): " + json.dumps(timings))
