@@ -290,3 +290,15 @@ def test_update_object_mask_keeps_inversions_in_cross_mode_and_matches_fresh(mod
     with pytest.raises(ValueError, match="foreground_mask"):
         session.update(foreground_mask=np.zeros_like(mask))
     assert session.done  # the failed update changed nothing
+
+
+def test_attention_capture_respects_its_memory_budget(finished):
+    everything = finished.capture_attention(2, max_tokens=64)
+    one_map = next(iter(everything.values()))
+    budget = 3 * one_map.numel() * one_map.element_size()
+    with pytest.warns(UserWarning, match="left out to stay within max_bytes"):
+        bounded = finished.capture_attention(2, max_tokens=64, max_bytes=budget)
+    assert 0 < len(bounded) < len(everything)
+    assert sum(m.numel() * m.element_size() for m in bounded.values()) <= budget
+    for key, value in bounded.items():
+        assert torch.equal(value, everything[key])

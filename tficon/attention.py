@@ -68,12 +68,15 @@ class CaptureRequest:
     """Which attention maps to keep from the next UNet call, and how small.
 
     Maps are averaged over heads and pooled so that each side has at most ``max_tokens`` positions,
-    then stored as float32 on the CPU. ``layers`` None means every self-attention layer.
+    then stored as float32 on the CPU. ``layers`` None means every self-attention layer. At most
+    ``max_bytes`` are kept in all; maps past the budget are dropped and counted in
+    ``InjectionController.dropped`` (pool harder or ask for fewer layers/kinds to get them).
     """
 
     kinds: tuple[str, ...] = ("composite", "background", "reference", "pseudo_cross", "generation")
     layers: frozenset[str] | None = None
     max_tokens: int = 1024
+    max_bytes: int = 256 * 2**20
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.kinds) - set(CAPTURE_KINDS))
@@ -81,6 +84,8 @@ class CaptureRequest:
             raise ValueError(f"unknown attention kinds {unknown}; choose from {sorted(CAPTURE_KINDS)}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {self.max_bytes}")
 
 
 @dataclass
@@ -96,6 +101,7 @@ class InjectionController:
     layout: BatchLayout | None = None
     capture: CaptureRequest | None = None
     captured: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    dropped: int = 0  # maps not kept because the capture's byte budget was spent
     _regions: dict[tuple[int, int], object] = field(default_factory=dict)
     _masks: dict[tuple[int, int, str], torch.Tensor] = field(default_factory=dict)
 
@@ -204,9 +210,14 @@ class CompositeSelfAttention:
 
     def _store(self, kind: str, probs: torch.Tensor, n_tokens: int) -> None:
         """Keep the head-mean of (heads, N, N) probabilities, pooled, on the CPU."""
+        controller = self.controller
         mean = probs.float().mean(0)
-        hw = self.controller.resolution(n_tokens)
-        self.controller.captured[(self.layer_name, kind)] = _pool_map(mean, hw, self.controller.capture.max_tokens).cpu()
+        pooled = _pool_map(mean, controller.resolution(n_tokens), controller.capture.max_tokens)
+        used = sum(m.numel() * m.element_size() for m in controller.captured.values())
+        if used + pooled.numel() * pooled.element_size() > controller.capture.max_bytes:
+            controller.dropped += 1
+            return
+        controller.captured[(self.layer_name, kind)] = pooled.cpu()
 
     def _special_rows(self, attn, query, key, value, out, layout: BatchLayout, n_tokens: int) -> torch.Tensor:
         regions = self.controller.regions(n_tokens)

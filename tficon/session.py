@@ -22,6 +22,7 @@ step that raises leaves the Session exactly as it was.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -487,11 +488,17 @@ class Session:
                     layout_rows["cond"] = len(rows)
                     rows.append((gen.x, s, e_cond))
                     layout = BatchLayout(**layout_rows, fg=plan.fg, bg=plan.bg)
-                    controller.capture = capture
+                    controller.capture, controller.dropped = capture, 0
                     out = self._call(controller, rows, layout)
                     calls, evals = calls + 1, evals + len(rows)
                     if capture is not None:
                         attention = dict(controller.captured)
+                        if controller.dropped:
+                            warnings.warn(
+                                f"attention capture of step {s}: {controller.dropped} maps left out to stay within "
+                                f"max_bytes={capture.max_bytes}; lower max_tokens or ask for fewer layers or kinds",
+                                stacklevel=3,
+                            )
                     if plan.orig_row and not orig.evaluated:
                         orig = orig.with_evaluation(self._data(out[0:1], orig.x, grid[orig.index]))
                     if plan.ref_row and not ref.evaluated:
@@ -561,17 +568,19 @@ class Session:
         kinds: Iterable[str] = ("composite", "background", "reference", "pseudo_cross", "generation"),
         layers: Iterable[str] | None = None,
         max_tokens: int = 1024,
+        max_bytes: int = 256 * 2**20,
     ) -> dict[tuple[str, str], torch.Tensor]:
         """Attention maps of step ``step``'s UNet call, recomputed from the record before it.
 
         Returns {(layer, kind): (Nq, Nk) float32} averaged over heads and pooled to at most
-        ``max_tokens`` positions per side. The Session's records are not changed.
+        ``max_tokens`` positions per side, at most ``max_bytes`` in all (later maps past the budget are
+        left out, with a warning). The Session's records are not changed.
         """
         if not 0 <= step < self.steps:
             raise ValueError(f"steps with a UNet call are 0..{self.steps - 1}, got {step}")
         if step > len(self._records):
             raise ValueError(f"step {step} is not reachable yet: run(until={step}) first")
-        request = CaptureRequest(tuple(kinds), None if layers is None else frozenset(layers), max_tokens)
+        request = CaptureRequest(tuple(kinds), None if layers is None else frozenset(layers), max_tokens, max_bytes)
         counts = dict(self.stats)
         record = self._compute_step(step, capture=request)
         self.stats.update(counts)  # inspection is not composition work
