@@ -38,7 +38,8 @@ def _naive_composite(q, k, layout, region, scale):
                 if i not in box and j not in box:
                     L[:, i, j] = O[:, i, j]
     if layout.fg and F:
-        C = torch.stack([(q[p] * k[p][:, R[b]][:, None, :]).sum(-1) * scale for b in range(len(F))], -1)  # (heads, N, |F|)
+        asking = q[o] if layout.background_queries else q[p]
+        C = torch.stack([(asking * k[p][:, R[b]][:, None, :]).sum(-1) * scale for b in range(len(F))], -1)  # (heads, N, |F|)
         for b, fb in enumerate(F):
             for i in range(n):
                 L[:, i, fb] = C[:, i, b]
@@ -59,12 +60,12 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("fg,bg", [(True, True), (True, False), (False, True)])
-def test_composite_logits_match_naive_transcription(case, fg, bg):
+@pytest.mark.parametrize("fg,bg,bq", [(True, True, False), (True, False, False), (False, True, False), (True, False, True)])
+def test_composite_logits_match_naive_transcription(case, fg, bg, bq):
     torch.manual_seed(0)
     heads, n, d = 2, 36, 4
     q, k = torch.randn(5, heads, n, d, dtype=torch.float64), torch.randn(5, heads, n, d, dtype=torch.float64)
-    layout = BatchLayout(orig=0, ref=1, pseudo=2, uncond=3, cond=4, fg=fg, bg=bg)
+    layout = BatchLayout(orig=0, ref=1, pseudo=2, uncond=3, cond=4, fg=fg, bg=bg, background_queries=bq)
     region = _region(6, 6, **CASES[case])
     outside = torch.ones(n, dtype=torch.bool)
     outside[region.box] = False

@@ -67,3 +67,13 @@ def test_tau_change_first_divergence():
 def test_step_range_is_checked():
     with pytest.raises(ValueError, match="step must be in 0..20"):
         step_plan(injection_schedule(20, 2, 0.4, 0.8), 21)
+
+
+def test_background_queries_keep_orig_in_the_batch_while_fg_is_on():
+    schedule = injection_schedule(20, 2, 0.6, 0.8, 0.2)  # fg evals 0-10, bg 0-3
+    official = composition_plan(schedule)
+    option = composition_plan(schedule, background_queries=True)
+    assert all(p.orig_row for p in option if p.fg)
+    assert [p.s for p in option if p.background_queries] == [p.s for p in official if p.fg]
+    assert not any(p.background_queries for p in official)
+    assert next(s for s, (a, b) in enumerate(zip(official, option)) if a != b) == 0

@@ -52,10 +52,13 @@ class BatchLayout:
     cond: int | None = None
     fg: bool = False
     bg: bool = False
+    background_queries: bool = False  # pseudo-cross logits from orig's queries (not official)
 
     def __post_init__(self) -> None:
         if self.fg and None in (self.ref, self.pseudo, self.cond):
             raise ValueError("foreground injection needs the ref, pseudo and cond rows in the batch")
+        if self.fg and self.background_queries and self.orig is None:
+            raise ValueError("background queries need the orig row in the batch")
         if self.bg and None in (self.orig, self.cond):
             raise ValueError("background injection needs the orig and cond rows in the batch")
 
@@ -278,7 +281,8 @@ def composite_logits(own, *, query, key, layout: BatchLayout, regions, outside, 
     background block (query and key both outside the box) from ``orig``; every key column of an
     object token from the pseudo-cross map C; every query row of an object token from C transposed;
     the object x object block from ``ref``. Query i of gen is matched to reference-grid position i
-    with no translation, exactly as the official code does.
+    with no translation, exactly as the official code does. With ``layout.background_queries`` the map C
+    takes orig's query i instead of the pseudo-cross row's (our reading of the paper).
 
     own: (heads, N, N), float32 or wider: every source is computed in its dtype; query/key: (batch, heads, N, d); outside: (N,) bool.
     """
@@ -291,7 +295,8 @@ def composite_logits(own, *, query, key, layout: BatchLayout, regions, outside, 
     if layout.fg and fg_target.numel() > 0:
         fg_ref = regions.fg_ref.to(query.device)
         p, r = layout.pseudo, layout.ref
-        cross = (query[p] @ key[p][:, fg_ref].transpose(-1, -2)).to(own.dtype) * scale  # (heads, N, |F|)
+        asking = query[layout.orig] if layout.background_queries else query[p]
+        cross = (asking @ key[p][:, fg_ref].transpose(-1, -2)).to(own.dtype) * scale  # (heads, N, |F|)
         logits = logits.clone() if logits is own else logits
         logits[:, :, fg_target] = cross
         logits[:, fg_target, :] = cross.transpose(-1, -2)

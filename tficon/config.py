@@ -32,6 +32,9 @@ class CompositionConfig:
     Parity switches (all False = the official behaviour):
     align_warmup:  gen's warm-up evaluations see the maps of their own time instead of those at t_{k-1}.
     no_cross_lag:  the pseudo-cross pass uses the reference latent at t_s instead of t_{s-1}.
+    background_queries: the pseudo-cross logits injected into the composite use the background
+                   (orig) branch's queries against the reference's object keys, our reading of the
+                   paper, instead of the reference's own queries as the official code does (spec 8.3).
     largest_contour: the target box is the bbox of the largest mask contour instead of OpenCV's first one.
     clip_box:      boxes that leave the image are moved inside instead of raising an error.
     """
@@ -46,6 +49,7 @@ class CompositionConfig:
     seed: int = 3407
     align_warmup: bool = False
     no_cross_lag: bool = False
+    background_queries: bool = False
     largest_contour: bool = False
     clip_box: bool = False
 

@@ -28,6 +28,7 @@ class StepPlan:
     pseudo_latent:  grid index of the reference latent fed to the pseudo-cross row (the official lag).
     orig_row, ref_row, pseudo_row: which helper rows the call holds (gen's two rows are always there).
     fg, bg:         foreground / background injection into gen's conditional row.
+    background_queries: the injected pseudo-cross logits take orig's queries (an option, not official).
     history_blend:  after the last warm-up evaluation, replace gen's stored D values outside the box
                     by orig's (the official model-history blending).
     blend:          after the evaluation, gen's latent outside the box <- orig's latent.
@@ -47,6 +48,7 @@ class StepPlan:
     pseudo_row: bool
     fg: bool
     bg: bool
+    background_queries: bool
     history_blend: bool
     blend: bool
 
@@ -74,11 +76,14 @@ def solver_order(index: int, steps: int, order: int) -> int:
     return step_order(index, steps, order)
 
 
-def step_plan(schedule: InjectionSchedule, s: int, *, cross_lag: bool = True) -> StepPlan:
+def step_plan(
+    schedule: InjectionSchedule, s: int, *, cross_lag: bool = True, background_queries: bool = False
+) -> StepPlan:
     """The plan of step ``s`` (0..steps) for an injection schedule.
 
     ``cross_lag`` (official True): in the main loop the pseudo-cross row reads the reference latent of
-    the previous grid point, t_{s-1}, with the timestep of t_s.
+    the previous grid point, t_{s-1}, with the timestep of t_s. ``background_queries`` (official False):
+    the injected pseudo-cross logits use orig's queries, so orig is evaluated while fg injection is on.
     """
     steps, k = schedule.steps, schedule.order
     if not 0 <= s <= steps:
@@ -89,7 +94,8 @@ def step_plan(schedule: InjectionSchedule, s: int, *, cross_lag: bool = True) ->
     evaluate = s < steps
     fg = evaluate and schedule.fg_inject(s)
     bg = evaluate and schedule.bg_inject(s)
-    orig_row = evaluate and (bg or schedule.orig_needed(s))
+    background_queries = fg and background_queries
+    orig_row = evaluate and (bg or schedule.orig_needed(s) or background_queries)
     blend = s >= k and schedule.blend_after(s)
     if s == 0 or (ahead and s < k):
         advance_orig = advance_ref = False
@@ -115,11 +121,17 @@ def step_plan(schedule: InjectionSchedule, s: int, *, cross_lag: bool = True) ->
         pseudo_row=fg,
         fg=fg,
         bg=bg,
+        background_queries=background_queries,
         history_blend=s == k - 1,
         blend=blend,
     )
 
 
-def composition_plan(schedule: InjectionSchedule, *, cross_lag: bool = True) -> tuple[StepPlan, ...]:
+def composition_plan(
+    schedule: InjectionSchedule, *, cross_lag: bool = True, background_queries: bool = False
+) -> tuple[StepPlan, ...]:
     """Plans of all steps 0..steps."""
-    return tuple(step_plan(schedule, s, cross_lag=cross_lag) for s in range(schedule.steps + 1))
+    return tuple(
+        step_plan(schedule, s, cross_lag=cross_lag, background_queries=background_queries)
+        for s in range(schedule.steps + 1)
+    )

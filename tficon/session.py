@@ -40,7 +40,7 @@ from .schedule import InjectionSchedule, injection_schedule
 BRANCHES = ("gen", "orig", "ref")
 
 # Settings whose change keeps the prepared inputs, both latents and both inversions.
-_SAMPLING_FIELDS = {"tau_a", "tau_b", "tau_bg", "align_warmup", "no_cross_lag", "guidance"}
+_SAMPLING_FIELDS = {"tau_a", "tau_b", "tau_bg", "align_warmup", "no_cross_lag", "background_queries", "guidance"}
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,10 @@ class Session:
         sched = injection_schedule(
             config.steps, config.order, config.tau_a, config.tau_b, config.tau_bg, align_warmup=config.align_warmup
         )
-        return tuple(step_plan(sched, s, cross_lag=not config.no_cross_lag) for s in range(config.steps + 1))
+        return tuple(
+            step_plan(sched, s, cross_lag=not config.no_cross_lag, background_queries=config.background_queries)
+            for s in range(config.steps + 1)
+        )
 
     def _size_multiple(self) -> int:
         levels = len(self.model.unet.config.block_out_channels)
@@ -487,7 +490,9 @@ class Session:
                     rows.append((gen.x, s, e_uncond))
                     layout_rows["cond"] = len(rows)
                     rows.append((gen.x, s, e_cond))
-                    layout = BatchLayout(**layout_rows, fg=plan.fg, bg=plan.bg)
+                    layout = BatchLayout(
+                        **layout_rows, fg=plan.fg, bg=plan.bg, background_queries=plan.background_queries
+                    )
                     controller.capture, controller.dropped = capture, 0
                     out = self._call(controller, rows, layout)
                     calls, evals = calls + 1, evals + len(rows)
