@@ -59,3 +59,14 @@ def test_compose_reports_bad_input_clearly(files, capsys):
     assert "error" in err and "box" in err
     with pytest.raises(SystemExit):
         main(_args(root, model_dir, sample, "--box", "1,2,3", "--out", str(root / "x.png")))
+
+
+def test_demo_writes_result_and_side_by_side_sheet(tmp_path, capsys):
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--out", str(out), "--steps", "6", "--quiet", "--json", str(tmp_path / "demo.json")]) == 0
+    result, sheet = Image.open(out), Image.open(tmp_path / "demo_sheet.png")
+    assert result.size == (64, 64)  # the embedded toy model's working size
+    assert sheet.width > 4 * sheet.height * 0.9  # background | foreground | cut-and-paste | result
+    printed = capsys.readouterr().out
+    assert "model: toy" in printed and "wrote" in printed
+    assert json.loads((tmp_path / "demo.json").read_text())["model"] == "toy"
