@@ -391,7 +391,8 @@ class Session:
         return make(start), make(x_bg), make(x_ref), (x_ref,)
 
     def _grid(self) -> torch.Tensor:
-        return solver.time_grid(self.steps)
+        # on the model's device, so that solver coefficients never mix CPU and GPU tensors
+        return solver.time_grid(self.steps, device=self.model.device)
 
     def _blend_mask(self, like: torch.Tensor) -> torch.Tensor:
         """True inside the latent target box ("param"), broadcastable to a latent."""
