@@ -240,29 +240,25 @@ function render({ model, el }) {
 
   const redraw = () => draw();
   const reshape = () => { rebuildMaskLayer(); draw(); };
-  model.on("change:src", loadPicture);
-  model.on("change:mask", loadMask);
-  model.on("change:box", redraw);
-  model.on("change:secondary_box", redraw);
-  model.on("change:point", redraw);
-  model.on("change:tool", redraw);
-  model.on("change:display_width", redraw);
-  model.on("change:natural_width", reshape);
-  model.on("change:natural_height", reshape);
+  // One table, so that what render() registers is exactly what the cleanup removes.
+  const listeners = [
+    ["change:src", loadPicture],
+    ["change:mask", loadMask],
+    ["change:box", redraw],
+    ["change:secondary_box", redraw],
+    ["change:point", redraw],
+    ["change:tool", redraw],
+    ["change:display_width", redraw],
+    ["change:natural_width", reshape],
+    ["change:natural_height", reshape],
+  ];
+  for (const [event, handler] of listeners) model.on(event, handler);
 
   loadMask();
   loadPicture();
 
   return () => {
-    model.off("change:src", loadPicture);
-    model.off("change:mask", loadMask);
-    model.off("change:box", redraw);
-    model.off("change:secondary_box", redraw);
-    model.off("change:point", redraw);
-    model.off("change:tool", redraw);
-    model.off("change:display_width", redraw);
-    model.off("change:natural_width", reshape);
-    model.off("change:natural_height", reshape);
+    for (const [event, handler] of listeners) model.off(event, handler);
   };
 }
 
