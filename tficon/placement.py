@@ -28,7 +28,7 @@ numpy and tested against ``cv2`` in the test suite:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence, Union
 
 import numpy as np
@@ -726,6 +726,17 @@ class RegionIndex:
     fg_ref: torch.Tensor  # R: the same positions in the reference grid
     fg_crop: torch.Tensor  # c: index inside the reference box crop (u * m + v)
     ref_box: torch.Tensor  # the whole reference box Q_r in the reference grid, row-major
+
+    def to(self, device: torch.device | str) -> "RegionIndex":
+        """The same index sets on ``device`` (where the attention processor indexes with them)."""
+        return replace(
+            self,
+            box=self.box.to(device),
+            fg=self.fg.to(device),
+            fg_ref=self.fg_ref.to(device),
+            fg_crop=self.fg_crop.to(device),
+            ref_box=self.ref_box.to(device),
+        )
 
     def masks(self) -> dict[str, torch.Tensor]:
         """``(height, width)`` bool maps for display: "box", "object" (F), "background" (outside the box),

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .schedule import InjectionSchedule
+from .solver import step_order
 
 
 @dataclass(frozen=True)
@@ -69,13 +70,6 @@ class StepPlan:
         return int(self.evaluate) + len(self.pre_evals)
 
 
-def solver_order(index: int, steps: int, order: int) -> int:
-    """Order of the update landing on grid index ``index`` (warm-up j < k uses order j; spec 5)."""
-    from .solver import step_order
-
-    return step_order(index, steps, order)
-
-
 def step_plan(
     schedule: InjectionSchedule, s: int, *, cross_lag: bool = True, background_queries: bool = False
 ) -> StepPlan:
@@ -108,7 +102,7 @@ def step_plan(
         pseudo_latent = map_index - 1 if (cross_lag and map_index >= k) else map_index
     return StepPlan(
         s=s,
-        order=solver_order(s, steps, k) if s > 0 else 0,
+        order=step_order(s, steps, k) if s > 0 else 0,
         pre_evals=tuple(range(k - 1)) if (s == 0 and ahead) else (),
         advance_gen=s > 0,
         advance_orig=advance_orig,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 import warnings
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -133,6 +134,7 @@ class Session:
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)
         io.check_image_size(self.image_size, self._size_multiple(), name="image_size")
         self.schedule = noise_schedule(model)
+        self._plan_cache: dict = {}
         self.stats = {"unet_calls": 0, "sample_evals": 0}
         self.timings: dict[str, float] = {}
         self._reset(inputs=True)
@@ -177,6 +179,12 @@ class Session:
         return self._plans_for(self._config)
 
     def _plans_for(self, config: CompositionConfig) -> tuple[StepPlan, ...]:
+        # Plans depend on the frozen config only; steps look them up on every call, so keep them.
+        if self._plan_cache.get("config") != config:
+            self._plan_cache = {"config": config, "plans": self._build_plans(config)}
+        return self._plan_cache["plans"]
+
+    def _build_plans(self, config: CompositionConfig) -> tuple[StepPlan, ...]:
         sched = injection_schedule(
             config.steps, config.order, config.tau_a, config.tau_b, config.tau_bg, align_warmup=config.align_warmup
         )
@@ -406,9 +414,9 @@ class Session:
         if self._controller is None:
             inputs = self.inputs
             device = self.model.device
-            regions = lambda h, w: _to_device(  # noqa: E731
-                placement_mod.region_indices(inputs.placement, inputs.object_mask, h, w), device
-            )
+            regions = lambda h, w: placement_mod.region_indices(  # noqa: E731
+                inputs.placement, inputs.object_mask, h, w
+            ).to(device)
             self._controller = InjectionController(latent_size=self._latent_size(), region_fn=regions)
         return self._controller
 
@@ -659,8 +667,6 @@ class Session:
 
     def summary(self) -> dict[str, Any]:
         """Settings, placement, timings and evaluation counts, JSON-serialisable."""
-        import dataclasses
-
         place = self.placement
         return {
             "config": dataclasses.asdict(self._config),
@@ -702,14 +708,3 @@ def _same_box(a, b) -> bool:
     if isinstance(a, tuple) or isinstance(b, tuple):
         return a == b
     return a.shape == b.shape and bool(np.array_equal(a, b))
-
-
-def _to_device(regions, device):
-    import dataclasses
-
-    changes = {
-        f.name: getattr(regions, f.name).to(device)
-        for f in dataclasses.fields(regions)
-        if isinstance(getattr(regions, f.name), torch.Tensor)
-    }
-    return dataclasses.replace(regions, **changes)
