@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tficon.toy.detector import DetectedObject, detect
+from tficon.metrics import psnr
+from tficon.toy.detector import FOREGROUND_DISTANCE, DetectedObject, detect
 from tficon.toy.world import COLOURS, DOMAINS, SHAPES, ObjectSpec, render_object
 
 # (foreground domain, background domain, shape, colour, scene object): every domain appears on both sides.
@@ -53,7 +54,7 @@ def _style_features(image: np.ndarray, obj: DetectedObject, background_rgb) -> n
     (the edge stroke eroded away: ~1 flat, ~0 outline, in between for stripes and hatching), and the
     mean saturation and brightness of the inked pixels (pencil is desaturated and darker)."""
     rgb = image.astype(np.float32) / 255.0
-    drawn = np.linalg.norm(image.astype(np.float32) - np.asarray(background_rgb, np.float32), axis=2) > 45.0
+    drawn = np.linalg.norm(image.astype(np.float32) - np.asarray(background_rgb, np.float32), axis=2) > FOREGROUND_DISTANCE
     interior = _erode(obj.mask, max(2, round(image.shape[0] / 32)))
     if not interior.any():
         interior = obj.mask
@@ -104,12 +105,6 @@ class PairResult:
         return self.found and self.style == self.background_domain
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> float:
-    diff = ((a - b) / 2) ** 2  # images in [-1, 1] -> error in [0, 1] units
-    mse = float(diff[:, keep].mean())
-    return 10 * np.log10(1.0 / max(mse, 1e-12))
-
-
 def background_reconstruction(session) -> torch.Tensor:
     """Decode of the background's exceptional-prompt inversion sampled back (what blending keeps)."""
     from tficon import solver
@@ -151,7 +146,8 @@ def evaluate_pair(model, pair, **config) -> PairResult:
         shape_ok=obj is not None and obj.shape == shape,
         style=None if obj is None else object_style(result, obj, det.background_rgb),
         background_domain=bg_domain,
-        psnr_outside=_psnr(decoded, recon, keep),
+        # pixels outside the window, images mapped from [-1, 1] to [0, 1]
+        psnr_outside=psnr(((decoded + 1) / 2)[:, keep][:, None], ((recon + 1) / 2)[:, keep][:, None]),
     )
 
 
