@@ -36,7 +36,7 @@ from tficon.samples import toy_sample
 from tficon.tiny import save_tiny_model
 from tficon.toy.world import ObjectSpec, render_background, render_object
 
-from test_metrics import save_tiny_clip  # noqa: E402 - a sibling test module (tests/ is on sys.path)
+from tficon.tiny import save_tiny_clip  # noqa: E402
 
 SIZE = 128
 STEPS = 6

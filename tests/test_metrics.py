@@ -28,6 +28,7 @@ from tficon.metrics import (
     ssim,
 )
 from tficon.placement import Box
+from tficon.tiny import save_tiny_clip
 
 C1 = (0.01 * 1.0) ** 2
 C2 = (0.03 * 1.0) ** 2
@@ -247,32 +248,6 @@ def test_vgg_weights_are_renamed_to_the_lpips_slices():
 
 
 # ------------------------------------------------------------------------------------------------ CLIP
-
-
-def save_tiny_clip(directory) -> str:
-    """A random CLIP (32-px images, 16-d projections) with an offline tokenizer, saved as a transformers folder."""
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
-
-    from tficon.clip_tokenizer import build_clip_tokenizer
-
-    tokenizer = build_clip_tokenizer("a red star blue square outline style".split(), model_max_length=77)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer) + 8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16,
-    )  # fmt: skip
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = CLIPModel(config)
-    processor = CLIPProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tokenizer,
-    )
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return str(directory)
 
 
 @pytest.fixture(scope="module")

@@ -210,3 +210,30 @@ def save_tiny_model(directory: str | os.PathLike, family: str = "sd2", seed: int
     }
     (directory / TFICON_JSON).write_text(json.dumps(metadata, indent=2) + "\n")
     return directory
+
+
+def save_tiny_clip(directory) -> str:
+    """A random CLIP (32-px images, 16-d projections) with an offline tokenizer, saved as a transformers folder.
+
+    A stand-in for the CLIP weights that ``tficon.metrics.CLIPScorer`` loads, for tests and offline demos.
+    """
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+
+    tokenizer = build_clip_tokenizer("a red star blue square outline style".split(), model_max_length=77)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer) + 8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = CLIPModel(config)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    )
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return str(directory)
