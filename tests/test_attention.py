@@ -27,7 +27,7 @@ def _region(h, w, box, fg, fg_ref, ref_box=None):
 def _naive_composite(q, k, layout, region, scale):
     """Full N x N logits written in the official assignment order with plain Python loops."""
     c, o, p, r = layout.cond, layout.orig, layout.pseudo, layout.ref
-    heads, n = q.shape[1], q.shape[2]
+    n = q.shape[2]
     L = (q[c] @ k[c].transpose(-1, -2)) * scale
     box = set(region.box.tolist())
     F, R = region.fg.tolist(), region.fg_ref.tolist()

@@ -321,7 +321,7 @@ def test_overlay_draws_box_target_and_outline(tree, first_run):
 
 def test_overlay_unit_geometry():
     """A 4x4 object mask pasted into an 8x8 window of a 32x32 image: the outline is the 12 border pixels."""
-    from tficon.placement import compute_placement, prepare_foreground
+    from tficon.placement import compute_placement
 
     place = compute_placement((8, 8, 8, 8), (8, 8), (32, 32), 4, levels=1)
     mpad = np.zeros((32, 32))

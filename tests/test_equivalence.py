@@ -16,13 +16,7 @@ from tficon.placement import region_indices
 from tficon.samples import toy_sample
 from tficon.session import Session
 from tficon.tiny import tiny_model
-
-SIZE = 128
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("sd2")
+from tiny_setup import SIZE
 
 
 def _regions(session):

@@ -9,32 +9,15 @@ import pytest
 import torch
 
 from tficon import solver
-from tficon.config import CompositionConfig
 from tficon.inversion import noise_schedule
-from tficon.samples import toy_sample
 from tficon.session import Session
-from tficon.tiny import tiny_model
+from tiny_setup import SIZE, new_session
 
-SIZE = 128  # tiny model: 16x16 latents, attention at 16, 8 and 4
 STEPS = 10  # S=10, k=2: fg injection at evals 0-2, bg 0-2, blends after steps 2-6
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("sd2")
-
-
-@pytest.fixture(scope="module")
-def sample():
-    return toy_sample(image_size=SIZE)
-
-
 def make(model, sample, **config):
-    config.setdefault("steps", STEPS)
-    return Session(
-        model, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt,
-        image_size=SIZE, **config,
-    )
+    return new_session(model, sample, steps=config.pop("steps", STEPS), **config)
 
 
 @pytest.fixture(scope="module")

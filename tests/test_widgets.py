@@ -21,34 +21,17 @@ pytest.importorskip("matplotlib")
 
 from tficon.io import to_pil  # noqa: E402
 from tficon.placement import nearest_resize  # noqa: E402
-from tficon.samples import toy_sample  # noqa: E402
-from tficon.session import Session  # noqa: E402
-from tficon.tiny import tiny_model  # noqa: E402
 from tficon.widgets import Explorer, figures, maps, render  # noqa: E402
 from tficon.widgets.masks import mask_at_original_size, painting_grid, window_mask_on_grid  # noqa: E402
 from tficon.widgets.views import AttentionMapView, StepStrip  # noqa: E402
 from tficon.widgets.worker import Worker  # noqa: E402
+from tiny_setup import SIZE, new_session  # noqa: E402
 
-SIZE = 128
 STEPS = 8
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("sd2")
-
-
-@pytest.fixture(scope="module")
-def sample():
-    return toy_sample(image_size=SIZE)
-
-
 def make_session(model, sample, **config):
-    config.setdefault("steps", STEPS)
-    return Session(
-        model, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt,
-        image_size=SIZE, **config,
-    )
+    return new_session(model, sample, steps=config.pop("steps", STEPS), **config)
 
 
 @pytest.fixture

@@ -1,0 +1,15 @@
+"""Shared set-up for tests that drive a Session on the tiny random SD 2.x-shaped model (test support)."""
+
+from __future__ import annotations
+
+from tficon.session import Session
+
+SIZE = 128  # tiny models: 16x16 latents, attention at 16, 8 and 4
+
+
+def new_session(model, sample, *, steps: int, **config) -> Session:
+    """A Session on ``sample`` (a tficon.samples.Sample) at the tiny models' working size."""
+    return Session(
+        model, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt,
+        image_size=SIZE, steps=steps, **config,
+    )
