@@ -146,18 +146,21 @@ def test_bad_input_raises_clear_errors():
         render_spec([], "flat", image_size=30)
 
 
-def test_tokenizer_covers_the_vocabulary_and_reserves_the_exceptional_word():
-    from tficon.toy.train import EXCEPTIONAL_WORD, MAX_TOKENS, build_tokenizer
+def test_training_tokenizer_is_clips_own_bpe(tmp_path_factory):
+    """The training script rebuilds CLIP's vocabulary from the open_clip wheel (fetched by pip, no model hub)."""
+    from tficon.clip_tokenizer import download_clip_bpe
+    from tficon.toy.train import EXCEPTIONAL_TOKEN_ID, MAX_TOKENS, build_tokenizer
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(download_clip_bpe(tmp_path_factory.mktemp("bpe")))
+    assert len(tokenizer) == 49408 and MAX_TOKENS == 77
+    # Ids every CLIP user knows: start/end of text, "a", "photo", "dog", the comma, and the exceptional token.
+    assert tokenizer("a photo of a dog, rian").input_ids == [49406, 320, 1125, 539, 320, 1929, 267, 7788, 49407]
     for word in caption_words():
         assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
-    assert EXCEPTIONAL_WORD not in caption_words()
+    caption_ids = set(tokenizer(" ".join(caption_words()) + " cutout on black").input_ids)
+    assert EXCEPTIONAL_TOKEN_ID not in caption_ids
     longest = "a yellow triangle, a yellow triangle and a yellow triangle, striped style"
     assert len(tokenizer(longest).input_ids) <= MAX_TOKENS
-    exceptional = tokenizer.convert_tokens_to_ids(EXCEPTIONAL_WORD + "</w>")
-    caption_ids = set(tokenizer(" ".join(caption_words())).input_ids)
-    assert exceptional not in caption_ids and exceptional != tokenizer.unk_token_id
 
 
 def test_detector_reads_ground_truth_near_perfectly():

@@ -49,3 +49,96 @@ def build_clip_tokenizer(words: Iterable[str], model_max_length: int = 77, extra
         if len(ids) != 1:
             raise RuntimeError(f"tokenizer split {word!r} into {ids}; expected a single token")
     return tokenizer
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The real CLIP BPE (49,408 tokens), rebuilt from the merge list that the open_clip package ships
+# ----------------------------------------------------------------------------------------------------------------
+
+#: The registry package whose wheel carries CLIP's merge list, and the file inside it.
+CLIP_BPE_PACKAGE = "open-clip-torch==3.3.0"
+CLIP_BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
+CLIP_VOCAB_SIZE = 49408
+#: How many merges CLIP uses: 49,408 tokens = 512 byte symbols (with and without "</w>") + merges + 2 specials.
+CLIP_MERGES = CLIP_VOCAB_SIZE - 2 * 256 - 2
+
+
+def _byte_symbols() -> list[str]:
+    """The 256 printable stand-ins of byte-level BPE, in CLIP's vocabulary order.
+
+    Printable Latin-1 bytes stand for themselves and come first; the other 68 bytes are mapped to
+    code points 256, 257, ... in byte order and follow them.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + k) for k in range(len(others))]
+
+
+def clip_vocabulary(merge_lines: list[str]) -> tuple[dict[str, int], list[str]]:
+    """CLIP's token -> id table and its merge list, from the lines of ``bpe_simple_vocab_16e6.txt``.
+
+    The first line is a header; the next ``CLIP_MERGES`` lines are merges ("a b"), in rank order. Ids:
+    the byte symbols, the same with "</w>", one token per merge, then ``<|startoftext|>`` (49406) and
+    ``<|endoftext|>`` (49407). Id 7788 is "rian</w>", the official exceptional-prompt token.
+    """
+    merges = [line for line in merge_lines[1 : CLIP_MERGES + 1]]
+    if len(merges) != CLIP_MERGES or any(len(m.split()) != 2 for m in merges):
+        raise ValueError(f"expected {CLIP_MERGES} merge lines of two symbols after the header")
+    symbols = _byte_symbols()
+    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges] + [BOS, EOS]
+    return {token: i for i, token in enumerate(tokens)}, merges
+
+
+def read_clip_bpe(path: str | os.PathLike) -> list[str]:
+    """Lines of CLIP's merge list from a ``.txt.gz``/``.txt`` file, or from a wheel of ``CLIP_BPE_PACKAGE``."""
+    import gzip
+    import zipfile
+
+    path = os.fspath(path)
+    if path.endswith(".whl"):
+        with zipfile.ZipFile(path) as wheel:
+            raw = gzip.decompress(wheel.read(CLIP_BPE_MEMBER))
+    elif path.endswith(".gz"):
+        with gzip.open(path, "rb") as handle:
+            raw = handle.read()
+    else:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    return raw.decode("utf-8").split("\n")
+
+
+def download_clip_bpe(folder: str | os.PathLike) -> str:
+    """Fetch ``CLIP_BPE_PACKAGE``'s wheel (no dependencies) with pip into ``folder``; return the wheel's path."""
+    import glob
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", CLIP_BPE_PACKAGE, "-d", os.fspath(folder)],
+        check=True,
+    )
+    wheels = sorted(glob.glob(os.path.join(os.fspath(folder), "open_clip_torch-*.whl")))
+    if not wheels:
+        raise RuntimeError(f"pip download {CLIP_BPE_PACKAGE} left no wheel in {folder}")
+    return wheels[-1]
+
+
+def build_real_clip_tokenizer(bpe_source: str | os.PathLike | None = None, model_max_length: int = 77):
+    """A ``CLIPTokenizer`` with CLIP's own 49,408-token vocabulary and merges (as in SD 1.x: pads with EOS).
+
+    ``bpe_source`` is a merge-list file or an open_clip wheel; ``None`` downloads the wheel from the package
+    registry with pip (no model hub involved).
+    """
+    import json
+
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source = download_clip_bpe(tmp) if bpe_source is None else bpe_source
+        vocab, merges = clip_vocabulary(read_clip_bpe(source))
+        vocab_file, merges_file = os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt")
+        with open(vocab_file, "w", encoding="utf-8") as handle:
+            json.dump(vocab, handle, ensure_ascii=False)
+        with open(merges_file, "w", encoding="utf-8") as handle:
+            handle.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+        return CLIPTokenizer(vocab_file, merges_file, pad_token=EOS, model_max_length=model_max_length)

@@ -1,42 +1,56 @@
-"""Train the embedded toy text-to-image model from scratch on the toy world (CPU, about 50 minutes).
+"""Train the embedded toy text-to-image model from scratch on the toy world (CPU, hours; resumable).
 
 Usage::
 
-    python -m tficon.toy.train --out DIR [--images 10000] [--vae-steps 1000] [--unet-steps 2000] [--seed 0]
+    python -m tficon.toy.train --out DIR [--work DIR] [--resume] [--images 20000] [--vae-steps 3000]
+                               [--unet-steps 10000] [--seed 0] [--threads 2]
 
-Writes a diffusers ``StableDiffusionPipeline`` folder (fp32 safetensors, about 17 MB) plus
-``tficon.json``. The shipped ``tficon/toy/model`` is the output of exactly the command recorded
-in its ``tficon.json``: ``--images 10000 --vae-steps 1000 --unet-steps 2000 --seed 0`` (the defaults), 49.7
-minutes on a shared 2-core CPU; VAE 26.4 dB on held-out images, final UNet loss 0.016, single-object
-text-to-image domain / colour / shape right 45 / 69 / 67 % (``tficon/toy/README.md`` has all figures).
+Writes a diffusers ``StableDiffusionPipeline`` folder (fp16 safetensors) plus ``tficon.json``. The run is
+built to take hours on two CPU cores and to survive interruptions:
+
+- every stage checkpoints its full state (weights, optimizer, EMA, learning-rate schedule, random
+  generator) to ``--work`` every ``--checkpoint-every`` steps, atomically; ``--resume`` continues from
+  there, and an uninterrupted run and a resumed one take the same steps with the same random numbers;
+- a progress bar shows the current stage, and ``WORK/train_log.jsonl`` records loss, learning rate and
+  elapsed time every 50 steps, plus the quality gates;
+- every ``--export-every`` UNet steps the EMA weights are exported to ``--out`` (a loadable model), and
+  text-to-image gates (single- and two-object accuracy, read by the toy detector) are logged.
 
 Stages, all with fixed seeds and step-count (not time) schedules so a rerun reproduces them:
 
-1. Data: ``--images`` random toy-world scenes at 64 px (image i is ``render_scene([seed, i])``).
-2. VAE (``AutoencoderKL``, f=4, 4 latent channels, blocks (32, 64, 64), no mid attention so it is
-   fully convolutional): random 32x32 crops, batch 32, AdamW 5e-4, warm-up then cosine to 10 %,
-   loss L1 + 0.5 MSE + 1e-6 KL. ``scaling_factor`` = 1 / std of the training latents.
-3. Pre-encode every image once (posterior mean and std).
-4. UNet (``UNet2DConditionModel``, blocks (32, 64, 128), self- and cross-attention at 16x16 and
-   8x8 plus the mid block) and a 3-layer, 64-wide ``CLIPTextModel`` trained jointly: epsilon
-   MSE with min-SNR-5 weights, 10 % captions dropped to "" (for classifier-free guidance),
-   batch 64, AdamW 1e-3, warm-up then cosine to 5 %, gradient clipping 1.0, EMA 0.999 (saved).
-   No flips: captions list objects left to right.
+1. Data: ``--images`` examples at 64 px. Example i uses ``numpy.random.default_rng([seed, i])``; a fraction
+   ``--canvas-fraction`` of them are **reference canvases**: one tightly cropped object of any domain,
+   resized and centred on black exactly as ``tficon.placement.prepare_foreground`` builds TF-ICON's
+   reference image, captioned "a red star cutout on black, flat style" (words no normal prompt uses).
+   The rest are toy-world scenes with 0-3 objects (more pairs than the world's default, for binding).
+2. VAE (``AutoencoderKL``, f=4, 4 latent channels, no mid attention so it is fully convolutional):
+   random 32x32 crops, a quarter of them from canvases (so black is reconstructed), batch 32, AdamW 5e-4,
+   warm-up then cosine to 10 %, loss L1 + 0.5 MSE + 1e-6 KL. ``scaling_factor`` = 1 / std of the latents.
+3. Pre-encode every example once (posterior mean and std; sampled at every step).
+4. UNet (``UNet2DConditionModel``, self- and cross-attention at 16x16 and 8x8 plus the 4x4 mid block) and
+   a 4-layer, 128-wide ``CLIPTextModel`` with CLIP's real 49,408-token vocabulary and 77 positions,
+   trained jointly: epsilon MSE with min-SNR-5 weights, 10 % captions dropped to "" (classifier-free
+   guidance), batch 64, AdamW 1e-3 (no weight decay on embeddings and norms), warm-up then cosine to 5 %,
+   gradient clipping 1.0, EMA up to 0.9995 with warm-up (the EMA weights are exported). No flips: captions
+   list objects left to right.
 
-The tokenizer is a real ``CLIPTokenizer`` built offline over the caption words plus one
-reserved word, ``rian`` (CLIP's token 7788, the official exceptional-prompt token), that never
-appears in a caption; its id is stored as ``exceptional_token_id`` in ``tficon.json``.
+The tokenizer is CLIP's own BPE, rebuilt from the merge list that the ``open-clip-torch`` wheel ships
+(``--clip-bpe`` takes a local copy; otherwise pip downloads the wheel, no model hub). Token 7788
+("rian") never appears in a caption, so its embedding stays as initialised, like a rare word in real CLIP:
+it is the exceptional-prompt token, as in the official code.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 # Idle OpenMP threads must sleep, not spin: on a shared 2-core machine spinning threads made
@@ -45,14 +59,25 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: E402
 
-from tficon.toy.world import caption_words, render_scene  # noqa: E402
+from tficon.toy.world import (  # noqa: E402
+    COLOURS,
+    DOMAINS,
+    SHAPES,
+    canvas_caption,
+    render_foreground,
+    render_scene,
+)
 
 IMAGE_SIZE = 64
-MAX_TOKENS = 20  # the longest caption (three objects) is 15 words + start/end tokens
-EXCEPTIONAL_WORD = "rian"
-HELD_OUT_OFFSET = 10_000_000  # held-out image i is render_scene([seed, HELD_OUT_OFFSET + i])
+MAX_TOKENS = 77
+EXCEPTIONAL_TOKEN_ID = 7788  # "rian</w>" in CLIP's vocabulary, the official exceptional-prompt token
+HELD_OUT_OFFSET = 10_000_000  # held-out example i is example HELD_OUT_OFFSET + i of the same seed
+#: Probabilities of 0-3 objects in a training scene: more pairs than the world's default, for binding.
+COUNT_PROBS = (0.03, 0.45, 0.42, 0.10)
+CANVAS_BOX_RANGE = (14, 48)  # longer side (px) of the box a training canvas is placed for
+CANVAS_VAE_SHARE = 0.25  # share of VAE crops taken from canvases
 
 VAE_CONFIG = dict(
     in_channels=3,
@@ -70,15 +95,15 @@ UNET_CONFIG = dict(
     sample_size=IMAGE_SIZE // 4,
     in_channels=4,
     out_channels=4,
-    block_out_channels=(32, 64, 128),
+    block_out_channels=(64, 128, 128),
     layers_per_block=1,
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     attention_head_dim=4,  # diffusers reads this as the number of heads
-    cross_attention_dim=64,
+    cross_attention_dim=128,
     norm_num_groups=16,
 )
-TEXT_CONFIG = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4)
+TEXT_CONFIG = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4)
 SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000,
     beta_start=0.00085,
@@ -87,10 +112,29 @@ SCHEDULER_CONFIG = dict(
     prediction_type="epsilon",
     steps_offset=1,
 )
+LOG_EVERY = 50
 
 
-def log(message: str) -> None:
-    print(message, flush=True)
+# ----------------------------------------------------------------------------------------------- utilities
+
+
+class RunLog:
+    """Prints a line and appends a JSON record to ``WORK/train_log.jsonl``."""
+
+    def __init__(self, work: Path):
+        self.path = work / "train_log.jsonl"
+
+    def __call__(self, message: str, **record) -> None:
+        print(message, flush=True)
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps({"time": round(time.time(), 1), "message": message, **record}) + "\n")
+
+
+def save_atomically(payload: dict, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: an interruption never leaves a half-written checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
 
 
 def cosine_lr_lambda(total_steps: int, warmup: int, floor: float):
@@ -105,17 +149,6 @@ def cosine_lr_lambda(total_steps: int, warmup: int, floor: float):
     return factor
 
 
-def render_dataset(count: int, seed: int, offset: int = 0) -> tuple[np.ndarray, list[str]]:
-    """``count`` scenes -> (uint8 images (count, 64, 64, 3), captions). Image i uses seed sequence [seed, offset + i]."""
-    images = np.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    captions = []
-    for i in range(count):
-        image, caption, _ = render_scene(np.random.default_rng([seed, offset + i]), image_size=IMAGE_SIZE)
-        images[i] = np.asarray(image)
-        captions.append(caption)
-    return images, captions
-
-
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
@@ -127,19 +160,87 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean())
 
 
-def train_vae(images: np.ndarray, held_out: torch.Tensor, steps: int, seed: int):
+def progress(total: int, initial: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, mininterval=10.0, dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def reference_canvas(rng: np.random.Generator, image_size: int = IMAGE_SIZE) -> tuple[np.ndarray, str]:
+    """One reference canvas as the pipeline makes it: a tightly cropped object resized and centred on black."""
+    from tficon.placement import compute_placement, prepare_foreground
+
+    domain = DOMAINS[rng.integers(len(DOMAINS))]
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    colour = COLOURS[rng.integers(len(COLOURS))]
+    foreground, mask = render_foreground(
+        shape, colour, domain, size=float(rng.uniform(12.0, 20.0)), margin=int(rng.integers(0, 4)), image_size=image_size
+    )
+    side = int(rng.integers(CANVAS_BOX_RANGE[0], CANVAS_BOX_RANGE[1] + 1)) * image_size // IMAGE_SIZE
+    corner = (image_size - side) // 2
+    placement = compute_placement(
+        (corner, corner, side, side), foreground.size, (image_size, image_size), latent_factor=4, levels=3, clip=True
+    )
+    reference, _ = prepare_foreground(foreground, mask, placement)
+    pixels = reference.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    return pixels, canvas_caption(shape, colour, domain)
+
+
+def render_example(seed: int, index: int, canvas_fraction: float) -> tuple[np.ndarray, str, bool]:
+    """Example ``index`` of the data set: (uint8 image (64, 64, 3), caption, is it a reference canvas)."""
+    rng = np.random.default_rng([seed, index])
+    if rng.random() < canvas_fraction:
+        pixels, caption = reference_canvas(rng)
+        return pixels, caption, True
+    image, caption, _ = render_scene(rng, image_size=IMAGE_SIZE, count_probs=COUNT_PROBS)
+    return np.asarray(image), caption, False
+
+
+def render_dataset(count: int, seed: int, offset: int = 0, canvas_fraction: float = 0.1):
+    """``count`` examples -> (uint8 images (count, 64, 64, 3), captions, bool is_canvas (count,))."""
+    images = np.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    captions, canvas = [], np.zeros(count, dtype=bool)
+    for i in range(count):
+        images[i], caption, canvas[i] = render_example(seed, offset + i, canvas_fraction)
+        captions.append(caption)
+    return images, captions, canvas
+
+
+# ----------------------------------------------------------------------------------------------- VAE
+
+
+def train_vae(images, is_canvas, held_out, steps: int, seed: int, work: Path, log: RunLog, checkpoint_every: int):
+    """Train (or resume) the VAE; returns it in eval mode with its held-out PSNR on scenes and canvases."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
     vae = AutoencoderKL(**VAE_CONFIG).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=5e-4, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_lambda(steps, 100, 0.1))
-    data = to_tensor(images)
     generator = torch.Generator().manual_seed(seed + 1)
+    checkpoint, start = work / "vae.pt", 0
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"])
+        start = state["step"]
+        log(f"vae: resumed at step {start}/{steps}")
+    data = to_tensor(images)
+    scenes, canvases = torch.from_numpy(np.flatnonzero(~is_canvas)), torch.from_numpy(np.flatnonzero(is_canvas))
     batch, crop = 32, 32
-    start, running = time.time(), []
-    for step in range(steps):
-        idx = torch.randint(len(data), (batch,), generator=generator)
+    n_canvas = round(batch * CANVAS_VAE_SHARE) if len(canvases) else 0
+    began, running = time.time(), []
+    bar = progress(steps, start, "vae")
+    for step in range(start, steps):
+        idx = torch.cat([
+            scenes[torch.randint(len(scenes), (batch - n_canvas,), generator=generator)],
+            canvases[torch.randint(max(1, len(canvases)), (n_canvas,), generator=generator)] if n_canvas else scenes[:0],
+        ])
         offsets = torch.randint(IMAGE_SIZE - crop + 1, (batch, 2), generator=generator)
         x = torch.stack([data[i, :, oy : oy + crop, ox : ox + crop] for i, (oy, ox) in zip(idx.tolist(), offsets.tolist())])
         x = x.contiguous(memory_format=torch.channels_last)
@@ -152,14 +253,33 @@ def train_vae(images: np.ndarray, held_out: torch.Tensor, steps: int, seed: int)
         optimizer.step()
         schedule.step()
         running.append(loss.item())
-        if (step + 1) % 100 == 0 or step + 1 == steps:
-            elapsed = time.time() - start
-            log(f"vae step {step + 1}/{steps}  loss {np.mean(running):.4f}  {(step + 1) / elapsed:.2f} steps/s  {elapsed / 60:.1f} min")
+        bar.update(1)
+        done = step + 1
+        if done % LOG_EVERY == 0 or done == steps:
+            elapsed = time.time() - began
+            log(f"vae step {done}/{steps} loss {np.mean(running):.4f} ({elapsed / 60:.1f} min this run)",
+                stage="vae", step=done, loss=float(np.mean(running)), lr=schedule.get_last_lr()[0], elapsed_s=round(elapsed, 1))
             running = []
-    vae.eval()
-    with torch.no_grad():
-        recon = vae.decode(vae.encode(held_out).latent_dist.mean).sample
-    return vae, psnr(recon, held_out), time.time() - start
+        if done % checkpoint_every == 0 or done == steps:
+            save_atomically(
+                {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                 "generator": generator.get_state(), "step": done},
+                checkpoint,
+            )
+    bar.close()
+    vae = vae.to(memory_format=torch.contiguous_format).eval()
+    scores = vae_scores(vae, *held_out)
+    return vae, scores
+
+
+@torch.no_grad()
+def vae_scores(vae, images: torch.Tensor, is_canvas: torch.Tensor) -> dict[str, float]:
+    """Held-out reconstruction PSNR (posterior mean) on scenes and on reference canvases separately."""
+    recon = vae.decode(vae.encode(images).latent_dist.mean).sample
+    return {
+        "vae_psnr_scenes_db": round(psnr(recon[~is_canvas], images[~is_canvas]), 2),
+        "vae_psnr_canvases_db": round(psnr(recon[is_canvas], images[is_canvas]), 2) if is_canvas.any() else None,
+    }
 
 
 @torch.no_grad()
@@ -172,9 +292,11 @@ def encode_latents(vae, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]
     return torch.cat(means), torch.cat(stds)
 
 
-def train_unet(latent_mean, latent_std, scaling_factor: float, token_ids, empty_ids, tokenizer, steps: int, seed: int):
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from diffusers.training_utils import EMAModel, compute_snr
+# ----------------------------------------------------------------------------------------------- UNet + text encoder
+
+
+def build_unet_and_text_encoder(tokenizer, seed: int):
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed + 2)
@@ -185,21 +307,66 @@ def train_unet(latent_mean, latent_std, scaling_factor: float, token_ids, empty_
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        projection_dim=TEXT_CONFIG["hidden_size"],
         **TEXT_CONFIG,
     )
-    text_encoder = CLIPTextModel(text_config)
+    return unet, CLIPTextModel(text_config)
+
+
+def parameter_groups(*modules) -> list[dict]:
+    """AdamW groups: weight decay 0.01 on weight matrices, none on embeddings, norms and biases.
+
+    Decaying the 49,408-row token embedding would shrink every unused row, the exceptional token's included,
+    towards zero: rare tokens must keep their initial scale, as in real CLIP.
+    """
+    decay, no_decay = [], []
+    for module in modules:
+        for name, param in module.named_parameters():
+            plain = param.ndim < 2 or "embedding" in name or "norm" in name
+            (no_decay if plain else decay).append(param)
+    return [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_unet(latent_mean, latent_std, scaling_factor, token_ids, empty_ids, vae, tokenizer, args, log: RunLog, out: Path, meta: dict):
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel, compute_snr
+
+    unet, text_encoder = build_unet_and_text_encoder(tokenizer, args.seed)
+    warm_start_step = 0
+    if args.init_from is not None:
+        unet, text_encoder, warm_start_step = load_warm_start(args.init_from, unet, text_encoder)
+        log(f"unet: warm start from {args.init_from} (EMA weights after {warm_start_step} steps; fresh optimizer)")
     noise_scheduler = DDPMScheduler(**SCHEDULER_CONFIG, clip_sample=False)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_lambda(steps, 200, 0.05))
-    ema = EMAModel(params, decay=0.999)
+    optimizer = torch.optim.AdamW(parameter_groups(unet, text_encoder), lr=1e-3)
+    steps = args.unet_steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warm_started_lr_lambda(steps, warm_start_step))
+    ema = EMAModel(params, decay=0.9995, use_ema_warmup=True, power=0.75)
+    generator = torch.Generator().manual_seed(args.seed + 3 + warm_start_step)
+    checkpoint, start = args.work / "unet.pt", warm_start_step
+    if warm_start_step:
+        ema.optimization_step = warm_start_step  # the EMA continues at the decay it had reached
+        with warnings.catch_warnings():  # fast-forwarding the schedule before any optimizer step is intended
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(warm_start_step):
+                schedule.step()
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        ema.load_state_dict(state["ema"])
+        generator.set_state(state["generator"])
+        start = state["step"]
+        log(f"unet: resumed at step {start}/{steps}")
     alphas_cumprod = noise_scheduler.alphas_cumprod
-    generator = torch.Generator().manual_seed(seed + 3)
     batch = 64
     unet.train()
     text_encoder.train()
-    start, running = time.time(), []
-    for step in range(steps):
+    began, running = time.time(), []
+    bar = progress(steps, start, "unet")
+    for step in range(start, steps):
         idx = torch.randint(len(latent_mean), (batch,), generator=generator)
         latents = latent_mean[idx] + latent_std[idx] * torch.randn(latent_mean[idx].shape, generator=generator)
         latents = latents * scaling_factor
@@ -223,105 +390,219 @@ def train_unet(latent_mean, latent_std, scaling_factor: float, token_ids, empty_
         schedule.step()
         ema.step(params)
         running.append(loss.item())
-        if (step + 1) % 100 == 0 or step + 1 == steps:
-            elapsed = time.time() - start
-            log(f"unet step {step + 1}/{steps}  loss {np.mean(running):.4f}  {(step + 1) / elapsed:.2f} steps/s  {elapsed / 60:.1f} min")
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(running):.4f}", refresh=False)
+        done = step + 1
+        if done % LOG_EVERY == 0 or done == steps:
+            elapsed = time.time() - began
+            log(f"unet step {done}/{steps} loss {np.mean(running):.4f} ({elapsed / 60:.1f} min this run)",
+                stage="unet", step=done, loss=float(np.mean(running)), lr=schedule.get_last_lr()[0], elapsed_s=round(elapsed, 1))
             running = []
-    ema.copy_to(params)
-    unet.eval()
-    text_encoder.eval()
-    return unet, text_encoder, time.time() - start
+        if done % args.checkpoint_every == 0 or done == steps:
+            save_atomically(
+                {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "optimizer": optimizer.state_dict(),
+                 "schedule": schedule.state_dict(), "ema": ema.state_dict(), "generator": generator.get_state(), "step": done},
+                checkpoint,
+            )
+        if done % args.export_every == 0 or done == steps:
+            ema.store(params)
+            ema.copy_to(params)
+            meta["training"]["unet_steps_done"] = done
+            pipe = export(out, vae, unet, text_encoder, tokenizer, meta)
+            if args.gates:
+                gates = text_to_image_gates(pipe)
+                log(f"gates at step {done}: {gates}", stage="gates", step=done, **gates)
+            ema.restore(params)
+            unet.train()
+            text_encoder.train()
+    bar.close()
 
 
+def warm_started_lr_lambda(total_steps: int, warm_start_step: int):
+    """The cosine schedule, with a fresh 300-step warm-up (from step 0, or after a warm start's step).
 
-def build_tokenizer():
-    from tficon.clip_tokenizer import build_clip_tokenizer
+    A warm start restarts AdamW with empty moment estimates; ramping the rate up again keeps its first,
+    badly scaled updates from undoing the loaded weights.
+    """
+    cosine = cosine_lr_lambda(total_steps, 300, 0.05)
+    if not warm_start_step:
+        return cosine
+    return lambda step: cosine(step) * min(1.0, (step - warm_start_step + 1) / 300) if step >= warm_start_step else cosine(step)
 
-    return build_clip_tokenizer(caption_words(), model_max_length=MAX_TOKENS, extra_tokens=[EXCEPTIONAL_WORD])
+
+def load_warm_start(folder: Path, unet, text_encoder):
+    """Weights of an exported model folder (fp16 EMA) as fp32 starting weights, and the UNet step they reached."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    meta = json.loads((folder / "tficon.json").read_text())
+    loaded_unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
+    loaded_text = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
+    unet.load_state_dict(loaded_unet.state_dict())
+    text_encoder.load_state_dict(loaded_text.state_dict())
+    return unet, text_encoder, int(meta["training"]["unet_steps_done"])
+
+
+# ----------------------------------------------------------------------------------------------- export and gates
+
+
+def export(out: Path, vae, unet, text_encoder, tokenizer, meta: dict):
+    """Save the model folder (fp16 safetensors) and ``tficon.json``; return an fp32 pipeline of the same weights."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    parts = {name: copy.deepcopy(m).eval() for name, m in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder))}
+    pipe = StableDiffusionPipeline(
+        **parts,
+        tokenizer=tokenizer,
+        scheduler=DPMSolverMultistepScheduler(**SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    pipe.to(torch.float32)
+    (out / "tficon.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return pipe
+
+
+def text_to_image_gates(pipe) -> dict[str, float]:
+    """Single-object (all of domain / colour / shape) and two-object (both objects) accuracy on 32 + 16 prompts."""
+    from tficon.toy import quality
+
+    rng = np.random.default_rng(7)
+    singles = quality.single_object_prompts()
+    singles = [singles[i] for i in rng.choice(len(singles), 32, replace=False)]
+    single = quality.single_object_scores(pipe, singles, seed=0)
+    double = quality.two_object_scores(pipe, quality.two_object_prompts(), seed=1000)
+    return {"single_all": single["all"], "single_domain": single["domain"], "two_both": double["both"], "two_count": double["count"]}
+
+
+def build_tokenizer(clip_bpe: str | None = None):
+    """CLIP's real tokenizer (77 positions), rebuilt from the merge list in the open_clip wheel."""
+    from tficon.clip_tokenizer import build_real_clip_tokenizer
+
+    tokenizer = build_real_clip_tokenizer(clip_bpe, model_max_length=MAX_TOKENS)
+    if tokenizer.convert_ids_to_tokens(EXCEPTIONAL_TOKEN_ID) != "rian</w>":
+        raise RuntimeError("the rebuilt CLIP vocabulary does not have 'rian</w>' at id 7788")
+    return tokenizer
 
 
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
     return tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
 
 
+# ----------------------------------------------------------------------------------------------- main
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="output folder (a diffusers pipeline)")
-    parser.add_argument("--images", type=int, default=10000, help="number of training scenes")
-    parser.add_argument("--vae-steps", type=int, default=1000)
-    parser.add_argument("--unet-steps", type=int, default=2000)
+    parser.add_argument("--work", type=Path, help="checkpoints, cached data and the log (default: OUT.work)")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work")
+    parser.add_argument("--images", type=int, default=20000, help="number of training examples")
+    parser.add_argument("--canvas-fraction", type=float, default=0.1, help="share of reference canvases")
+    parser.add_argument("--vae-steps", type=int, default=3000)
+    parser.add_argument("--unet-steps", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument("--export-every", type=int, default=1000)
+    parser.add_argument("--no-gates", dest="gates", action="store_false", help="skip the text-to-image gates")
+    parser.add_argument("--init-from", type=Path, help="warm start: an exported model folder (its VAE, UNet, text encoder)")
+    parser.add_argument("--clip-bpe", help="CLIP merge list (.txt.gz) or open_clip wheel; default: pip download")
     args = parser.parse_args(argv)
-    for name in ("images", "vae_steps", "unet_steps"):
+    for name in ("images", "vae_steps", "unet_steps", "checkpoint_every", "export_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    command = "python -m tficon.toy.train " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    if not 0.0 <= args.canvas_fraction < 1.0:
+        parser.error("--canvas-fraction must be in [0, 1)")
+    args.work = args.work or args.out.with_name(args.out.name + ".work")
+    if args.work.exists() and any(args.work.iterdir()) and not args.resume:
+        parser.error(f"{args.work} holds an earlier run: pass --resume to continue it, or remove it")
+    args.work.mkdir(parents=True, exist_ok=True)
+    # The recorded command leaves out what does not change the weights: --resume, and where the BPE file lies.
+    given, recorded = list(sys.argv[1:] if argv is None else argv), []
+    while given:
+        arg = given.pop(0)
+        if arg == "--clip-bpe":
+            given.pop(0) if given else None
+        elif arg != "--resume" and not arg.startswith("--clip-bpe="):
+            recorded.append(arg)
+    command = "python -m tficon.toy.train " + " ".join(shlex.quote(a) for a in recorded)
+    log = RunLog(args.work)
+    log(f"{'resuming' if args.resume else 'starting'}: {command}")
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # denormals slow CPU convolutions by up to 4x
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-    t0 = time.time()
-    images, captions = render_dataset(args.images, args.seed)
-    held_images, _ = render_dataset(64, args.seed, offset=HELD_OUT_OFFSET)
-    held_out = to_tensor(held_images)
-    timings = {"data_s": round(time.time() - t0, 1)}
-    log(f"rendered {args.images} + 64 held-out images in {timings['data_s']} s")
+    tokenizer = build_tokenizer(args.clip_bpe)
+    held_images, _, held_canvas = render_dataset(128, args.seed, offset=HELD_OUT_OFFSET, canvas_fraction=0.5)
+    held_out = (to_tensor(held_images), torch.from_numpy(held_canvas))
+    latents_file = args.work / "latents.pt"
+    if args.init_from is not None and not latents_file.exists():
+        from diffusers import AutoencoderKL
 
-    vae, vae_psnr, timings["vae_s"] = train_vae(images, held_out, args.vae_steps, args.seed)
-    log(f"VAE held-out PSNR {vae_psnr:.2f} dB")
-    t1 = time.time()
-    vae = vae.to(memory_format=torch.contiguous_format)
-    latent_mean, latent_std = encode_latents(vae, images)
-    sampled = latent_mean + latent_std * torch.randn(latent_mean.shape, generator=torch.Generator().manual_seed(args.seed + 4))
-    scaling_factor = float(1.0 / sampled.std())
-    vae.register_to_config(scaling_factor=scaling_factor)
-    timings["encode_s"] = round(time.time() - t1, 1)
-    log(f"encoded latents in {timings['encode_s']} s; mean {float(sampled.mean()):.3f} std {float(sampled.std()):.3f} -> scaling_factor {scaling_factor:.4f}")
+        # A warm start keeps the exported VAE: the UNet was trained on its latents.
+        vae = AutoencoderKL.from_pretrained(args.init_from / "vae", torch_dtype=torch.float32).eval()
+        images, captions, _ = render_dataset(args.images, args.seed, canvas_fraction=args.canvas_fraction)
+        vae_quality = vae_scores(vae, *held_out)
+        latent_mean, latent_std = encode_latents(vae, images)
+        scaling_factor = float(vae.config.scaling_factor)
+        save_atomically(
+            {"vae": vae, "vae_quality": vae_quality, "captions": captions, "mean": latent_mean, "std": latent_std,
+             "scaling_factor": scaling_factor},
+            latents_file,
+        )
+        log(f"warm start: VAE from {args.init_from}, {vae_quality}")
+    if latents_file.exists():
+        cached = torch.load(latents_file, weights_only=False)
+        vae = cached["vae"]
+        vae_quality, captions = cached["vae_quality"], cached["captions"]
+        latent_mean, latent_std, scaling_factor = cached["mean"], cached["std"], cached["scaling_factor"]
+        log(f"loaded {len(captions)} encoded examples and the VAE from {latents_file}")
+    else:
+        t0 = time.time()
+        images, captions, is_canvas = render_dataset(args.images, args.seed, canvas_fraction=args.canvas_fraction)
+        log(f"rendered {args.images} examples ({int(is_canvas.sum())} canvases) in {time.time() - t0:.0f} s")
+        vae, vae_quality = train_vae(images, is_canvas, held_out, args.vae_steps, args.seed, args.work, log, args.checkpoint_every)
+        log(f"VAE held-out PSNR: {vae_quality}", stage="vae_quality", **vae_quality)
+        latent_mean, latent_std = encode_latents(vae, images)
+        sampled = latent_mean + latent_std * torch.randn(latent_mean.shape, generator=torch.Generator().manual_seed(args.seed + 4))
+        scaling_factor = float(1.0 / sampled.std())
+        vae.register_to_config(scaling_factor=scaling_factor)
+        save_atomically(
+            {"vae": vae, "vae_quality": vae_quality, "captions": captions, "mean": latent_mean, "std": latent_std,
+             "scaling_factor": scaling_factor},
+            latents_file,
+        )
+        log(f"encoded latents: std {float(sampled.std()):.3f} -> scaling_factor {scaling_factor:.4f}")
 
-    tokenizer = build_tokenizer()
     token_ids = tokenize(tokenizer, captions)
     empty_ids = tokenize(tokenizer, [""])[0]
-    unet, text_encoder, timings["unet_s"] = train_unet(latent_mean, latent_std, scaling_factor, token_ids, empty_ids, tokenizer, args.unet_steps, args.seed)
-    timings = {k: round(v, 1) for k, v in timings.items()}
-    timings["total_s"] = round(time.time() - t0, 1)
-
-    scheduler = DPMSolverMultistepScheduler(**SCHEDULER_CONFIG)
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    args.out.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(args.out, safe_serialization=True)
-    exceptional_id = tokenizer.convert_tokens_to_ids(EXCEPTIONAL_WORD + "</w>")
     meta = {
         "family": "toy",
-        "exceptional_token_id": int(exceptional_id),
-        "exceptional_token": EXCEPTIONAL_WORD,
+        "exceptional_token_id": EXCEPTIONAL_TOKEN_ID,
+        "exceptional_token": "rian",
         "image_size": IMAGE_SIZE,
         "latent_size": IMAGE_SIZE // 4,
         "max_tokens": MAX_TOKENS,
         "training": {
             "command": command,
             "images": args.images,
+            "canvas_fraction": args.canvas_fraction,
             "vae_steps": args.vae_steps,
             "unet_steps": args.unet_steps,
             "seed": args.seed,
             "threads": args.threads,
-            "timings_s": timings,
-            "vae_heldout_psnr_db": round(vae_psnr, 2),
+            "init_from": None if args.init_from is None else json.loads((args.init_from / "tficon.json").read_text())["training"],
+            **vae_quality,
             "torch": torch.__version__,
         },
     }
-    (args.out / "tficon.json").write_text(json.dumps(meta, indent=2) + "\n")
-    log(f"saved to {args.out}; timings {timings}")
+    train_unet(latent_mean, latent_std, scaling_factor, token_ids, empty_ids, vae, tokenizer, args, log, args.out, meta)
+    log(f"done: the model is in {args.out}")
 
 
 if __name__ == "__main__":

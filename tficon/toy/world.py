@@ -279,12 +279,20 @@ def sample_objects(rng: np.random.Generator, n_objects: int) -> tuple[ObjectSpec
     )
 
 
-def random_scene(seed_or_rng: int | np.random.Generator, domain: str | None = None, n_objects: int | None = None) -> Scene:
-    """Draw a random scene description; ``domain`` / ``n_objects`` fix those choices instead of sampling them."""
+def random_scene(
+    seed_or_rng: int | np.random.Generator,
+    domain: str | None = None,
+    n_objects: int | None = None,
+    count_probs: Sequence[float] = OBJECT_COUNT_PROBS,
+) -> Scene:
+    """Draw a random scene description; ``domain`` / ``n_objects`` fix those choices instead of sampling them.
+
+    ``count_probs`` are the probabilities of 0, 1, 2 and 3 objects.
+    """
     rng = _as_rng(seed_or_rng)
     # Draw every choice even when it is fixed, so the rest of the scene does not depend on the arguments.
     sampled_domain = DOMAINS[rng.integers(len(DOMAINS))]
-    sampled_n = int(rng.choice(len(OBJECT_COUNT_PROBS), p=OBJECT_COUNT_PROBS))
+    sampled_n = int(rng.choice(len(count_probs), p=count_probs))
     if domain is not None:
         _check_domain(domain)
     domain = sampled_domain if domain is None else domain
@@ -297,9 +305,10 @@ def render_scene(
     domain: str | None = None,
     n_objects: int | None = None,
     image_size: int = 64,
+    count_probs: Sequence[float] = OBJECT_COUNT_PROBS,
 ) -> tuple[Image.Image, str, Scene]:
     """Random scene -> (RGB image of side ``image_size``, caption, scene description)."""
-    scene = random_scene(seed_or_rng, domain=domain, n_objects=n_objects)
+    scene = random_scene(seed_or_rng, domain=domain, n_objects=n_objects, count_probs=count_probs)
     return render_spec(scene.objects, scene.domain, image_size), scene.caption, scene
 
 
@@ -337,3 +346,29 @@ def render_background(
         raise TypeError(f"objects must be a count (0-3) or a list of (shape, colour, centre, size), got {objects!r}")
     scene = Scene(domain, specs)
     return render_spec(specs, domain, image_size), scene.caption, scene
+
+
+def render_foreground(
+    shape: str, colour: str, domain: str, size: float = 20.0, margin: int = 2, image_size: int = 64
+) -> tuple[Image.Image, Image.Image]:
+    """One object cropped tightly to its mask's bounding box plus ``margin`` px -> (RGB image, mask "L").
+
+    This is how a user would cut out a foreground: the object fills its image, so it also fills the
+    target box it is composed into (a loose crop would leave most of the box to fresh noise).
+    """
+    image, mask = render_object(shape, colour, domain, size=size, image_size=image_size)
+    ys, xs = np.nonzero(np.asarray(mask))
+    left, top = max(0, xs.min() - margin), max(0, ys.min() - margin)
+    right, bottom = min(image_size, xs.max() + 1 + margin), min(image_size, ys.max() + 1 + margin)
+    crop = (int(left), int(top), int(right), int(bottom))
+    return image.crop(crop), mask.crop(crop)
+
+
+#: Words that mark a reference canvas in a training caption; normal prompts never use them.
+CANVAS_WORDS = "cutout on black"
+
+
+def canvas_caption(shape: str, colour: str, domain: str) -> str:
+    """Caption of a reference canvas (an object pasted on black): "a red star cutout on black, flat style"."""
+    _check_domain(domain)
+    return f"a {colour} {shape} {CANVAS_WORDS}, {domain} style"
