@@ -7,7 +7,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from tficon.io import check_image_size, image_to_tensor, load_image, load_mask, resize_background, to_pil
+from tficon import io
+from tficon.io import (
+    check_image_size, check_mask_size, image_to_tensor, load_image, load_mask, resize_background, to_pil,
+)
 
 
 def rgb(size=(12, 8)):
@@ -41,9 +44,9 @@ def test_load_image_accepts_rgb_grey_arrays_and_paths(tmp_path):
 @pytest.mark.parametrize(
     "mode, pattern",
     [
-        ("RGBA", r"background has an alpha channel \(mode RGBA\): flatten it \(image.convert\('RGB'\)\)"),
-        ("LA", r"background has an alpha channel \(mode LA\).*object mask"),
-        ("P", r"background is a palette image \(mode P\).*convert\('RGB'\)"),
+        ("RGBA", r"background has a transparent alpha channel \(mode RGBA.*flatten it onto the backdrop"),
+        ("LA", r"background has a transparent alpha channel \(mode LA.*object mask"),
+        ("PA", r"background has an alpha channel \(mode PA\)"),
         ("CMYK", r"background is a CMYK image.*convert"),
         ("I;16", r"background has more than 8 bits per channel \(mode I;16\)"),
         ("F", r"background has more than 8 bits per channel \(mode F\)"),
@@ -57,16 +60,77 @@ def test_load_image_rejects_ambiguous_modes(mode, pattern):
 def test_load_image_rejects_rgba_files_and_arrays(tmp_path):
     path = tmp_path / "fg.png"
     Image.new("RGBA", (5, 5), (1, 2, 3, 0)).save(path)
-    with pytest.raises(ValueError, match=r"foreground has an alpha channel \(mode RGBA\)"):
+    with pytest.raises(ValueError, match=r"foreground has a transparent alpha channel \(mode RGBA"):
         load_image(path, name="foreground")
-    with pytest.raises(ValueError, match=r"foreground has an alpha channel"):
+    with pytest.raises(ValueError, match=r"foreground has a transparent alpha channel \(mode RGBA array"):
         load_image(np.zeros((5, 5, 4), np.uint8), name="foreground")
     with pytest.raises(ValueError, match=r"foreground is a float32 array; pass uint8"):
         load_image(np.zeros((5, 5, 3), np.float32), name="foreground")
-    with pytest.raises(ValueError, match=r"foreground must be an \(H, W, 3\)"):
+    with pytest.raises(ValueError, match=r"foreground must be an \(H, W, 3\), \(H, W, 4\)"):
         load_image(np.zeros((5, 5, 2), np.uint8), name="foreground")
     with pytest.raises(TypeError, match="foreground must be a path"):
         load_image(42, name="foreground")
+
+
+def test_images_with_an_exact_rgb_reading_are_converted(tmp_path):
+    image = rgb()
+    pixels = np.asarray(image)
+    for opaque in (image.convert("RGBA"), np.dstack([pixels, np.full(pixels.shape[:2], 255, np.uint8)])):
+        assert np.array_equal(np.asarray(load_image(opaque, name="background")), pixels)
+    grey = image.convert("L")
+    assert np.array_equal(np.asarray(load_image(grey.convert("LA"), name="background")), np.asarray(grey.convert("RGB")))
+    palette = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    assert np.array_equal(np.asarray(load_image(palette, name="background")), np.asarray(palette.convert("RGB")))
+    bits = image.convert("1")
+    loaded = np.asarray(load_image(bits, name="background"))
+    assert set(np.unique(loaded)) <= {0, 255} and np.array_equal(loaded[:, :, 0], np.asarray(bits) * 255)
+    # a palette with a transparent entry: opaque when no pixel uses it, refused when one does
+    fresh = Image.new("P", (4, 4), 1)
+    fresh.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
+    fresh.save(tmp_path / "opaque.png", transparency=0)
+    assert np.asarray(load_image(tmp_path / "opaque.png", name="background"))[0, 0].tolist() == [200, 10, 10]
+    fresh.putpixel((0, 0), 0)
+    fresh.save(tmp_path / "holey.png", transparency=0)
+    with pytest.raises(ValueError, match=r"background has a transparent alpha channel \(mode P with transparency"):
+        load_image(tmp_path / "holey.png", name="background")
+
+
+def test_empty_and_oversized_images_are_refused_before_copying(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match=r"background is empty \(0x0 pixels"):
+        load_image(Image.new("RGB", (0, 0)), name="background")
+    with pytest.raises(ValueError, match=r"foreground is empty \(0x5 pixels"):
+        load_image(np.zeros((5, 0, 3), np.uint8), name="foreground")
+    with pytest.raises(ValueError, match=r"mask is empty \(0x0 pixels"):
+        load_mask(np.zeros((0, 0), bool), name="mask")
+    monkeypatch.setattr(io, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ValueError, match=r"background is 11x10 pixels.*limit of 100 pixels.*MAX_IMAGE_PIXELS"):
+        load_image(np.zeros((10, 11, 3), np.uint8), name="background")
+    Image.new("RGB", (11, 10)).save(tmp_path / "big.png")
+    with pytest.raises(ValueError, match=r"background is 11x10 pixels"):
+        load_image(tmp_path / "big.png", name="background")
+    with pytest.raises(ValueError, match=r"mask is 11x10 pixels"):
+        load_mask(np.ones((10, 11), bool), name="mask")
+    assert load_image(np.zeros((10, 11, 3), np.uint8), name="background", max_pixels=110).size == (11, 10)
+
+
+def test_decompression_bomb_names_the_argument(monkeypatch, tmp_path):
+    Image.new("RGB", (20, 20)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # PIL refuses files past twice its own limit
+    with pytest.raises(ValueError, match=r"background: .*bomb\.png' is too large to open safely"):
+        load_image(tmp_path / "bomb.png", name="background")
+
+
+def test_a_box_of_the_wrong_length_is_reported_as_a_box():
+    with pytest.raises(ValueError, match=r"mask_or_box: a box must be 4 integers \(x, y, w, h\).*got 3 value"):
+        load_mask((1, 2, 3), name="mask_or_box")
+
+
+def test_mask_size_rule():
+    check_mask_size((48, 64), (48, 64), name="mask", image_name="background")
+    check_mask_size((96, 128), (48, 64), name="mask", image_name="background")  # a scaled copy
+    check_mask_size((64, 64), (48, 64), name="mask", image_name="background", working_size=(128, 128))
+    with pytest.raises(ValueError, match=r"foreground_mask is 64x64 \(W x H\) but foreground is 64x48.*aspect"):
+        check_mask_size((64, 64), (48, 64), name="foreground_mask", image_name="foreground")
 
 
 def test_missing_and_unreadable_files(tmp_path):

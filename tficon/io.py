@@ -9,6 +9,22 @@ Conventions (the same as the official TF-ICON code, see tficon-algorithm.md sect
 - a tensor image is ``(3, H, W)`` float32 in ``[-1, 1]``, computed as ``2 * (x / 255) - 1`` in float32;
 - masks are binarised like the official code (``value > 127`` for 8-bit data);
 - sizes written ``(H, W)`` are (rows, columns); PIL's ``image.size`` is ``(W, H)``.
+
+The rules for awkward inputs, in one place (every entry point, Session, ``compose``, CLI, batch and Explorer,
+goes through these loaders):
+
+- **Modes.** An image whose RGB conversion is exact is converted: greyscale (``L``), 1-bit (``1``), palette
+  (``P``) and alpha images (``RGBA``, ``LA``, palette with transparency, ``(H, W, 4)`` arrays) whose alpha is
+  fully opaque. An alpha that is not fully opaque is refused (flattening would have to invent a backdrop colour;
+  the message says how to flatten it, or to pass the alpha as the object mask). CMYK, 16-bit and float images
+  are refused (no exact 8-bit RGB).
+- **Sizes.** An image or mask with no pixels (0 x N) is refused. Images and masks larger than
+  ``MAX_IMAGE_PIXELS`` (pixels, configurable: assign ``tficon.io.MAX_IMAGE_PIXELS``) are refused before any
+  pixel is copied; PIL's own decompression-bomb error is reported the same way, naming the argument.
+- **Masks of another size.** Masks are read in fractions of their own size (the official code's rule for its
+  512-px masks), so a mask of another size than its image is accepted when the aspect ratios agree within
+  ``ASPECT_TOLERANCE`` (it is a scaled copy) and refused otherwise (it would be stretched):
+  ``check_mask_size``. The user mask may also have the working size's aspect ratio.
 """
 
 from __future__ import annotations
@@ -30,16 +46,49 @@ MASK_TOLERANCE = 32
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
+#: Largest image or mask accepted, in pixels (H x W). 64 megapixels covers photographs from any current camera
+#: and costs about 200 MB as RGB; a 20000 x 20000 input (1.2 GB) is refused before it is copied. Raise it
+#: (``tficon.io.MAX_IMAGE_PIXELS = ...``) for bigger inputs, or downscale them first: the working size is small.
+MAX_IMAGE_PIXELS = 64 * 2**20
 
-def _open(path: str | os.PathLike, name: str) -> Image.Image:
-    """Open an image file fully (so truncated files fail here), detached from the file handle."""
+#: Relative aspect-ratio difference up to which a mask of another size counts as a scaled copy of its image.
+ASPECT_TOLERANCE = 0.05
+
+
+def _check_pixels(width: int, height: int, name: str, max_pixels: int | None) -> None:
+    """Refuse empty and oversized inputs by their dimensions alone (before any pixel is decoded or copied)."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"{name} is empty ({width}x{height} pixels, W x H); pass an image with pixels")
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    if limit is not None and width * height > limit:
+        raise ValueError(
+            f"{name} is {width}x{height} pixels (W x H), more than the limit of {limit} pixels "
+            f"({width * height / 2**20:.0f} vs {limit / 2**20:.0f} megapixels); downscale it first (the composition "
+            "runs at the model's working size anyway) or raise tficon.io.MAX_IMAGE_PIXELS"
+        )
+
+
+def _open(path: str | os.PathLike, name: str, max_pixels: int | None = None) -> Image.Image:
+    """Open an image file fully (so truncated files fail here), detached from the file handle.
+
+    The size is checked from the header, before the pixels are decoded.
+    """
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():
+            raise ValueError(f"{name}: {str(path)!r} is a folder, not an image file; pass the image's path")
         raise FileNotFoundError(f"{name}: no such file {str(path)!r}; check the path")
     try:
         with Image.open(path) as image:
+            _check_pixels(image.width, image.height, name, max_pixels)
             image.load()
-            return image.copy()
+            # load() keeps the file's pixels; no copy is needed once the file handle is closed
+            return image
+    except Image.DecompressionBombError as error:
+        # PIL refuses files past twice its own MAX_IMAGE_PIXELS before ours can be checked.
+        raise ValueError(
+            f"{name}: {str(path)!r} is too large to open safely (PIL: {error}); downscale it first"
+        ) from error
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(
             f"{name}: cannot read {str(path)!r} as an image ({error}); save it as PNG or JPEG"
@@ -64,45 +113,88 @@ def _rejected_mode_message(mode: str, name: str) -> str:
     return f"{name} has the unsupported mode {mode}: convert it to 8-bit RGB first (image.convert('RGB'))"
 
 
-def load_image(image: ImageLike, *, name: str) -> Image.Image:
+def _opaque(alpha: np.ndarray) -> bool:
+    return alpha.size > 0 and int(alpha.min()) == 255
+
+
+def _non_opaque_message(mode: str, name: str) -> str:
+    return (
+        f"{name} has a transparent alpha channel (mode {mode}, some alpha below 255), which has no single RGB "
+        "reading: flatten it onto the backdrop you want (e.g. Image.alpha_composite(Image.new('RGBA', im.size, "
+        "'white'), im).convert('RGB')), or, if the alpha is the object's outline, pass im.convert('RGB') as the "
+        "image and im.getchannel('A') as the object mask"
+    )
+
+
+def _exact_rgb(image: Image.Image, name: str) -> Image.Image:
+    """``image`` as RGB when that conversion is exact (see the module docstring), else a ValueError."""
+    mode = image.mode
+    if mode == "RGB":
+        return image.copy()
+    if mode in {"L", "1"}:
+        return image.convert("RGB")  # grey levels (0/255 for 1-bit) copied to the three channels
+    if mode == "P":
+        if "transparency" not in image.info and image.palette is not None and image.palette.mode == "RGB":
+            return image.convert("RGB")  # palette lookup: exact
+        image, mode = image.convert("RGBA"), "P with transparency"
+    if mode in {"RGBA", "LA", "P with transparency"}:
+        if not _opaque(np.asarray(image.getchannel("A"))):
+            raise ValueError(_non_opaque_message(mode, name))
+        return image.convert("RGB")  # fully opaque: dropping the alpha changes nothing
+    raise ValueError(_rejected_mode_message(mode, name))
+
+
+def load_image(image: ImageLike, *, name: str, max_pixels: int | None = None) -> Image.Image:
     """Load an RGB image from a path, a PIL image, or a uint8 array.
 
-    Accepted: 8-bit RGB or greyscale (mode ``RGB`` / ``L``, or a uint8 array ``(H, W, 3)`` / ``(H, W)``).
-    Greyscale is expanded to RGB. Anything whose meaning would change silently under ``convert("RGB")``
-    (alpha, palette, CMYK, 16-bit or float data) is rejected with a ``ValueError`` that names ``name`` and
-    the fix. Missing files raise ``FileNotFoundError``, unreadable ones ``ValueError``.
+    Accepted: 8-bit images with an exact RGB reading: ``RGB``, greyscale ``L``, 1-bit ``1``, palette ``P``,
+    and ``RGBA`` / ``LA`` / transparent-palette images whose alpha is fully opaque; uint8 arrays ``(H, W, 3)``,
+    ``(H, W)`` or ``(H, W, 4)`` with an opaque alpha. Anything whose meaning would change under
+    ``convert("RGB")`` (a transparent alpha, CMYK, 16-bit or float data) is rejected with a ``ValueError`` that
+    names ``name`` and the fix, and so are empty images and images over ``max_pixels`` (default
+    ``MAX_IMAGE_PIXELS``), checked before any copy. Missing files raise ``FileNotFoundError``, unreadable ones
+    ``ValueError``.
 
     Returns:
         a new PIL image in mode ``RGB`` (the caller's image is not modified).
     """
     if isinstance(image, (str, os.PathLike)):
-        image = _open(image, name)
+        image = _open(image, name, max_pixels)
     elif isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise ValueError(
                 f"{name} is a {image.dtype} array; pass uint8 values in 0..255 "
                 "(e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1])"
             )
+        if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+            raise ValueError(
+                f"{name} must be an (H, W, 3), (H, W, 4) or (H, W) uint8 array, got shape {image.shape}"
+            )
+        _check_pixels(image.shape[1], image.shape[0], name, max_pixels)
         if image.ndim == 3 and image.shape[2] == 4:
-            raise ValueError(_rejected_mode_message("RGBA", name))
-        if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
-            raise ValueError(f"{name} must be an (H, W, 3) or (H, W) uint8 array, got shape {image.shape}")
-        image = Image.fromarray(np.ascontiguousarray(image))
+            if not _opaque(image[:, :, 3]):
+                raise ValueError(_non_opaque_message("RGBA array", name))
+            image = image[:, :, :3]
+        return Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
     elif not isinstance(image, Image.Image):
         raise TypeError(f"{name} must be a path, a PIL image or a uint8 numpy array, got {type(image).__name__}")
-
-    if image.mode == "RGB":
-        return image.copy()
-    if image.mode == "L":
-        return image.convert("RGB")
-    raise ValueError(_rejected_mode_message(image.mode, name))
+    else:
+        _check_pixels(image.width, image.height, name, max_pixels)
+    return _exact_rgb(image, name)
 
 
 def _mask_values(mask: ImageLike, name: str) -> np.ndarray:
     """The mask as a 2-D array: bool (already binary) or float64 on the 0..255 scale."""
+    if isinstance(mask, (tuple, list)):
+        # a box of the wrong length lands here; say so instead of "must be a path, an image or an array"
+        raise ValueError(
+            f"{name}: a box must be 4 integers (x, y, w, h) in pixels, got {len(mask)} value(s) {tuple(mask)!r}; "
+            "or pass a mask image"
+        )
     if isinstance(mask, (str, os.PathLike)):
         mask = _open(mask, name)
     if isinstance(mask, Image.Image):
+        _check_pixels(mask.width, mask.height, name, None)
         if mask.mode == "1":
             return np.array(mask, dtype=bool)
         if mask.mode in {"RGBA", "LA"}:
@@ -120,6 +212,8 @@ def _mask_values(mask: ImageLike, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be a path, a PIL image or a numpy array, got {type(mask).__name__}")
 
     array = mask
+    if array.ndim >= 2:
+        _check_pixels(array.shape[1], array.shape[0], name, None)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8:
@@ -182,6 +276,52 @@ def load_mask(mask: ImageLike, *, name: str, size: tuple[int, int] | None = None
     if not binary.any():
         raise ValueError(f"{name} is empty (no pixel set); mark the region with white (255) pixels")
     return binary
+
+
+def mask_shape(mask) -> tuple[int, int] | None:
+    """``(H, W)`` of a mask given as a PIL image or an array; None for anything else (e.g. a box)."""
+    if isinstance(mask, Image.Image):
+        return mask.height, mask.width
+    if isinstance(mask, np.ndarray) and mask.ndim >= 2:
+        return int(mask.shape[0]), int(mask.shape[1])
+    return None
+
+
+def _aspect_matches(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether two ``(H, W)`` sizes have the same aspect ratio within ``ASPECT_TOLERANCE``."""
+    return abs((a[1] / a[0]) / (b[1] / b[0]) - 1.0) <= ASPECT_TOLERANCE
+
+
+def check_mask_size(
+    mask_size: tuple[int, int],
+    image_size: tuple[int, int],
+    *,
+    name: str,
+    image_name: str,
+    working_size: tuple[int, int] | None = None,
+) -> None:
+    """The one rule for masks of another size than their image (Session, ``compose``, CLI, batch, Explorer).
+
+    Masks are read in fractions of their own size, so a mask whose ``(H, W)`` differs from its image's but has
+    the same aspect ratio (within ``ASPECT_TOLERANCE``) is a scaled copy and is accepted; another aspect ratio
+    would stretch the mask over the image and is refused with a ``ValueError`` naming both. ``working_size``
+    (``(H, W)``): a user mask drawn on the background already resized to the working size is accepted too.
+    """
+    mask_size = (int(mask_size[0]), int(mask_size[1]))
+    image_size = (int(image_size[0]), int(image_size[1]))
+    if _aspect_matches(mask_size, image_size):
+        return
+    if working_size is not None and _aspect_matches(mask_size, tuple(working_size)):
+        return
+    also = (
+        f" or the {working_size[1]}x{working_size[0]} working size" if working_size is not None else ""
+    )
+    raise ValueError(
+        f"{name} is {mask_size[1]}x{mask_size[0]} (W x H) but {image_name} is {image_size[1]}x{image_size[0]}: "
+        f"a mask is read in fractions of its own size, so it must have its image's aspect ratio{also} "
+        f"(within {ASPECT_TOLERANCE:.0%}); draw the mask on {image_name}, or resize it to {image_size[1]}x"
+        f"{image_size[0]} with nearest-neighbour"
+    )
 
 
 def check_image_size(size: tuple[int, int], multiple: int, *, name: str) -> tuple[int, int]:
