@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import io, placement as placement_mod, solver
+from . import checks, io, placement as placement_mod, solver
 from .attention import BatchLayout, CaptureRequest, InjectionController, composite_attention, self_attention_layers
 from .config import CompositionConfig
 from .inversion import invert_latent, noise_schedule
@@ -287,6 +287,7 @@ class Session:
 
     def _prepare_inputs(self, config: CompositionConfig, mask_or_box, images: dict, object_mask) -> Inputs:
         size = self.image_size
+        checks.check_mask_sizes(images, object_mask, mask_or_box, size)  # masks of another shape: refused
         place = placement_mod.compute_placement(
             mask_or_box,
             images["foreground"].size,
@@ -425,6 +426,7 @@ class Session:
         if self.done:
             raise RuntimeError("the composition is complete; rewind() or update() to run steps again")
         record = self._compute_step(len(self._records))
+        checks.check_step_finite(record, dtype=self.model.dtype)  # NaN/inf: raise, keep the last good step
         self._records.append(record)  # only now does the Session change: a failed step leaves no trace
         self._result = None
         return record
@@ -594,6 +596,7 @@ class Session:
             raise ValueError(f"steps with a UNet call are 0..{self.steps - 1}, got {step}")
         if step > len(self._records):
             raise ValueError(f"step {step} is not reachable yet: run(until={step}) first")
+        checks.check_names(layers, self.attention_layers, name="layers")
         request = CaptureRequest(tuple(kinds), None if layers is None else frozenset(layers), max_tokens, max_bytes)
         counts = dict(self.stats)
         record = self._compute_step(step, capture=request)
@@ -653,9 +656,14 @@ class Session:
         if latent is None:
             if not self.done:
                 raise RuntimeError(f"the composition has {len(self._records)} of {self.steps + 1} steps: run() first")
-            latent = self._records[-1].gen.x
+            latent, what = self._records[-1].gen.x, f"the final latent of step {self.steps}"
+        else:
+            what = "decode(latent)"
+        checks.check_finite(latent, what, dtype=self.model.dtype)
         with torch.no_grad():
-            return self.model.decode_latent(latent.to(self.model.device, self.model.dtype)).float().cpu()
+            image = self.model.decode_latent(latent.to(self.model.device, self.model.dtype)).float().cpu()
+        checks.check_finite(image, f"the VAE decode of {what}", dtype=self.model.dtype)
+        return image
 
     @property
     def result(self):

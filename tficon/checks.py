@@ -1,0 +1,108 @@
+"""Small run-time checks shared by the Session and the tools around it: numerical health and names.
+
+Kept apart from the Session so that its step code calls one function per check and the messages live in one
+place. Every error names what failed (step, branch, argument) and what to do about it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable
+
+import torch
+
+__all__ = ["NonFiniteError", "check_step_finite", "check_finite", "check_names"]
+
+#: Display names of the Session's branches (record fields holding a trajectory).
+BRANCH_NAMES = {"gen": "generation", "orig": "background", "background": "background", "ref": "reference"}
+
+
+class NonFiniteError(FloatingPointError):
+    """A latent or image became NaN or infinite. ``step`` and ``branch`` say where (None when unknown)."""
+
+    def __init__(self, message: str, *, step: int | None = None, branch: str | None = None):
+        super().__init__(message)
+        self.step = step
+        self.branch = branch
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    return bool(torch.isfinite(tensor).all())
+
+
+def _likely_cause(dtype: torch.dtype | None) -> str:
+    if dtype == torch.float16:
+        return (
+            "likely cause: float16 overflow; load the model in float32 (or bfloat16), "
+            "e.g. tficon.load_model(spec, dtype=torch.float32)"
+        )
+    return (
+        "likely cause: the UNet returned NaN/inf (a damaged checkpoint, a custom attention processor, or "
+        "extreme settings such as a huge guidance); check the model with a plain text-to-image run"
+    )
+
+
+def check_step_finite(record, *, dtype: torch.dtype | None = None) -> None:
+    """Raise ``NonFiniteError`` when a branch of step ``record.s`` holds a NaN/inf latent or evaluation.
+
+    ``record`` is a ``StepRecord``; every field holding a trajectory (an object with ``state``) is checked: its
+    latent and, when evaluated, its newest data prediction. Called before the record is stored, so the Session
+    stays at the last good step.
+    """
+    for item in dataclasses.fields(record):
+        track = getattr(record, item.name)
+        state = getattr(track, "state", None)
+        if state is None:
+            continue
+        tensors = [("latent", state.x)]
+        if getattr(track, "evaluated", False) and state.d_hist:
+            tensors.append(("UNet evaluation (x0 estimate)", state.d_hist[-1]))
+        for what, tensor in tensors:
+            if not _finite(tensor):
+                branch = BRANCH_NAMES.get(item.name, item.name)
+                last_good = f"step {record.s - 1}" if record.s > 0 else "before step 0 (after the inversions)"
+                raise NonFiniteError(
+                    f"step {record.s}: the {branch} branch's {what} contains NaN or inf values; the run stopped "
+                    f"and the Session stays at its last good state ({last_good}). {_likely_cause(dtype)}",
+                    step=record.s,
+                    branch=branch,
+                )
+
+
+def check_finite(tensor: torch.Tensor, what: str, *, step: int | None = None, dtype: torch.dtype | None = None) -> None:
+    """Raise ``NonFiniteError`` naming ``what`` (and ``step``) when ``tensor`` holds NaN or inf values."""
+    if not _finite(tensor):
+        where = f" (step {step})" if step is not None else ""
+        raise NonFiniteError(f"{what}{where} contains NaN or inf values; {_likely_cause(dtype)}", step=step)
+
+
+def check_names(given: Iterable[str] | None, available: Iterable[str], *, name: str) -> None:
+    """Raise ``ValueError`` when ``given`` holds names outside ``available`` (None: nothing to check)."""
+    if given is None:
+        return
+    if isinstance(given, str):
+        raise TypeError(f"{name} must be a list of names, got the string {given!r}; write [{given!r}]")
+    available = list(available)
+    unknown = [g for g in given if g not in available]
+    if unknown:
+        raise ValueError(f"{name}: unknown {unknown}; available: {available}")
+
+
+def check_mask_sizes(images: dict, object_mask, mask_or_box, working_size: tuple[int, int]) -> None:
+    """Apply ``tficon.io.check_mask_size`` to the object mask (against the foreground) and to the user mask
+    (against the background, or the working size) of a Session's inputs. Boxes are not masks: skipped."""
+    from . import io
+
+    foreground, background = images["foreground"], images["background"]
+    shape = io.mask_shape(object_mask)
+    if shape is not None:
+        io.check_mask_size(shape, (foreground.height, foreground.width), name="foreground_mask", image_name="foreground")
+    shape = io.mask_shape(mask_or_box)
+    if shape is not None:
+        io.check_mask_size(
+            shape,
+            (background.height, background.width),
+            name="mask_or_box (the user mask)",
+            image_name="background",
+            working_size=working_size,
+        )
