@@ -59,6 +59,34 @@ def slow_region(H, W, fg_w, fg_h, f_row, f_col, mpad, h, w):
     return boxes, box, fg, fg_ref, crop, ref_box
 
 
+def slow_centred_region(H, W, fg_w, fg_h, f_row, f_col, mpad, h, w):
+    """The centred geometry with plain Python loops: the reference box covers the object window (end rounded
+    up); the target box is the reference box moved by the pixel offset of the object, rounded to cells; the mask
+    is read at cell centres."""
+    sh, sw = H // h, W // w
+    top = int(0.5 * (H - fg_h) / H * h)
+    bottom = math.ceil(((H + fg_h) // 2) * h / H)
+    left = int(0.5 * (W - fg_w) / W * w)
+    right = math.ceil(((W + fg_w) // 2) * w / W)
+    n, m = bottom - top, right - left
+    start_row = math.floor(f_row * H - fg_h / 2 + 0.5)
+    start_col = math.floor(f_col * W - fg_w / 2 + 0.5)
+    row0 = top + math.floor((start_row - (H - fg_h) // 2) * h / H + 0.5)
+    col0 = left + math.floor((start_col - (W - fg_w) // 2) * w / W + 0.5)
+    seg = [[mpad[i * sh + sh // 2][j * sw + sw // 2] for j in range(w)] for i in range(h)]
+    box = [(row0 + i) * w + (col0 + j) for i in range(n) for j in range(m)]
+    ref_box = [(top + i) * w + (left + j) for i in range(n) for j in range(m)]
+    fg, fg_ref, crop = [], [], []
+    for u in range(n):
+        for v in range(m):
+            if seg[top + u][left + v] == 1:
+                fg.append((row0 + u) * w + (col0 + v))
+                fg_ref.append((top + u) * w + (left + v))
+                crop.append(u * m + v)
+    boxes = ((top, bottom, left, right), (row0, row0 + n, col0, col0 + m))
+    return boxes, box, fg, fg_ref, crop, ref_box
+
+
 def oracle_mpad(object_mask: Image.Image, fg_w, fg_h, H, W):
     """Official object-mask path with the real libraries: PIL convert("1"), cv2 INTER_NEAREST, centring."""
     bits = np.array(object_mask.convert("1"), dtype=np.uint8)
@@ -72,7 +100,8 @@ def oracle_mpad(object_mask: Image.Image, fg_w, fg_h, H, W):
 def assert_region_matches_slow(placement: Placement, mpad, h, w):
     H, W = placement.image_size
     fg_w, fg_h = placement.fg_size
-    boxes, box, fg, fg_ref, crop, ref_box = slow_region(H, W, fg_w, fg_h, placement.f_row, placement.f_col, mpad, h, w)
+    slow = slow_centred_region if placement.geometry == "centred" else slow_region
+    boxes, box, fg, fg_ref, crop, ref_box = slow(H, W, fg_w, fg_h, placement.f_row, placement.f_col, mpad, h, w)
     reference, target = placement.boxes_at(h, w)
     assert (reference.top, reference.bottom, reference.left, reference.right) == boxes[0]
     assert (target.top, target.bottom, target.left, target.right) == boxes[1]
@@ -546,11 +575,13 @@ def test_too_large_or_too_small_objects_raise():
     ],
     ids=["toy-64", "sd-768", "256x384"],
 )
-def test_other_sizes_stay_consistent(image_size, factor, levels, mask_size, bbox, fg):
+@pytest.mark.parametrize("geometry", ["official", "centred"])
+def test_other_sizes_stay_consistent(image_size, factor, levels, mask_size, bbox, fg, geometry):
     mask = np.zeros(mask_size, dtype=bool)
     x, y, w, h = bbox
     mask[y : y + h, x : x + w] = True
-    placement = compute_placement(mask, fg, image_size, factor, levels=levels)
+    placement = compute_placement(mask, fg, image_size, factor, levels=levels, geometry=geometry)
+    assert placement.geometry == geometry
     H, W = image_size
     assert placement.latent_size == (H // factor, W // factor)
     assert placement.attention_grids[0] == placement.latent_size
@@ -586,3 +617,71 @@ def test_sizes_must_divide_into_every_attention_grid():
         region_indices(placement, np.zeros((512, 512)), 48, 48)
     with pytest.raises(ValueError, match="mpad must have shape"):
         region_indices(placement, np.zeros((256, 256)), 32, 32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Where the object lands on each grid: the official truncations drift up/left at small sizes
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _landing_offsets(placement: Placement, mpad: np.ndarray) -> dict[tuple[int, int], tuple[float, float]]:
+    """Per grid: (rows, cols) offset in pixels of the injected object cells' centroid (cell centres of F) from
+    the centroid of the object as the user placed it (the object window's mask moved onto the target window)."""
+    H, W = placement.image_size
+    window = mpad[placement.ref_window.slices()]
+    ys, xs = np.nonzero(window)
+    true_y = placement.target_window.top + ys.mean() + 0.5
+    true_x = placement.target_window.left + xs.mean() + 0.5
+    offsets = {}
+    for h, w in placement.attention_grids:
+        index = region_indices(placement, mpad, h, w)
+        if len(index.fg) == 0:
+            continue
+        rows = (index.fg // w).double().numpy()
+        cols = (index.fg % w).double().numpy()
+        offsets[(h, w)] = ((rows.mean() + 0.5) * H / h - true_y, (cols.mean() + 0.5) * W / w - true_x)
+    return offsets
+
+
+def _random_cases(size, count, seed):
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < count:
+        side = int(rng.integers(size // 4, size // 2))
+        x, y = (int(v) for v in rng.integers(0, size - side, 2))
+        cases.append((x, y, side, side))
+    return cases
+
+
+@pytest.mark.parametrize("size,factor,levels", [(64, 4, 3), (256, 8, 4)])
+def test_centred_geometry_puts_the_object_where_the_box_is_on_every_grid(size, factor, levels):
+    """Mean landing offset over fresh random boxes: unbiased (within a fifth of a cell) on every grid with the
+    default geometry at sizes other than 512, where the official truncations drift up and left. Grids of
+    fewer than 8 x 8 cells are left out: there an object covers one or two cells, or none."""
+    obj = object_mask_image((40, 40))
+    drifts = {"centred": {}, "official": {}}
+    for geometry in drifts:
+        for box in _random_cases(size, 200, seed=size):
+            placement = compute_placement(box, (40, 40), (size, size), factor, levels=levels, clip=True, geometry=geometry)
+            _, mpad = prepare_foreground(Image.new("RGB", (40, 40)), obj, placement)
+            for grid, offset in _landing_offsets(placement, mpad).items():
+                drifts[geometry].setdefault(grid, []).append(offset)
+    assert compute_placement((4, 4, 20, 20), (40, 40), (size, size), factor, levels=levels).geometry == "centred"
+    for grid, offsets in drifts["centred"].items():
+        if grid[0] < 8:
+            continue
+        cell = size / grid[0]
+        mean_row, mean_col = np.mean(offsets, axis=0)
+        assert abs(mean_row) <= 0.2 * cell and abs(mean_col) <= 0.2 * cell, (grid, mean_row, mean_col)
+    # The official formulas land the object above (and left of) the box by more than a quarter cell on the
+    # coarsest grid that still holds object cells (what made the toy model draw objects above their box).
+    coarsest = min(drifts["official"])
+    mean_row, mean_col = np.mean(drifts["official"][coarsest], axis=0)
+    assert mean_row < -0.25 * size / coarsest[0] and mean_col < 0
+
+
+def test_auto_geometry_is_official_at_512():
+    assert compute_placement((172, 307, 167, 204), (401, 292), (512, 512), 8).geometry == "official"
+    assert compute_placement((172, 307, 167, 204), (401, 292), (512, 512), 8, geometry="centred").geometry == "centred"
+    with pytest.raises(ValueError, match="geometry"):
+        compute_placement((172, 307, 167, 204), (401, 292), (512, 512), 8, geometry="exact")

@@ -30,7 +30,7 @@ def _box_and_object(session):
     P, Q = place.latent_target_box, place.latent_ref_box
     from tficon.placement import segmentation_at
 
-    seg = torch.from_numpy(segmentation_at(session.inputs.object_mask, model_factor(session)))[Q.slices()].bool()
+    seg = torch.from_numpy(segmentation_at(session.inputs.object_mask, model_factor(session), place.geometry))[Q.slices()].bool()
     return P, Q, seg
 
 

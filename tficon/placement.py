@@ -237,9 +237,39 @@ def _ceil_half(n: int) -> int:
     return -(-n // 2)
 
 
-def _reference_span(extent: int, size: int, grid: int) -> tuple[int, int]:
-    """Reference box span on a grid of ``grid`` cells over ``size`` pixels (spec 2.6, ``r`` = grid, 512 = size)."""
-    return int(0.5 * (size - extent) / size * grid), int(0.5 * (size + extent) / size * grid)
+#: How boxes are laid on the grids. "official": the official integer formulas, exact at 512 x 512 with latent
+#: factor 8. "centred": the same object size, but every grid's target box is the reference box translated by
+#: the rounded pixel offset and masks are sampled at cell centres, so the object lands where the user's box is
+#: on every grid. "auto": "official" at the official size, "centred" at every other size.
+GEOMETRIES = ("auto", "official", "centred")
+
+
+def resolve_geometry(geometry: str, image_size: tuple[int, int], latent_factor: int) -> str:
+    """``"auto"`` -> ``"official"`` at 512 x 512 with latent factor 8 (where the official numbers are defined),
+    else ``"centred"``; explicit choices are returned as they are.
+
+    Why not official everywhere: its truncations (``int(f_row * r)``, ``ceil(n / 2)`` rows above the centre,
+    top-left mask sampling) each move the box up/left by a fraction of a cell. At 512 px a cell of the 64 x 64
+    latent grid is 8 px and the bias is about 1 % of the image; on a 16 x 16 latent grid (a 64 px image) it is
+    5 % at the latent grid and up to a quarter of the image on the 4 x 4 attention grid, which pulls the
+    composed object visibly above the box.
+    """
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
+    if geometry != "auto":
+        return geometry
+    return "official" if tuple(image_size) == (512, 512) and int(latent_factor) == 8 else "centred"
+
+
+def _reference_span(extent: int, size: int, grid: int, geometry: str = "official") -> tuple[int, int]:
+    """Reference box span on a grid of ``grid`` cells over ``size`` pixels (spec 2.6, ``r`` = grid, 512 = size).
+
+    Centred geometry rounds the end up instead of down, so the span covers the whole object window.
+    """
+    start = int(0.5 * (size - extent) / size * grid)
+    if geometry == "centred":
+        return start, -(-((size + extent) // 2) * grid // size)
+    return start, int(0.5 * (size + extent) / size * grid)
 
 
 def _target_span(fraction: float, grid: int, extent: int) -> tuple[int, int]:
@@ -248,30 +278,48 @@ def _target_span(fraction: float, grid: int, extent: int) -> tuple[int, int]:
     return centre - _ceil_half(extent), centre + extent // 2
 
 
-def _axis_fits(fraction: float, size: int, extent: int, grids: Sequence[int]) -> bool:
+def _pixel_target_span(fraction: float, size: int, extent: int, geometry: str) -> tuple[int, int]:
+    """The pixel window of an ``extent``-px object centred at ``fraction * size``: official truncation, or the
+    nearest integer start to the exact centre."""
+    if geometry == "centred":
+        start = math.floor(fraction * size - extent / 2 + 0.5)
+        return start, start + extent
+    return _target_span(fraction, size, extent)
+
+
+def _grid_target_span(fraction: float, size: int, extent: int, grid: int, geometry: str) -> tuple[int, int]:
+    """Target span on a ``grid``-cell axis: official formula, or the reference span moved by the pixel offset."""
+    ref_start, ref_stop = _reference_span(extent, size, grid, geometry)
+    if geometry != "centred":
+        return _target_span(fraction, grid, ref_stop - ref_start)
+    offset_px = _pixel_target_span(fraction, size, extent, geometry)[0] - (size - extent) // 2
+    shift = math.floor(offset_px * grid / size + 0.5)
+    return ref_start + shift, ref_stop + shift
+
+
+def _axis_fits(fraction: float, size: int, extent: int, grids: Sequence[int], geometry: str = "official") -> bool:
     """Whether the pixel window and the target span on every grid lie inside along one axis."""
-    start, stop = _target_span(fraction, size, extent)
+    start, stop = _pixel_target_span(fraction, size, extent, geometry)
     if start < 0 or stop > size:
         return False
     for grid in grids:
-        ref_start, ref_stop = _reference_span(extent, size, grid)
-        start, stop = _target_span(fraction, grid, ref_stop - ref_start)
+        start, stop = _grid_target_span(fraction, size, extent, grid, geometry)
         if start < 0 or stop > grid or stop <= start:
             return False
     return True
 
 
-def _clip_fraction(fraction: float, size: int, extent: int, grids: Sequence[int]) -> float | None:
+def _clip_fraction(fraction: float, size: int, extent: int, grids: Sequence[int], geometry: str = "official") -> float | None:
     """The fitting centre fraction nearest to ``fraction``: itself, else on the official 0.01 grid.
 
     Ties go towards the image centre. None if no centre fits (the object is too large for the image).
     """
-    if _axis_fits(fraction, size, extent, grids):
+    if _axis_fits(fraction, size, extent, grids, geometry):
         return fraction
     candidates = [round(k / 100, 2) for k in range(101)]
     candidates.sort(key=lambda c: (abs(c - fraction), abs(c - 0.5)))
     for candidate in candidates:
-        if _axis_fits(candidate, size, extent, grids):
+        if _axis_fits(candidate, size, extent, grids, geometry):
             return candidate
     return None
 
@@ -302,6 +350,8 @@ class Placement:
     attention_grids: tuple[tuple[int, int], ...]
     #: True when ``clip=True`` moved the centre (``f_row``/``f_col`` then hold the moved values).
     clipped: bool
+    #: "official" or "centred" (see ``GEOMETRIES``): how boxes and masks are laid on the grids.
+    geometry: str = "official"
 
     @property
     def latent_size(self) -> tuple[int, int]:
@@ -314,21 +364,27 @@ class Placement:
         The spec 2.6 formulas re-evaluated on this grid (their own truncations; not the latent box divided).
         Raises ValueError when the target box leaves the grid or either box is empty on it.
         """
-        reference, target = _grid_boxes(self.image_size, self.fg_size, self.f_row, self.f_col, h, w)
+        reference, target = _grid_boxes(self.image_size, self.fg_size, self.f_row, self.f_col, h, w, self.geometry)
         _check_grid_boxes(reference, target, h, w, self)
         return reference, target
 
 
 def _grid_boxes(
-    image_size: tuple[int, int], fg_size: tuple[int, int], f_row: float, f_col: float, h: int, w: int
+    image_size: tuple[int, int],
+    fg_size: tuple[int, int],
+    f_row: float,
+    f_col: float,
+    h: int,
+    w: int,
+    geometry: str = "official",
 ) -> tuple[Box, Box]:
     """Unvalidated ``(reference box, target box)`` on an ``h x w`` grid (spec 2.6 with r -> h or w)."""
     height, width = image_size
     w_fg, h_fg = fg_size
-    top, bottom = _reference_span(h_fg, height, h)
-    left, right = _reference_span(w_fg, width, w)
-    row0, row1 = _target_span(f_row, h, bottom - top)
-    col0, col1 = _target_span(f_col, w, right - left)
+    top, bottom = _reference_span(h_fg, height, h, geometry)
+    left, right = _reference_span(w_fg, width, w, geometry)
+    row0, row1 = _grid_target_span(f_row, height, h_fg, h, geometry)
+    col0, col1 = _grid_target_span(f_col, width, w_fg, w, geometry)
     return Box(top, left, bottom, right), Box(row0, col0, row1, col1)
 
 
@@ -377,6 +433,7 @@ def _build_placement(
     mask_size: tuple[int, int] | None,
     clip: bool,
     levels: int,
+    geometry: str = "auto",
 ) -> Placement:
     """Shared tail of both routes: validate, size the foreground (2.4), clip if asked, build all boxes."""
     if isinstance(latent_factor, bool) or not isinstance(latent_factor, (int, np.integer)) or latent_factor < 1:
@@ -423,10 +480,11 @@ def _build_placement(
 
     latent = (height // latent_factor, width // latent_factor)
     grids = _levels_grids(latent, int(levels))
+    geometry = resolve_geometry(geometry, (height, width), int(latent_factor))
     clipped = False
     if clip:
-        new_row = _clip_fraction(f_row, height, h_fg, [g[0] for g in grids])
-        new_col = _clip_fraction(f_col, width, w_fg, [g[1] for g in grids])
+        new_row = _clip_fraction(f_row, height, h_fg, [g[0] for g in grids], geometry)
+        new_col = _clip_fraction(f_col, width, w_fg, [g[1] for g in grids], geometry)
         if new_row is None or new_col is None:
             raise ValueError(
                 f"clip=True cannot fit the {w_fg}x{h_fg} px object into the {width}x{height} image on every "
@@ -436,8 +494,8 @@ def _build_placement(
         f_row, f_col = new_row, new_col
 
     ref_window = Box((height - h_fg) // 2, (width - w_fg) // 2, (height + h_fg) // 2, (width + w_fg) // 2)
-    row0, row1 = _target_span(f_row, height, h_fg)
-    col0, col1 = _target_span(f_col, width, w_fg)
+    row0, row1 = _pixel_target_span(f_row, height, h_fg, geometry)
+    col0, col1 = _pixel_target_span(f_col, width, w_fg, geometry)
     target_window = Box(row0, col0, row1, col1)
     box_text = f"user box (x, y, w, h) = {bbox}" if bbox is not None else "requested centre"
     if not target_window.inside(height, width):
@@ -446,7 +504,7 @@ def _build_placement(
             f"{w_fg}x{h_fg} px) leaves the {width}x{height} image: move the box inward or make it smaller, "
             "or pass clip=True to shift it inside"
         )
-    boxes = [_grid_boxes((height, width), (w_fg, h_fg), f_row, f_col, h, w) for h, w in grids]
+    boxes = [_grid_boxes((height, width), (w_fg, h_fg), f_row, f_col, h, w, geometry) for h, w in grids]
     placement = Placement(
         image_size=(height, width),
         latent_factor=int(latent_factor),
@@ -463,6 +521,7 @@ def _build_placement(
         mask_size=mask_size,
         attention_grids=grids,
         clipped=clipped,
+        geometry=geometry,
     )
     for (h, w), (reference, target) in zip(grids, boxes):
         _check_grid_boxes(reference, target, h, w, placement)
@@ -502,6 +561,7 @@ def compute_placement(
     box_rule: str = "first",
     clip: bool = False,
     levels: int = 4,
+    geometry: str = "auto",
 ) -> Placement:
     """Placement from a user mask or box (spec 2.2, 2.4-2.7).
 
@@ -518,6 +578,8 @@ def compute_placement(
             centre). The object's size never changes. ``Placement.clipped`` tells whether it moved.
         levels: number of UNet resolutions (latent grid and its halvings) whose boxes are validated; SD has 4
             (64/32/16/8 at 512).
+        geometry: ``"auto"`` (official at 512 x 512 with latent factor 8, centred elsewhere), ``"official"`` or
+            ``"centred"``; see ``resolve_geometry``.
 
     Centre and scale (official, generalised to a mask of size ``(mask_H, mask_W)``):
     ``f_row = round((y + h/2) / mask_H, 2)``, ``f_col = round((x + w/2) / mask_W, 2)``,
@@ -560,6 +622,7 @@ def compute_placement(
         mask_size=(mask_height, mask_width),
         clip=clip,
         levels=levels,
+        geometry=geometry,
     )
 
 
@@ -573,6 +636,7 @@ def placement_from_center_scale(
     *,
     clip: bool = False,
     levels: int = 4,
+    geometry: str = "auto",
 ) -> Placement:
     """Placement from a centre and a scale, like the official notebook's ``CENTER_ROW_FROM_TOP`` etc.
 
@@ -592,6 +656,7 @@ def placement_from_center_scale(
         mask_size=None,
         clip=clip,
         levels=levels,
+        geometry=geometry,
     )
 
 
@@ -697,13 +762,18 @@ def cut_and_paste(
     return composite
 
 
-def segmentation_at(mpad: np.ndarray, stride: int | tuple[int, int]) -> np.ndarray:
-    """``mpad[::stride, ::stride]``: top-left sampling, as the official ``Mpad[::8, ::8]`` and its per-layer strides.
+def segmentation_at(mpad: np.ndarray, stride: int | tuple[int, int], geometry: str = "official") -> np.ndarray:
+    """The padded object mask on a coarser grid, one pixel per cell.
 
+    Official: ``mpad[::stride, ::stride]``, the top-left pixel of each cell (the official ``Mpad[::8, ::8]`` and
+    its per-layer strides), which shifts the mask by half a cell. Centred: the pixel at each cell's centre.
     ``stride`` may be a pair ``(row stride, col stride)``.
     """
     row_stride, col_stride = (stride, stride) if isinstance(stride, (int, np.integer)) else stride
-    return mpad[:: int(row_stride), :: int(col_stride)]
+    row_stride, col_stride = int(row_stride), int(col_stride)
+    if geometry == "centred":
+        return mpad[row_stride // 2 :: row_stride, col_stride // 2 :: col_stride]
+    return mpad[::row_stride, ::col_stride]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -778,7 +848,7 @@ def region_indices(placement: Placement, mpad: np.ndarray, height: int, width: i
             "use image sizes that are multiples of latent_factor * 2**(levels - 1)"
         )
     reference, target = placement.boxes_at(height, width)
-    segmentation = segmentation_at(mpad, (image_height // height, image_width // width))
+    segmentation = segmentation_at(mpad, (image_height // height, image_width // width), placement.geometry)
     crop = segmentation[reference.slices()] == 1
     kept = torch.from_numpy(np.flatnonzero(crop)).to(torch.long)
     u = torch.div(kept, reference.width, rounding_mode="floor")

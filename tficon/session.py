@@ -346,7 +346,7 @@ class Session:
             generator.set_state(rng_state)
             place = self.placement
             target, ref_box = place.latent_target_box, place.latent_ref_box
-            seg = placement_mod.segmentation_at(self.inputs.object_mask, self.model.vae_scale_factor)
+            seg = placement_mod.segmentation_at(self.inputs.object_mask, self.model.vae_scale_factor, place.geometry)
             sigma = torch.from_numpy(np.ascontiguousarray(seg[ref_box.slices()])).to(x_bg)
             shape = (1, x_bg.shape[1], target.height, target.width)
             start = x_bg.clone()
