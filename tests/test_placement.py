@@ -71,8 +71,19 @@ def slow_centred_region(H, W, fg_w, fg_h, f_row, f_col, mpad, h, w):
     n, m = bottom - top, right - left
     start_row = math.floor(f_row * H - fg_h / 2 + 0.5)
     start_col = math.floor(f_col * W - fg_w / 2 + 0.5)
-    row0 = top + math.floor((start_row - (H - fg_h) // 2) * h / H + 0.5)
-    col0 = left + math.floor((start_col - (W - fg_w) // 2) * w / W + 0.5)
+    shift_row = math.floor((start_row - (H - fg_h) // 2) * h / H + 0.5)
+    shift_col = math.floor((start_col - (W - fg_w) // 2) * w / W + 0.5)
+    # cells of the moved box beyond the grid are dropped from both boxes
+    while top + shift_row < 0:
+        top += 1
+    while bottom + shift_row > h:
+        bottom -= 1
+    while left + shift_col < 0:
+        left += 1
+    while right + shift_col > w:
+        right -= 1
+    n, m = bottom - top, right - left
+    row0, col0 = top + shift_row, left + shift_col
     seg = [[mpad[i * sh + sh // 2][j * sw + sw // 2] for j in range(w)] for i in range(h)]
     box = [(row0 + i) * w + (col0 + j) for i in range(n) for j in range(m)]
     ref_box = [(top + i) * w + (left + j) for i in range(n) for j in range(m)]
@@ -685,3 +696,14 @@ def test_auto_geometry_is_official_at_512():
     assert compute_placement((172, 307, 167, 204), (401, 292), (512, 512), 8, geometry="centred").geometry == "centred"
     with pytest.raises(ValueError, match="geometry"):
         compute_placement((172, 307, 167, 204), (401, 292), (512, 512), 8, geometry="exact")
+
+
+def test_centred_boxes_touching_every_edge_match_the_slow_reference():
+    """Boxes flush with each edge: the grid boxes are trimmed together and the index sets stay aligned."""
+    obj = object_mask_image((35, 35))
+    for box in [(0, 20, 27, 27), (37, 20, 27, 27), (20, 0, 26, 26), (20, 38, 26, 26), (0, 0, 30, 30), (44, 44, 20, 20)]:
+        placement = compute_placement(box, (35, 35), (64, 64), 4, levels=3)
+        assert placement.geometry == "centred"
+        _, mpad = prepare_foreground(Image.new("RGB", (35, 35)), obj, placement)
+        for h, w in placement.attention_grids:
+            assert_region_matches_slow(placement, mpad, h, w)

@@ -287,14 +287,22 @@ def _pixel_target_span(fraction: float, size: int, extent: int, geometry: str) -
     return _target_span(fraction, size, extent)
 
 
-def _grid_target_span(fraction: float, size: int, extent: int, grid: int, geometry: str) -> tuple[int, int]:
-    """Target span on a ``grid``-cell axis: official formula, or the reference span moved by the pixel offset."""
+def _grid_spans(fraction: float, size: int, extent: int, grid: int, geometry: str) -> tuple[int, int, int, int]:
+    """``(reference start, stop, target start, stop)`` on a ``grid``-cell axis.
+
+    Official: spec 2.6's formulas. Centred: the reference span moved by the object's pixel offset rounded to
+    cells; where the moved span passes an edge of the grid (its end cells are only partly covered by the
+    object, which itself lies inside the image), both spans lose the same cells, so they stay aligned.
+    """
     ref_start, ref_stop = _reference_span(extent, size, grid, geometry)
     if geometry != "centred":
-        return _target_span(fraction, grid, ref_stop - ref_start)
+        return (ref_start, ref_stop, *_target_span(fraction, grid, ref_stop - ref_start))
     offset_px = _pixel_target_span(fraction, size, extent, geometry)[0] - (size - extent) // 2
     shift = math.floor(offset_px * grid / size + 0.5)
-    return ref_start + shift, ref_stop + shift
+    cut_start = max(0, -(ref_start + shift))
+    cut_stop = max(0, ref_stop + shift - grid)
+    ref_start, ref_stop = ref_start + cut_start, ref_stop - cut_stop
+    return ref_start, ref_stop, ref_start + shift, ref_stop + shift
 
 
 def _axis_fits(fraction: float, size: int, extent: int, grids: Sequence[int], geometry: str = "official") -> bool:
@@ -303,7 +311,7 @@ def _axis_fits(fraction: float, size: int, extent: int, grids: Sequence[int], ge
     if start < 0 or stop > size:
         return False
     for grid in grids:
-        start, stop = _grid_target_span(fraction, size, extent, grid, geometry)
+        _, _, start, stop = _grid_spans(fraction, size, extent, grid, geometry)
         if start < 0 or stop > grid or stop <= start:
             return False
     return True
@@ -381,10 +389,8 @@ def _grid_boxes(
     """Unvalidated ``(reference box, target box)`` on an ``h x w`` grid (spec 2.6 with r -> h or w)."""
     height, width = image_size
     w_fg, h_fg = fg_size
-    top, bottom = _reference_span(h_fg, height, h, geometry)
-    left, right = _reference_span(w_fg, width, w, geometry)
-    row0, row1 = _grid_target_span(f_row, height, h_fg, h, geometry)
-    col0, col1 = _grid_target_span(f_col, width, w_fg, w, geometry)
+    top, bottom, row0, row1 = _grid_spans(f_row, height, h_fg, h, geometry)
+    left, right, col0, col1 = _grid_spans(f_col, width, w_fg, w, geometry)
     return Box(top, left, bottom, right), Box(row0, col0, row1, col1)
 
 
