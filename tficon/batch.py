@@ -23,8 +23,9 @@ last, so it marks the sample finished). Over all samples: ``summary.csv``, ``sum
 
 Resuming: a sample whose ``sample.json`` records the same fingerprint (settings, model, working size and the
 content of its four input files) is not composed again unless ``force``. Samples that share a background run
-one after another, so the background inversion (cached by latent content, ``tficon.inversion``) is reused;
-``sample.json`` records the hits.
+one after another, so the background inversion is found in the batch's inversion cache (``tficon.engine``);
+``sample.json`` records the hits. Both images of a sample are inverted in one batch, and a result must not depend
+on what was cached, so a hit saves UNet work only when both inversions of a sample are cached.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from tqdm.auto import tqdm
 
 from . import io
 from .config import CompositionConfig
+from .engine import Engine
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -80,8 +82,8 @@ DOMAIN_MODES = {"cross_domain": "cross", "same_domain": "same"}
 OUTPUT_FILES = {"result": "result.png", "cut_and_paste": "cut_and_paste.png", "overlay": "overlay.png"}
 RECORD_FILE = "sample.json"
 SUMMARY_FILES = {"csv": "summary.csv", "json": "summary.json", "sheet": "contact_sheet.png", "html": "report.html"}
-#: Relative aspect-ratio difference above which two images of one sample count as mismatched.
-ASPECT_TOLERANCE = 0.05
+#: Relative aspect-ratio difference above which two images of one sample count as mismatched (the library's).
+ASPECT_TOLERANCE = io.ASPECT_TOLERANCE
 #: Metric columns of the summary, in order (prefixed ``cp_`` for the cut-and-paste baseline).
 METRIC_COLUMNS = (
     "bg_mse", "bg_psnr", "bg_ssim", "fg_mse", "fg_psnr", "fg_ssim",
@@ -175,6 +177,13 @@ def discover_samples(root: str | os.PathLike, mode: str = "auto", *, exclude: It
                 problems.append(f"missing {ROLE_NAMES[role]} ({ROLE_PATTERNS[role]})")
             elif len(names) > 1:
                 problems.append(f"several {ROLE_NAMES[role]} candidates ({', '.join(names)}); keep one")
+        prompt = prompt_from_folder(folder_path.resolve().name)
+        if not prompt:
+            # The official loop would compose with "" without a word; an empty prompt is a naming mistake.
+            problems.append(
+                f"the folder name {folder_path.resolve().name!r} gives an empty prompt (the prompt is the folder "
+                "name, underscores read as spaces); rename the folder to the prompt"
+            )
         relative = folder_path.relative_to(root).as_posix()
         sample_id = relative if relative != "." else root.resolve().name
         if mode == "auto":
@@ -188,7 +197,7 @@ def discover_samples(root: str | os.PathLike, mode: str = "auto", *, exclude: It
             BatchSample(
                 id=sample_id,
                 folder=folder_path,
-                prompt=prompt_from_folder(folder_path.resolve().name),
+                prompt=prompt,
                 mode=sample_mode,
                 mode_source=source,
                 files={role: folder_path / names[0] for role, names in by_role.items() if len(names) == 1},
@@ -198,22 +207,14 @@ def discover_samples(root: str | os.PathLike, mode: str = "auto", *, exclude: It
     return sorted(samples, key=lambda s: s.id)
 
 
-def _aspect(size: tuple[int, int]) -> float:
-    return size[0] / size[1]
-
-
-def _same_aspect(a: tuple[int, int], b: tuple[int, int]) -> bool:
-    return abs(_aspect(a) / _aspect(b) - 1.0) <= ASPECT_TOLERANCE
-
-
 def check_sample_files(sample: BatchSample, image_size: int | tuple[int, int] | None = None) -> None:
     """Check a sample's files without a model; raise ValueError / FileNotFoundError naming the problem.
 
-    Checks: every role present once; every file readable; both masks binary and not empty; the foreground
-    mask with the foreground's aspect ratio (they are resized independently, so another ratio misaligns the
-    object); the user mask with the background's or the working image's aspect ratio (its box is taken in
-    fractions of the mask's own size, like the official code's 512-px masks). ``image_size`` is the working
-    size (None: the model's square native size).
+    Checks: every role present once; every file readable; both masks binary and not empty; both masks sized by
+    the library's one rule (``tficon.io.check_mask_size``, the same check the Session makes): the foreground
+    mask with the foreground's aspect ratio, the user mask with the background's or the working image's (masks
+    are read in fractions of their own size, like the official code's 512-px masks). ``image_size`` is the
+    working size (None: the model's square native size).
     """
     if sample.problem:
         raise ValueError(sample.problem)
@@ -222,22 +223,23 @@ def check_sample_files(sample: BatchSample, image_size: int | tuple[int, int] | 
     foreground = io.load_image(files["foreground"], name=f"foreground {files['foreground'].name}")
     object_mask = io.load_mask(files["foreground_mask"], name=f"foreground mask {files['foreground_mask'].name}")
     user_mask = io.load_mask(files["mask"], name=f"user mask {files['mask'].name}")
-    object_size = (object_mask.shape[1], object_mask.shape[0])
-    if not _same_aspect(object_size, foreground.size):
-        raise ValueError(
-            f"mismatched sizes: foreground mask {files['foreground_mask'].name} is {object_size[0]}x{object_size[1]} "
-            f"but foreground {files['foreground'].name} is {foreground.size[0]}x{foreground.size[1]} (W x H); "
-            "the object mask must be drawn on the foreground"
-        )
     working = (image_size, image_size) if isinstance(image_size, int) or image_size is None else tuple(image_size)
-    working_aspect = (1, 1) if image_size is None else (working[1], working[0])
-    mask_size = (user_mask.shape[1], user_mask.shape[0])
-    if not (_same_aspect(mask_size, background.size) or _same_aspect(mask_size, working_aspect)):
-        raise ValueError(
-            f"mismatched sizes: user mask {files['mask'].name} is {mask_size[0]}x{mask_size[1]} but background "
-            f"{files['background'].name} is {background.size[0]}x{background.size[1]} (W x H); draw the mask on the "
-            "background (or on the background resized to the working size)"
+    try:
+        io.check_mask_size(
+            object_mask.shape,
+            (foreground.height, foreground.width),
+            name=f"foreground mask {files['foreground_mask'].name}",
+            image_name=f"foreground {files['foreground'].name}",
         )
+        io.check_mask_size(
+            user_mask.shape,
+            (background.height, background.width),
+            name=f"user mask {files['mask'].name}",
+            image_name=f"background {files['background'].name}",
+            working_size=(1, 1) if image_size is None else working,
+        )
+    except ValueError as error:
+        raise ValueError(f"mismatched sizes: {error}") from None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -424,15 +426,16 @@ class _Scorers:
         return self
 
 
-def _open_session(sample: BatchSample, model, config: CompositionConfig, image_size):
+def _open_session(sample: BatchSample, engine, config: CompositionConfig, image_size):
     """The sample's Session; raises ValueError / TypeError / FileNotFoundError for bad input (box off the
-    image, a prompt longer than the text encoder's window, ...), before anything runs or is written."""
+    image, a prompt longer than the text encoder's window, ...), before anything runs or is written. ``engine``
+    is the batch's one engine, so that samples share its inversion cache."""
     from .session import Session
 
     files = sample.files
     return Session(
-        model, files["background"], files["foreground"], files["foreground_mask"], files["mask"], sample.prompt, config,
-        image_size=image_size,
+        engine.model, files["background"], files["foreground"], files["foreground_mask"], files["mask"], sample.prompt,
+        config, image_size=image_size, engine=engine,
     )  # fmt: skip
 
 
@@ -512,8 +515,8 @@ def _base_record(sample: BatchSample, fingerprint: str) -> dict:
 
 def composition_order(samples: list[BatchSample]) -> list[BatchSample]:
     """The order to compose in: samples sharing a background (same file content and mode) next to each other,
-    groups in order of their first sample, samples in their given order. The inversion cache (a small LRU per
-    UNet) then still holds a background's inversion when the next sample needs it. A sample without a
+    groups in order of their first sample, samples in their given order. The inversion cache (a small LRU in
+    the batch's engine) then still holds a background's inversion when the next sample needs it. A sample without a
     background file is its own group."""
     group_of: list[int] = []
     first_seen: dict[tuple, int] = {}
@@ -583,6 +586,7 @@ def run_batch(
     loaded = None if isinstance(model, (str, os.PathLike)) else _checked_model(model, image_size)
     scorers = _Scorers(perceptual, lpips_weights, clip_model, allow_downloads, log)
     outcomes: dict[str, SampleOutcome] = {}
+    engine = None  # created with the model: one inversion cache for the whole batch
 
     bar = tqdm(composition_order(samples), desc="tficon batch", unit="sample", disable=not progress)
     for run_index, sample in enumerate(bar):
@@ -611,7 +615,9 @@ def run_batch(
                 log(f"model: {loaded.describe()}")
             started = time.perf_counter()
             try:
-                session = _open_session(sample, loaded, config_i, image_size)
+                if engine is None or engine.model is not loaded:
+                    engine = Engine(loaded)
+                session = _open_session(sample, engine, config_i, image_size)
             except _INPUT_ERRORS as error:
                 problem = str(error)
         if problem is not None:
