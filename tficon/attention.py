@@ -3,16 +3,18 @@
 One batched UNet call carries every branch a denoising step needs (tficon-algorithm.md 13.2); a
 ``BatchLayout`` says which batch row plays which role:
 
-- ``orig``   reconstruction of the inverted background (plain attention; its logits feed the composite),
-- ``ref``    reconstruction of the inverted reference (plain; its object x object block feeds the composite),
-- ``pseudo`` the pseudo-cross pass: the reference latent with every self-attention restricted to its own
+- ``background``   reconstruction of the inverted background (plain attention; its logits feed the composite),
+- ``reference``    reconstruction of the inverted reference (plain; its object x object block feeds the composite),
+- ``pseudo_cross`` the pseudo-cross pass: the reference latent with every self-attention restricted to its own
              object tokens (its query x object-key logits feed the rows and columns of the composite),
 - ``uncond`` / ``cond`` the generation branch's CFG halves; ``cond`` gets the composite when injection is on.
 
 The processor is installed on ``attn1`` (self-attention) layers only; cross-attention keeps its stock
-processor. All rows first go through one ordinary SDPA call, so with no injection the output equals
-diffusers' ``AttnProcessor2_0``; only the ``pseudo`` and (injected) ``cond`` rows are then recomputed.
-Nothing N x N survives the layer: the composite logits are built, used and dropped.
+processor. Rows with plain attention go through one ordinary SDPA call, so with no injection the output
+equals diffusers' ``AttnProcessor2_0``. The ``pseudo_cross`` row and the injected ``cond`` row are left out of
+that call and computed by fused SDPA calls of their own: the composite is expressed as attention over
+concatenated, zero-padded query/key vectors (:func:`fused_composite_attention`), so nothing N x N is
+materialised, in any dtype. Only an explicit ``CaptureRequest`` builds maps, for display.
 """
 
 from __future__ import annotations
@@ -25,15 +27,15 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-ROLES = ("orig", "ref", "pseudo", "uncond", "cond")
+ROLES = ("background", "reference", "pseudo_cross", "uncond", "cond")
 
 # Names of the attention maps that can be captured for display, and the row each comes from.
 CAPTURE_KINDS = {
-    "composite": "cond",  # what gen's conditional row actually attends with (injected when on)
-    "generation": "cond",  # gen's own, un-injected attention
-    "background": "orig",
-    "reference": "ref",
-    "pseudo_cross": "pseudo",  # keys scattered back to their reference-grid positions
+    "composite": "cond",  # what the generation branch's conditional row actually attends with (injected when on)
+    "generation": "cond",  # the generation branch's own, un-injected attention
+    "background": "background",
+    "reference": "reference",
+    "pseudo_cross": "pseudo_cross",  # keys scattered back to their reference-grid positions
 }
 
 
@@ -42,25 +44,25 @@ class BatchLayout:
     """Which batch row plays which role in one UNet call (None: the role is absent).
 
     ``fg`` injects the pseudo-cross and reference logits into the ``cond`` row, ``bg`` injects the
-    ``orig`` logits outside the box (tficon-algorithm.md section 9).
+    ``background`` logits outside the box (tficon-algorithm.md section 9).
     """
 
-    orig: int | None = None
-    ref: int | None = None
-    pseudo: int | None = None
+    background: int | None = None
+    reference: int | None = None
+    pseudo_cross: int | None = None
     uncond: int | None = None
     cond: int | None = None
     fg: bool = False
     bg: bool = False
-    background_queries: bool = False  # pseudo-cross logits from orig's queries (not official)
+    background_queries: bool = False  # pseudo-cross logits from the background row's queries (not official)
 
     def __post_init__(self) -> None:
-        if self.fg and None in (self.ref, self.pseudo, self.cond):
-            raise ValueError("foreground injection needs the ref, pseudo and cond rows in the batch")
-        if self.fg and self.background_queries and self.orig is None:
-            raise ValueError("background queries need the orig row in the batch")
-        if self.bg and None in (self.orig, self.cond):
-            raise ValueError("background injection needs the orig and cond rows in the batch")
+        if self.fg and None in (self.reference, self.pseudo_cross, self.cond):
+            raise ValueError("foreground injection needs the reference, pseudo_cross and cond rows in the batch")
+        if self.fg and self.background_queries and self.background is None:
+            raise ValueError("background queries need the background row in the batch")
+        if self.bg and None in (self.background, self.cond):
+            raise ValueError("background injection needs the background and cond rows in the batch")
 
     def row(self, role: str) -> int | None:
         return getattr(self, role)
@@ -154,7 +156,12 @@ def _pool_map(probs: torch.Tensor, hw: tuple[int, int], max_tokens: int) -> torc
 class CompositeSelfAttention:
     """diffusers attention processor for ``attn1`` layers that builds TF-ICON's composite self-attention.
 
-    With no layout set (a call outside a Session step) it behaves exactly like ``AttnProcessor2_0``.
+    With no layout set (a call outside a Session step), or a layout whose rows all run plain attention,
+    it behaves exactly like ``AttnProcessor2_0`` (one SDPA call over the whole batch). Otherwise the
+    rows whose output is replaced (``pseudo_cross``, and ``cond`` when injected) are left out of the plain
+    SDPA call, the ``pseudo_cross`` row attends over its object keys only, and the ``cond`` row gets
+    :func:`fused_composite_attention`. Nothing N x N is built, except the maps a ``CaptureRequest``
+    asks for (display only; they never feed the output, so a capture leaves the result unchanged).
     """
 
     def __init__(self, controller: InjectionController, layer_name: str):
@@ -184,12 +191,14 @@ class CompositeSelfAttention:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
         layout = self.controller.layout
-        if layout is not None:
-            out = self._special_rows(attn, query, key, value, out, layout, n_tokens)
+        if layout is None:
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+        else:
+            out = self._attend(attn, query, key, value, attention_mask, layout, n_tokens)
+            self._capture(attn, query, key, layout, n_tokens)
 
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * query.shape[-1]).to(query.dtype)
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * value.shape[-1]).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if input_ndim == 4:
             out = out.transpose(-1, -2).reshape(batch, channels, height, width)
@@ -202,6 +211,46 @@ class CompositeSelfAttention:
         batch, n, inner = x.shape
         return x.view(batch, n, attn.heads, inner // attn.heads).transpose(1, 2)
 
+    def _attend(self, attn, query, key, value, attention_mask, layout: BatchLayout, n_tokens: int) -> torch.Tensor:
+        regions = self.controller.regions(n_tokens)
+        c = layout.cond
+        inject = c is not None and (layout.bg or (layout.fg and regions.fg.numel() > 0))
+        replaced = {row for row in (layout.pseudo_cross, c if inject else None) if row is not None}
+        if not replaced:
+            # Same call as AttnProcessor2_0, so un-injected steps are bitwise those of the stock processor.
+            return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+
+        batch = query.shape[0]
+        out = query.new_empty(*query.shape[:-1], value.shape[-1])
+        plain = [row for row in range(batch) if row not in replaced]
+        if plain:
+            rows = torch.tensor(plain, device=query.device)
+            mask = None if attention_mask is None else attention_mask.index_select(0, rows)
+            out[rows] = F.scaled_dot_product_attention(
+                query.index_select(0, rows), key.index_select(0, rows), value.index_select(0, rows),
+                attn_mask=mask, dropout_p=0.0, is_causal=False,
+            )
+        if layout.pseudo_cross is not None:
+            # Keys and values restricted to the reference's own object tokens (the whole reference box
+            # when this resolution has none); queries at every position (tficon-algorithm.md 8.3).
+            p = layout.pseudo_cross
+            keep = self._pseudo_keys(regions, query.device)
+            out[p] = F.scaled_dot_product_attention(
+                query[p : p + 1], key[p : p + 1, :, keep], value[p : p + 1, :, keep], scale=attn.scale
+            )[0]
+        if inject:
+            out[c] = fused_composite_attention(
+                query, key, value, layout=layout, regions=regions,
+                outside=self.controller.outside_box(n_tokens, query.device), scale=attn.scale,
+            )
+        return out
+
+    @staticmethod
+    def _pseudo_keys(regions, device) -> torch.Tensor:
+        keep = regions.fg_ref if regions.fg_ref.numel() > 0 else regions.ref_box
+        return keep.to(device)
+
+    # ------------------------------------------------------------------ capture (display only)
     def _capture_wanted(self, kind: str, layout: BatchLayout) -> bool:
         request = self.controller.capture
         return (
@@ -222,80 +271,163 @@ class CompositeSelfAttention:
             return
         controller.captured[(self.layer_name, kind)] = pooled.cpu()
 
-    def _special_rows(self, attn, query, key, value, out, layout: BatchLayout, n_tokens: int) -> torch.Tensor:
-        regions = self.controller.regions(n_tokens)
-        scale = attn.scale
-        out = out.clone()
+    def _capture(self, attn, query, key, layout: BatchLayout, n_tokens: int) -> None:
+        """Materialise the requested maps, in float32, from the same queries and keys the output used.
 
-        for kind, role in (("background", "orig"), ("reference", "ref")):
+        The only place where N x N maps exist, one at a time, and only for a ``CaptureRequest``.
+        """
+        if self.controller.capture is None:
+            return
+        scale = attn.scale
+        regions = self.controller.regions(n_tokens)
+        query, key = query.float(), key.float()
+
+        def logits(q_row: int, k_row: int) -> torch.Tensor:
+            return query[q_row] @ key[k_row].transpose(-1, -2) * scale
+
+        for kind, role in (("background", "background"), ("reference", "reference")):
             if self._capture_wanted(kind, layout):
                 row = layout.row(role)
-                self._store(kind, torch.softmax((query[row] @ key[row].transpose(-1, -2)).float() * scale, -1), n_tokens)
-
-        if layout.pseudo is not None:
-            # Keys and values restricted to the reference's own object tokens (the whole reference box
-            # when this resolution has none); queries at every position (tficon-algorithm.md 8.3).
-            p = layout.pseudo
-            keep = regions.fg_ref if regions.fg_ref.numel() > 0 else regions.ref_box
-            keep = keep.to(query.device)
-            logits = (query[p] @ key[p][:, keep].transpose(-1, -2)).float() * scale
-            probs = torch.softmax(logits, -1)
-            out[p] = (probs @ value[p][:, keep].float()).to(out.dtype)
-            if self._capture_wanted("pseudo_cross", layout):
-                full = probs.new_zeros(probs.shape[0], n_tokens, n_tokens)
-                full[:, :, keep] = probs
-                self._store("pseudo_cross", full, n_tokens)
-
-        c = layout.cond
-        if c is None:
-            return out
-        inject = layout.bg or (layout.fg and regions.fg.numel() > 0)
+                self._store(kind, torch.softmax(logits(row, row), -1), n_tokens)
+        if self._capture_wanted("pseudo_cross", layout):
+            p = layout.pseudo_cross
+            keep = self._pseudo_keys(regions, query.device)
+            probs = torch.softmax(query[p] @ key[p][:, keep].transpose(-1, -2) * scale, -1)
+            full = probs.new_zeros(probs.shape[0], n_tokens, n_tokens)
+            full[:, :, keep] = probs  # keys scattered back to their reference-grid positions
+            self._store("pseudo_cross", full, n_tokens)
+            del full, probs
         want_generation = self._capture_wanted("generation", layout)
-        if not (inject or want_generation or self._capture_wanted("composite", layout)):
-            return out
-
-        own = (query[c] @ key[c].transpose(-1, -2)).float() * scale
+        want_composite = self._capture_wanted("composite", layout)
+        if not (want_generation or want_composite):
+            return
+        c = layout.cond
+        own = logits(c, c)
         if want_generation:
             self._store("generation", torch.softmax(own, -1), n_tokens)
-        logits = composite_logits(
-            own,
-            query=query,
-            key=key,
-            layout=layout,
-            regions=regions,
-            outside=self.controller.outside_box(n_tokens, query.device),
-            scale=scale,
-        ) if inject else own
-        probs = torch.softmax(logits, -1)
-        if self._capture_wanted("composite", layout):
-            self._store("composite", probs, n_tokens)
-        if inject:
-            out[c] = (probs @ value[c].float()).to(out.dtype)
-        return out
+        if want_composite:
+            inject = layout.bg or (layout.fg and regions.fg.numel() > 0)
+            composite = composite_logits(
+                own, query=query, key=key, layout=layout, regions=regions,
+                outside=self.controller.outside_box(n_tokens, query.device), scale=scale,
+            ) if inject else own
+            self._store("composite", torch.softmax(composite, -1), n_tokens)
+
+
+def fused_composite_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, layout: BatchLayout, regions, outside, scale: float
+) -> torch.Tensor:
+    """The ``cond`` row's composite self-attention output, softmax(L) V_gen, without building L.
+
+    Every entry of the composite logits L (see :func:`composite_logits` for its definition) is the dot
+    product of one query vector and one key vector taken from some branch. Rows of the same kind take
+    their keys from the same branches, so each row group gets one concatenated query and every key a
+    concatenation with zeros in the segments that do not apply to it; the zeros add exact zeros, and a
+    fused ``scaled_dot_product_attention`` computes the group's rows in O(N d) memory. With
+    A = the pseudo_cross row's queries (the background row's with ``background_queries``), P/O/R/G =
+    pseudo_cross/background/reference/cond rows:
+
+    ================================  ==========================  ==============================================
+    row group                         query                       key j
+    ================================  ==========================  ==============================================
+    i = F[a] (object)                 [k_P(R[a]), q_R(R[a])]      j = F[b]: [0, k_R(R[b])]; else [A(j), 0]
+    i outside the box, bg on          [A(i), q_O(i), q_G(i)]      F[b]: [k_P(R[b]),0,0]; outside: [0,k_O(j),0];
+                                                                  in the box: [0, 0, k_G(j)]
+    every other i                     [A(i), q_G(i)]              j = F[b]: [k_P(R[b]), 0]; else [0, k_G(j)]
+    ================================  ==========================  ==============================================
+
+    The A / k_P segments are dropped when foreground injection is off or |F| = 0 at this layer. Values
+    are always gen's own, zero-padded to the query width because the CPU's fused kernel needs equal
+    widths (with unequal widths it falls back to one that builds the N x N matrix).
+
+    Precision: queries, keys and values stay in the model's dtype. The fused kernels (CPU and CUDA)
+    accumulate the dot products and the softmax in float32 and round only the output to the model's
+    dtype, so no logit is ever rounded to half precision; the official code rounds its logits to
+    float16 before a float32 softmax. Widening the inputs to float32 would buy no agreement (their
+    values are already rounded) and would double the kernel's memory, so it is not done. The tests
+    bound float16/bfloat16 against a float32 transcription.
+
+    query/key/value: (batch, heads, N, d); outside: (N,) bool. Returns (heads, N, d_v) in value's dtype.
+    """
+    c = layout.cond
+    q_gen, k_gen, v_gen = query[c], key[c], value[c]
+    heads, n, d_v = v_gen.shape
+    device = q_gen.device
+    zero = torch.zeros((), dtype=k_gen.dtype, device=device)
+    fg_on = layout.fg and regions.fg.numel() > 0
+    outside = outside.to(device)
+    in_f = torch.zeros(n, dtype=torch.bool, device=device)
+    if fg_on:
+        fg, fg_ref = regions.fg.to(device), regions.fg_ref.to(device)
+        in_f[fg] = True
+        q_ask = query[layout.background] if layout.background_queries else query[layout.pseudo_cross]
+        k_pseudo, q_ref, k_ref = key[layout.pseudo_cross], query[layout.reference], key[layout.reference]
+    from_background = outside & ~in_f if layout.bg else torch.zeros_like(in_f)  # the O block's rows and keys
+    from_gen = ~in_f & ~from_background
+
+    def masked(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return torch.where(keep[:, None], x, zero)
+
+    def at_f(x: torch.Tensor) -> torch.Tensor:
+        """(heads, N, d) holding x[:, R[b]] at position F[b] and zeros elsewhere."""
+        placed = torch.zeros_like(k_gen)
+        placed[:, fg] = x[:, fg_ref]
+        return placed
+
+    out = v_gen.new_empty(heads, n, d_v)
+
+    def attend(rows: torch.Tensor, queries: list[torch.Tensor], keys: list[torch.Tensor]) -> None:
+        """out[:, rows] = SDPA over the concatenated segments; queries are (heads, len(rows), d) each."""
+        if rows.numel() == 0:
+            return
+        q, k = torch.cat(queries, -1), torch.cat(keys, -1)
+        v = v_gen if q.shape[-1] == d_v else torch.cat([v_gen, v_gen.new_zeros(heads, n, q.shape[-1] - d_v)], -1)
+        out[:, rows] = F.scaled_dot_product_attention(q[None], k[None], v[None], scale=scale)[0, ..., :d_v]
+
+    rows_background = from_background.nonzero().squeeze(1)
+    rows_gen = (~in_f & ~from_background).nonzero().squeeze(1)
+    if fg_on:
+        k_obj = at_f(k_pseudo)
+        # Object rows F[a]: C transposed (query k_P(R[a]) against the asking queries), then ref's object block.
+        attend(fg, [k_pseudo[:, fg_ref], q_ref[:, fg_ref]], [masked(q_ask, ~in_f), at_f(k_ref)])
+        attend(
+            rows_background,
+            [q_ask[:, rows_background], query[layout.background][:, rows_background], q_gen[:, rows_background]],
+            [k_obj, masked(key[layout.background], from_background), masked(k_gen, from_gen)],
+        )
+        attend(rows_gen, [q_ask[:, rows_gen], q_gen[:, rows_gen]], [k_obj, masked(k_gen, ~in_f)])
+    else:
+        attend(
+            rows_background,
+            [query[layout.background][:, rows_background], q_gen[:, rows_background]],
+            [masked(key[layout.background], from_background), masked(k_gen, from_gen)],
+        )
+        attend(rows_gen, [q_gen[:, rows_gen]], [k_gen])
+    return out
 
 
 def composite_logits(own, *, query, key, layout: BatchLayout, regions, outside, scale: float) -> torch.Tensor:
     """The composite pre-softmax logits of the ``cond`` row (tficon-algorithm.md section 9), float32.
 
     Assignment order as in the official code, later writes win: the gen row's own logits; the
-    background block (query and key both outside the box) from ``orig``; every key column of an
+    background block (query and key both outside the box) from ``background``; every key column of an
     object token from the pseudo-cross map C; every query row of an object token from C transposed;
-    the object x object block from ``ref``. Query i of gen is matched to reference-grid position i
+    the object x object block from ``reference``. Query i of gen is matched to reference-grid position i
     with no translation, exactly as the official code does. With ``layout.background_queries`` the map C
-    takes orig's query i instead of the pseudo-cross row's (our reading of the paper).
+    takes the background row's query i instead of the pseudo-cross row's (our reading of the paper).
 
     own: (heads, N, N), float32 or wider: every source is computed in its dtype; query/key: (batch, heads, N, d); outside: (N,) bool.
     """
     logits = own
     if layout.bg:
-        o = layout.orig
+        o = layout.background
         background = (query[o] @ key[o].transpose(-1, -2)).to(own.dtype) * scale
         logits = torch.where(outside[:, None] & outside[None, :], background, logits)
     fg_target = regions.fg.to(query.device)
     if layout.fg and fg_target.numel() > 0:
         fg_ref = regions.fg_ref.to(query.device)
-        p, r = layout.pseudo, layout.ref
-        asking = query[layout.orig] if layout.background_queries else query[p]
+        p, r = layout.pseudo_cross, layout.reference
+        asking = query[layout.background] if layout.background_queries else query[p]
         cross = (asking @ key[p][:, fg_ref].transpose(-1, -2)).to(own.dtype) * scale  # (heads, N, |F|)
         logits = logits.clone() if logits is own else logits
         logits[:, :, fg_target] = cross
