@@ -12,11 +12,12 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from tficon import models
-from tficon.models import ModelNotAvailableError, identify_model, load_model
+from tficon.models import CheckpointFileError, ModelNotAvailableError, identify_model, load_model
 from tficon.tiny import save_tiny_model, tiny_components, tiny_model
 
 NO_SUCH_HUB_ID = "tficon-tests/no-such-model-7f3a9c"
@@ -332,3 +333,238 @@ def test_device_and_dtype_defaults_and_validation(saved):
         load_model(saved["sd1"], device="cpu", dtype="float8")
     with pytest.raises(ValueError, match="config= only applies to single-file checkpoints"):
         load_model(saved["sd1"], config=saved["sd2"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Real-checkpoint paths: single files in the original layout, LoRA, v-prediction, unsupported families, bad files
+# --------------------------------------------------------------------------------------------------------------
+
+# family -> (file suffix, text encoder layout): SD 1.x checkpoints carry Hugging Face CLIP, SD 2.x OpenCLIP.
+CHECKPOINT_FILES = {"sd1": (".ckpt", False), "sd2": (".safetensors", True), "sd2-v": (".safetensors", True)}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(saved, tmp_path_factory):
+    """family -> a single-file checkpoint in the original (LDM) layout holding the weights of saved[family]."""
+    from safetensors.torch import save_file
+
+    from ldm_checkpoint import check_round_trip, to_ldm_checkpoint
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    files = {}
+    for family, (suffix, open_clip) in CHECKPOINT_FILES.items():
+        parts = tiny_components(family, seed=2)  # the weights save_tiny_model wrote to saved[family]
+        state = to_ldm_checkpoint(parts["vae"], parts["unet"], parts["text_encoder"], open_clip=open_clip)
+        check_round_trip(state, parts["vae"], parts["unet"], parts["text_encoder"], open_clip=open_clip)
+        files[family] = root / f"tiny-{family}{suffix}"
+        if suffix == ".ckpt":  # as the official checkpoints: a Lightning-style dict with the weights under state_dict
+            torch.save({"state_dict": state, "global_step": 0}, files[family])
+        else:
+            save_file(state, str(files[family]))
+    return files
+
+
+def _outputs(model) -> dict[str, torch.Tensor]:
+    """What a TF-ICON run takes from a model: prompt embeddings, a UNet prediction, an encode and a decode."""
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 64, 64, generator=generator) * 2 - 1
+    latent = torch.randn(2, 4, 8, 8, generator=generator)
+    context = torch.cat([model.encode_prompt("a red car"), model.exceptional_embedding()])
+    with torch.no_grad():
+        noise = model.unet(latent, 500, encoder_hidden_states=context).sample
+    return {
+        "context": context,
+        "unet": noise,
+        "encode": model.encode_image(image, torch.Generator().manual_seed(1)),
+        "decode": model.decode_latent(latent[:1]),
+    }
+
+
+@pytest.mark.parametrize("family", list(CHECKPOINT_FILES))
+def test_single_file_checkpoint_in_the_original_layout_gives_the_folder_models_outputs(saved, checkpoints, family):
+    folder_model = load_model(saved[family], device="cpu")
+    model = load_model(checkpoints[family], config=saved[family], device="cpu")
+    assert (model.family, model.prediction_type, model.image_size) == (
+        folder_model.family, folder_model.prediction_type, 64,
+    )  # fmt: skip
+    assert model.spec == str(checkpoints[family])
+    for name in ("unet", "vae", "text_encoder"):
+        loaded, expected = getattr(model, name).state_dict(), getattr(folder_model, name).state_dict()
+        assert all(torch.equal(loaded[k], expected[k]) for k in expected), name
+    got, expected = _outputs(model), _outputs(folder_model)
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+    assert got["unet"].abs().mean() > 0.1  # a real prediction, not an empty one
+
+
+def test_v_prediction_checkpoint_composes_end_to_end(saved, checkpoints, tmp_path):
+    """The prediction type read with a checkpoint drives the whole composition: the same weights read as
+    an epsilon model compose something else."""
+    from tficon.compose import compose
+    from tficon.samples import toy_sample
+
+    sample = toy_sample(image_size=64)
+    args = (sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt)
+
+    def run(model):
+        return np.asarray(compose(model, *args, steps=4, progress=False, image_size=64))
+
+    v_model = load_model(checkpoints["sd2-v"], config=saved["sd2-v"], device="cpu")
+    assert v_model.prediction_type == "v_prediction"
+    result = run(v_model)
+    assert result.shape == (64, 64, 3) and result.std() > 1
+    assert np.array_equal(result, run(load_model(saved["sd2-v"], device="cpu")))
+
+    epsilon_config = shutil.copytree(saved["sd2-v"], tmp_path / "as-epsilon")
+    scheduler = epsilon_config / "scheduler" / "scheduler_config.json"
+    scheduler.write_text(json.dumps({**json.loads(scheduler.read_text()), "prediction_type": "epsilon"}))
+    epsilon_model = load_model(checkpoints["sd2-v"], config=epsilon_config, device="cpu")
+    assert epsilon_model.prediction_type == "epsilon"
+    assert np.abs(run(epsilon_model).astype(float) - result).mean() > 1
+
+
+@pytest.fixture(scope="module")
+def lora_file(tmp_path_factory):
+    """(LoRA file for saved["sd2"]'s UNet, UNet prediction of the base+LoRA made with peft, its input)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = tiny_components("sd2", seed=2)["unet"]
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, parameter in unet.named_parameters():
+            if "lora_B" in name:  # peft starts B at zero (a no-op LoRA); a trained one is not
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    folder = tmp_path_factory.mktemp("lora")
+    StableDiffusionPipeline.save_lora_weights(
+        folder, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    )
+    x = torch.randn(1, 4, 8, 8, generator=generator)
+    context = torch.randn(1, 77, 48, generator=generator)
+    with torch.no_grad():
+        expected = unet(x, 500, encoder_hidden_states=context).sample
+    (path,) = folder.glob("*.safetensors")
+    return path, expected, (x, context)
+
+
+def test_lora_weights_load_through_diffusers_and_change_the_unet_as_trained(saved, lora_file):
+    from tficon.samples import toy_sample
+    from tficon.session import Session
+
+    path, expected, (x, context) = lora_file
+    base = load_model(saved["sd2"], device="cpu")
+    model = load_model(saved["sd2"], device="cpu", lora=path)
+    unscaled = load_model(saved["sd2"], device="cpu", lora=path.parent, lora_scale=0.0)  # the folder form
+
+    def predict(m):
+        with torch.no_grad():
+            return m.unet(x, 500, encoder_hidden_states=context).sample
+
+    torch.testing.assert_close(predict(model), expected, rtol=1e-4, atol=1e-5)
+    assert (predict(model) - predict(base)).abs().mean() > 0.2 * predict(base).abs().mean()
+    assert torch.equal(predict(unscaled), predict(base))
+    # fused: no adapter layers are left for the attention processors to meet
+    assert not any("lora" in name for name, _ in model.unet.named_modules())
+    assert not any(p.requires_grad for p in model.unet.parameters())
+    # this LoRA has no text-encoder part
+    assert torch.equal(model.encode_prompt("a red car"), base.encode_prompt("a red car"))
+    assert model.lora == str(path) and "LoRA" in model.describe() and base.lora is None
+
+    sample = toy_sample(image_size=64)
+    results = []
+    for m in (base, model):
+        session = Session(
+            m, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt,
+            image_size=64, steps=3, progress=False,
+        )  # fmt: skip
+        session.run()
+        results.append(np.asarray(session.result).astype(float))
+    assert np.abs(results[0] - results[1]).mean() > 0.5
+
+
+def test_lora_errors_name_the_file(saved, lora_file, tmp_path):
+    from safetensors.torch import save_file
+
+    path = lora_file[0]
+    with pytest.raises(FileNotFoundError, match="LoRA weights .*missing.safetensors. do not exist"):
+        load_model(saved["sd2"], device="cpu", lora=tmp_path / "missing.safetensors")
+    not_lora = tmp_path / "weights.safetensors"
+    save_file({"down_blocks.0.resnets.0.conv1.weight": torch.zeros(2, 2)}, str(not_lora))
+    with pytest.raises(ValueError, match="cannot load LoRA weights .*weights.safetensors"):
+        load_model(saved["sd2"], device="cpu", lora=not_lora)
+    with pytest.raises(ValueError, match=r"(?s)cannot load LoRA weights .*same base model family"):
+        load_model(saved["sd1"], device="cpu", lora=path)  # made for the 48-wide sd2 UNet
+    with pytest.raises(ValueError, match="lora_scale must be a finite number"):
+        load_model(saved["sd2"], device="cpu", lora=path, lora_scale=float("nan"))
+    with pytest.raises(ValueError, match="lora_scale is given but lora is not"):
+        load_model(saved["sd2"], device="cpu", lora_scale=0.5)
+    with pytest.raises(CheckpointFileError, match=r"not a Stable Diffusion checkpoint.*LoRA weights.*lora="):
+        load_model(path, device="cpu")  # a LoRA file given as the model
+
+
+def _fake_checkpoint(path, tensors: dict[str, tuple[int, ...]]):
+    from safetensors.torch import save_file
+
+    save_file({k: torch.zeros(shape) for k, shape in tensors.items()}, str(path))
+    return path
+
+
+def test_checkpoint_files_of_families_tficon_cannot_run_are_refused_by_name(tmp_path, monkeypatch):
+    """Recognised from tensor names and shapes (diffusers' own detection keys), before any config or
+    weight is fetched: offline, the error is about the family, not about missing configs."""
+    from diffusers.loaders.single_file_utils import CHECKPOINT_KEY_NAMES as KEYS
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    unet = "model.diffusion_model."
+    cases = {
+        "SDXL refiner": {KEYS["xl_refiner"]: (4,), unet + "out.2.bias": (4,)},
+        "SDXL": {KEYS["xl_base"]: (4,), unet + "out.2.bias": (4,)},
+        "SD 1.x inpainting": {KEYS["inpainting"]: (8, 9, 3, 3)},
+        "SD 2.x inpainting": {KEYS["inpainting"]: (8, 9, 3, 3), KEYS["v2"]: (8, 1024)},
+        "Flux": {k: (4,) for k in KEYS["flux"]},
+        "Stable Diffusion 3.5": {k: (4,) for k in KEYS["sd35_large"]},
+        "5 input channels": {KEYS["inpainting"]: (8, 5, 3, 3)},  # a depth-conditioned UNet
+    }
+    for i, (family, tensors) in enumerate(cases.items()):
+        path = _fake_checkpoint(tmp_path / f"model{i}.safetensors", tensors)
+        with pytest.raises(CheckpointFileError, match=rf"(?s)model{i}.safetensors.*{re.escape(family)}"):
+            load_model(path, device="cpu")
+        message = str(pytest.raises(CheckpointFileError, load_model, path, device="cpu").value)
+        assert "Stable Diffusion 1.x and 2.x" in message, message
+    vae_only = _fake_checkpoint(tmp_path / "vae.safetensors", {"first_stage_model.encoder.conv_in.weight": (8, 3, 3, 3)})
+    with pytest.raises(CheckpointFileError, match=r"vae.safetensors.*not a Stable Diffusion checkpoint.*no UNet"):
+        load_model(vae_only, device="cpu")
+
+
+def test_truncated_or_corrupt_checkpoint_files_are_named(checkpoints, saved, tmp_path):
+    for family in ("sd2", "sd1"):  # a .safetensors and a .ckpt
+        data = checkpoints[family].read_bytes()
+        for cut in (len(data) // 2, 20):
+            truncated = tmp_path / f"cut{cut}-{checkpoints[family].name}"
+            truncated.write_bytes(data[:cut])
+            with pytest.raises(CheckpointFileError, match=rf"cannot read checkpoint file .*{truncated.name}.*truncated"):
+                load_model(truncated, config=saved[family], device="cpu")
+    assert issubclass(CheckpointFileError, ValueError)
+
+
+def test_an_unavailable_device_is_refused_before_loading(saved):
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing = f"cuda:{count + 6}"
+    for call in (
+        lambda: load_model(saved["sd2"], device=missing),
+        lambda: load_model("toy", device=torch.device(missing)),
+        lambda: tiny_model("sd2", device=missing),
+    ):
+        with pytest.raises(ValueError, match=rf"device '{missing}' is not available"):
+            call()
+    if not (torch.backends.mps.is_available()):
+        with pytest.raises(ValueError, match=r"device 'mps' is not available.*device='cpu'"):
+            load_model(saved["sd2"], device="mps")
+    with pytest.raises(ValueError, match="device 'gpu0' is not a device name"):
+        load_model(saved["sd2"], device="gpu0")
+    # nothing was loaded: a refused device with a missing LoRA file complains about the device first
+    with pytest.raises(ValueError, match="is not available"):
+        load_model("no/such/model/anywhere", device=missing, lora="/no/such/lora.safetensors")

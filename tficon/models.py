@@ -11,11 +11,18 @@
 - a Hugging Face hub id (``stabilityai/stable-diffusion-2-1-base``,
   ``stable-diffusion-v1-5/stable-diffusion-v1-5``, ...), taken from the local cache when present.
 
+``lora=`` adds LoRA weights (a diffusers / kohya ``.safetensors`` file or a folder saved by
+``save_lora_weights``) with diffusers' ``load_lora_weights`` and fuses them into the weights, so the
+model stays a plain UNet for TF-ICON's attention processors.
+
 What the model is (``family``, ``prediction_type``, native ``image_size``, exceptional token) is read from
 the component configs (``cross_attention_dim`` 768 -> SD 1.x, 1024 -> SD 2.x), or from a ``tficon.json``
 file in the folder, which overrides ``family``, ``exceptional_token_id`` and ``image_size`` (the toy and
-tiny models have one). Models TF-ICON cannot drive (SDXL, SD3, inpainting/depth UNets, ...) are rejected
-before any weights are read.
+tiny models have one). Models TF-ICON cannot drive (SDXL and its refiner, SD3, Flux, inpainting/depth
+UNets, ...) are rejected before any weights are read: for a checkpoint file, from its tensor names and
+shapes (the safetensors header; a ``.ckpt`` unpickled onto the meta device), which also turns a
+truncated or corrupt file into a ``CheckpointFileError`` naming the file. An unavailable ``device``
+(``cuda:7`` on a machine without it, ``mps`` off Apple silicon) is refused before anything is loaded.
 
 Offline behaviour: nothing here may hang on the network. With ``HF_HUB_OFFLINE`` set (or
 ``local_files_only=True``) only local files and the HF cache are used. Otherwise the cache is tried first;
@@ -28,6 +35,7 @@ when name resolution fails). Once the hub has answered, huggingface_hub's own ti
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import ssl
@@ -52,6 +60,7 @@ __all__ = [
     "SD_EXCEPTIONAL_TOKEN_ID",
     "TFICON_JSON",
     "TOY_MODEL_DIR",
+    "CheckpointFileError",
     "LoadedModel",
     "ModelIdentity",
     "ModelNotAvailableError",
@@ -81,6 +90,13 @@ _ALTERNATIVES = (
 
 class ModelNotAvailableError(FileNotFoundError):
     """The requested model is not on this machine and cannot be fetched (offline, not cached, not installed)."""
+
+
+class CheckpointFileError(ValueError):
+    """A single-file checkpoint that cannot be used: truncated, corrupt, or not a Stable Diffusion checkpoint."""
+
+
+_SUPPORTED = "TF-ICON runs on Stable Diffusion 1.x and 2.x text-to-image models (a 4-channel UNet, one CLIP text encoder)"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -124,11 +140,14 @@ def identify_model(
     names = set(component_names or ())
     if "text_encoder_2" in names or unet_config.get("addition_embed_type") is not None:
         raise ValueError(
-            f"{where}: SDXL-style models (two text encoders / added size conditioning) are not supported; "
-            "TF-ICON runs on SD 1.x and SD 2.x."
+            f"{where}: SDXL-style models (SDXL base or refiner: two text encoders / added size conditioning) are "
+            f"not supported; {_SUPPORTED}."
         )
     if "transformer" in names or "prior" in names:
-        raise ValueError(f"{where}: only UNet-based Stable Diffusion 1.x/2.x pipelines are supported.")
+        raise ValueError(
+            f"{where}: a transformer- or prior-based pipeline (SD3, Flux, PixArt, Kandinsky, ...) is not supported; "
+            f"{_SUPPORTED}."
+        )
     cross = unet_config.get("cross_attention_dim")
     latent_channels = int(vae_config.get("latent_channels", 4))
     in_channels = int(unet_config.get("in_channels", 4))
@@ -216,6 +235,8 @@ class LoadedModel:
     image_size: int  # native working size in pixels
     device: torch.device
     dtype: torch.dtype
+    lora: str | None = None  # the LoRA weights fused into the UNet / text encoder, if any
+    lora_scale: float = 1.0
     _prompt_cache: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
     _exceptional: torch.Tensor | None = field(default=None, init=False, repr=False)
 
@@ -310,9 +331,10 @@ class LoadedModel:
         """One line: family, prediction type, sizes, device and dtype."""
         h = self.latent_size
         dtype = str(self.dtype).removeprefix("torch.")
+        lora = f" + LoRA {self.lora!r} (scale {self.lora_scale:g})" if self.lora else ""
         return (
             f"{self.family} ({self.prediction_type}), {self.image_size}x{self.image_size} images -> "
-            f"{self.latent_channels}x{h}x{h} latents, {self.device} {dtype}, from {self.spec!r}"
+            f"{self.latent_channels}x{h}x{h} latents, {self.device} {dtype}, from {self.spec!r}{lora}"
         )
 
     def _check_image(self, image: torch.Tensor) -> None:
@@ -331,11 +353,57 @@ class LoadedModel:
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to load on; refuses one this machine does not have, before any weights are read.
+
+    Without the check, ``cuda:7`` on a CPU-only machine fails deep inside the first ``.to()`` with
+    torch's bare ``AssertionError: Torch not compiled with CUDA enabled``.
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(device, (str, torch.device)):
-        return torch.device(device)
-    raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
+    if isinstance(device, str):
+        try:
+            device = torch.device(device)
+        except RuntimeError as error:
+            raise ValueError(
+                f"device {device!r} is not a device name ({error}); use 'cpu', 'cuda', 'cuda:N' or 'mps'"
+            ) from None
+    elif not isinstance(device, torch.device):
+        raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
+    _check_device_available(device)
+    return device
+
+
+def _check_device_available(device: torch.device) -> None:
+    name = str(device)
+    if device.type == "cpu":
+        return
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only torch build" if torch.version.cuda is None else "no CUDA GPU visible"
+            raise ValueError(
+                f"device {name!r} is not available: torch.cuda.is_available() is False ({build}, torch "
+                f"{torch.__version__}). Use device='cpu', or install the torch build for your CUDA version."
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"device {name!r} is not available: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}."
+            )
+        return
+    if device.type == "mps":
+        backend = getattr(torch.backends, "mps", None)
+        if backend is None or not backend.is_available():
+            raise ValueError(
+                f"device {name!r} is not available: torch.backends.mps.is_available() is False (MPS needs Apple "
+                "silicon and macOS 12.3+). Use device='cpu'."
+            )
+        return
+    # xpu, npu, ...: torch exposes torch.<type>.is_available() for the accelerators it knows
+    backend = getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", None)
+    if not callable(available) or not available():
+        raise ValueError(f"device {name!r} is not available on this machine; use device='cpu'.")
 
 
 _DTYPE_NAMES = {
@@ -412,6 +480,8 @@ def load_model(
     *,
     local_files_only: bool | None = None,
     config: str | os.PathLike | None = None,
+    lora: str | os.PathLike | None = None,
+    lora_scale: float = 1.0,
 ) -> LoadedModel:
     """Load ``spec`` (``"toy"``, a diffusers folder, a .ckpt/.safetensors file or a hub id).
 
@@ -424,18 +494,34 @@ def load_model(
             answers within ``HUB_PROBE_TIMEOUT_S``.
         config: single-file checkpoints only: a diffusers folder (or hub id) whose component configs
             match the checkpoint; a local folder keeps loading fully offline.
+        lora: LoRA weights for this model: a ``.safetensors`` file (diffusers or kohya format, as
+            ``load_lora_weights`` reads them) or a folder holding ``pytorch_lora_weights.safetensors``.
+            They are fused into the UNet (and the text encoder, when the file has weights for it).
+        lora_scale: strength of the fused LoRA (1.0: as trained; 0 leaves the model unchanged).
 
     Raises:
-        FileNotFoundError: a local path that does not exist.
+        FileNotFoundError: a local path (model, config or LoRA) that does not exist.
         ModelNotAvailableError: a hub id (or the configs of a checkpoint) neither cached nor reachable, or
             the toy model not installed.
-        ValueError: an unsupported model family, or a bad argument.
+        CheckpointFileError: a checkpoint file that is truncated, corrupt, or not a Stable Diffusion model.
+        ValueError: an unsupported model family, an unavailable device, LoRA weights that fit no layer of
+            the model, or another bad argument.
     """
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"spec must be a str or path, got {type(spec).__name__}")
     text = os.fspath(spec)
     if config is not None and not _is_checkpoint_name(text):
         raise ValueError("config= only applies to single-file checkpoints (.ckpt / .safetensors)")
+    # Cheap checks first: a bad device or LoRA path must not cost a model load.
+    device = _resolve_device(device)
+    lora_path = _check_lora_arguments(lora, lora_scale)
+    model = _load(text, device, dtype, local_files_only, config)
+    if lora_path is not None:
+        _fuse_lora(model, lora_path, float(lora_scale))
+    return model
+
+
+def _load(text: str, device, dtype, local_files_only, config) -> LoadedModel:
     if text == "toy":
         if not (TOY_MODEL_DIR / "model_index.json").is_file():
             raise ModelNotAvailableError(
@@ -548,6 +634,7 @@ def _default_single_file_config(path: Path) -> str | None:
 def _load_single_file(path: Path, spec: str, config, device, dtype, local_files_only) -> LoadedModel:
     from diffusers import StableDiffusionPipeline
 
+    _check_checkpoint(_checkpoint_layout(path, spec), spec)
     overrides: dict = {}
     if config is not None:
         config_path = Path(os.fspath(config)).expanduser()
@@ -610,6 +697,156 @@ def _load_single_file(path: Path, spec: str, config, device, dtype, local_files_
         device=device,
         dtype=dtype,
     )
+
+
+# diffusers' names (infer_diffusers_model_type) for checkpoint families, in words. "v1" / "v2" are SD 1.x / 2.x.
+_CHECKPOINT_FAMILIES = {
+    "xl_base": "SDXL",
+    "xl_refiner": "SDXL refiner",
+    "xl_inpaint": "SDXL inpainting",
+    "playground-v2-5": "Playground v2.5 (SDXL-based)",
+    "inpainting": "SD 1.x inpainting (9-channel UNet)",
+    "inpainting_v2": "SD 2.x inpainting (9-channel UNet)",
+    "upscale": "SD x4 upscaler",
+}
+_CHECKPOINT_FAMILY_PREFIXES = {
+    "sd35": "Stable Diffusion 3.5",  # before "sd3": the first matching prefix names the family
+    "sd3": "Stable Diffusion 3",
+    "flux": "Flux",
+    "controlnet": "ControlNet",
+    "stable_cascade": "Stable Cascade",
+}
+_LDM_IN_CONV = "model.diffusion_model.input_blocks.0.0.weight"
+
+
+def _checkpoint_layout(path: Path, spec: str) -> dict:
+    """Tensor names -> shape-only (meta) tensors of a checkpoint file, without reading its weights.
+
+    A ``.safetensors`` file is read through its header; a ``.ckpt`` is unpickled onto the meta device
+    (with ``weights_only=True``, as diffusers reads it). A file that cannot be read this way is truncated
+    or corrupt, and the error says so and names it, instead of diffusers' bare ``OSError``.
+    """
+    size = path.stat().st_size
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                return {k: torch.empty(handle.get_slice(k).get_shape(), device="meta") for k in handle.keys()}
+        checkpoint = torch.load(path, map_location="meta", weights_only=True)
+    except Exception as error:  # safetensors' SafetensorError, torch's RuntimeError/OSError/UnpicklingError
+        if "weights_only" in str(error):
+            raise CheckpointFileError(
+                f"checkpoint file {spec!r} holds pickled Python objects besides tensors, which are not loaded "
+                "(diffusers reads checkpoints with weights_only=True as well). Convert it to .safetensors with "
+                f"the tool that made it. Reason: {type(error).__name__}: {error}"
+            ) from error
+        raise CheckpointFileError(
+            f"cannot read checkpoint file {spec!r} ({size:,} bytes): it is truncated or corrupt, e.g. an "
+            f"interrupted download; download it again. Reason: {type(error).__name__}: {error}"
+        ) from error
+    while isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        checkpoint = checkpoint["state_dict"]  # Lightning checkpoints nest the weights, as diffusers unwraps
+    if not isinstance(checkpoint, dict):
+        raise CheckpointFileError(f"checkpoint file {spec!r} does not hold a state dict (got {type(checkpoint).__name__})")
+    return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+
+
+def _check_checkpoint(layout: dict, spec: str) -> None:
+    """Refuse checkpoint files of families TF-ICON cannot drive, naming the family, before loading weights."""
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
+    try:
+        kind = infer_diffusers_model_type(layout)
+    except Exception:  # a few families are told apart by tensor values, which shape-only tensors do not have
+        kind = None
+    family = _CHECKPOINT_FAMILIES.get(kind) if kind else None
+    if family is None and kind:
+        family = next((name for p, name in _CHECKPOINT_FAMILY_PREFIXES.items() if kind.startswith(p)), None)
+    if family is None and kind not in (None, "v1", "v2"):
+        family = f"diffusers type {kind!r}"
+    if family is not None:
+        raise CheckpointFileError(f"checkpoint file {spec!r} is a {family} model, which TF-ICON cannot run; {_SUPPORTED}.")
+    if not any(k.startswith("model.diffusion_model.") for k in layout):
+        lora = any("lora" in k.lower() for k in layout)
+        hint = (
+            " It holds LoRA weights: pass it as load_model(<base model>, lora=...)."
+            if lora
+            else " Is it a VAE, a text encoder or another kind of model?"
+        )
+        raise CheckpointFileError(
+            f"checkpoint file {spec!r} is not a Stable Diffusion checkpoint: it has no UNet weights "
+            f"(model.diffusion_model.*).{hint} {_SUPPORTED}."
+        )
+    conv_in = layout.get(_LDM_IN_CONV)
+    if conv_in is not None and conv_in.ndim == 4 and conv_in.shape[1] != 4:
+        raise CheckpointFileError(
+            f"checkpoint file {spec!r} has a UNet with {conv_in.shape[1]} input channels (an inpainting, depth or "
+            f"instruct-pix2pix model); {_SUPPORTED}."
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# LoRA
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_lora_arguments(lora, lora_scale) -> Path | None:
+    if isinstance(lora_scale, bool) or not isinstance(lora_scale, (int, float)) or not math.isfinite(lora_scale):
+        raise ValueError(f"lora_scale must be a finite number, got {lora_scale!r}")
+    if lora is None:
+        if lora_scale != 1.0:
+            raise ValueError("lora_scale is given but lora is not: pass lora=<LoRA .safetensors file or folder>")
+        return None
+    if not isinstance(lora, (str, os.PathLike)):
+        raise TypeError(f"lora must be a path to LoRA weights, got {type(lora).__name__}")
+    path = Path(os.fspath(lora)).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"LoRA weights {os.fspath(lora)!r} do not exist (lora= takes a local file or folder)")
+    return path
+
+
+def _fuse_lora(model: LoadedModel, path: Path, scale: float) -> None:
+    """Load LoRA weights with diffusers' ``load_lora_weights`` and fuse them into the model's weights.
+
+    Fused, the UNet is again plain ``Linear``/``Conv`` layers: TF-ICON's attention processors see no
+    adapter wrappers, and the LoRA costs nothing per step. The price is a fixed scale per load.
+    """
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers.utils import USE_PEFT_BACKEND
+
+    if not USE_PEFT_BACKEND:
+        raise ImportError("loading LoRA weights needs the peft package (and transformers >= 4.34): pip install peft")
+    # The pipeline is only the container load_lora_weights works on: it shares the model's modules.
+    pipeline = StableDiffusionPipeline(
+        vae=model.vae,
+        text_encoder=model.text_encoder,
+        tokenizer=model.tokenizer,
+        unet=model.unet,
+        scheduler=DDIMScheduler.from_config(model.scheduler_config, clip_sample=False),  # never sampled with
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    weight = {"weight_name": path.name} if path.is_file() else {}
+    where = str(path.parent if path.is_file() else path)
+    try:
+        pipeline.load_lora_weights(where, adapter_name="tficon_lora", **weight)
+    except (ValueError, KeyError, RuntimeError, OSError) as error:
+        raise ValueError(
+            f"cannot load LoRA weights {str(path)!r} into {model.spec!r} ({model.family}): {error}. A LoRA must be "
+            "made for the same base model family (SD 1.x LoRAs for SD 1.x, SD 2.x for SD 2.x)."
+        ) from error
+    adapted = {part: names for part, names in pipeline.get_list_adapters().items() if "tficon_lora" in names}
+    if not adapted:
+        raise ValueError(
+            f"LoRA weights {str(path)!r} changed no layer of {model.spec!r}: were they made for another model family?"
+        )
+    pipeline.fuse_lora(components=list(adapted), lora_scale=scale, adapter_names=["tficon_lora"])
+    pipeline.unload_lora_weights()  # drops the adapter layers; the fused weights stay
+    model.unet.requires_grad_(False)
+    model.text_encoder.requires_grad_(False)
+    model.lora, model.lora_scale = str(path), scale
 
 
 def _cached_config_folder(repo_id: str, spec: str) -> str:
