@@ -32,6 +32,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tau-bg", type=float, default=defaults.tau_bg, help="background injection fraction")
     group.add_argument("--guidance", type=float, default=None, help="default: 5.0 cross, 2.5 same (official)")
     group.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="CPU threads for torch (default: the free cores, at most one per core; see tficon/threads.py)",
+    )  # fmt: skip
 
 
 def _config(args, mode: str) -> CompositionConfig:
@@ -211,8 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .threads import apply_threads, prepare_environment
+
+    prepare_environment()  # before anything imports torch: OpenMP reads its wait policy only then
     args = build_parser().parse_args(argv)
     try:
+        apply_threads(args.threads)
         return args.func(args)
     except (ValueError, FileNotFoundError, TypeError) as error:
         print(f"tficon {args.command}: error: {error}", file=sys.stderr)
