@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -70,3 +71,140 @@ def test_demo_writes_result_and_side_by_side_sheet(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "model: toy" in printed and "wrote" in printed
     assert json.loads((tmp_path / "demo.json").read_text())["model"] == "toy"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input: clear messages with flag names, checked before the model loads, nothing partial left behind
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if the model is loaded (the checks must come first)."""
+    import tficon.cli
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(tficon.cli, "_load", refuse)
+
+
+def _box_args(sample):
+    x, y, w, h = sample.box
+    return ["--box", f"{x},{y},{w},{h}"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("--background", "missing.png"), r"--background: no such file .*missing\.png"),
+        (("--foreground-mask", "missing.png"), r"--foreground-mask: no such file"),
+        (("--tau-a", "1.5"), r"--tau-a must be a finite number in \[0, 1\]"),
+        (("--seed", str(2**64)), r"--seed must be in \[0, 2\*\*63\)"),
+        (("--guidance", "nan"), r"--guidance must be a finite number"),
+    ],
+)
+def test_inputs_and_settings_are_checked_before_the_model_loads(files, capsys, no_model, change, message):
+    root, model_dir, sample = files
+    args = _args(root, model_dir, sample, *_box_args(sample), "--out", str(root / "never.png"))
+    flag, value = change
+    if flag in args:
+        args[args.index(flag) + 1] = value if value != "missing.png" else str(root / value)
+    else:
+        args += [flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "Traceback" not in err and not (root / "never.png").exists()
+
+
+def test_output_paths_are_checked_before_any_work(files, capsys, no_model, tmp_path):
+    root, model_dir, sample = files
+    plain_file = tmp_path / "a_file"
+    plain_file.write_text("x")
+    cases = [
+        (["--out", str(tmp_path / "out.png"), "--json", str(tmp_path)], r"--json: .* is a folder"),
+        (["--out", str(plain_file / "sub" / "out.png")], r"--out: .*a_file' is a file"),
+        (["--out", str(tmp_path)], r"--out: .* is a folder"),
+        (["--out", str(tmp_path / "out.xyz")], r"--out: unknown image format '\.xyz'"),
+    ]
+    for extra, message in cases:
+        assert main(_args(root, model_dir, sample, *_box_args(sample), *extra)) == 2
+        err = capsys.readouterr().err
+        assert re.search(message, err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # nothing written
+
+
+def test_decompression_bomb_png_is_a_clear_message(files, capsys, no_model, monkeypatch):
+    root, model_dir, sample = files
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the 128x128 background is now a "bomb" for PIL
+    assert main(_args(root, model_dir, sample, *_box_args(sample), "--out", str(root / "never.png"))) == 2
+    err = capsys.readouterr().err
+    assert "--background:" in err and "too large to open safely" in err and "Traceback" not in err
+
+
+def test_ctrl_c_exits_130_without_a_traceback_and_leaves_nothing(files, capsys, monkeypatch, tmp_path):
+    import tficon.cli
+
+    root, model_dir, sample = files
+
+    def interrupted(self, target, text):  # Ctrl-C while the outputs are being written: the image is already saved
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tficon.cli._AtomicOutputs, "text", interrupted)
+    out = tmp_path / "out.png"
+    args = _args(root, model_dir, sample, *_box_args(sample), "--out", str(out), "--json", str(tmp_path / "s.json"))
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "interrupted (Ctrl-C)" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # neither the image nor a temporary file is left
+
+
+def test_library_messages_use_flag_names(files, capsys, tmp_path):
+    root, model_dir, sample = files
+    square_mask = Image.new("L", (40, 20), 255)  # the foreground is square: another aspect ratio
+    square_mask.save(tmp_path / "wide_mask.png")
+    args = _args(root, model_dir, sample, *_box_args(sample), "--out", str(tmp_path / "x.png"))
+    args[args.index("--foreground-mask") + 1] = str(tmp_path / "wide_mask.png")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--foreground-mask is 40x20" in err and "foreground_mask" not in err
+    # an object window that leaves the image: the advice names the real flag
+    assert main(_args(root, model_dir, sample, "--box", "100,30,28,60", "--out", str(tmp_path / "x.png"))) == 2
+    err = capsys.readouterr().err
+    assert "--clip-box" in err and "clip=True" not in err
+
+
+def test_size_takes_width_and_height_and_the_output_keeps_the_background_size(files, tmp_path):
+    root, model_dir, sample = files
+    base = _args(root, model_dir, sample, *_box_args(sample))
+    base[base.index("--size") + 1] = "128x64"
+    assert main(base + ["--out", str(tmp_path / "bg_size.png"), "--json", str(tmp_path / "s.json")]) == 0
+    assert Image.open(tmp_path / "bg_size.png").size == (128, 128)  # the background's own size (default)
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert data["image_size"] == [64, 128] and data["working_size"] == [128, 64] and data["output_size"] == [128, 128]
+    base[base.index("--size") + 1] = "128,64"
+    assert main(base + ["--out", str(tmp_path / "working.png"), "--output-size", "working"]) == 0
+    assert Image.open(tmp_path / "working.png").size == (128, 64)
+    with pytest.raises(SystemExit):
+        main(base[:-1] + ["12x", "--out", str(tmp_path / "x.png")])
+
+
+def test_box_is_in_the_background_pixels(files, tmp_path):
+    # The same scene at twice the size with the box in its own pixels gives the placement of the 128 px run.
+    root, model_dir, sample = files
+    big = tmp_path / "bg_big.png"
+    sample.background.resize((256, 256), Image.Resampling.LANCZOS).save(big)
+    args = _args(root, model_dir, sample, "--box", ",".join(str(2 * v) for v in sample.box),
+                 "--out", str(tmp_path / "big.png"), "--json", str(tmp_path / "big.json"))  # fmt: skip
+    args[args.index("--background") + 1] = str(big)
+    assert main(args) == 0
+    small = _args(root, model_dir, sample, *_box_args(sample), "--out", str(tmp_path / "small.png"),
+                  "--json", str(tmp_path / "small.json"))  # fmt: skip
+    assert main(small) == 0
+    placement = lambda name: json.loads((tmp_path / name).read_text())["placement"]  # noqa: E731
+    assert placement("big.json") == placement("small.json")
+    assert Image.open(tmp_path / "big.png").size == (256, 256)
+    # a box outside the background is refused in its terms
+    args[args.index("--box") + 1] = "200,10,80,80"
+    assert main(args) == 2

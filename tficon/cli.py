@@ -1,14 +1,54 @@
-"""The ``tficon`` command line: ``demo``, ``compose`` and ``batch``."""
+"""The ``tficon`` command line: ``demo``, ``compose`` and ``batch``.
+
+Exit codes: 0 success; 1 the run failed (a batch with failed samples, a numerical failure); 2 a usage or input
+error (a bad flag value, a missing or unreadable file, a box that does not fit), reported in one paragraph on
+stderr without a traceback; 130 interrupted (Ctrl-C).
+
+Coordinates and sizes: ``--box x,y,w,h`` is in the background's own pixels (like ``--mask``, which is drawn on
+the background); the composition runs at the working size (``--size``, default the model's) and the result is
+saved at the background's own size unless ``--output-size working``. Input files are read and checked before the
+model loads; outputs are written to temporary files and renamed into place at the end, so a failed or
+interrupted run leaves no partial output.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from .config import CompositionConfig
+
+EXIT_RUN_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+# Python names in library messages -> the flags a CLI user typed (longest first: "tau_bg" before "tau_b").
+_FLAG_NAMES = {
+    "mask_or_box (the user mask)": "--mask",
+    "mask_or_box": "--mask/--box",
+    "foreground_mask": "--foreground-mask",
+    "image_size": "--size",
+    "clip_box=True": "--clip-box",
+    "clip=True": "--clip-box",
+    "tau_bg": "--tau-bg",
+    "tau_a": "--tau-a",
+    "tau_b": "--tau-b",
+}
+_CONFIG_FLAGS = ("mode", "steps", "order", "guidance", "seed")
+
+
+def flag_message(message: str) -> str:
+    """A library message with its Python argument names replaced by the CLI's flag names."""
+    for name, flag in _FLAG_NAMES.items():
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w])", flag, message)
+    for name in _CONFIG_FLAGS:
+        if message.startswith(f"{name} "):
+            message = f"--{message}"
+    return message
 
 
 def _box(text: str) -> tuple[int, int, int, int]:
@@ -17,8 +57,22 @@ def _box(text: str) -> tuple[int, int, int, int]:
     except ValueError:
         values = ()
     if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"--box must be four integers x,y,w,h (pixels), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--box must be four integers x,y,w,h in the background's pixels, got {text!r}"
+        )
     return values
+
+
+def _size(text: str) -> int | tuple[int, int]:
+    """``--size``: one integer (a square side) or ``W,H`` / ``WxH``; returns the side or ``(H, W)``."""
+    parts = re.split(r"[x,X]", text.strip())
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values, default=0) <= 0:
+        raise argparse.ArgumentTypeError(f"--size must be a positive side (512) or W,H / WxH (768x512), got {text!r}")
+    return values[0] if len(values) == 1 else (values[1], values[0])
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +102,7 @@ def _config(args, mode: str) -> CompositionConfig:
         tau_b=args.tau_b,
         tau_bg=args.tau_bg,
         seed=args.seed,
+        clip_box=getattr(args, "clip_box", False),
     )
 
 
@@ -57,40 +112,154 @@ def _load(spec: str):
     return load_model(spec)
 
 
-def _write_outputs(session, out: Path, json_path: Path | None, extra: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    session.result.save(out)
-    summary = {**session.summary(), **extra, "output": str(out)}
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(summary, indent=2))
+def _check_output_path(path: str | None, flag: str, *, image: bool) -> Path | None:
+    """Refuse an output path that cannot be written, before any work: a folder, a path below a regular file,
+    an unknown image format. Nothing is created here (folders are made when the outputs are written)."""
+    if path is None:
+        return None
+    from PIL import Image
+
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{flag}: {str(target)!r} is a folder; give a file name inside it (e.g. {str(target / 'out.png')!r})")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{flag}: {str(parent)!r} is a file, so {str(target)!r} cannot be created below it")
+            if not os.access(parent, os.W_OK):
+                raise ValueError(f"{flag}: the folder {str(parent)!r} is not writable")
+            break
+    if image and target.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"{flag}: unknown image format {target.suffix or '(no suffix)'!r}; use a .png or .jpg file name")
+    return target
+
+
+class _AtomicOutputs:
+    """Outputs written to temporary files beside their targets and renamed into place together at the end;
+    on an error (or Ctrl-C) the temporary files are removed, so no partial output is ever left behind."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Path, Path]] = []
+
+    def _temp(self, target: Path) -> Path:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
+        os.close(handle)
+        self._pending.append((Path(name), target))
+        return Path(name)
+
+    def image(self, target: Path, image) -> None:
+        from PIL import Image
+
+        image.save(self._temp(target), format=Image.registered_extensions()[target.suffix.lower()])
+
+    def text(self, target: Path, text: str) -> None:
+        self._temp(target).write_text(text)
+
+    def commit(self) -> None:
+        for temp, target in self._pending:
+            os.replace(temp, target)
+        self._pending = []
+
+    def discard(self) -> None:
+        for temp, _ in self._pending:
+            temp.unlink(missing_ok=True)
+        self._pending = []
+
+
+def _write_outputs(session, out: Path, json_path: Path | None, extra: dict, *, background_size=None, more=()) -> None:
+    """The result (at ``background_size`` = PIL (W, H) when given, else the working size), the JSON summary and
+    ``more`` = [(path, image)], all or nothing."""
+    from PIL import Image
+
+    result = session.result
+    if background_size is not None and tuple(background_size) != result.size:
+        # LANCZOS, the filter that brought the background to the working size (tficon.io.resize_background)
+        result = result.resize(tuple(background_size), Image.Resampling.LANCZOS)
+    summary = {
+        **session.summary(),
+        **extra,
+        "output": str(out),
+        "output_size": list(result.size),
+        "working_size": [session.image_size[1], session.image_size[0]],
+    }
+    outputs = _AtomicOutputs()
+    try:
+        outputs.image(out, result)
+        for path, image in more:
+            outputs.image(path, image)
+        if json_path is not None:
+            outputs.text(json_path, json.dumps(summary, indent=2))
+        outputs.commit()
+    except BaseException:
+        outputs.discard()
+        raise
     print(
-        f"wrote {out} ({session.image_size[1]}x{session.image_size[0]}); "
+        f"wrote {out} ({result.size[0]}x{result.size[1]}; composed at {session.image_size[1]}x{session.image_size[0]}); "
         f"{summary['sample_evals']} UNet sample-evaluations in {summary['unet_calls']} calls, "
         f"{summary['total_seconds']:.1f} s"
     )
 
 
+def _target_from_box(box: tuple[int, int, int, int], background):
+    """``--box`` in the background's own pixels -> a user mask of the background's size holding that rectangle.
+
+    The Session reads a mask in fractions of its own size (the official rule), so this maps the box to the
+    working size exactly as the same rectangle drawn in a ``--mask`` file would be; with a background already at
+    the working size it equals passing the box itself.
+    """
+    import numpy as np
+
+    x, y, w, h = box
+    width, height = background.size
+    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width or y + h > height:
+        raise ValueError(
+            f"--box x,y,w,h = {x},{y},{w},{h} must have a positive size and lie inside the {width}x{height} "
+            "background (the box is in the background's own pixels)"
+        )
+    mask = np.zeros((height, width), dtype=bool)
+    mask[y : y + h, x : x + w] = True
+    return mask
+
+
 def cmd_compose(args) -> int:
+    from . import io
     from .session import Session
 
     started = time.perf_counter()
-    model = _load(args.model)
     if (args.mask is None) == (args.box is None):
-        raise SystemExit("give exactly one of --mask (a mask image) or --box x,y,w,h")
+        raise ValueError("give exactly one of --mask (a mask image) or --box x,y,w,h")
+    # Everything the user typed is checked before the model loads (seconds to minutes for SD).
+    config = _config(args, "cross")
+    out = _check_output_path(args.out, "--out", image=True)
+    json_path = _check_output_path(args.json, "--json", image=False)
+    background = io.load_image(args.background, name="--background")
+    foreground = io.load_image(args.foreground, name="--foreground")
+    io.load_mask(args.foreground_mask, name="--foreground-mask")
+    if args.mask is not None:
+        target = io.load_mask(args.mask, name="--mask")
+    else:
+        target = _target_from_box(args.box, background)
+    model = _load(args.model)
     session = Session(
         model,
-        args.background,
-        args.foreground,
+        background,
+        foreground,
         args.foreground_mask,
-        args.mask if args.mask is not None else args.box,
+        target,
         args.prompt,
-        _config(args, "cross"),
+        config,
         image_size=args.size,
         progress=not args.quiet,
     )
     session.run()
-    _write_outputs(session, Path(args.out), args.json and Path(args.json), {"total_seconds": time.perf_counter() - started})
+    _write_outputs(
+        session,
+        out,
+        json_path,
+        {"total_seconds": time.perf_counter() - started},
+        background_size=background.size if args.output_size == "background" else None,
+    )
     return 0
 
 
@@ -100,6 +269,9 @@ def cmd_demo(args) -> int:
     from . import io
 
     started = time.perf_counter()
+    config = _config(args, demo_sample().mode)
+    out = _check_output_path(args.out, "--out", image=True)
+    json_path = _check_output_path(args.json, "--json", image=False)
     model = _load(args.model)
     sample = demo_sample()
     print(f"model: {model.describe()}")
@@ -111,19 +283,19 @@ def cmd_demo(args) -> int:
         sample.foreground_mask,
         sample.box,
         sample.prompt,
-        _config(args, sample.mode),
+        config,
         progress=not args.quiet,
     )
     session.run()
-    out = Path(args.out)
-    _write_outputs(session, out, args.json and Path(args.json), {"total_seconds": time.perf_counter() - started})
     inputs = session.inputs
     sheet = side_by_side(
         [io.to_pil(inputs.background), sample.foreground, io.to_pil(inputs.cut_and_paste), session.result],
         ["background", "foreground", "cut-and-paste", "tficon"],
     )
     sheet_path = out.with_name(out.stem + "_sheet.png")
-    sheet.save(sheet_path)
+    _write_outputs(
+        session, out, json_path, {"total_seconds": time.perf_counter() - started}, more=[(sheet_path, sheet)]
+    )
     print(f"wrote {sheet_path} (background | foreground | cut-and-paste | result)")
     return 0
 
@@ -132,7 +304,15 @@ def cmd_batch(args) -> int:
     from .batch import run_batch
 
     # --mode here also takes "auto"; the shared settings are built without it and each sample gets its own mode.
-    base = _config(argparse.Namespace(**{**vars(args), "mode": None}), "cross").replace(clip_box=args.clip_box)
+    base = _config(argparse.Namespace(**{**vars(args), "mode": None}), "cross")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {str(out)!r} is a file; the batch writes a folder (one sub-folder per sample)")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out: {str(parent)!r} is a file, so the folder {str(out)!r} cannot be created")
+            break
     report = run_batch(
         args.root,
         args.out,
@@ -170,9 +350,24 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--foreground", required=True)
     comp.add_argument("--foreground-mask", required=True, help="object mask of the foreground (white = object)")
     comp.add_argument("--mask", default=None, help="user mask on the background: its bbox is the target box")
-    comp.add_argument("--box", type=_box, default=None, help="target box x,y,w,h in working-image pixels")
+    comp.add_argument(
+        "--box", type=_box, default=None,
+        help="target box x,y,w,h in the background's own pixels (mapped to the working size like a --mask drawn "
+        "on the background)",
+    )  # fmt: skip
     comp.add_argument("--prompt", required=True)
-    comp.add_argument("--size", type=int, default=None, help="working image side in pixels (default: the model's)")
+    comp.add_argument(
+        "--size", type=_size, default=None,
+        help="working size: a side (512) or W,H / WxH (768x512), multiples of the model's step (default: the model's)",
+    )  # fmt: skip
+    comp.add_argument(
+        "--output-size", choices=("background", "working"), default="background",
+        help="save the result at the background's own size (default; LANCZOS from the working size) or at the "
+        "working size",
+    )  # fmt: skip
+    comp.add_argument(
+        "--clip-box", action="store_true", help="move a box whose object would leave the image inside instead of failing"
+    )
     comp.add_argument("--out", required=True)
     comp.add_argument("--json", default=None, help="write settings, timings and counts as JSON")
     comp.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -192,7 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("root", help="folder holding the sample folders (e.g. the official inputs/)")
     batch.add_argument("--out", required=True, help="output folder (one sub-folder per sample, summaries on top)")
     batch.add_argument("--model", default="toy", help='"toy", a hub id, a diffusers folder or a checkpoint file')
-    batch.add_argument("--size", type=int, default=None, help="working image side in pixels (default: the model's)")
+    batch.add_argument(
+        "--size", type=_size, default=None, help="working size: a side (512) or W,H / WxH (default: the model's)"
+    )
     batch.add_argument("--force", action="store_true", help="compose finished samples again")
     batch.add_argument("--limit", type=int, default=None, help="only the first N sample folders (sorted by path)")
     batch.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -215,16 +412,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (see the module docstring)."""
     from .threads import apply_threads, prepare_environment
 
     prepare_environment()  # before anything imports torch: OpenMP reads its wait policy only then
     args = build_parser().parse_args(argv)
+    where = f"tficon {args.command}"
     try:
         apply_threads(args.threads)
         return args.func(args)
+    except KeyboardInterrupt:
+        note = "finished samples are kept; a re-run resumes" if args.command == "batch" else "nothing was written"
+        print(f"\n{where}: interrupted (Ctrl-C); {note}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (ValueError, FileNotFoundError, TypeError) as error:
-        print(f"tficon {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        print(f"{where}: error: {flag_message(str(error))}", file=sys.stderr)
+        return EXIT_USAGE
+    except FloatingPointError as error:  # tficon.checks.NonFiniteError: the run itself went wrong
+        print(f"{where}: the run failed: {flag_message(str(error))}", file=sys.stderr)
+        return EXIT_RUN_FAILED
 
 
 if __name__ == "__main__":
