@@ -506,7 +506,7 @@ def test_box_leaving_the_image_raises_naming_the_box():
     # A tall thin user box at the right edge with a square foreground: the 199 px wide object leaves the image.
     mask = np.zeros((512, 512), dtype=bool)
     mask[100:300, 462:512] = True
-    with pytest.raises(ValueError, match=r"\(462, 100, 50, 200\).*clip=True"):
+    with pytest.raises(ValueError, match=r"\(462, 100, 50, 200\).*clip_box=True"):
         compute_placement(mask, (300, 300), **SD)
     with pytest.raises(ValueError, match="leaves the 512x512 image"):
         placement_from_center_scale(0.02, 0.5, 0.5, (300, 300), **SD)

@@ -39,6 +39,10 @@ from tficon.io import check_image_size, image_to_tensor
 
 BOX_RULES = ("first", "largest", "union")
 
+#: The advice of errors about boxes that leave the image, naming the option users actually have (this module's
+#: ``clip`` argument is set from ``CompositionConfig.clip_box``).
+CLIP_ADVICE = "pass clip_box=True to shift it inside (a CompositionConfig field; --clip-box on the command line)"
+
 MaskLike = Union[np.ndarray, Image.Image]
 BoxLike = Sequence[int]
 
@@ -418,7 +422,7 @@ def _check_grid_boxes(reference: Box, target: Box, h: int, w: int, placement: Pl
         raise ValueError(
             f"target box {target} leaves the {h}x{w} {'latent' if latent else 'attention'} grid ({where}; centre "
             f"f_row={placement.f_row}, f_col={placement.f_col}; object {w_fg}x{h_fg} px): move the box inward or "
-            "make it smaller, or pass clip=True to shift it inside"
+            "make it smaller, or " + CLIP_ADVICE
         )
 
 
@@ -493,7 +497,7 @@ def _build_placement(
         new_col = _clip_fraction(f_col, width, w_fg, [g[1] for g in grids], geometry)
         if new_row is None or new_col is None:
             raise ValueError(
-                f"clip=True cannot fit the {w_fg}x{h_fg} px object into the {width}x{height} image on every "
+                f"clip_box=True cannot fit the {w_fg}x{h_fg} px object into the {width}x{height} image on every "
                 "attention grid; draw a smaller box"
             )
         clipped = (new_row, new_col) != (f_row, f_col)
@@ -508,7 +512,7 @@ def _build_placement(
         raise ValueError(
             f"target window {target_window} ({box_text}; centre f_row={f_row}, f_col={f_col}; object "
             f"{w_fg}x{h_fg} px) leaves the {width}x{height} image: move the box inward or make it smaller, "
-            "or pass clip=True to shift it inside"
+            "or " + CLIP_ADVICE
         )
     boxes = [_grid_boxes((height, width), (w_fg, h_fg), f_row, f_col, h, w, geometry) for h, w in grids]
     placement = Placement(
