@@ -1,6 +1,6 @@
 """Slow, sequential test oracle for TF-ICON's composition stage, with the official code's structure.
 
-This module is test support, not a test file. It re-implements stage B of TF-ICON (tficon-algorithm.md sections 8,
+This module is test support, not a test file. It re-implements stage B of TF-ICON (docs/algorithm.md §8,
 9 and 13.3) the way the official code runs it, written independently of the batched implementation in ``tficon``:
 
 - four branches run one after another, each with its own UNet call(s): ``orig`` (reconstruction of the inverted

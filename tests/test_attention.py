@@ -1,4 +1,4 @@
-"""The composite self-attention processor against a slow, literal transcription of spec section 9."""
+"""The composite self-attention processor against a slow, literal transcription of docs/algorithm.md §9."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 The oracle runs the branches one after another with per-branch logit stores, exactly like the
 official code; the Session runs one batched UNet call per step with the composite built inside the
 processor. Both start from the same inverted latents and start latent, on a tiny random SD 2.x-shaped
-UNet in float32, and must agree to float rounding (spec 14 item 10).
+UNet in float32, and must agree to float rounding (docs/algorithm.md §14 item 10).
 """
 
 from __future__ import annotations

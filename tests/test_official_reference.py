@@ -124,7 +124,7 @@ def _outside(x: torch.Tensor, box: Box) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Flags (spec 8.4 table)
+# Flags (docs/algorithm.md §8.4 table)
 # ------------------------------------------------------------------------------------------------------------------
 
 
@@ -148,7 +148,7 @@ def test_flag_bounds_match_spec_table(steps, order, tau_a, tau_b, expected):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Composite (spec 9) against a direct piecewise evaluation of the table
+# Composite (docs/algorithm.md §9) against a direct piecewise evaluation of the table
 # ------------------------------------------------------------------------------------------------------------------
 
 
@@ -403,7 +403,7 @@ def test_unet_call_counts_for_20_steps_order_2(unet, schedule, inputs):
 
     assert per_branch(warm) == {"orig": 2, "ref": 2, "cross": 2, "gen": 2}
     assert per_branch(loop) == {"orig": 18, "ref": 5, "cross": 18, "gen": 18}
-    # spec 13.6: 8 + 59 calls; 20 + 154 = 174 official sample-evals (orig/ref x2, cross x4, gen x2 per call);
+    # docs/algorithm.md §13.6: 8 + 59 calls; 20 + 154 = 174 official sample-evals (orig/ref x2, cross x4, gen x2 per call);
     # this oracle drops the exact no-op doublings: 1 per orig/ref/cross call, 2 per gen call = 87.
     assert result["unet_calls"] == 67
     assert result["official_sample_evals"] == 174

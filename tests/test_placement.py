@@ -1,8 +1,8 @@
-"""Placement geometry: spec goldens (tficon-algorithm.md 2.2-2.8), OpenCV oracles, bounds, non-512 sizes.
+"""Placement geometry: goldens (docs/algorithm.md §2.2-2.8), OpenCV oracles, bounds, non-512 sizes.
 
 OpenCV is used only here, as the oracle for the official code's mask handling; the core does not import it.
-The |F| counts of the spec table depend on the official segmentation files, which do not ship: the index sets
-are compared instead against a plain-loop transcription of spec 2.7 on synthetic object masks.
+The |F| counts of the official samples depend on the official segmentation files, which do not ship: the index sets
+are compared instead against a plain-loop transcription of docs/algorithm.md §2.7 on synthetic object masks.
 """
 
 from __future__ import annotations

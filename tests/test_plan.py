@@ -1,4 +1,4 @@
-"""Step plans of the batched design against tficon-algorithm.md 13.3 and 13.6 (no model needed)."""
+"""Step plans of the batched design against docs/algorithm.md §13.3 and 13.6 (no model needed)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def _plans(steps=20, order=2, tau_a=0.4, tau_b=0.8, tau_bg=0.4, align=False, lag
 
 def test_default_composition_costs_70_sample_evaluations():
     plans = _plans()
-    # A2 + B5 + C5 + 5x5 + 7x3 + 6x2 (spec 13.6)
+    # A2 + B5 + C5 + 5x5 + 7x3 + 6x2 (docs/algorithm.md §13.6)
     assert sum(p.sample_evals for p in plans) == 70
     assert sum(p.unet_calls for p in plans) == 21
     assert plans[0].pre_evals == (0,) and plans[0].batch_size == 5 and plans[1].batch_size == 5

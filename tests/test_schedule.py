@@ -1,4 +1,4 @@
-"""Golden tests for the per-step injection / blend flags (tficon-algorithm.md 8.4, 13.2, 13.6)."""
+"""Golden tests for the per-step injection / blend flags (docs/algorithm.md §8.4, 13.2, 13.6)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from tficon.schedule import InjectionSchedule, injection_schedule
 
 
 def span(a: int, b: int) -> tuple[int, ...]:
-    """Inclusive integer range as a tuple (the spec tables write 'a–b')."""
+    """Inclusive integer range as a tuple (docs/algorithm.md's tables write 'a–b')."""
     return tuple(range(a, b + 1))
 
 
-# Every row of the spec 8.4 table: (S, k, tau_a, tau_b) -> fg-injection evals, bg-injection evals, x-blend steps.
+# Every row of the docs/algorithm.md §8.4 table: (S, k, tau_a, tau_b) -> fg-injection evals, bg-injection evals, x-blend steps.
 SPEC_8_4_TABLE = [
     ((20, 2, 0.4, 0.8), span(0, 6), span(0, 6), span(2, 14)),  # default
     ((20, 1, 0.4, 0.8), span(0, 7), span(0, 7), span(1, 15)),
@@ -120,7 +120,7 @@ def test_orig_needed_derivation(args, expected):
 
 
 def batched_sample_evals(sched: InjectionSchedule) -> int:
-    """Sample-evaluations of the batched exact design (spec 13.2 / 13.3 / 13.6).
+    """Sample-evaluations of the batched exact design (docs/algorithm.md §13.2 / 13.3 / 13.6).
 
     Warm-up: O and R at t_0..t_{k-2} (2 each), then k calls of [O, R, P, Gu, Gc] in which gen's warm-up
     evaluations see the maps at t_{k-1}. Main loop s = k..S-1: O if orig is needed, R and P if fg is on, Gu and Gc.

@@ -70,7 +70,7 @@ def test_start_latent_region_by_region(model, sample, mode):
 
 
 class _NoInjection(Session):
-    """Plans with every injection and blend switched off (spec 14 item 11)."""
+    """Plans with every injection and blend switched off (docs/algorithm.md §14 item 11)."""
 
     def _plans_for(self, config):
         return tuple(

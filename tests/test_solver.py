@@ -1,4 +1,4 @@
-"""Tests for the continuous-time multistep DPM-Solver++ (tficon-algorithm.md section 5, section 14 items 3-5)."""
+"""Tests for the continuous-time multistep DPM-Solver++ (docs/algorithm.md §5, section 14 items 3-5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prompt encoding and the exceptional prompt e* (tficon-algorithm.md sections 3 and 14 item 6).
+"""Prompt encoding and the exceptional prompt e* (docs/algorithm.md §3 and 14 item 6).
 
 Everything runs on the tiny random SD-shaped text encoders of ``tficon.tiny`` (CPU, float32). The main
 oracle is a hand-written CLIP text transformer (layer norms, causal multi-head attention, MLP) that reads

@@ -1,6 +1,6 @@
 """The composite self-attention of TF-ICON as a diffusers attention processor.
 
-One batched UNet call carries every branch a denoising step needs (tficon-algorithm.md 13.2); a
+One batched UNet call carries every branch a denoising step needs (docs/algorithm.md §13.2); a
 ``BatchLayout`` says which batch row plays which role:
 
 - ``background``   reconstruction of the inverted background (plain attention; its logits feed the composite),
@@ -44,7 +44,7 @@ class BatchLayout:
     """Which batch row plays which role in one UNet call (None: the role is absent).
 
     ``fg`` injects the pseudo-cross and reference logits into the ``cond`` row, ``bg`` injects the
-    ``background`` logits outside the box (tficon-algorithm.md section 9).
+    ``background`` logits outside the box (docs/algorithm.md §9).
     """
 
     background: int | None = None
@@ -232,7 +232,7 @@ class CompositeSelfAttention:
             )
         if layout.pseudo_cross is not None:
             # Keys and values restricted to the reference's own object tokens (the whole reference box
-            # when this resolution has none); queries at every position (tficon-algorithm.md 8.3).
+            # when this resolution has none); queries at every position (docs/algorithm.md §8.3).
             p = layout.pseudo_cross
             keep = self._pseudo_keys(regions, query.device)
             out[p] = F.scaled_dot_product_attention(
@@ -407,7 +407,7 @@ def fused_composite_attention(
 
 
 def composite_logits(own, *, query, key, layout: BatchLayout, regions, outside, scale: float) -> torch.Tensor:
-    """The composite pre-softmax logits of the ``cond`` row (tficon-algorithm.md section 9), float32.
+    """The composite pre-softmax logits of the ``cond`` row (docs/algorithm.md §9), float32.
 
     Assignment order as in the official code, later writes win: the gen row's own logits; the
     background block (query and key both outside the box) from ``background``; every key column of an

@@ -1,6 +1,6 @@
 """Batch composition over folders laid out like the official TF-ICON ``inputs/`` tree, with metrics and reports.
 
-Layout (tficon-algorithm.md 2.1): each sample is one folder ``<root>/.../<prompt>/`` holding
+Layout (docs/algorithm.md §2.1): each sample is one folder ``<root>/.../<prompt>/`` holding
 
 - ``bg*``        the background,
 - ``fg*``        the foreground (a file starting with ``fg`` whose name does not contain ``mask``),
@@ -15,7 +15,7 @@ Differences from the official discovery loop, on purpose: any root works (the of
 ``./inputs/<x>/<prompt>/``), and a folder with a missing, empty, unreadable or ambiguous input is reported with
 the reason and skipped (the official loop silently reuses the previous folder's file).
 
-Output (``out/<sample id>/``): ``result.png``, ``cut_and_paste.png`` (the pixel composite of spec 2.5),
+Output (``out/<sample id>/``): ``result.png``, ``cut_and_paste.png`` (the pixel composite of docs/algorithm.md §2.5),
 ``overlay.png`` (the working-size background with the user box in yellow, the target window in red and the
 object outline in green) and ``sample.json`` (settings, placement, timings, inversion-cache hits, metrics; written
 last, so it marks the sample finished). Over all samples: ``summary.csv``, ``summary.json``,

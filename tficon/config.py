@@ -1,6 +1,6 @@
 """The one configuration object of a composition.
 
-Defaults reproduce the official TF-ICON code (tficon-algorithm.md section 10). Every deviation from
+Defaults reproduce the official TF-ICON code (docs/algorithm.md §10). Every deviation from
 the official behaviour is a named switch that is off by default.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 MODES = ("cross", "same")
 
-# The official script ignores --scale and forces these per domain (tficon-algorithm.md 8.1).
+# The official script ignores --scale and forces these per domain (docs/algorithm.md §8.1).
 OFFICIAL_GUIDANCE = {"cross": 5.0, "same": 2.5}
 
 #: Accepted ranges of the step fractions. tau_a and tau_bg are fractions in [0, 1]. tau_b may exceed 1 on
@@ -53,7 +53,7 @@ class CompositionConfig:
     no_cross_lag:  the pseudo-cross pass uses the reference latent at t_s instead of t_{s-1}.
     background_queries: the pseudo-cross logits injected into the composite use the background
                    (orig) branch's queries against the reference's object keys, our reading of the
-                   paper, instead of the reference's own queries as the official code does (spec 8.3).
+                   paper, instead of the reference's own queries as the official code does (docs/algorithm.md §8.3).
     largest_contour: the target box is the bbox of the largest mask contour instead of OpenCV's first one.
     clip_box:      boxes that leave the image are moved inside instead of raising an error.
     """

@@ -3,7 +3,7 @@
 Every loader names the argument it was given (``name``) in its errors and says how to fix the input,
 because a wrong mode or a soft-edged mask otherwise fails much later, deep inside the geometry or the VAE.
 
-Conventions (the same as the official TF-ICON code, see tficon-algorithm.md sections 2.3 and 4):
+Conventions (the same as the official TF-ICON code, see docs/algorithm.md §2.3 and 4):
 
 - images are RGB, 8 bits per channel;
 - a tensor image is ``(3, H, W)`` float32 in ``[-1, 1]``, computed as ``2 * (x / 255) - 1`` in float32;
@@ -368,7 +368,7 @@ def resize_background(image: Image.Image, size: tuple[int, int]) -> torch.Tensor
 def to_pil(image_tensor: torch.Tensor) -> Image.Image:
     """``(3, H, W)`` (or ``(1, 3, H, W)``) tensor in [-1, 1] -> uint8 RGB PIL image.
 
-    Official rule (spec section 4): ``clamp((x + 1) / 2, 0, 1) * 255`` then *truncate* (not round), done in
+    Official rule (docs/algorithm.md §4): ``clamp((x + 1) / 2, 0, 1) * 255`` then *truncate* (not round), done in
     the tensor's own floating dtype (bfloat16 is widened to float32, which numpy lacks).
     """
     if not isinstance(image_tensor, torch.Tensor):

@@ -1,4 +1,4 @@
-"""Composition and inversion metrics following TF-ICON's stated protocol (ecosystem.md section 5).
+"""Composition and inversion metrics following TF-ICON's stated protocol (docs/evaluation.md §1).
 
 Always available (no weights, no network):
 

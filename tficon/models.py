@@ -290,7 +290,7 @@ class LoadedModel:
         return self._exceptional
 
     def encode_image(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Encode images to scaled latents: a posterior *sample*, as the official code takes (spec 4).
+        """Encode images to scaled latents: a posterior *sample*, as the official code takes (docs/algorithm.md §4).
 
         ``z = (mean + std * eps) * latent_scaling`` where, for each image in batch order, ``eps`` is one
         float32 draw of shape ``(1, C, h, w)`` from ``generator`` on the generator's device (the official

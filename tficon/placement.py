@@ -1,6 +1,6 @@
 """Exact placement geometry of TF-ICON: user mask/box + foreground -> pixel and latent boxes and index sets.
 
-Everything here follows tficon-algorithm.md sections 2.2-2.7 integer for integer. At H = W = 512 with latent
+Everything here follows docs/algorithm.md §2.2-2.7 integer for integer. At H = W = 512 with latent
 factor 8 every number equals the official code's (its constants 512, 256 and 64 are written here as the working
 size H or W, ``min(H, W) / 2`` and the latent size). All functions are pure; results are frozen dataclasses.
 
@@ -21,7 +21,7 @@ numpy and tested against ``cv2`` in the test suite:
   (8-connected foreground, 4-connected background, blobs inside holes excluded), in *reverse* raster order of
   each blob's first pixel; index 0 is therefore the blob whose first pixel comes last in raster order;
 - ``cv2.resize(..., INTER_NEAREST)``: source index ``min(floor(dst * (1.0 / (dst_size / src_size))), src_size - 1)``
-  in double precision. This is the ``floor(dst * src_size / dst_size)`` rule of the spec except where that
+  in double precision. This is the ``floor(dst * src_size / dst_size)`` rule of docs/algorithm.md §2.4 except where that
   product is an exact integer, where OpenCV's rounded reciprocal can land one below (e.g. 2 -> 98 pixels).
 """
 
@@ -266,7 +266,7 @@ def resolve_geometry(geometry: str, image_size: tuple[int, int], latent_factor: 
 
 
 def _reference_span(extent: int, size: int, grid: int, geometry: str = "official") -> tuple[int, int]:
-    """Reference box span on a grid of ``grid`` cells over ``size`` pixels (spec 2.6, ``r`` = grid, 512 = size).
+    """Reference box span on a grid of ``grid`` cells over ``size`` pixels (docs/algorithm.md §2.6, ``r`` = grid, 512 = size).
 
     Centred geometry rounds the end up instead of down, so the span covers the whole object window.
     """
@@ -277,7 +277,7 @@ def _reference_span(extent: int, size: int, grid: int, geometry: str = "official
 
 
 def _target_span(fraction: float, grid: int, extent: int) -> tuple[int, int]:
-    """Target span ``[c - ceil(extent/2), c + floor(extent/2))`` around ``c = int(fraction * grid)`` (spec 2.5/2.6)."""
+    """Target span ``[c - ceil(extent/2), c + floor(extent/2))`` around ``c = int(fraction * grid)`` (docs/algorithm.md §2.5/2.6)."""
     centre = int(fraction * grid)
     return centre - _ceil_half(extent), centre + extent // 2
 
@@ -294,7 +294,7 @@ def _pixel_target_span(fraction: float, size: int, extent: int, geometry: str) -
 def _grid_spans(fraction: float, size: int, extent: int, grid: int, geometry: str) -> tuple[int, int, int, int]:
     """``(reference start, stop, target start, stop)`` on a ``grid``-cell axis.
 
-    Official: spec 2.6's formulas. Centred: the reference span moved by the object's pixel offset rounded to
+    Official: docs/algorithm.md §2.6's formulas. Centred: the reference span moved by the object's pixel offset rounded to
     cells; where the moved span passes an edge of the grid (its end cells are only partly covered by the
     object, which itself lies inside the image), both spans lose the same cells, so they stay aligned.
     """
@@ -338,7 +338,7 @@ def _clip_fraction(fraction: float, size: int, extent: int, grids: Sequence[int]
 
 @dataclass(frozen=True)
 class Placement:
-    """Where the foreground goes, in pixels and on every latent/attention grid (spec 2.2-2.7).
+    """Where the foreground goes, in pixels and on every latent/attention grid (docs/algorithm.md §2.2-2.7).
 
     Sizes ``(H, W)`` are (rows, cols); ``fg_size`` and ``foreground_size`` are PIL-style ``(width, height)``.
     """
@@ -371,9 +371,9 @@ class Placement:
         return self.image_size[0] // self.latent_factor, self.image_size[1] // self.latent_factor
 
     def boxes_at(self, h: int, w: int) -> tuple[Box, Box]:
-        """``(reference box, target box)`` on an ``h x w`` attention grid (spec 2.7).
+        """``(reference box, target box)`` on an ``h x w`` attention grid (docs/algorithm.md §2.7).
 
-        The spec 2.6 formulas re-evaluated on this grid (their own truncations; not the latent box divided).
+        The docs/algorithm.md §2.6 formulas re-evaluated on this grid (their own truncations; not the latent box divided).
         Raises ValueError when the target box leaves the grid or either box is empty on it.
         """
         reference, target = _grid_boxes(self.image_size, self.fg_size, self.f_row, self.f_col, h, w, self.geometry)
@@ -390,7 +390,7 @@ def _grid_boxes(
     w: int,
     geometry: str = "official",
 ) -> tuple[Box, Box]:
-    """Unvalidated ``(reference box, target box)`` on an ``h x w`` grid (spec 2.6 with r -> h or w)."""
+    """Unvalidated ``(reference box, target box)`` on an ``h x w`` grid (docs/algorithm.md §2.6 with r -> h or w)."""
     height, width = image_size
     w_fg, h_fg = fg_size
     top, bottom, row0, row1 = _grid_spans(f_row, height, h_fg, h, geometry)
@@ -539,7 +539,7 @@ def _build_placement(
 
 
 def _scale_from_bbox(w_box: int, h_box: int, base: float) -> float:
-    """Official ``scale`` (spec 2.2 step 4): the same float expressions, then Python ``round(., 2)``."""
+    """Official ``scale`` (docs/algorithm.md §2.2, item 3): the same float expressions, then Python ``round(., 2)``."""
     if h_box / w_box > 1:
         scale = h_box / base
     else:
@@ -573,7 +573,7 @@ def compute_placement(
     levels: int = 4,
     geometry: str = "auto",
 ) -> Placement:
-    """Placement from a user mask or box (spec 2.2, 2.4-2.7).
+    """Placement from a user mask or box (docs/algorithm.md §2.2, 2.4-2.7).
 
     Args:
         mask_or_box: a 2-D user mask (bool, uint8 set where ``> 127``, or PIL image) in its own pixel
@@ -710,7 +710,7 @@ def _object_mask_bits(object_mask: Image.Image | np.ndarray) -> np.ndarray:
 def prepare_foreground(
     foreground: Image.Image, object_mask: Image.Image | np.ndarray, placement: Placement
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """The centred reference canvas and the padded object mask ``Mpad`` (spec 2.4).
+    """The centred reference canvas and the padded object mask ``Mpad`` (docs/algorithm.md §2.4).
 
     The foreground is resized to ``placement.fg_size`` with PIL BICUBIC; the object mask is binarised with PIL
     ``convert("1")`` and resized to the same size with OpenCV's nearest rule; each is centred at row
@@ -750,7 +750,7 @@ def prepare_foreground(
 def cut_and_paste(
     background: torch.Tensor, reference: torch.Tensor, mpad: np.ndarray, placement: Placement
 ) -> torch.Tensor:
-    """Pixel composite of spec 2.5: inside the target window ``bg * (1 - m) + ref_window * m``, ``bg`` elsewhere.
+    """Pixel composite of docs/algorithm.md §2.5: inside the target window ``bg * (1 - m) + ref_window * m``, ``bg`` elsewhere.
 
     Args:
         background, reference: ``(3, H, W)`` in [-1, 1]; mpad: ``(H, W)`` 0/1.
@@ -787,7 +787,7 @@ def segmentation_at(mpad: np.ndarray, stride: int | tuple[int, int], geometry: s
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Index sets for the attention processor (spec 2.7)
+# Index sets for the attention processor (docs/algorithm.md §2.7)
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -844,7 +844,7 @@ def _box_indices(box: Box, width: int, n_tokens: int) -> torch.Tensor:
 
 
 def region_indices(placement: Placement, mpad: np.ndarray, height: int, width: int) -> RegionIndex:
-    """Index sets B, F, R, c and Q on a ``height x width`` attention grid (spec 2.7).
+    """Index sets B, F, R, c and Q on a ``height x width`` attention grid (docs/algorithm.md §2.7).
 
     The segmentation there is ``mpad`` sampled at stride ``H / height`` (rows) and ``W / width`` (cols) from
     pixel (0, 0) (= ``seg64[::64 / r]`` at 512), which must be integers.

@@ -1,7 +1,7 @@
 """What each composition step does: a pure plan derived from the injection schedule.
 
 The Session executes plans; keeping them pure makes three things easy: testing the batched design
-against tficon-algorithm.md 13.3/13.6 without a model, counting UNet work, and finding the first
+against docs/algorithm.md §13.3/13.6 without a model, counting UNet work, and finding the first
 step whose result changes when a setting changes (the first step whose plan differs).
 
 Step s (0..S) leaves the generation branch at grid index s: steps s >= 1 first move every active

@@ -1,4 +1,4 @@
-"""Which injections and blends are active at each step of the composition (tficon-algorithm.md, section 8.4).
+"""Which injections and blends are active at each step of the composition (docs/algorithm.md §8.4).
 
 Pure Python, no torch: one frozen dataclass that answers, per model evaluation or per solver step, the questions the
 composition loop asks. Indices:
@@ -9,7 +9,7 @@ composition loop asks. Indices:
 
 The official bounds are ``int(tau * steps + 1 - order)``, computed with Python float arithmetic and ``int()``
 truncation (toward zero), which this module reproduces exactly: e.g. ``0.3 * 20 = 6.000000000000001``, so
-``tau_a = 0.3`` gives the bound 5 for ``order = 2``. Quirks kept on purpose (all [CODE] in the spec):
+``tau_a = 0.3`` gives the bound 5 for ``order = 2``. Quirks kept on purpose (all marked [quirk] in docs/algorithm.md §8.4 and §11):
 
 - warm-up evaluations (``i < order``) are always fg- and bg-injected, whatever ``tau_a`` is;
 - all warm-up evaluations of ``gen`` use the maps recorded at ``t_{order-1}`` (``maps_index``);
@@ -138,7 +138,7 @@ class InjectionSchedule:
            ``t_{s-1}, ..., t_{s-m}`` (m = that step's order), i.e. from evaluations with index <= s - 1. So orig
            must be evaluated at every ``i <= last_blend_step - 1``; nothing later reads it.
 
-        Default (S = 20, k = 2, tau_b = 0.8): blends after s = 2..14, so evaluations 0..13 (spec 13.6: O is still
+        Default (S = 20, k = 2, tau_b = 0.8): blends after s = 2..14, so evaluations 0..13 (docs/algorithm.md §13.6: O is still
         evaluated at s = 7..13 although bg injection stopped after 6).
         """
         self._check_eval(i)

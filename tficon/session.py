@@ -10,7 +10,7 @@ Phases, in order (each runs the ones before it when needed):
 2. ``encode``         VAE posterior samples of the background (the cut-and-paste in "same" mode) and of
                       the reference, the first two draws of the seeded generator;
 3. ``invert()``       exceptional-prompt DPM-Solver++ inversion of both latents (cached);
-4. ``compose_start()`` the start latent (noise incorporation, spec 7), the next generator draws;
+4. ``compose_start()`` the start latent (noise incorporation, docs/algorithm.md §7), the next generator draws;
 5. ``step()``         steps 0..S: step s leaves gen at grid index s (see ``tficon.plan``), each one
                       batched UNet call over the active roles with the composite self-attention;
 6. ``decode()`` / ``result``.
@@ -89,7 +89,7 @@ class Inputs:
     background: torch.Tensor  # (3, H, W) in [-1, 1], resized background
     reference: torch.Tensor  # (3, H, W) in [-1, 1], foreground centred on black
     object_mask: np.ndarray  # (H, W) float64 0/1, the padded object mask (Mpad)
-    cut_and_paste: torch.Tensor  # (3, H, W) pixel composite (spec 2.5)
+    cut_and_paste: torch.Tensor  # (3, H, W) pixel composite (docs/algorithm.md §2.5)
 
 
 class Session:
@@ -337,7 +337,7 @@ class Session:
         return self._inverted
 
     def compose_start(self) -> torch.Tensor:
-        """The start latent (spec 7): inverted background outside the box, inverted reference (cross) or
+        """The start latent (docs/algorithm.md §7): inverted background outside the box, inverted reference (cross) or
         inverted composite (same) on the object, fresh noise in the rest of the box."""
         if self._start is None:
             x_bg, x_ref = self.invert()

@@ -5,7 +5,7 @@ Both functions take a diffusers-format ``CLIPTextModel`` (transformers 4.x, whic
 UNet's ``encoder_hidden_states``: ``(1, L, D)`` with ``L`` the tokenizer window (77 for SD) and ``D`` the
 encoder width (768 SD 1.x, 1024 SD 2.x).
 
-The exceptional embedding (tficon-algorithm.md section 3) is what the official code feeds the UNet during
+The exceptional embedding (docs/algorithm.md §3) is what the official code feeds the UNet during
 inversion: 77 copies of one token (7788, ``rian</w>`` in CLIP's BPE), looked up in the token embedding with
 *no* positional embedding, run through every layer of the loaded encoder and the final layer norm. Since
 the inputs are identical and carry no position, every output row is the same vector, so we compute a
