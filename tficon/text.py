@@ -56,10 +56,7 @@ def encode_prompt(tokenizer, text_encoder: nn.Module, prompt: str, *, name: str 
     # verbose=False: the length check below replaces the tokenizer's own "sequence too long" warning.
     n_tokens = len(tokenizer(prompt, truncation=False, verbose=False).input_ids)
     if n_tokens > limit:
-        raise ValueError(
-            f"{name} is too long: it needs {n_tokens} tokens (start and end tokens included) but the text "
-            f"encoder's window holds {limit}; shorten the {name}."
-        )
+        raise ValueError(_too_many_tokens(tokenizer, prompt, name, n_tokens, limit))
     ids = tokenizer(prompt, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
     # The SD pipeline passes the padding mask only for encoders configured to use one (CLIP is not).
     attention_mask = None
@@ -67,6 +64,29 @@ def encode_prompt(tokenizer, text_encoder: nn.Module, prompt: str, *, name: str 
         attention_mask = ids.attention_mask.to(text_encoder.device)
     with torch.no_grad():
         return text_encoder(ids.input_ids.to(text_encoder.device), attention_mask=attention_mask)[0]
+
+
+def _too_many_tokens(tokenizer, prompt: str, name: str, n_tokens: int, limit: int) -> str:
+    """The message for a prompt past the window: the token count and the words that split into several pieces
+    (a short prompt of rare or misspelt words can fill the window, and "too long" would not say why)."""
+    words = prompt.split()
+    pieces = {}
+    for word in dict.fromkeys(words):
+        count = len(tokenizer(word, add_special_tokens=False, verbose=False).input_ids)
+        if count > 1:
+            pieces[word] = count
+    message = (
+        f"{name} is too long: it needs {n_tokens} tokens (start and end tokens included) but the text encoder's "
+        f"window holds {limit}; it has {len(words)} words"
+    )
+    if pieces:
+        worst = sorted(pieces.items(), key=lambda item: -item[1])[:8]
+        listed = ", ".join(f"{word!r} -> {count}" for word, count in worst)
+        message += f", and the tokenizer splits some into several pieces ({listed} tokens)"
+        message += f"; shorten the {name} or use common words (those above cost the most)"
+    else:
+        message += f"; shorten the {name}"
+    return message + "."
 
 
 def exceptional_embedding(text_encoder: nn.Module, token_id: int = 7788, length: int = 77) -> torch.Tensor:
