@@ -1,0 +1,104 @@
+"""Stable Diffusion architectures from their published configs, with random weights (no download).
+
+The UNet configs are the ``unet/config.json`` of stable-diffusion-v1-5, stable-diffusion-2-1-base and
+stable-diffusion-xl-base-1.0, written out here with the keys that change the architecture (the rest are
+diffusers' defaults). Weights are random: good for memory and time, meaningless for images.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+_SD1_BLOCKS = dict(
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    in_channels=4,
+    out_channels=4,
+    sample_size=64,
+)
+
+UNET_CONFIGS = {
+    "sd15": dict(_SD1_BLOCKS, cross_attention_dim=768, attention_head_dim=8),
+    "sd21": dict(_SD1_BLOCKS, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True),
+    "sdxl": dict(
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(320, 640, 1280),
+        layers_per_block=2,
+        transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20),
+        cross_attention_dim=2048,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+        norm_num_groups=32,
+        in_channels=4,
+        out_channels=4,
+        sample_size=128,
+    ),
+}
+
+NATIVE_SIZE = {"sd15": 512, "sd21": 512, "sdxl": 1024}
+TEXT_TOKENS = 77
+
+_TEXT_CONFIGS = {  # CLIP ViT-L/14 (SD 1.x) and OpenCLIP ViT-H/14 (SD 2.x, penultimate layer: 23 layers)
+    "sd15": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                 hidden_act="quick_gelu"),
+    "sd21": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                 hidden_act="gelu"),
+}
+
+SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                 set_alpha_to_one=False, steps_offset=1, skip_prk_steps=True, prediction_type="epsilon")
+
+
+def unet(name: str, *, seed: int = 0) -> UNet2DConditionModel:
+    """The named UNet architecture (``sd15``, ``sd21``, ``sdxl``) with seeded random weights, float32, eval."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**UNET_CONFIGS[name]).eval().requires_grad_(False)
+
+
+def extra_unet_inputs(name: str, batch: int, size: int, dtype: torch.dtype, device="cpu") -> dict:
+    """SDXL's pooled-text and size conditioning (random); nothing for SD 1.x / 2.x."""
+    if name != "sdxl":
+        return {}
+    time_ids = torch.tensor([size, size, 0, 0, size, size], dtype=dtype, device=device).repeat(batch, 1)
+    return {"added_cond_kwargs": {"text_embeds": torch.randn(batch, 1280, dtype=dtype, device=device),
+                                  "time_ids": time_ids}}
+
+
+def loaded_model(name: str, *, device, dtype, seed: int = 0):
+    """A full tficon ``LoadedModel`` (UNet, VAE, text encoder) of SD 1.5 / SD 2.1-base size, random weights.
+
+    The tokenizer is tficon's small offline one (its ids fit the real vocabulary); only sizes matter here.
+    """
+    from tficon.clip_tokenizer import build_clip_tokenizer
+    from tficon.models import SD_EXCEPTIONAL_TOKEN_ID, assemble_loaded_model
+    from tficon.tiny import TINY_WORDS
+
+    if name not in _TEXT_CONFIGS:
+        raise ValueError(f"a full model is built for {sorted(_TEXT_CONFIGS)} only, got {name!r}")
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+        latent_channels=4, norm_num_groups=32, sample_size=512, scaling_factor=0.18215,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, max_position_embeddings=TEXT_TOKENS, layer_norm_eps=1e-5,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, **_TEXT_CONFIGS[name],
+    ))
+    return assemble_loaded_model(
+        vae=vae, unet=unet(name, seed=seed), text_encoder=text_encoder,
+        tokenizer=build_clip_tokenizer(TINY_WORDS, model_max_length=TEXT_TOKENS),
+        scheduler_config=dict(PNDMScheduler(**SCHEDULER).config),
+        family="sd1" if name == "sd15" else "sd2", spec=f"random:{name}", exceptional_token_id=SD_EXCEPTIONAL_TOKEN_ID,
+        image_size=NATIVE_SIZE[name], device=device, dtype=dtype,
+    )
