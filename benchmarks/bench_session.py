@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the official-structure oracle
 
 from tficon import solver  # noqa: E402
-from tficon.inversion import _caches, noise_schedule  # noqa: E402
+from tficon.engine import Engine  # noqa: E402
 from tficon.samples import toy_sample  # noqa: E402
 from tficon.session import Session  # noqa: E402
 
@@ -75,27 +75,21 @@ def bench(name: str, steps: int, repeats: int) -> dict:
     model, size = _load(name)
     sample = toy_sample(image_size=size)
     counter = _Counter(model.unet)
-    schedule = noise_schedule(model)
+    plain_engine = Engine(model)
+    schedule = plain_engine.schedule
     e_u, e_c = model.encode_prompt(""), model.encode_prompt(sample.prompt)
 
     def txt2img():
         x = torch.randn(1, model.latent_channels, size // model.vae_scale_factor, size // model.vae_scale_factor,
                         generator=torch.Generator().manual_seed(0)).to(model.device)
 
-        def fn(z, t):
-            out = model.unet(torch.cat([z, z]).to(model.dtype), torch.cat([t, t]),
-                             encoder_hidden_states=torch.cat([e_u, e_c])).sample.float()
-            return out[:1] + 5.0 * (out[1:] - out[:1])
+        return solver.sample(plain_engine.model_fn(e_c, e_u, 5.0), x, schedule, steps, 2)
 
-        with torch.no_grad():
-            return solver.sample(fn, x, schedule, steps, 2)
-
-    def session():
+    def session():  # a new Session has a new engine, so an empty inversion cache: the inversions are measured
         return Session(model, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt,
                        image_size=size, steps=steps)
 
     def composition():
-        _caches.pop(model.unet, None)  # measure the inversions too
         return session().run()
 
     if model.device.type == "cuda":

@@ -74,10 +74,10 @@ def test_batched_session_matches_sequential_official_structure(model, case):
     session = Session(model, sample.background, sample.foreground, sample.foreground_mask, box, sample.prompt,
                       image_size=SIZE, steps=10, **settings).run()
     want = _oracle(session)
-    got = [r.gen.x for r in session.records]
-    assert len(got) == len(want["gen"])
+    got = [r.generation.x for r in session.records]
+    assert len(got) == len(want["generation"])
     scale = want["final"].abs().max()
-    for s, (a, b) in enumerate(zip(got, want["gen"])):
+    for s, (a, b) in enumerate(zip(got, want["generation"])):
         assert (a - b).abs().max() <= 1e-5 * scale + 1e-5, f"step {s}: {(a - b).abs().max():.3g} (scale {scale:.3g})"
     # the composition is not trivially equal to the background reconstruction or plain sampling
     assert (want["final"] - want["orig"][-1]).abs().max() > 1e-2 * scale
@@ -89,7 +89,7 @@ def test_oracle_disagrees_when_a_quirk_is_dropped(model):
     session = Session(model, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt,
                       image_size=SIZE, steps=10).run()
     want = _oracle(session, cross_lag=False)
-    assert (session.records[-1].gen.x - want["final"]).abs().max() > 1e-3
+    assert (session.records[-1].generation.x - want["final"]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2-v"])
@@ -101,4 +101,4 @@ def test_other_families_match_the_oracle_too(family):
                       image_size=SIZE, steps=8).run()
     want = _oracle(session)
     scale = want["final"].abs().max()
-    assert (session.records[-1].gen.x - want["final"]).abs().max() <= 1e-5 * scale + 1e-5
+    assert (session.records[-1].generation.x - want["final"]).abs().max() <= 1e-5 * scale + 1e-5

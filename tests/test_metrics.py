@@ -312,15 +312,18 @@ def tiny():
 
 def test_inversion_metrics_reconstruct_and_measure(tiny):
     from tficon import solver
-    from tficon.inversion import invert_latent, noise_schedule
+    from tficon.engine import Engine, noise_schedule
     from tficon.samples import toy_sample
 
     image = toy_sample().background  # 64 x 64
-    out = inversion_metrics(tiny, image, steps=4, order=2, return_tensors=True)
+    engine = Engine(tiny)
+    out = inversion_metrics(tiny, image, steps=4, order=2, return_tensors=True, engine=engine)
     t = out["tensors"]
-    # the exceptional prompt uses the same (cached) inversion as a composition
-    expected_xt, _ = invert_latent(tiny, t["z0"], 4, 2)
-    assert torch.equal(t["x_T"], expected_xt)
+    assert engine.sample_evals == 8  # 4 inversion + 4 reconstruction evaluations, all through the engine
+    # the exceptional-prompt inversion is the engine's (cached: a second ask costs nothing and is the same)
+    (expected_xt,), cached, evals = engine.invert([t["z0"]], 4, 2)
+    assert cached == [True] and evals == 0 and torch.equal(t["x_T"], expected_xt)
+    assert torch.equal(Engine(tiny).invert([t["z0"]], 4, 2)[0][0], expected_xt)  # and what a fresh engine computes
     # the reconstruction is the solver run back with the same conditioning
     embedding = tiny.exceptional_embedding()
     fn = lambda x, mt: tiny.unet(x, mt, encoder_hidden_states=embedding.expand(x.shape[0], -1, -1)).sample  # noqa: E731

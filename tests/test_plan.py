@@ -33,10 +33,10 @@ def test_official_warmup_reads_maps_at_t_k_minus_1_and_pseudo_lag():
     assert all(p.fg and p.bg for p in plans[:2])
     assert plans[1].history_blend and not any(p.history_blend for p in plans if p.s != 1)
     assert [p.s for p in plans if p.blend] == list(range(2, 15))
-    # orig/ref run ahead in the warm-up, so they only move from step k on
-    assert not any(p.advance_orig or p.advance_ref for p in plans[:2])
-    assert [p.s for p in plans if p.advance_ref] == [2, 3, 4, 5, 6]
-    assert [p.s for p in plans if p.advance_orig] == list(range(2, 15))
+    # background/reference run ahead in the warm-up, so they only move from step k on
+    assert not any(p.advance_background or p.advance_reference for p in plans[:2])
+    assert [p.s for p in plans if p.advance_reference] == [2, 3, 4, 5, 6]
+    assert [p.s for p in plans if p.advance_background] == list(range(2, 15))
 
 
 def test_aligned_warmup_and_no_lag():
@@ -44,7 +44,7 @@ def test_aligned_warmup_and_no_lag():
     assert plans[0].pre_evals == ()
     assert [p.map_index for p in plans[:3]] == [0, 1, 2]
     assert [p.pseudo_latent for p in plans[:4]] == [0, 1, 2, 3]
-    assert plans[1].advance_orig and plans[1].advance_ref
+    assert plans[1].advance_background and plans[1].advance_reference
     assert sum(p.sample_evals for p in plans) == 5 + 5 + 25 + 21 + 12
 
 
@@ -58,7 +58,7 @@ def test_orders_and_pre_evaluations(order):
 def test_tau_change_first_divergence():
     before, after = _plans(tau_b=0.8), _plans(tau_b=0.9)
     first = next(s for s, (a, b) in enumerate(zip(before, after)) if a != b)
-    # orig must now be evaluated one step longer (its D at t_14 feeds the blend after step 15)
+    # the background branch must now be evaluated one step longer (its D at t_14 feeds the blend after step 15)
     assert first == 14
     before, after = _plans(tau_a=0.4), _plans(tau_a=0.5)
     assert next(s for s, (a, b) in enumerate(zip(before, after)) if a != b) == 7
@@ -69,11 +69,11 @@ def test_step_range_is_checked():
         step_plan(injection_schedule(20, 2, 0.4, 0.8), 21)
 
 
-def test_background_queries_keep_orig_in_the_batch_while_fg_is_on():
+def test_background_queries_keep_background_in_the_batch_while_fg_is_on():
     schedule = injection_schedule(20, 2, 0.6, 0.8, 0.2)  # fg evals 0-10, bg 0-3
     official = composition_plan(schedule)
     option = composition_plan(schedule, background_queries=True)
-    assert all(p.orig_row for p in option if p.fg)
+    assert all(p.background_row for p in option if p.fg)
     assert [p.s for p in option if p.background_queries] == [p.s for p in official if p.fg]
     assert not any(p.background_queries for p in official)
     assert next(s for s, (a, b) in enumerate(zip(official, option)) if a != b) == 0

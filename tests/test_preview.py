@@ -19,7 +19,7 @@ def test_fitted_map_previews_unseen_toy_images_better_than_their_mean_colour():
         x = io.image_to_tensor(render_scene(seed)[0])[None]
         with torch.no_grad():
             z = model.vae.encode(x).latent_dist.mean * model.latent_scaling
-        preview = latent_to_rgb(model, z, rgb_map)
+        preview = latent_to_rgb(z, rgb_map)
         target = (F.avg_pool2d(x, model.vae_scale_factor)[0] + 1) / 2
         assert preview.shape == target.shape and preview.min() >= 0 and preview.max() <= 1
         errors.append((preview - target).abs().mean())

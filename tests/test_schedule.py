@@ -37,7 +37,7 @@ def test_spec_table_rows(args, fg, bg, blends):
     # The per-index predicates agree with the tables, including the last eval / step.
     steps = args[0]
     assert [sched.fg_inject(i) for i in range(steps)] == [i in fg for i in range(steps)]
-    assert [sched.ref_needed(i) for i in range(steps)] == [i in fg for i in range(steps)]
+    assert [sched.reference_needed(i) for i in range(steps)] == [i in fg for i in range(steps)]
     assert [sched.blend_after(s) for s in range(1, steps + 1)] == [s in blends for s in range(1, steps + 1)]
 
 
@@ -82,7 +82,7 @@ def test_warmup_steps_are_never_latent_blended():
 
 def test_maps_index_official_and_aligned():
     official = injection_schedule(20, 2, 0.4, 0.8)
-    assert [official.maps_index(i) for i in range(4)] == [1, 1, 2, 3]  # gen@t_0 uses maps from t_1
+    assert [official.maps_index(i) for i in range(4)] == [1, 1, 2, 3]  # generation@t_0 uses maps from t_1
     third = injection_schedule(20, 3, 0.4, 0.8)
     assert [third.maps_index(i) for i in range(5)] == [2, 2, 2, 3, 4]
     first = injection_schedule(20, 1, 0.4, 0.8)
@@ -93,49 +93,49 @@ def test_maps_index_official_and_aligned():
     assert aligned.fg_evals() == third.fg_evals() and aligned.blend_steps() == third.blend_steps()
 
 
-def test_orig_needed_matches_spec_13_6_default():
+def test_background_needed_matches_spec_13_6_default():
     sched = injection_schedule(20, 2, 0.4, 0.8)
-    # O while bg injection is on (0..6) or while orig's latent is needed for the blends up to s = 14 (evals <= 13).
-    assert sched.orig_evals() == span(0, 13)
-    assert not sched.orig_needed(14)
+    # O while bg injection is on (0..6) or while the background branch's latent is needed for the blends up to s = 14 (evals <= 13).
+    assert sched.background_evals() == span(0, 13)
+    assert not sched.background_needed(14)
 
 
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        ((20, 2, 0.4, 0.0), span(0, 6)),  # no blends: only bg injection needs orig
-        ((20, 2, 0.4, 1.1), span(0, 19)),  # blend after the final step 20 needs orig's D up to t_19
-        ((20, 2, 0.0, 0.0, 0.0), span(0, 1)),  # warm-up D-history blend always needs orig's warm-up D's
+        ((20, 2, 0.4, 0.0), span(0, 6)),  # no blends: only bg injection needs the background branch
+        ((20, 2, 0.4, 1.1), span(0, 19)),  # blend after the final step 20 needs the background branch's D up to t_19
+        ((20, 2, 0.0, 0.0, 0.0), span(0, 1)),  # warm-up D-history blend always needs the background branch's warm-up D's
         ((20, 3, 0.4, 0.8), span(0, 12)),  # blends 3..13
         ((20, 2, 0.8, 0.3, 0.5), span(0, 8)),  # bg evals 0..8 outlast the blends 2..4 (which need evals <= 3)
     ],
 )
-def test_orig_needed_derivation(args, expected):
+def test_background_needed_derivation(args, expected):
     sched = injection_schedule(*args)
-    assert sched.orig_evals() == expected
+    assert sched.background_evals() == expected
     # Independent restatement: needed iff warm-up, bg-injected, or some later blend step s has i <= s - 1.
     for i in range(sched.steps):
         later_blend = any(i <= s - 1 for s in sched.blend_steps())
-        assert sched.orig_needed(i) == (i < sched.order or sched.bg_inject(i) or later_blend)
+        assert sched.background_needed(i) == (i < sched.order or sched.bg_inject(i) or later_blend)
 
 
 def batched_sample_evals(sched: InjectionSchedule) -> int:
     """Sample-evaluations of the batched exact design (docs/algorithm.md §13.2 / 13.3 / 13.6).
 
-    Warm-up: O and R at t_0..t_{k-2} (2 each), then k calls of [O, R, P, Gu, Gc] in which gen's warm-up
-    evaluations see the maps at t_{k-1}. Main loop s = k..S-1: O if orig is needed, R and P if fg is on, Gu and Gc.
+    Warm-up: O and R at t_0..t_{k-2} (2 each), then k calls of [O, R, P, Gu, Gc] in which the generation branch's warm-up
+    evaluations see the maps at t_{k-1}. Main loop s = k..S-1: O if the background branch is needed, R and P if fg is on, Gu and Gc.
     """
     k = sched.order
     total = 2 * (k - 1) + 5 * k
     for s in range(k, sched.steps):
-        total += int(sched.orig_needed(s)) + 2 * int(sched.ref_needed(s)) + 2
+        total += int(sched.background_needed(s)) + 2 * int(sched.reference_needed(s)) + 2
     return total
 
 
 def test_batched_sample_eval_count_matches_spec_13_6():
     sched = injection_schedule(20, 2, 0.4, 0.8)
     # A2 + B5 + C5 + 5 x 5 (s = 2..6) + 7 x 3 (s = 7..13) + 6 x 2 (s = 14..19) = 70.
-    roles = [int(sched.orig_needed(s)) + 2 * int(sched.ref_needed(s)) + 2 for s in range(2, 20)]
+    roles = [int(sched.background_needed(s)) + 2 * int(sched.reference_needed(s)) + 2 for s in range(2, 20)]
     assert roles == [5] * 5 + [3] * 7 + [2] * 6
     assert batched_sample_evals(sched) == 70
 
@@ -174,7 +174,7 @@ def test_invalid_arguments_raise_clear_errors(kwargs, error, match):
 
 def test_indices_out_of_range_raise():
     sched = injection_schedule(20, 2, 0.4, 0.8)
-    for method in (sched.fg_inject, sched.bg_inject, sched.ref_needed, sched.maps_index, sched.orig_needed):
+    for method in (sched.fg_inject, sched.bg_inject, sched.reference_needed, sched.maps_index, sched.background_needed):
         with pytest.raises(ValueError, match="eval index"):
             method(20)  # no evaluation at the final grid point
         with pytest.raises(ValueError, match="eval index"):

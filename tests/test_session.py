@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tficon import solver
-from tficon.inversion import noise_schedule
+from tficon.engine import noise_schedule
 from tficon.session import Session
 from tiny_setup import SIZE, new_session
 
@@ -96,42 +96,42 @@ def test_plumbing_everything_off_equals_plain_cfg_sampling(model, sample, finish
                        image_size=SIZE, steps=STEPS).run()
     plain = _plain_cfg(off)
     # batch-size-dependent kernel rounding, amplified by guidance 5, is the only difference
-    torch.testing.assert_close(off.records[-1].gen.x, plain, atol=3e-4, rtol=1e-3)
+    torch.testing.assert_close(off.records[-1].generation.x, plain, atol=3e-4, rtol=1e-3)
     # the official flags with tau_a = 0 still inject during the warm-up, so they do not give plain sampling
     tau0 = make(model, sample, tau_a=0.0, tau_b=0.0).run()
-    assert (tau0.records[-1].gen.x - plain).abs().max() > 1e-3
+    assert (tau0.records[-1].generation.x - plain).abs().max() > 1e-3
 
 
 def test_blend_invariants(model, sample, finished):
     P = finished.placement.latent_target_box
-    outside = torch.ones(finished.records[0].gen.x.shape[-2:], dtype=torch.bool)
+    outside = torch.ones(finished.records[0].generation.x.shape[-2:], dtype=torch.bool)
     outside[P.slices()] = False
     blended = [r for r in finished.records if r.plan.blend]
     assert blended
     for record in blended:
-        assert torch.equal(record.gen.x[..., outside], record.orig.x[..., outside])
+        assert torch.equal(record.generation.x[..., outside], record.background.x[..., outside])
     for record in finished.records:
-        if not record.plan.blend and record.s > 0 and record.orig.index == record.s:
-            assert not torch.equal(record.gen.x[..., outside], record.orig.x[..., outside])
-    # with tau_b >= (S + k) / S every step blends: the result outside the box is orig's reconstruction
+        if not record.plan.blend and record.s > 0 and record.background.index == record.s:
+            assert not torch.equal(record.generation.x[..., outside], record.background.x[..., outside])
+    # with tau_b >= (S + k) / S every step blends: the result outside the box is the background branch's reconstruction
     full = make(model, sample, tau_b=(STEPS + 2) / STEPS + 0.05).run()
     final = full.records[-1]
-    assert final.orig.index == STEPS
-    assert torch.equal(final.gen.x[..., outside], final.orig.x[..., outside])
+    assert final.background.index == STEPS
+    assert torch.equal(final.generation.x[..., outside], final.background.x[..., outside])
     x_bg, _ = full.invert()
     e_star = model.exceptional_embedding()
     with torch.no_grad():
         recon = solver.sample(
             lambda x, t: model.unet(x, t, encoder_hidden_states=e_star).sample, x_bg, noise_schedule(model), STEPS, 2
         )
-    torch.testing.assert_close(final.gen.x[..., outside], recon[..., outside], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(final.generation.x[..., outside], recon[..., outside], atol=1e-4, rtol=1e-4)
 
 
 def test_same_seed_is_bitwise_repeatable_and_seed_matters(model, sample, finished):
     again = make(model, sample).run()
-    assert torch.equal(again.records[-1].gen.x, finished.records[-1].gen.x)
+    assert torch.equal(again.records[-1].generation.x, finished.records[-1].generation.x)
     other = make(model, sample, seed=1).run()
-    assert not torch.equal(other.records[-1].gen.x, finished.records[-1].gen.x)
+    assert not torch.equal(other.records[-1].generation.x, finished.records[-1].generation.x)
 
 
 def test_rewind_and_rerun_is_bitwise_identical_and_recomputes_only_the_suffix(model, sample, finished):
@@ -140,7 +140,7 @@ def test_rewind_and_rerun_is_bitwise_identical_and_recomputes_only_the_suffix(mo
     session.rewind(4)
     assert session.step_index == 4
     session.run()
-    assert torch.equal(session.records[-1].gen.x, finished.records[-1].gen.x)
+    assert torch.equal(session.records[-1].generation.x, finished.records[-1].generation.x)
     suffix = session.plans[4:]
     assert session.stats["sample_evals"] - calls_before["sample_evals"] == sum(p.sample_evals for p in suffix)
     assert session.stats["unet_calls"] - calls_before["unet_calls"] == sum(p.unet_calls for p in suffix)
@@ -160,7 +160,7 @@ def test_update_then_run_equals_fresh_session_and_reuses_the_prefix(model, sampl
     prompt = changes.pop("prompt", sample.prompt)
     fresh = Session(model, sample.background, sample.foreground, sample.foreground_mask, sample.box, prompt,
                     image_size=SIZE, steps=STEPS, **changes).run()
-    assert torch.equal(session.records[-1].gen.x, fresh.records[-1].gen.x)
+    assert torch.equal(session.records[-1].generation.x, fresh.records[-1].generation.x)
     # only the divergent suffix was evaluated: no inversion, no earlier step
     assert session.stats["sample_evals"] - before["sample_evals"] == sum(p.sample_evals for p in session.plans[first:])
     if "tau_a" in changes or "tau_b" in changes:
@@ -204,7 +204,7 @@ def _arm(unet, after_calls, error=_Boom):
 def test_a_failing_step_leaves_the_session_unchanged(model, sample, finished, error):
     session = make(model, sample)
     session.run(until=3)
-    snapshot = (session.step_index, session.records[-1].gen.x.clone(), dict(session.stats))
+    snapshot = (session.step_index, session.records[-1].generation.x.clone(), dict(session.stats))
     processors = dict(model.unet.attn_processors)
     handle = _arm(model.unet, 0, error)
     try:
@@ -213,17 +213,17 @@ def test_a_failing_step_leaves_the_session_unchanged(model, sample, finished, er
     finally:
         handle.remove()
     assert session.step_index == snapshot[0]
-    assert torch.equal(session.records[-1].gen.x, snapshot[1])
+    assert torch.equal(session.records[-1].generation.x, snapshot[1])
     assert all(model.unet.attn_processors[n] is p for n, p in processors.items())
     session.run()
-    assert torch.equal(session.records[-1].gen.x, finished.records[-1].gen.x)
+    assert torch.equal(session.records[-1].generation.x, finished.records[-1].generation.x)
 
 
 def test_inspection_latents_previews_and_attention(model, sample, finished):
     latents = finished.latents(2)
-    assert set(latents) == {"gen", "orig", "ref"}
+    assert set(latents) == {"generation", "background", "reference"}
     x0 = finished.x0(2)
-    assert set(x0) == {"gen", "orig", "ref"} and x0["gen"].shape == latents["gen"].shape
+    assert set(x0) == {"generation", "background", "reference"} and x0["generation"].shape == latents["generation"].shape
     before = dict(finished.stats)
     maps = finished.capture_attention(2, max_tokens=64)
     assert finished.stats == before
@@ -231,7 +231,7 @@ def test_inspection_latents_previews_and_attention(model, sample, finished):
     assert {layer for layer, _ in maps} == set(layers)
     assert {kind for _, kind in maps} == {"composite", "background", "reference", "pseudo_cross", "generation"}
     assert all(m.shape[0] <= 64 for m in maps.values())
-    # at step 2 injection is on: the composite differs from gen's own attention at some layer
+    # at step 2 injection is on: the composite differs from the generation branch's own attention at some layer
     assert any(not torch.allclose(maps[(l, "composite")], maps[(l, "generation")]) for l in layers)
     late = finished.capture_attention(STEPS - 1, kinds=("composite", "generation"))
     assert all(torch.equal(late[(l, "composite")], late[(l, "generation")]) for l in layers)
@@ -269,7 +269,7 @@ def test_update_object_mask_keeps_inversions_in_cross_mode_and_matches_fresh(mod
     assert session.timings["invert_cached"] == (True, True)
     fresh = Session(model, sample.background, sample.foreground, mask, sample.box, sample.prompt,
                     image_size=SIZE, steps=STEPS).run()
-    assert torch.equal(session.records[-1].gen.x, fresh.records[-1].gen.x)
+    assert torch.equal(session.records[-1].generation.x, fresh.records[-1].generation.x)
     with pytest.raises(ValueError, match="foreground_mask"):
         session.update(foreground_mask=np.zeros_like(mask))
     assert session.done  # the failed update changed nothing

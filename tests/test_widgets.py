@@ -195,16 +195,16 @@ def test_scrubber_shows_that_steps_latents_previews_and_decodes(finished):
     assert finished.wait(60)
     assert finished.shown["step"] == 2 and finished.strip.selected == 2
     latents, previews = s.latents(2), s.preview(2)
-    assert set(finished.shown["latents"]) == set(latents) and {"gen", "orig"} <= set(latents)
+    assert set(finished.shown["latents"]) == set(latents) and {"generation", "background"} <= set(latents)
     assert all(torch.equal(finished.shown["latents"][b], latents[b]) for b in latents)
     assert all(torch.equal(finished.shown["previews"][b], previews[b]) for b in previews)
     assert len(finished.channel_rows.children) == len(latents)
-    assert np.array_equal(finished.channel_rows.arrays[0], render.enlarge_to(render.channel_strip(latents["gen"]), finished.channel_rows.size))
+    assert np.array_equal(finished.channel_rows.arrays[0], render.enlarge_to(render.channel_strip(latents["generation"]), finished.channel_rows.size))
     finished.decode_step()
     assert finished.wait(60)
     step, decoded = finished.shown["decoded"]
     assert step == 2 and set(decoded) == set(s.x0(2))
-    assert np.array_equal(decoded["gen"], np.asarray(to_pil(s.decode(s.x0(2)["gen"])[0])))
+    assert np.array_equal(decoded["generation"], np.asarray(to_pil(s.decode(s.x0(2)["generation"])[0])))
     finished.strip.selected = 5  # a click on a thumbnail moves the scrubber
     assert finished.wait(60)
     assert finished.scrubber.value == 5 and finished.shown["step"] == 5

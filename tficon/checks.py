@@ -13,10 +13,6 @@ import torch
 
 __all__ = ["NonFiniteError", "check_step_finite", "check_finite", "check_names"]
 
-#: Display names of the Session's branches (record fields holding a trajectory).
-BRANCH_NAMES = {"gen": "generation", "orig": "background", "background": "background", "ref": "reference"}
-
-
 class NonFiniteError(FloatingPointError):
     """A latent or image became NaN or infinite. ``step`` and ``branch`` say where (None when unknown)."""
 
@@ -59,7 +55,7 @@ def check_step_finite(record, *, dtype: torch.dtype | None = None) -> None:
             tensors.append(("UNet evaluation (x0 estimate)", state.d_hist[-1]))
         for what, tensor in tensors:
             if not _finite(tensor):
-                branch = BRANCH_NAMES.get(item.name, item.name)
+                branch = item.name  # the branch names: generation, background, reference
                 last_good = f"step {record.s - 1}" if record.s > 0 else "before step 0 (after the inversions)"
                 raise NonFiniteError(
                     f"step {record.s}: the {branch} branch's {what} contains NaN or inf values; the run stopped "

@@ -92,6 +92,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, default=None,
         help="CPU threads for torch (default: the free cores, at most one per core; see tficon/threads.py)",
     )  # fmt: skip
+    parser.add_argument(
+        "--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+        help="the model's precision (default: float16 on CUDA, else float32); the solver's arithmetic stays float32",
+    )  # fmt: skip
 
 
 def _config(args, mode: str) -> CompositionConfig:
@@ -108,10 +112,10 @@ def _config(args, mode: str) -> CompositionConfig:
     )
 
 
-def _load(spec: str):
+def _load(spec: str, dtype: str | None = None):
     from .models import load_model
 
-    return load_model(spec)
+    return load_model(spec, dtype=dtype)
 
 
 def _check_output_path(path: str | None, flag: str, *, image: bool) -> Path | None:
@@ -242,7 +246,7 @@ def cmd_compose(args) -> int:
         target = io.load_mask(args.mask, name="--mask")
     else:
         target = _target_from_box(args.box, background)
-    model = _load(args.model)
+    model = _load(args.model, args.dtype)
     session = Session(
         model,
         background,
@@ -274,7 +278,7 @@ def cmd_demo(args) -> int:
     config = _config(args, demo_sample().mode)
     out = _check_output_path(args.out, "--out", image=True)
     json_path = _check_output_path(args.json, "--json", image=False)
-    model = _load(args.model)
+    model = _load(args.model, args.dtype)
     sample = demo_sample()
     print(f"model: {model.describe()}")
     print(f"sample: {sample.name}; prompt: {sample.prompt!r}")
@@ -318,7 +322,7 @@ def cmd_batch(args) -> int:
     report = run_batch(
         args.root,
         args.out,
-        model=args.model,
+        model=args.model if args.dtype is None else _load(args.model, args.dtype),
         mode=args.mode,
         config=base,
         image_size=args.size,

@@ -49,10 +49,10 @@ class CompositionConfig:
     Every field is checked at construction (and by ``replace``), so a bad value fails before any model work.
 
     Parity switches (all False = the official behaviour):
-    align_warmup:  gen's warm-up evaluations see the maps of their own time instead of those at t_{k-1}.
+    align_warmup:  the generation branch's warm-up evaluations see the maps of their own time instead of those at t_{k-1}.
     no_cross_lag:  the pseudo-cross pass uses the reference latent at t_s instead of t_{s-1}.
     background_queries: the pseudo-cross logits injected into the composite use the background
-                   (orig) branch's queries against the reference's object keys, our reading of the
+                   branch's queries against the reference's object keys, our reading of the
                    paper, instead of the reference's own queries as the official code does (docs/algorithm.md §8.3).
     largest_contour: the target box is the bbox of the largest mask contour instead of OpenCV's first one.
     clip_box:      boxes that leave the image are moved inside instead of raising an error.

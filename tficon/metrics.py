@@ -549,14 +549,16 @@ def inversion_metrics(
     image_size: int | tuple[int, int] | None = None,
     seed: int = 3407,
     return_tensors: bool = False,
+    engine=None,
 ) -> dict[str, Any]:
     """Invert an image to t = 1 and reconstruct it; how close does it come back?
 
     The image is resized like a background (LANCZOS to the working size), encoded to a VAE posterior sample
     (generator seeded ``seed``, as in a composition), inverted with the DPM-Solver++ of ``tficon.solver``
     (``steps``, ``order``) and sampled back with the same solver and conditioning, unguided: one evaluation
-    per step. ``prompt`` is ``"exceptional"`` (TF-ICON's exceptional prompt e*; uses the cached inversion of
-    ``tficon.inversion``), ``""`` (the empty prompt) or any text.
+    per step. ``prompt`` is ``"exceptional"`` (TF-ICON's exceptional prompt e*), ``""`` (the empty prompt) or
+    any text. The UNet runs through ``engine`` (a ``tficon.engine.Engine``; default a new one for ``model``),
+    whose inversion cache keeps the result.
 
     Returns:
         ``{"prompt", "steps", "order", "latent": {mse, psnr, ssim}, "image": {mse, psnr, ssim},
@@ -567,7 +569,7 @@ def inversion_metrics(
         ``z_rec`` (latents) and ``input``, ``reconstruction``, ``vae_reconstruction`` (``(3, H, W)`` in [0, 1]).
     """
     from . import solver
-    from .inversion import invert_latent, noise_schedule
+    from .engine import Engine
 
     if isinstance(model, (str, os.PathLike)):
         from .models import load_model
@@ -583,20 +585,13 @@ def inversion_metrics(
     x = io.resize_background(io.load_image(image, name="image"), size)
     generator = torch.Generator().manual_seed(seed)
     z0 = model.encode_image(x[None], generator).float()
-    schedule = noise_schedule(model)
+    engine = engine if engine is not None else Engine(model)
     embedding = model.exceptional_embedding() if prompt == EXCEPTIONAL else model.encode_prompt(prompt)
-    unet = model.unet
-
-    def model_fn(latent: torch.Tensor, model_t: torch.Tensor) -> torch.Tensor:
-        emb = embedding.expand(latent.shape[0], -1, -1).to(unet.dtype)
-        return unet(latent.to(unet.dtype), model_t.to(latent.device), encoder_hidden_states=emb).sample.float()
-
-    with torch.no_grad():
-        if prompt == EXCEPTIONAL:
-            x_t, _ = invert_latent(model, z0, steps, order)
-        else:
-            x_t = solver.invert(model_fn, z0, schedule, steps, order, prediction_type=model.prediction_type)
-        z_rec = solver.sample(model_fn, x_t, schedule, steps, order, prediction_type=model.prediction_type)
+    # one row: not the same cache entry as a Session's two-row inversion (the key holds the batch shape)
+    (x_t,), _, _ = engine.invert([z0], steps, order, embedding=embedding)
+    z_rec = solver.sample(
+        engine.model_fn(embedding), x_t, engine.schedule, steps, order, prediction_type=model.prediction_type
+    )
     original = as_unit_tensor(x)
     reconstruction = as_unit_tensor(model.decode_latent(z_rec)[0].cpu())
     vae_only = as_unit_tensor(model.decode_latent(z0)[0].cpu())

@@ -21,32 +21,32 @@ from .solver import step_order
 class StepPlan:
     """Everything step ``s`` does, in execution order.
 
-    pre_evals:      grid indices j at which orig and ref are evaluated on their own and then moved to
-                    j + 1 before the main call (the official warm-up runs them ahead of gen, 8.4).
+    pre_evals:      grid indices j at which background and reference are evaluated on their own and then moved to
+                    j + 1 before the main call (the official warm-up runs them ahead of generation, 8.4).
     advance_*:      move that trajectory from t_{s-1} to t_s with ``order``.
     evaluate:       make the batched UNet call (every step but the last).
-    map_index:      grid index of the orig/ref/pseudo rows whose logits gen's call at t_s reads.
+    map_index:      grid index of the background/reference/pseudo rows whose logits the generation branch's call at t_s reads.
     pseudo_latent:  grid index of the reference latent fed to the pseudo-cross row (the official lag).
-    orig_row, ref_row, pseudo_row: which helper rows the call holds (gen's two rows are always there).
-    fg, bg:         foreground / background injection into gen's conditional row.
-    background_queries: the injected pseudo-cross logits take orig's queries (an option, not official).
-    history_blend:  after the last warm-up evaluation, replace gen's stored D values outside the box
-                    by orig's (the official model-history blending).
-    blend:          after the evaluation, gen's latent outside the box <- orig's latent.
+    background_row, reference_row, pseudo_cross_row: which helper rows the call holds (the generation branch's two rows are always there).
+    fg, bg:         foreground / background injection into the generation branch's conditional row.
+    background_queries: the injected pseudo-cross logits take the background branch's queries (an option, not official).
+    history_blend:  after the last warm-up evaluation, replace the generation branch's stored D values outside the box
+                    by the background branch's (the official model-history blending).
+    blend:          after the evaluation, the generation branch's latent outside the box <- the background branch's latent.
     """
 
     s: int
     order: int
     pre_evals: tuple[int, ...]
-    advance_gen: bool
-    advance_orig: bool
-    advance_ref: bool
+    advance_generation: bool
+    advance_background: bool
+    advance_reference: bool
     evaluate: bool
     map_index: int | None
     pseudo_latent: int | None
-    orig_row: bool
-    ref_row: bool
-    pseudo_row: bool
+    background_row: bool
+    reference_row: bool
+    pseudo_cross_row: bool
     fg: bool
     bg: bool
     background_queries: bool
@@ -58,7 +58,7 @@ class StepPlan:
         """Samples in this step's main UNet call (0 when there is none)."""
         if not self.evaluate:
             return 0
-        return 2 + int(self.orig_row) + int(self.ref_row) + int(self.pseudo_row)
+        return 2 + int(self.background_row) + int(self.reference_row) + int(self.pseudo_cross_row)
 
     @property
     def sample_evals(self) -> int:
@@ -77,25 +77,25 @@ def step_plan(
 
     ``cross_lag`` (official True): in the main loop the pseudo-cross row reads the reference latent of
     the previous grid point, t_{s-1}, with the timestep of t_s. ``background_queries`` (official False):
-    the injected pseudo-cross logits use orig's queries, so orig is evaluated while fg injection is on.
+    the injected pseudo-cross logits use the background branch's queries, so the background row is evaluated while fg injection is on.
     """
     steps, k = schedule.steps, schedule.order
     if not 0 <= s <= steps:
         raise ValueError(f"step must be in 0..{steps}, got {s}")
-    # Officially orig and ref finish their whole warm-up (evaluations t_0..t_{k-1}) before gen starts,
-    # and every gen warm-up evaluation reads their maps at t_{k-1}.
+    # Officially background and reference finish their whole warm-up (evaluations t_0..t_{k-1}) before generation starts,
+    # and every generation warm-up evaluation reads their maps at t_{k-1}.
     ahead = not schedule.align_warmup and k > 1
     evaluate = s < steps
     fg = evaluate and schedule.fg_inject(s)
     bg = evaluate and schedule.bg_inject(s)
     background_queries = fg and background_queries
-    orig_row = evaluate and (bg or schedule.orig_needed(s) or background_queries)
+    background_row = evaluate and (bg or schedule.background_needed(s) or background_queries)
     blend = s >= k and schedule.blend_after(s)
     if s == 0 or (ahead and s < k):
-        advance_orig = advance_ref = False
+        advance_background = advance_reference = False
     else:
-        advance_orig = orig_row or blend
-        advance_ref = fg
+        advance_background = background_row or blend
+        advance_reference = fg
     map_index = schedule.maps_index(s) if evaluate else None
     pseudo_latent = None
     if fg:
@@ -104,15 +104,15 @@ def step_plan(
         s=s,
         order=step_order(s, steps, k) if s > 0 else 0,
         pre_evals=tuple(range(k - 1)) if (s == 0 and ahead) else (),
-        advance_gen=s > 0,
-        advance_orig=advance_orig,
-        advance_ref=advance_ref,
+        advance_generation=s > 0,
+        advance_background=advance_background,
+        advance_reference=advance_reference,
         evaluate=evaluate,
         map_index=map_index,
         pseudo_latent=pseudo_latent,
-        orig_row=orig_row,
-        ref_row=fg,
-        pseudo_row=fg,
+        background_row=background_row,
+        reference_row=fg,
+        pseudo_cross_row=fg,
         fg=fg,
         bg=bg,
         background_queries=background_queries,

@@ -4,8 +4,8 @@ A full VAE decode per step and branch is too slow for a live view; a per-pixel a
 latent channels to RGB shows layout and colour well enough. The map is not hard-coded per model: it
 is fitted by least squares on images encoded with the model's own VAE (posterior mean) against the
 same images area-averaged onto the latent grid. A Session fits it on its own inputs (background,
-cut-and-paste, reference), so the map matches the content on screen; without images a model-level
-map is fitted on synthetic colour fields. This works for SD 1.x / 2.x, the toy model and the tiny
+cut-and-paste, reference), so the map matches the content on screen; without images the map is
+fitted on synthetic colour fields. This works for SD 1.x / 2.x, the toy model and the tiny
 test models alike.
 """
 
@@ -44,18 +44,12 @@ def fit_latent_rgb_map(model, images: torch.Tensor | None = None, latent_side: i
     return solution[:channels], solution[channels]
 
 
-def latent_rgb_map(model) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's preview map, fitted on first use and cached on the model object."""
-    cached = getattr(model, "_tficon_latent_rgb", None)
-    if cached is None:
-        cached = fit_latent_rgb_map(model)
-        model._tficon_latent_rgb = cached
-    return cached
+def latent_to_rgb(latent: torch.Tensor, rgb_map: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """(1, C, h, w) or (C, h, w) scaled latent -> (3, h, w) RGB in [0, 1] (one pixel per latent cell).
 
-
-def latent_to_rgb(model, latent: torch.Tensor, rgb_map: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """(1, C, h, w) or (C, h, w) scaled latent -> (3, h, w) RGB in [0, 1] (one pixel per latent cell)."""
-    weight, bias = rgb_map if rgb_map is not None else latent_rgb_map(model)
+    ``rgb_map`` comes from :func:`fit_latent_rgb_map`; whoever fits it keeps it (a Session keeps its own).
+    """
+    weight, bias = rgb_map
     z = latent[0] if latent.ndim == 4 else latent
     rgb = torch.einsum("chw,ck->khw", z.float().cpu(), weight) + bias[:, None, None]
     return rgb.clamp(0, 1)

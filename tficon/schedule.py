@@ -12,7 +12,7 @@ truncation (toward zero), which this module reproduces exactly: e.g. ``0.3 * 20 
 ``tau_a = 0.3`` gives the bound 5 for ``order = 2``. Quirks kept on purpose (all marked [quirk] in docs/algorithm.md §8.4 and §11):
 
 - warm-up evaluations (``i < order``) are always fg- and bg-injected, whatever ``tau_a`` is;
-- all warm-up evaluations of ``gen`` use the maps recorded at ``t_{order-1}`` (``maps_index``);
+- all warm-up evaluations of ``generation`` use the maps recorded at ``t_{order-1}`` (``maps_index``);
 - the bg threshold ``tau_bg`` is a separate constant (0.4 in the official code), neither ``tau_a`` nor ``tau_b``;
 - the latent blend happens after the main-loop step ``s`` when ``s < blend_end``; warm-up steps are never
   latent-blended (the history of ``D`` is blended once after the warm-up instead, independently of ``tau_b``).
@@ -57,14 +57,14 @@ class InjectionSchedule:
     Args:
         steps: number of solver steps ``S`` (>= order, as the official solver asserts).
         order: solver order ``k``, 1..3.
-        tau_a: fraction of steps with foreground (ref / pseudo-cross) attention injection.
-        tau_b: fraction of steps after which ``gen``'s latent is reset to ``orig``'s outside the box.
+        tau_a: fraction of steps with foreground (reference / pseudo-cross) attention injection.
+        tau_b: fraction of steps after which ``generation``'s latent is reset to ``background``'s outside the box.
         tau_bg: fraction of steps with background attention injection (official: hard-coded 0.4).
-        align_warmup: ``False`` = official (gen's warm-up evaluations all use the maps from ``t_{k-1}``);
-            ``True`` = gen@t_i always uses the maps from ``t_i``.
+        align_warmup: ``False`` = official (the generation branch's warm-up evaluations all use the maps from ``t_{k-1}``);
+            ``True`` = generation@t_i always uses the maps from ``t_i``.
 
     Any ``tau >= 0`` is accepted. Values above 1 are legitimate: with ``tau_b >= (steps + order) / steps`` (e.g.
-    1.1 for S = 20, k = 2) every main-loop step is blended, so the final latent outside the box equals ``orig``.
+    1.1 for S = 20, k = 2) every main-loop step is blended, so the final latent outside the box equals ``background``.
     ``tau = 0`` does not disable warm-up injection (the official behaviour).
 
     Derived bounds (exclusive, in step / eval index units): ``fg_end``, ``bg_end``, ``blend_end``.
@@ -96,28 +96,28 @@ class InjectionSchedule:
         _check_int(i, "eval index i", 0, self.steps - 1)
 
     def fg_inject(self, i: int) -> bool:
-        """Foreground injection (ref F×F block and pseudo-cross rows/columns) at gen's evaluation ``i``."""
+        """Foreground injection (reference F×F block and pseudo-cross rows/columns) at the generation branch's evaluation ``i``."""
         self._check_eval(i)
         return i < self.order or i < self.fg_end
 
     def bg_inject(self, i: int) -> bool:
-        """Background injection (orig's logits outside the box) at gen's evaluation ``i``."""
+        """Background injection (the background branch's logits outside the box) at the generation branch's evaluation ``i``."""
         self._check_eval(i)
         return i < self.order or i < self.bg_end
 
-    def ref_needed(self, i: int) -> bool:
-        """Whether ``ref`` and the pseudo-cross pass must be evaluated at ``i`` (exactly when fg is injected).
+    def reference_needed(self, i: int) -> bool:
+        """Whether ``reference`` and the pseudo-cross pass must be evaluated at ``i`` (exactly when fg is injected).
 
-        This also covers the ``ref`` trajectory itself: it advances (and is evaluated) while fg injection is on and
-        freezes afterwards, and the pseudo-cross pass at ``i`` reads ``ref``'s latent at ``t_{i-1}``, which exists
-        whenever ``ref`` was evaluated at ``i - 1``.
+        This also covers the ``reference`` trajectory itself: it advances (and is evaluated) while fg injection is on and
+        freezes afterwards, and the pseudo-cross pass at ``i`` reads ``reference``'s latent at ``t_{i-1}``, which exists
+        whenever ``reference`` was evaluated at ``i - 1``.
         """
         return self.fg_inject(i)
 
     def maps_index(self, i: int) -> int:
-        """Eval index whose orig/ref/pseudo-cross maps gen's evaluation ``i`` reads.
+        """Eval index whose background/reference/pseudo-cross maps the generation branch's evaluation ``i`` reads.
 
-        Official: ``order - 1`` for the warm-up evaluations ``i < order`` (gen@t_0 uses maps from t_1 when
+        Official: ``order - 1`` for the warm-up evaluations ``i < order`` (generation@t_0 uses maps from t_1 when
         ``order = 2``), ``i`` afterwards. With ``align_warmup=True``: always ``i``.
         """
         self._check_eval(i)
@@ -125,17 +125,17 @@ class InjectionSchedule:
             return self.order - 1
         return i
 
-    def orig_needed(self, i: int) -> bool:
-        """Whether the ``orig`` branch must be evaluated at ``i``.
+    def background_needed(self, i: int) -> bool:
+        """Whether the ``background`` branch must be evaluated at ``i``.
 
-        Three consumers need ``orig``'s evaluation at ``t_i``:
+        Three consumers need ``background``'s evaluation at ``t_i``:
 
         1. bg injection at ``i`` (its logits); with the official warm-up the maps come from ``t_{k-1}``, which is a
            warm-up evaluation and therefore covered by 2;
-        2. the warm-up ``D``-history blend: gen's D at ``t_0..t_{k-1}`` is replaced outside the box by orig's D,
+        2. the warm-up ``D``-history blend: the generation branch's D at ``t_0..t_{k-1}`` is replaced outside the box by the background branch's D,
            so all warm-up evaluations ``i < order`` are needed whatever the taus;
-        3. the latent blend after step ``s`` needs ``x_orig(t_s)``. The solver computes it from orig's D history at
-           ``t_{s-1}, ..., t_{s-m}`` (m = that step's order), i.e. from evaluations with index <= s - 1. So orig
+        3. the latent blend after step ``s`` needs ``x_background(t_s)``. The solver computes it from the background branch's D history at
+           ``t_{s-1}, ..., t_{s-m}`` (m = that step's order), i.e. from evaluations with index <= s - 1. So the background branch
            must be evaluated at every ``i <= last_blend_step - 1``; nothing later reads it.
 
         Default (S = 20, k = 2, tau_b = 0.8): blends after s = 2..14, so evaluations 0..13 (docs/algorithm.md §13.6: O is still
@@ -149,10 +149,10 @@ class InjectionSchedule:
 
     # ----- per step ---------------------------------------------------------------------------------------------
     def blend_after(self, s: int) -> bool:
-        """Whether gen's latent is reset to orig's outside the box right after the step landing on ``t_s``.
+        """Whether the generation branch's latent is reset to the background branch's outside the box right after the step landing on ``t_s``.
 
         Only main-loop steps ``order <= s <= steps`` can blend (``s < blend_end``); warm-up steps ``s < order``
-        return False. The blend happens after gen's evaluation at ``t_s`` (official order).
+        return False. The blend happens after the generation branch's evaluation at ``t_s`` (official order).
         """
         _check_int(s, "step s", 1, self.steps)
         return s >= self.order and s < self.blend_end
@@ -167,15 +167,15 @@ class InjectionSchedule:
         return tuple(i for i in range(self.steps) if self.bg_inject(i))
 
     def injected_evals(self) -> tuple[int, ...]:
-        """Eval indices where gen's conditional self-attention is composite (fg or bg injection on)."""
+        """Eval indices where the generation branch's conditional self-attention is composite (fg or bg injection on)."""
         return tuple(i for i in range(self.steps) if self.fg_inject(i) or self.bg_inject(i))
 
-    def orig_evals(self) -> tuple[int, ...]:
-        """Eval indices at which ``orig`` must be evaluated (see :meth:`orig_needed`)."""
-        return tuple(i for i in range(self.steps) if self.orig_needed(i))
+    def background_evals(self) -> tuple[int, ...]:
+        """Eval indices at which ``background`` must be evaluated (see :meth:`background_needed`)."""
+        return tuple(i for i in range(self.steps) if self.background_needed(i))
 
     def blend_steps(self) -> tuple[int, ...]:
-        """Steps ``s`` after which gen's latent is blended with orig's outside the box."""
+        """Steps ``s`` after which the generation branch's latent is blended with the background branch's outside the box."""
         return tuple(s for s in range(self.order, self.steps + 1) if s < self.blend_end)
 
 

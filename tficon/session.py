@@ -11,9 +11,22 @@ Phases, in order (each runs the ones before it when needed):
                       the reference, the first two draws of the seeded generator;
 3. ``invert()``       exceptional-prompt DPM-Solver++ inversion of both latents (cached);
 4. ``compose_start()`` the start latent (noise incorporation, docs/algorithm.md §7), the next generator draws;
-5. ``step()``         steps 0..S: step s leaves gen at grid index s (see ``tficon.plan``), each one
-                      batched UNet call over the active roles with the composite self-attention;
+5. ``step()``         steps 0..S: step s leaves the generation branch at grid index s (see
+                      ``tficon.plan``), each one batched UNet call over the active rows with the
+                      composite self-attention;
 6. ``decode()`` / ``result``.
+
+Branches (one vocabulary everywhere: records, ``latents()``, ``x0()``, ``preview()``, attention capture
+kinds, the widgets): ``generation`` is the composition itself (CFG, composite self-attention),
+``background`` reconstructs the inverted background (its latent is blended in outside the box, its
+attention logits are injected), ``reference`` reconstructs the inverted reference (its object block is
+injected); ``pseudo_cross`` names the pseudo-cross row of a batched call and its attention maps.
+
+The Session keeps the inputs, decides what ``update`` invalidates, holds the records and rewinds them;
+the work itself goes through its ``tficon.engine.Engine``, the only code that calls the UNet: the batched
+inversion (cached in the engine: pass ``engine=`` to share inversions between Sessions) and each planned
+step, computed from explicit inputs. The solver's arithmetic is float32 in every model dtype; only the
+UNet (and the VAE) run in the model's dtype, so float16 and bfloat16 models work as they are.
 
 Records are immutable (tensors are never modified in place), so ``rewind`` is a truncation and a
 step that raises leaves the Session exactly as it was.
@@ -22,9 +35,9 @@ step that raises leaves the Session exactly as it was.
 from __future__ import annotations
 
 import time
-import warnings
 import dataclasses
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -32,53 +45,16 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checks, io, placement as placement_mod, solver
-from .attention import BatchLayout, CaptureRequest, InjectionController, composite_attention, self_attention_layers
+from .attention import CaptureRequest, InjectionController, self_attention_layers
 from .config import CompositionConfig
-from .inversion import invert_latent, noise_schedule
+from .engine import Engine, StepInputs, StepRecord, Track
 from .plan import StepPlan, step_plan
 from .schedule import InjectionSchedule, injection_schedule
 
-BRANCHES = ("gen", "orig", "ref")
+BRANCHES = ("generation", "background", "reference")
 
 # Settings whose change keeps the prepared inputs, both latents and both inversions.
 _SAMPLING_FIELDS = {"tau_a", "tau_b", "tau_bg", "align_warmup", "no_cross_lag", "background_queries", "guidance"}
-
-
-@dataclass(frozen=True)
-class Track:
-    """One solver trajectory: the latent at grid index ``index`` and its D history."""
-
-    index: int
-    state: solver.SolverState
-    evaluated: bool = False  # whether D at ``index`` is already in the history
-
-    def advance(self, index: int, order: int, schedule, grid) -> "Track":
-        if index != self.index + 1 or not self.evaluated:
-            raise RuntimeError(f"cannot move a trajectory from grid index {self.index} to {index}")
-        return Track(index, self.state.advance(grid[index], order, schedule))
-
-    def with_evaluation(self, d: torch.Tensor) -> "Track":
-        return Track(self.index, self.state.with_evaluation(d), True)
-
-    @property
-    def x(self) -> torch.Tensor:
-        return self.state.x
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    """The state after step ``s``: every trajectory, the reference latents so far, and costs."""
-
-    s: int
-    plan: StepPlan
-    gen: Track
-    orig: Track
-    ref: Track
-    ref_latents: tuple[torch.Tensor, ...]  # x_ref at grid indices 0, 1, ...
-    seconds: float
-    unet_calls: int
-    sample_evals: int
-    attention: dict = field(default_factory=dict)  # maps (layer, kind) -> (Nq, Nk) of capture_attention
 
 
 @dataclass(frozen=True)
@@ -99,6 +75,10 @@ class Session:
     paths, PIL images or uint8 arrays; ``mask_or_box`` is the user mask (its first contour's bbox is
     the target box, as officially) or a box (x, y, w, h) in working-image pixels. Keyword arguments
     not consumed here are configuration fields (see ``CompositionConfig``).
+
+    ``engine``: the ``tficon.engine.Engine`` to run on (default: a new one for ``model``); Sessions that
+    share an engine share its inversion cache. ``threads``: torch's CPU thread count while this Session
+    works (restored afterwards); None leaves torch's setting as it is.
     """
 
     def __init__(
@@ -113,13 +93,21 @@ class Session:
         *,
         image_size: int | tuple[int, int] | None = None,
         progress: bool = False,
+        engine: Engine | None = None,
+        threads: int | None = None,
         **config_changes,
     ):
+        if engine is not None and model is not engine.model:
+            raise ValueError("engine belongs to another model: pass engine.model as model, or no engine")
         if isinstance(model, str) or hasattr(model, "__fspath__"):
             from .models import load_model
 
             model = load_model(model)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         self.model = model
+        self.engine = engine if engine is not None else Engine(model)
+        self.threads = threads
         self.progress = progress
         self._config = (config or CompositionConfig()).replace(**config_changes)
         self._check_steps(self._config)
@@ -133,7 +121,7 @@ class Session:
         size = image_size if image_size is not None else model.image_size
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)
         io.check_image_size(self.image_size, self._size_multiple(), name="image_size")
-        self.schedule = noise_schedule(model)
+        self.schedule = self.engine.schedule
         self._plan_cache: dict = {}
         self.stats = {"unet_calls": 0, "sample_evals": 0}
         self.timings: dict[str, float] = {}
@@ -313,7 +301,7 @@ class Session:
             device, dtype = self.model.device, self.model.dtype
             generator = torch.Generator().manual_seed(self._config.seed)
             first = inputs.cut_and_paste if self._config.mode == "same" else inputs.background
-            with torch.no_grad():
+            with torch.no_grad(), self._threads():
                 z_bg = self.model.encode_image(first[None].to(device, dtype), generator).float()
                 z_ref = self.model.encode_image(inputs.reference[None].to(device, dtype), generator).float()
             self._latents = (z_bg, z_ref, generator.get_state())
@@ -325,15 +313,15 @@ class Session:
         if self._inverted is None:
             z_bg, z_ref, _ = self._encode()
             started = time.perf_counter()
-            x_bg, cached_bg = invert_latent(
-                self.model, z_bg, self.steps, self._config.order, progress=self.progress, counter=self._count
-            )
-            x_ref, cached_ref = invert_latent(
-                self.model, z_ref, self.steps, self._config.order, progress=self.progress, counter=self._count
-            )
+            with self._threads():
+                (x_bg, x_ref), cached, evals = self.engine.invert(
+                    [z_bg, z_ref], self.steps, self._config.order, progress=self.progress
+                )
+            self.stats["unet_calls"] += self.steps if evals else 0
+            self.stats["sample_evals"] += evals
             self._inverted = (x_bg, x_ref)
             self.timings["invert"] = time.perf_counter() - started
-            self.timings["invert_cached"] = (cached_bg, cached_ref)
+            self.timings["invert_cached"] = tuple(cached)
         return self._inverted
 
     def compose_start(self) -> torch.Tensor:
@@ -384,20 +372,18 @@ class Session:
     def records(self) -> tuple[StepRecord, ...]:
         return tuple(self._records)
 
-    def _count(self, batch: int) -> None:
-        self.stats["unet_calls"] += 1
-        self.stats["sample_evals"] += batch
-
-    def _embeddings(self):
-        m = self.model
-        return m.exceptional_embedding(), m.encode_prompt(""), m.encode_prompt(self._prompt)
-
-    def _initial_tracks(self) -> tuple[Track, Track, Track, tuple]:
-        x_bg, x_ref = self.invert()
-        start = self.compose_start()
-        grid = self._grid()
-        make = lambda x: Track(0, solver.SolverState(x=x, t=grid[0]))  # noqa: E731
-        return make(start), make(x_bg), make(x_ref), (x_ref,)
+    @contextmanager
+    def _threads(self):
+        """torch's CPU threads set to ``self.threads`` for the block (nothing changes when it is None)."""
+        if self.threads is None or self.threads == torch.get_num_threads():
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def _grid(self) -> torch.Tensor:
         # on the model's device, so that solver coefficients never mix CPU and GPU tensors
@@ -426,6 +412,8 @@ class Session:
         if self.done:
             raise RuntimeError("the composition is complete; rewind() or update() to run steps again")
         record = self._compute_step(len(self._records))
+        self.stats["unet_calls"] += record.unet_calls
+        self.stats["sample_evals"] += record.sample_evals
         checks.check_step_finite(record, dtype=self.model.dtype)  # NaN/inf: raise, keep the last good step
         self._records.append(record)  # only now does the Session change: a failed step leaves no trace
         self._result = None
@@ -450,131 +438,30 @@ class Session:
         self._result = None
 
     def _compute_step(self, s: int, *, capture: CaptureRequest | None = None) -> StepRecord:
-        """Pure: the record of step ``s`` from the record before it (nothing in ``self`` is modified
-        except the evaluation counters)."""
-        started = time.perf_counter()
-        plan = self.plans[s]
-        schedule, grid = self.schedule, self._grid()
+        """The record of step ``s`` from the record before it, computed by the engine from explicit inputs
+        (nothing in ``self`` changes; the caller decides whether to keep the record and count its work)."""
+        previous = self._records[s - 1] if s > 0 else None
+        start = None
         if s == 0:
-            gen, orig, ref, ref_latents = self._initial_tracks()
-        else:
-            prev = self._records[s - 1]
-            gen, orig, ref, ref_latents = prev.gen, prev.orig, prev.ref, prev.ref_latents
-        e_star, e_uncond, e_cond = self._embeddings()
-        calls = evals = 0
-        controller = self._ensure_controller()
-
-        with composite_attention(self.model.unet, controller):
-            try:
-                for j in plan.pre_evals:
-                    out = self._call(controller, [(orig.x, j, e_star), (ref.x, j, e_star)], BatchLayout())
-                    calls, evals = calls + 1, evals + 2
-                    orig = orig.with_evaluation(self._data(out[0:1], orig.x, grid[j]))
-                    ref = ref.with_evaluation(self._data(out[1:2], ref.x, grid[j]))
-                    order = solver.step_order(j + 1, self.steps, self._config.order)
-                    orig = orig.advance(j + 1, order, schedule, grid)
-                    ref = ref.advance(j + 1, order, schedule, grid)
-                    ref_latents = ref_latents + (ref.x,)
-
-                if plan.advance_gen:
-                    gen = gen.advance(s, plan.order, schedule, grid)
-                if plan.advance_orig:
-                    orig = orig.advance(s, plan.order, schedule, grid)
-                if plan.advance_ref:
-                    ref = ref.advance(s, plan.order, schedule, grid)
-                    ref_latents = ref_latents + (ref.x,)
-
-                attention = {}
-                if plan.evaluate:
-                    rows, layout_rows = [], {}
-                    m = plan.map_index
-                    if plan.orig_row:
-                        layout_rows["orig"] = len(rows)
-                        rows.append((orig.x, orig.index, e_star))
-                    if plan.ref_row:
-                        layout_rows["ref"] = len(rows)
-                        rows.append((ref.x, m, e_star))
-                    if plan.pseudo_row:
-                        layout_rows["pseudo"] = len(rows)
-                        rows.append((ref_latents[plan.pseudo_latent], m, e_star))
-                    layout_rows["uncond"] = len(rows)
-                    rows.append((gen.x, s, e_uncond))
-                    layout_rows["cond"] = len(rows)
-                    rows.append((gen.x, s, e_cond))
-                    layout = BatchLayout(
-                        **layout_rows, fg=plan.fg, bg=plan.bg, background_queries=plan.background_queries
-                    )
-                    controller.capture, controller.dropped = capture, 0
-                    out = self._call(controller, rows, layout)
-                    calls, evals = calls + 1, evals + len(rows)
-                    if capture is not None:
-                        attention = dict(controller.captured)
-                        if controller.dropped:
-                            warnings.warn(
-                                f"attention capture of step {s}: {controller.dropped} maps left out to stay within "
-                                f"max_bytes={capture.max_bytes}; lower max_tokens or ask for fewer layers or kinds",
-                                stacklevel=3,
-                            )
-                    if plan.orig_row and not orig.evaluated:
-                        orig = orig.with_evaluation(self._data(out[0:1], orig.x, grid[orig.index]))
-                    if plan.ref_row and not ref.evaluated:
-                        r = layout.ref
-                        ref = ref.with_evaluation(self._data(out[r : r + 1], ref.x, grid[ref.index]))
-                    u, c = layout.uncond, layout.cond
-                    guided = out[u : u + 1] + self._config.effective_guidance * (out[c : c + 1] - out[u : u + 1])
-                    gen = gen.with_evaluation(self._data(guided, gen.x, grid[s]))
-            finally:
-                controller.layout = None
-                controller.capture = None
-                controller.captured = {}
-
-        inside = self._blend_mask(gen.x)
-        if plan.history_blend:
-            k = self._config.order
-            blended = tuple(
-                torch.where(inside, d_gen, d_orig)
-                for d_gen, d_orig in zip(gen.state.d_hist[-k:], orig.state.d_hist[-k:])
-            )
-            state = gen.state
-            gen = Track(gen.index, solver.SolverState(state.x, state.t, state.t_hist, state.d_hist[:-k] + blended), True)
-        if plan.blend:
-            if orig.index != s:
-                raise RuntimeError(f"internal: orig is at grid index {orig.index}, blending at step {s} needs {s}")
-            state = gen.state
-            gen = Track(
-                gen.index,
-                solver.SolverState(torch.where(inside, gen.x, orig.x), state.t, state.t_hist, state.d_hist),
-                gen.evaluated,
-            )
-        self.stats["unet_calls"] += calls
-        self.stats["sample_evals"] += evals
-        return StepRecord(
-            s=s,
-            plan=plan,
-            gen=gen,
-            orig=orig,
-            ref=ref,
-            ref_latents=ref_latents,
-            seconds=time.perf_counter() - started,
-            unet_calls=calls,
-            sample_evals=evals,
-            attention=attention,
-        )
-
-    def _call(self, controller: InjectionController, rows, layout: BatchLayout) -> torch.Tensor:
-        """One batched UNet call; rows are (latent, grid index, embedding)."""
+            x_bg, x_ref = self.invert()
+            start = (self.compose_start(), x_bg, x_ref)
+        model = self.model
         grid = self._grid()
-        unet = self.model.unet
-        dtype = unet.dtype
-        x = torch.cat([r[0] for r in rows]).to(dtype)
-        t = self.schedule.model_time(torch.stack([grid[r[1]] for r in rows])).to(x.device)
-        emb = torch.cat([r[2] for r in rows]).to(dtype)
-        controller.layout = layout
-        with torch.no_grad():
-            return unet(x, t, encoder_hidden_states=emb).sample.float()
-
-    def _data(self, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return solver.to_data_prediction(model_output, x, t, self.schedule, self.model.prediction_type)
+        inputs = StepInputs(
+            steps=self.steps,
+            order=self._config.order,
+            guidance=self._config.effective_guidance,
+            grid=grid,
+            exceptional=model.exceptional_embedding(),
+            uncond=model.encode_prompt(""),
+            cond=model.encode_prompt(self._prompt),
+            inside=self._blend_mask(start[0] if start is not None else previous.generation.x),
+            controller=self._ensure_controller(),
+            start=start,
+            capture=capture,
+        )
+        with self._threads():
+            return self.engine.run_step(self.plans[s], previous, inputs)
 
     # ------------------------------------------------------------------ inspection
     def capture_attention(
@@ -598,9 +485,7 @@ class Session:
             raise ValueError(f"step {step} is not reachable yet: run(until={step}) first")
         checks.check_names(layers, self.attention_layers, name="layers")
         request = CaptureRequest(tuple(kinds), None if layers is None else frozenset(layers), max_tokens, max_bytes)
-        counts = dict(self.stats)
-        record = self._compute_step(step, capture=request)
-        self.stats.update(counts)  # inspection is not composition work
+        record = self._compute_step(step, capture=request)  # inspection: not counted as composition work
         return record.attention
 
     @property
@@ -611,11 +496,11 @@ class Session:
     def latents(self, step: int | None = None) -> dict[str, torch.Tensor]:
         """Latents of the active branches after ``step`` (default: the last completed step)."""
         record = self._record(step)
-        out = {"gen": record.gen.x}
-        if record.orig.index == record.s:
-            out["orig"] = record.orig.x
-        if record.ref.index == record.s:
-            out["ref"] = record.ref.x
+        out = {"generation": record.generation.x}
+        for name in ("background", "reference"):
+            track: Track = getattr(record, name)
+            if track.index == record.s:
+                out[name] = track.x
         return out
 
     def x0(self, step: int | None = None) -> dict[str, torch.Tensor]:
@@ -627,7 +512,7 @@ class Session:
             if track.index == record.s and track.evaluated:
                 out[name] = track.state.d_hist[-1]
         if record.s == self.steps:
-            out["gen"] = record.gen.x
+            out["generation"] = record.generation.x
         return out
 
     def preview(self, step: int | None = None) -> dict[str, torch.Tensor]:
@@ -640,7 +525,7 @@ class Session:
             self._preview_map = fit_latent_rgb_map(
                 self.model, torch.stack([inputs.background, inputs.cut_and_paste, inputs.reference])
             )
-        return {name: latent_to_rgb(self.model, x0, self._preview_map) for name, x0 in self.x0(step).items()}
+        return {name: latent_to_rgb(x0, self._preview_map) for name, x0 in self.x0(step).items()}
 
     def _record(self, step: int | None) -> StepRecord:
         if not self._records:
@@ -656,11 +541,11 @@ class Session:
         if latent is None:
             if not self.done:
                 raise RuntimeError(f"the composition has {len(self._records)} of {self.steps + 1} steps: run() first")
-            latent, what = self._records[-1].gen.x, f"the final latent of step {self.steps}"
+            latent, what = self._records[-1].generation.x, f"the final latent of step {self.steps}"
         else:
             what = "decode(latent)"
         checks.check_finite(latent, what, dtype=self.model.dtype)
-        with torch.no_grad():
+        with torch.no_grad(), self._threads():
             image = self.model.decode_latent(latent.to(self.model.device, self.model.dtype)).float().cpu()
         checks.check_finite(image, f"the VAE decode of {what}", dtype=self.model.dtype)
         return image

@@ -13,10 +13,10 @@ a run is one job per denoising step, and event handlers only queue jobs. Setting
 ``Session.update``, which keeps every step before the first one the change affects; only the
 suffix is recomputed. The Explorer talks to nothing but the Session's public API.
 
-Two things the Session does not expose, and how the Explorer does without them:
+How the Explorer shows what the user gave:
 
-- the box the user asked for: the Explorer starts from the window where the object was placed
-  (``placement.target_window``, drawn dashed) and from then on shows the boxes it sent itself;
+- the box the user asked for is ``Session.mask_or_box`` (a box, or the user mask whose bbox it shows, scaled
+  to the working size); the window where the object was placed (``placement.target_window``) is drawn dashed;
 - the original foreground and its object mask: the painter shows the object as it sits in the image
   (the reference canvas cropped to ``placement.ref_window``) and sends back a mask at the original
   foreground's size (``placement.foreground_size``) that the Session resizes onto exactly the
@@ -41,7 +41,6 @@ from .worker import Worker
 
 __all__ = ["Explorer"]
 
-BRANCH_LABELS = {"gen": "generation", "orig": "background", "ref": "reference"}
 _INPUT_CHANGES = {"mask_or_box", "background", "foreground", "foreground_mask", "mode"}
 _CONFIG_CONTROLS = ("tau_a", "tau_b", "tau_bg", "guidance", "steps", "seed", "mode")
 
@@ -242,7 +241,7 @@ class Explorer(widgets.VBox):
             for name in ("x", "y", "w", "h")
         ]
         apply_box = widgets.Button(description="set box", layout=widgets.Layout(width="70px"))
-        apply_box.on_click(lambda _b: self.update(mask_or_box=tuple(int(f.value) for f in self.box_fields)))
+        apply_box.on_click(lambda _b: self._apply_box_fields())
         self._small_px = 2 * px // 3  # four columns fit a notebook's output width (about 850 px in JupyterLab)
         self.cut_and_paste_view = image_widget(size=self._small_px, css_class="tficon-cut-and-paste")
         self.result_view = image_widget(render.blank(8, 8), size=px, css_class="tficon-result")
@@ -375,6 +374,13 @@ class Explorer(widgets.VBox):
             value = float(value)
         self.update(**{name: value})
 
+    def _apply_box_fields(self) -> None:
+        box = tuple(int(f.value) for f in self.box_fields)
+        if box == self._box:  # the fields show the Session's box: nothing to change (a mask stays a mask)
+            self._set_status(f"box {box} unchanged")
+            return
+        self.update(mask_or_box=box)
+
     def _on_box_drawn(self, change) -> None:
         if self._syncing or len(change["new"]) != 4:
             return
@@ -485,9 +491,11 @@ class Explorer(widgets.VBox):
         self._render_step(step)
         if self.live_attention.value:
             self._render_attention_for(step)
+        self._clear_stale_error()
 
     def _job_select_query(self, query: tuple[int, int]) -> None:
         self.attention.set_query(*query)
+        self._clear_stale_error()
 
     def _job_decode(self, step: int) -> None:
         s = self.session
@@ -502,12 +510,22 @@ class Explorer(widgets.VBox):
             image = np.asarray(to_pil(s.decode(x0)[0]))
             decoded[branch] = image
             images.append(image)
-            captions.append(f"{BRANCH_LABELS[branch]} x0, decoded")
+            captions.append(f"{branch} x0, decoded")
         self.decoded_row.set(images, captions)
         self.shown["decoded"] = (step, decoded)
+        self._clear_stale_error()
+
+    def _clear_stale_error(self) -> None:
+        """After a job that succeeded without a status of its own, an earlier error no longer describes the state."""
+        if getattr(self, "_status_is_error", False):
+            self._set_status(f"ready · {self.session.step_index} of {self.session.steps + 1} steps computed")
 
     # ================================================================== rendering (worker thread)
     def _set_status(self, text: str, *, error: bool = False) -> None:
+        # the header shows one message: a later success replaces an earlier error, and last_error follows it
+        self._status_is_error = error
+        if not error:
+            self.last_error = None
         colour = "#b00020" if error else "#333"
         self.status.value = f"<span style='color:{colour};font-size:12px;margin-left:10px'>{html.escape(text)}</span>"
 
@@ -553,8 +571,7 @@ class Explorer(widgets.VBox):
             "background": background if s.config.mode == "cross" else cut_and_paste,
         }
         self.shown.update(background=background, cut_and_paste=cut_and_paste, foreground=foreground, painted_mask=object_bits)
-        last_box = self._last_box_request()
-        self._box = last_box if last_box is not None else placed
+        self._box = self._user_box(place, placed)
         self._syncing = True
         try:
             if self.box_drawer is not None:
@@ -578,12 +595,18 @@ class Explorer(widgets.VBox):
             f"object placed at ({', '.join(str(v) for v in placed)}) (dashed)</span>"
         )
 
-    def _last_box_request(self) -> tuple[int, int, int, int] | None:
-        for entry in reversed(self.history):
-            box = entry["changes"].get("mask_or_box")
-            if isinstance(box, tuple) and len(box) == 4:
-                return box
-        return None
+    def _user_box(self, place, placed) -> tuple[int, int, int, int]:
+        """The box the user asked for, in working-image pixels: the Session's box as given, or its user mask's
+        bbox scaled from the mask's size; the placed window only when neither is known."""
+        given = self.session.mask_or_box
+        if isinstance(given, tuple) and len(given) == 4:
+            return tuple(int(v) for v in given)
+        if place.bbox is None or place.mask_size is None:
+            return placed
+        x, y, w, h = place.bbox
+        fy, fx = place.image_size[0] / place.mask_size[0], place.image_size[1] / place.mask_size[1]
+        left, top = round(x * fx), round(y * fy)
+        return left, top, round((x + w) * fx) - left, round((y + h) * fy) - top
 
     def _refresh_progress(self) -> None:
         s = self.session
@@ -602,7 +625,7 @@ class Explorer(widgets.VBox):
         s = self.session
         k = record.s
         self._refresh_progress()
-        preview = s.preview(k).get("gen")
+        preview = s.preview(k).get("generation")
         self.strip.set_item(k, preview, note=_flags(record.plan))
         self._set_status(f"step {k}/{s.steps} done ({record.seconds:.2f} s, {record.sample_evals} sample evals)")
         if self._following or k == self.scrubber.value:
@@ -656,9 +679,9 @@ class Explorer(widgets.VBox):
         self.step_title.value = f"<span style='font-size:12px'>after step {step}: latent channels and x0 previews</span>"
         self.channel_rows.set(
             [render.channel_strip(z) for z in latents.values()],
-            [f"{BRANCH_LABELS[b]} latent, {z.shape[1]} channels" for b, z in latents.items()],
+            [f"{b} latent, {z.shape[1]} channels" for b, z in latents.items()],
         )
-        self.preview_row.set(list(previews.values()), [f"{BRANCH_LABELS[b]} x0 preview" for b in previews])
+        self.preview_row.set(list(previews.values()), [f"{b} x0 preview" for b in previews])
         self.shown["step"] = step
         self.shown["latents"] = {b: z.clone() for b, z in latents.items()}
         self.shown["previews"] = {b: p.clone() for b, p in previews.items()}

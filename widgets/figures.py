@@ -251,7 +251,7 @@ def session_figure(
         query = ((target.left + target.right) // 2, (target.top + target.bottom) // 2)
     kinds = [k for k in maps_mod.KINDS if maps_mod.mean_map(captured, names, k) is not None]
 
-    strip = [session.preview(k)["gen"] for k in range(len(session.records))]
+    strip = [session.preview(k)["generation"] for k in range(len(session.records))]
     columns = max(4, len(kinds))
     strip_rows = (len(strip) + 10) // 11
     fig = Figure(figsize=(2.3 * columns, 2.6 * 2 + 1.3 * strip_rows), layout="constrained")

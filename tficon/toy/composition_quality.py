@@ -108,16 +108,13 @@ class PairResult:
 def background_reconstruction(session) -> torch.Tensor:
     """Decode of the background's exceptional-prompt inversion sampled back (what blending keeps)."""
     from tficon import solver
-    from tficon.inversion import noise_schedule
 
-    model = session.model
+    engine, model = session.engine, session.model
     x_bg, _ = session.invert()
-    e_star = model.exceptional_embedding()
-    with torch.no_grad():
-        z = solver.sample(
-            lambda x, t: model.unet(x.to(model.dtype), t, encoder_hidden_states=e_star).sample.float(),
-            x_bg, noise_schedule(model), session.steps, session.config.order, prediction_type=model.prediction_type,
-        )
+    z = solver.sample(
+        engine.model_fn(model.exceptional_embedding()), x_bg, engine.schedule, session.steps, session.config.order,
+        prediction_type=model.prediction_type,
+    )
     return session.decode(z)[0]
 
 

@@ -162,10 +162,19 @@ def inversion_scores(pipe, exceptional_token_id: int, images: torch.Tensor, capt
 
     Returns ``{conditioning: {"latent_mse", "psnr_vs_vae", "psnr_vs_original"}}`` plus ``"vae_psnr"``.
     """
-    from tficon.solver import NoiseSchedule, invert, sample
+    from tficon.engine import Engine
+    from tficon.models import assemble_loaded_model
+    from tficon.solver import invert, sample
     from tficon.text import encode_prompt, exceptional_embedding
 
-    schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler.config)
+    # the pipeline's modules behind tficon's one door to the UNet (dtype, device and counting in one place)
+    engine = Engine(assemble_loaded_model(
+        vae=pipe.vae, unet=pipe.unet, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+        scheduler_config=dict(pipe.scheduler.config), family="toy", spec="toy pipeline",
+        exceptional_token_id=exceptional_token_id, image_size=images.shape[-1], device=pipe.unet.device,
+        dtype=pipe.unet.dtype,
+    ))  # fmt: skip
+    schedule = engine.schedule
     scaling = pipe.vae.config.scaling_factor
     z0 = pipe.vae.encode(images).latent_dist.mean * scaling
     vae_recon = pipe.vae.decode(z0 / scaling).sample
@@ -178,10 +187,7 @@ def inversion_scores(pipe, exceptional_token_id: int, images: torch.Tensor, capt
     }
     results: dict = {"vae_psnr": psnr_db(vae_recon, images)}
     for name, embedding in conditionings.items():
-
-        def model_fn(x, model_t, embedding=embedding):
-            return pipe.unet(x, model_t, encoder_hidden_states=embedding).sample
-
+        model_fn = engine.model_fn(embedding)
         z_T = invert(model_fn, z0, schedule, steps, order=2)
         z0_back = sample(model_fn, z_T, schedule, steps, order=2)
         decoded = pipe.vae.decode(z0_back / scaling).sample
