@@ -1,0 +1,242 @@
+"""A catalogue of bad inputs and faults (issue 12) walked through the Session, the Explorer and the CLI.
+
+Each case asserts the exception type, that the message names the argument (or step and branch), and that
+nothing changed: no UNet work before a refusal, the Session at its last good step after a fault. The batch's
+cases are in tests/test_batch.py, the CLI's own in tests/test_cli.py; this module keeps one walk over each kind.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tficon import io
+from tficon.checks import NonFiniteError
+from tficon.config import CompositionConfig
+from tficon.session import Session
+from tiny_setup import SIZE, new_session
+
+
+def session_of(model, sample, **changes):
+    """A Session on the sample with some inputs replaced (keywords: background, ..., mask_or_box, prompt)."""
+    inputs = dict(
+        background=sample.background, foreground=sample.foreground, foreground_mask=sample.foreground_mask,
+        mask_or_box=sample.box, prompt=sample.prompt,
+    )  # fmt: skip
+    config = {k: changes.pop(k) for k in list(changes) if k not in inputs}
+    inputs.update(changes)
+    return Session(model, *inputs.values(), image_size=SIZE, steps=4, **config)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images: exact RGB conversions accepted, the rest refused naming the argument, before any copy
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("convert", ["RGBA", "P", "LA-grey"])
+def test_images_with_an_exact_rgb_reading_compose_like_rgb(model, sample, convert):
+    reference = session_of(model, sample)
+    if convert == "P":
+        # an exact palette image: quantised without dithering, and compared with its own RGB reading
+        background = sample.background.quantize(256, dither=Image.Dither.NONE)
+        expected = background.convert("RGB")
+    elif convert == "LA-grey":
+        background, expected = sample.background.convert("LA"), sample.background.convert("L").convert("RGB")
+    else:
+        background, expected = sample.background.convert("RGBA"), sample.background
+    converted = session_of(model, sample, background=background)
+    assert np.array_equal(np.asarray(converted.images["background"]), np.asarray(expected))
+    if convert == "RGBA":
+        assert torch.equal(converted.inputs.background, reference.inputs.background)
+
+
+@pytest.mark.parametrize(
+    "argument, value, error, message",
+    [
+        ("background", Image.new("RGBA", (SIZE, SIZE), (255, 0, 0, 128)), ValueError, r"^background has a transparent alpha"),
+        ("foreground", np.zeros((0, 0, 3), np.uint8), ValueError, r"^foreground is empty \(0x0 pixels"),
+        ("background", Image.new("RGB", (0, 0)), ValueError, r"^background is empty \(0x0 pixels"),
+        ("background", np.zeros((4, 4, 3), np.float32), ValueError, r"^background is a float32 array"),
+        ("foreground", Image.new("CMYK", (8, 8)), ValueError, r"^foreground is a CMYK image"),
+        ("foreground_mask", np.zeros((0, 3), bool), ValueError, r"foreground_mask is empty \(3x0 pixels"),
+        ("mask_or_box", (1, 2, 3), ValueError, r"^mask: a box must be 4 integers \(x, y, w, h\).*3 value"),
+        ("mask_or_box", (1, 2, 3, 4, 5), ValueError, r"a box must be 4 integers.*5 value"),
+        ("mask_or_box", (10.5, 2, 30, 30), ValueError, r"a box must be 4 integers"),
+        ("foreground_mask", Image.new("L", (SIZE, SIZE // 2), 255), ValueError,
+         r"foreground_mask is 128x64 \(W x H\) but foreground is 128x128.*aspect ratio"),
+        ("mask_or_box", np.ones((SIZE // 2, SIZE), bool), ValueError,
+         r"mask_or_box \(the user mask\) is 128x64 \(W x H\) but background is 128x128"),
+        ("prompt", 42, TypeError, r"prompt must be a str"),
+    ],
+)  # fmt: skip
+def test_bad_inputs_are_refused_naming_the_argument(model, sample, argument, value, error, message):
+    with pytest.raises(error, match=message):
+        session_of(model, sample, **{argument: value})
+
+
+def test_oversized_array_is_refused_before_it_is_copied(model, sample, monkeypatch):
+    monkeypatch.setattr(io, "MAX_IMAGE_PIXELS", SIZE * SIZE)
+    big = np.broadcast_to(np.uint8(7), (SIZE + 1, SIZE, 3))  # a view: refusing it must not need a copy
+    with pytest.raises(ValueError, match=r"^background is 128x129 pixels .*MAX_IMAGE_PIXELS"):
+        session_of(model, sample, background=big)
+
+
+def test_decompression_bomb_file_names_the_argument(model, sample, monkeypatch, tmp_path):
+    sample.background.save(tmp_path / "bg.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ValueError, match=r"^background: .*bg\.png' is too large to open safely"):
+        session_of(model, sample, background=tmp_path / "bg.png")
+
+
+def test_a_refused_update_leaves_the_session_as_it_was(model, sample):
+    s = session_of(model, sample)
+    before = (s.placement, s.images["background"], s.config)
+    for changes in ({"background": Image.new("RGBA", (8, 8))}, {"mask_or_box": (1, 2, 3)}, {"tau_a": math.nan},
+                    {"foreground_mask": np.ones((5, 50), bool)}):  # fmt: skip
+        with pytest.raises(ValueError):
+            s.update(**changes)
+    assert (s.placement, s.images["background"], s.config) == before
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configuration: range and finiteness at construction, before any UNet work
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("tau_a", 1.5, r"^tau_a must be a finite number in \[0, 1\]"),
+        ("tau_a", -0.1, r"^tau_a must be"),
+        ("tau_b", 2.5, r"^tau_b must be a finite number in \[0, 2\]"),
+        ("tau_bg", math.nan, r"^tau_bg must be a finite number"),
+        ("tau_bg", math.inf, r"^tau_bg must be a finite number"),
+        ("guidance", math.nan, r"^guidance must be a finite number"),
+        ("guidance", -math.inf, r"^guidance must be a finite number"),
+        ("seed", 2**64, r"^seed must be in \[0, 2\*\*63\)"),
+        ("seed", -1, r"^seed must be in \[0, 2\*\*63\)"),
+        ("seed", 1.0, r"^seed must be an integer"),
+        ("tau_a", True, r"^tau_a must be"),
+    ],
+)
+def test_bad_settings_are_refused_at_construction(model, sample, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        CompositionConfig(**{field: value})
+    calls = model.unet.forward
+    with pytest.raises(ValueError, match=message):
+        session_of(model, sample, **{field: value})
+    assert model.unet.forward == calls
+    assert CompositionConfig(tau_b=1.1).tau_b == 1.1  # pins the background on the last steps (notebook 04)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Numerical faults: the step where NaN appears, named; the Session kept at the last good step
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class NaNUNet:
+    """A forward hook that makes the UNet return NaN while armed."""
+
+    def __init__(self, unet):
+        self.armed = False
+        self.handle = unet.register_forward_hook(self)
+
+    def __call__(self, module, args, output):
+        if not self.armed:
+            return None
+        if isinstance(output, tuple):
+            return (torch.full_like(output[0], math.nan),) + tuple(output[1:])
+        return type(output)(sample=torch.full_like(output.sample, math.nan))
+
+
+def test_nan_from_the_unet_stops_at_its_step_and_keeps_the_session(model, sample):
+    s = new_session(model, sample, steps=4)
+    s.run(until=1)
+    records, stats = s.records, dict(s.stats)
+    fault = NaNUNet(model.unet)
+    try:
+        fault.armed = True
+        with pytest.raises(NonFiniteError, match=r"^step 1: the \w+ branch's .*NaN or inf.*last good state \(step 0\)") as info:
+            s.step()
+        assert info.value.step == 1 and info.value.branch
+        assert s.records == records and s.step_index == 1
+        with pytest.raises(NonFiniteError, match="step 1"):
+            s.run()
+        assert s.step_index == 1
+    finally:
+        fault.handle.remove()
+    s.run()  # the fault gone, the run goes on from the last good step and equals a fresh run
+    fresh = new_session(model, sample, steps=4).run()
+    assert np.array_equal(np.asarray(s.result), np.asarray(fresh.result))
+    assert s.stats["sample_evals"] > stats["sample_evals"]
+
+
+def test_decode_of_a_nan_latent_names_it(model, sample):
+    s = new_session(model, sample, steps=4)
+    latent = torch.full((1, 4, SIZE // 8, SIZE // 8), math.nan)
+    with pytest.raises(NonFiniteError, match=r"^decode\(latent\) contains NaN or inf values"):
+        s.decode(latent)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inspection and prompts
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_capture_attention_names_the_available_layers(model, sample):
+    s = new_session(model, sample, steps=4)
+    s.run(until=1)
+    with pytest.raises(ValueError, match=r"^layers: unknown \['nope'\]; available: \[.*attn1"):
+        s.capture_attention(0, layers=["nope"])
+    with pytest.raises(TypeError, match="layers must be a list of names"):
+        s.capture_attention(0, layers=s.attention_layers[0])
+
+
+def test_a_prompt_past_the_window_names_the_words_that_split(model, sample):
+    prompt = "a red star " + " ".join(["qzxjvkw"] * 12)  # few words, many BPE pieces
+    with pytest.raises(ValueError, match=r"prompt is too long: it needs \d+ tokens .* holds 77; it has 15 words.*'qzxjvkw' -> \d+"):
+        session_of(model, sample, prompt=prompt)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Explorer: the user's box, an unchanged "set box", errors cleared by a later success, faults in the worker
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_explorer_shows_the_user_box_and_clears_errors(model, sample):
+    pytest.importorskip("ipywidgets")
+    from tficon.widgets import Explorer
+
+    s = new_session(model, sample, steps=4)
+    ex = Explorer(s, threaded=False)
+    try:
+        placed = s.placement.target_window
+        assert (placed.left, placed.top, placed.width, placed.height) != sample.box  # the two differ here
+        assert [f.value for f in ex.box_fields] == list(sample.box)
+        if ex.box_drawer is not None:
+            assert list(ex.box_drawer.box) == list(sample.box)
+        ex.run(until=2)
+        ex.wait(120)
+        records = s.records
+        ex._apply_box_fields()  # "set box" with the fields as shown
+        ex.wait(60)
+        assert s.records == records and s.mask_or_box == sample.box and "unchanged" in ex.status.value
+        # a NaN fault in the worker: shown in the header, the Session kept at its last good step
+        fault = NaNUNet(model.unet)
+        fault.armed = True
+        try:
+            ex.run()
+            ex.wait(120)
+        finally:
+            fault.handle.remove()
+        assert isinstance(ex.last_error, NonFiniteError) and "step 2" in ex.status.value
+        assert s.step_index == 2 and s.records == records
+        ex.show_step(0 if ex.scrubber.value else 1)  # a later action that succeeds clears the stale error
+        ex.wait(60)
+        assert ex.last_error is None and "NaN" not in ex.status.value
+    finally:
+        ex._worker.close()
