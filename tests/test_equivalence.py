@@ -75,9 +75,9 @@ def test_batched_session_matches_sequential_official_structure(model, case):
                       image_size=SIZE, steps=10, **settings).run()
     want = _oracle(session)
     got = [r.generation.x for r in session.records]
-    assert len(got) == len(want["generation"])
+    assert len(got) == len(want["gen"])
     scale = want["final"].abs().max()
-    for s, (a, b) in enumerate(zip(got, want["generation"])):
+    for s, (a, b) in enumerate(zip(got, want["gen"])):
         assert (a - b).abs().max() <= 1e-5 * scale + 1e-5, f"step {s}: {(a - b).abs().max():.3g} (scale {scale:.3g})"
     # the composition is not trivially equal to the background reconstruction or plain sampling
     assert (want["final"] - want["orig"][-1]).abs().max() > 1e-2 * scale
