@@ -1,21 +1,28 @@
 """Benchmark: the cost of one TF-ICON composition, measured side by side in one run.
 
-For each model it prints
-- UNet sample-evaluations and wall time of a full composition (both inversions + composition)
-  against plain 20-step classifier-free-guided text-to-image sampling with the same solver;
-- the same composition run with the official code's sequential structure (tests/official_reference.py,
-  separate branch calls, logits stored per branch), the official sample-evaluation count included;
+For each row (a model at an image size) it prints, with plain and composition runs interleaved (a warm-up
+pair first, then ``--pairs`` measured pairs; CPU time of the process and wall time, min and median):
+- plain 20-step classifier-free-guided text-to-image sampling with the same solver;
+- a full composition (both inversions + composition, a fresh Session each time, so nothing is cached);
+- the composition stage alone, ours against the official code's sequential structure at the same tau_b
+  (tests/official_reference.py: separate branch calls, logits stored per branch, N x N maps kept),
+  also interleaved, with the UNet sample-evaluations of both counted by a forward hook as they run;
 - the cost of re-running after a tau_b change against a full run (Session.update keeps the prefix);
-- peak memory (CUDA: max allocated during the composition; CPU: the process's peak resident set so far).
+- peak memory above the start of each measured call (CUDA: max allocated; CPU: the resident set's reset
+  high-water mark, see benchmarks/bench_memory.py).
 
-Usage: python benchmarks/bench_session.py [--models toy tiny-sd2] [--steps 20] [--repeats 3]
-Timings on a busy machine are noisy: ratios measured in the same run are what to read.
+Rows ``model:size``: ``toy`` (the embedded model, 64 px native) and ``tiny-sd2`` / ``tiny-sd1`` (tiny random SD
+models). Larger sizes show the attention cost (tokens grow with the square of the size).
+
+Usage: python benchmarks/bench_session.py [--rows toy:64 tiny-sd2:64 tiny-sd2:256 tiny-sd2:512] [--pairs 5]
+Timings on a busy machine are noisy: read min and median, and ratios measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import ctypes
+import os
 import statistics
 import sys
 import time
@@ -24,21 +31,31 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the official-structure oracle
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_memory import PeakMemory  # noqa: E402
 from tficon import solver  # noqa: E402
 from tficon.engine import Engine  # noqa: E402
 from tficon.samples import toy_sample  # noqa: E402
 from tficon.session import Session  # noqa: E402
 
 
+def _pin_mmap_threshold() -> None:
+    """Make glibc return freed large blocks to the OS, so resident-set peaks measure live memory."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def _load(name: str):
     if name == "toy":
         from tficon.models import load_model
 
-        return load_model("toy"), 64
+        return load_model("toy")
     from tficon.tiny import tiny_model
 
-    return tiny_model(name.removeprefix("tiny-")), 128
+    return tiny_model(name.removeprefix("tiny-"))
 
 
 class _Counter:
@@ -57,115 +74,142 @@ class _Counter:
         self.calls = self.samples = 0
 
 
-def _time(fn, repeats):
-    times = []
-    result = None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), result
+class _Runs:
+    """CPU time, wall time, peak memory and sample-evaluations of repeated calls of one labelled function."""
+
+    def __init__(self, counter: _Counter, memory: PeakMemory):
+        self.counter, self.memory = counter, memory
+        self.runs: dict[str, list[dict]] = {}
+
+    def __call__(self, label: str, fn, *, keep: bool = True):
+        self.counter.reset()
+        cpu, wall = time.process_time(), time.perf_counter()
+        with self.memory.measure() as m:
+            result = fn()
+        r = dict(cpu_s=time.process_time() - cpu, wall_s=time.perf_counter() - wall,
+                 evals=self.counter.samples, peak_bytes=m["peak_bytes"])
+        if keep:
+            self.runs.setdefault(label, []).append(r)
+        return result
+
+    def stat(self, label: str, key: str, how=statistics.median) -> float:
+        return how(r[key] for r in self.runs[label])
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def bench(name: str, steps: int, repeats: int) -> dict:
-    model, size = _load(name)
+def bench(name: str, size: int, steps: int, pairs: int, tau_b: float) -> dict:
+    model = _load(name)
+    device = model.device.type
     sample = toy_sample(image_size=size)
     counter = _Counter(model.unet)
+    runs = _Runs(counter, PeakMemory("cuda" if device == "cuda" else "cpu"))
     plain_engine = Engine(model)
     schedule = plain_engine.schedule
     e_u, e_c = model.encode_prompt(""), model.encode_prompt(sample.prompt)
+    latent = size // model.vae_scale_factor
 
     def txt2img():
-        x = torch.randn(1, model.latent_channels, size // model.vae_scale_factor, size // model.vae_scale_factor,
-                        generator=torch.Generator().manual_seed(0)).to(model.device)
-
-        return solver.sample(plain_engine.model_fn(e_c, e_u, 5.0), x, schedule, steps, 2)
+        x = torch.randn(1, model.latent_channels, latent, latent, generator=torch.Generator().manual_seed(0)).to(model.device)
+        with torch.no_grad():
+            return solver.sample(plain_engine.model_fn(e_c, e_u, 5.0), x, schedule, steps, 2)
 
     def session():  # a new Session has a new engine, so an empty inversion cache: the inversions are measured
         return Session(model, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt,
-                       image_size=size, steps=steps)
+                       image_size=size, steps=steps, tau_b=tau_b)
 
-    def composition():
-        return session().run()
+    done = None
+    for i in range(pairs + 1):  # pair 0 warms up
+        runs("plain", txt2img, keep=i > 0)
+        done = runs("composition", lambda: session().run(), keep=i > 0)
 
-    if model.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    txt2img()  # warm-up
-    counter.reset()
-    t_plain, _ = _time(txt2img, repeats)
-    evals_plain = counter.samples // repeats
-    composition()  # warm-up (and fit caches)
-    counter.reset()
-    t_comp, done = _time(composition, repeats)
-    evals_comp = counter.samples // repeats
-    peak = torch.cuda.max_memory_allocated() / 2**20 if model.device.type == "cuda" else _peak_rss_mb()
-
-    def rerun():
-        done.update(tau_b=0.9 if done.config.tau_b != 0.9 else 0.8)
-        return done.run()
-
-    counter.reset()
-    t_rerun, _ = _time(rerun, repeats)
-    evals_rerun = counter.samples // repeats
-
+    # The composition stage alone: ours from inverted latents against the official structure, interleaved.
     from official_reference import official_composition
     from tficon.placement import region_indices
 
-    lh = size // model.vae_scale_factor
     levels = len(model.unet.config.block_out_channels)
     inputs = done.inputs
-    regions = {(lh >> k, lh >> k): region_indices(inputs.placement, inputs.object_mask, lh >> k, lh >> k)
+    regions = {(latent >> k, latent >> k): region_indices(inputs.placement, inputs.object_mask, latent >> k, latent >> k)
                for k in range(levels)}
     x_bg, x_ref = done.invert()
+    start = done.compose_start()
+    config = done.config
 
     def official():
         with torch.no_grad():
             return official_composition(
-                model.unet, schedule, x_bg_T=x_bg, x_ref_T=x_ref, start=done.compose_start(),
+                model.unet, schedule, x_bg_T=x_bg, x_ref_T=x_ref, start=start,
                 e_star=model.exceptional_embedding(), e_uncond=e_u, e_cond=e_c, regions=regions,
-                param_box=inputs.placement.latent_target_box, steps=steps, order=2, guidance=5.0,
-                tau_a=0.4, tau_b=0.8, prediction_type=model.prediction_type)
+                param_box=inputs.placement.latent_target_box, steps=steps, order=config.order,
+                guidance=config.effective_guidance, tau_a=config.tau_a, tau_b=config.tau_b, tau_bg=config.tau_bg,
+                prediction_type=model.prediction_type)
 
-    counter.reset()
-    t_official, result = _time(official, 1)
-    # the official code also doubles every inversion call and every orig/ref/cross call (CFG with equal halves)
-    official_evals = result["official_sample_evals"] + 2 * 2 * steps
-    t_inversions = done.timings.get("invert", 0.0)
+    stage_pairs = max(1, pairs // 2)  # the official structure is slow at large sizes; fewer pairs
+    official_result = None
+    for i in range(stage_pairs + 1):
+        prepared = session()  # inversions and start latent untimed: the stage alone is compared
+        prepared.invert()
+        prepared.compose_start()
+        runs("our stage", prepared.run, keep=i > 0)
+        official_result = runs("official stage", official, keep=i > 0)
+
+    def rerun():
+        done.update(tau_b=tau_b + 0.1)
+        return done.run()
+
+    runs("rerun", rerun)
     counter.handle.remove()
-    return dict(
-        name=name, device=str(model.device), steps=steps,
-        t_plain=t_plain, evals_plain=evals_plain, t_comp=t_comp, evals_comp=evals_comp,
-        t_rerun=t_rerun, evals_rerun=evals_rerun, t_official_composition=t_official,
-        t_our_composition=sum(r.seconds for r in done.records), official_evals=official_evals,
-        peak_mb=peak, t_inversions=t_inversions,
-    )
+    return dict(name=name, size=size, latent=latent, device=str(model.device), steps=steps, pairs=pairs,
+                stage_pairs=stage_pairs, tau_b=tau_b, runs=runs,
+                official_code_evals=official_result["official_sample_evals"] + 2 * 2 * steps)
+
+
+def _row(runs: _Runs, label: str, title: str) -> str:
+    s = runs.stat
+    return (f"{title:30s} {int(s(label, 'evals')):5d}  CPU {s(label, 'cpu_s', min):7.2f} / {s(label, 'cpu_s'):7.2f} s"
+            f"   wall {s(label, 'wall_s', min):7.2f} / {s(label, 'wall_s'):7.2f} s   peak +{s(label, 'peak_bytes') / 2**20:5.0f} MB")
+
+
+def report(r: dict) -> None:
+    runs = r["runs"]
+    s = runs.stat
+    print(f"\n== {r['name']} at {r['size']} px (latents {r['latent']}x{r['latent']}), {r['device']}, {r['steps']} steps, "
+          f"tau_b {r['tau_b']}, {r['pairs']} pairs after a warm-up ==")
+    print(f"{'':30s} evals  CPU min / median          wall min / median          memory (median)")
+    print(_row(runs, "plain", "plain txt2img (CFG)"))
+    print(_row(runs, "composition", "tficon composition (all)"))
+    print(f"{'  ratio':30s} {s('composition', 'evals') / s('plain', 'evals'):5.2f}x CPU "
+          f"{s('composition', 'cpu_s', min) / s('plain', 'cpu_s', min):.2f}x (min) {s('composition', 'cpu_s') / s('plain', 'cpu_s'):.2f}x (median)"
+          f"   wall {s('composition', 'wall_s') / s('plain', 'wall_s'):.2f}x (median)")
+    print(f"composition stage only, {r['stage_pairs']} pair(s) after a warm-up:")
+    print(_row(runs, "our stage", "  ours (batched)"))
+    print(_row(runs, "official stage", "  official structure"))
+    print(f"{'  official / ours':30s} {s('official stage', 'evals') / s('our stage', 'evals'):5.2f}x CPU "
+          f"{s('official stage', 'cpu_s') / s('our stage', 'cpu_s'):.2f}x (median)   "
+          f"(the official code itself runs {r['official_code_evals']} sample-evals with its inversions, CFG-doubled helpers)")
+    print(_row(runs, "rerun", "re-run after a tau_b change") +
+          f"   ({s('rerun', 'cpu_s') / s('composition', 'cpu_s'):.2f}x a full run's CPU)")
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["toy", "tiny-sd2"])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("--rows", nargs="+", default=["toy:64", "tiny-sd2:64", "tiny-sd2:256", "tiny-sd2:512"],
+                        help="model:size in pixels; models toy, tiny-sd2, tiny-sd1")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=5, help="measured plain/composition pairs after the warm-up pair")
+    parser.add_argument("--tau-b", type=float, default=0.8)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    for name in args.models:
-        r = bench(name, args.steps, args.repeats)
-        print(f"\n== {r['name']} ({r['device']}, {r['steps']} steps) ==")
-        print(f"plain txt2img (CFG):        {r['evals_plain']:4d} sample-evals  {r['t_plain']:7.3f} s")
-        print(f"tficon composition (all):   {r['evals_comp']:4d} sample-evals  {r['t_comp']:7.3f} s   "
-              f"ratio {r['evals_comp'] / r['evals_plain']:.2f}x evals, {r['t_comp'] / r['t_plain']:.2f}x time")
-        print(f"official structure:         {r['official_evals']:4d} sample-evals (counted as the official code runs them); "
-              f"its composition stage took {r['t_official_composition']:.3f} s vs ours "
-              f"{r['t_our_composition']:.3f} s ({r['t_official_composition'] / max(r['t_our_composition'], 1e-9):.2f}x)")
-        print(f"re-run after tau_b change:  {r['evals_rerun']:4d} sample-evals  {r['t_rerun']:7.3f} s   "
-              f"({r['t_rerun'] / r['t_comp']:.2f}x a full run)")
-        print(f"peak memory:                {r['peak_mb']:.0f} MB ({'CUDA max allocated' if 'cuda' in r['device'] else 'process peak RSS, all models so far'})")
+    _pin_mmap_threshold()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"bench_session: {args.threads} thread(s), {os.cpu_count()} CPUs, load average {load:.2f} at the start")
+    for row in args.rows:
+        name, _, size = row.partition(":")
+        report(bench(name, int(size or 64), args.steps, args.pairs, args.tau_b))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\nload average {load:.2f} at the end")
 
 
 if __name__ == "__main__":
