@@ -386,7 +386,7 @@ def test_cli_batch_reports_bad_arguments(tree, capsys):
     assert "limit must be a positive integer" in capsys.readouterr().err
     fresh = ["batch", str(tree["inputs"]), "--out", str(tree["out"].parent / "out_size"), "--model", str(tree["model"])]
     assert main(fresh + ["--size", "100", "--quiet"]) == 2  # no sample's fault: the whole batch stops
-    assert "image_size (--size) (H, W) = (100, 100) must be multiples of 32" in capsys.readouterr().err
+    assert "error: --size (H, W) = (100, 100) must be multiples of 32" in capsys.readouterr().err
 
 
 def test_a_folder_name_that_gives_an_empty_prompt_is_skipped_with_the_reason(tmp_path):

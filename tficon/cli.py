@@ -30,6 +30,7 @@ EXIT_RUN_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 _FLAG_NAMES = {
     "pass clip_box=True to shift it inside (a CompositionConfig field; --clip-box on the command line)":
         "pass --clip-box to shift it inside",
+    "image_size (--size)": "--size",
     "mask_or_box (the user mask)": "--mask",
     "mask_or_box": "--mask/--box",
     "foreground_mask": "--foreground-mask",
