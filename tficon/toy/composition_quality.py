@@ -1,17 +1,22 @@
 """The paper's cross-domain claim in miniature, measured on the toy model.
 
-For fixed cross-domain pairs (an object from one domain pasted into a scene of another), compose with
-TF-ICON's defaults and ask of each result:
+For fresh cross-domain cases drawn from a seed (``tficon.toy.pairs``: an object from one domain composed into
+a scene of another, every ordered domain pair, every shape and colour, boxes of several sizes, off-centre and
+near edges), compose with TF-ICON's defaults and ask of each result:
 
-- is there an object inside the target box, of the foreground's colour and shape?
-- is it drawn in the BACKGROUND's domain (a flat star pasted into an outline scene should become an
+- is there an object centred inside the target box, of the foreground's colour and shape, and how far is its
+  centroid from the box centre?
+- is it drawn in the BACKGROUND's domain (a flat star composed into an outline scene should become an
   outline star)? The object-level domain is read from the pixels inside the detected silhouette,
   with a nearest-centroid rule whose centroids come from rendered ground truth (``object_style``);
-- how well is the rest of the image kept: PSNR outside the box against the background's own
-  reconstruction (exceptional-prompt inversion then sampling, decoded), the quantity TF-ICON's
-  background blending and injection aim to preserve.
+- how well is the rest of the image kept: PSNR outside the box against the background itself and against
+  its own reconstruction (exceptional-prompt inversion then sampling, decoded), the quantity TF-ICON's
+  background blending and injection aim to preserve;
+- does TF-ICON's main control act: the mean pixel change when tau_a goes from 0.4 to 0.7 (a Session update,
+  so only the affected steps are recomputed).
 
-``python -m tficon.toy.composition_quality`` prints the figures; tests keep them from regressing.
+``python -m tficon.toy.composition_quality [--seed N] [--repeats R]`` prints the figures; tests keep them
+from regressing.
 """
 
 from __future__ import annotations
@@ -25,21 +30,10 @@ import torch
 
 from tficon.metrics import psnr
 from tficon.toy.detector import FOREGROUND_DISTANCE, DetectedObject, detect
-from tficon.toy.world import COLOURS, DOMAINS, SHAPES, ObjectSpec, render_object
+from tficon.toy.pairs import composition_cases
+from tficon.toy.world import COLOURS, DOMAINS, SHAPES, render_object
 
-# (foreground domain, background domain, shape, colour, scene object): every domain appears on both sides.
-PAIRS: tuple[tuple[str, str, str, str, ObjectSpec], ...] = (
-    ("flat", "outline", "star", "red", ObjectSpec("square", "blue", (18.0, 32.0), 11.0)),
-    ("flat", "striped", "circle", "blue", ObjectSpec("triangle", "yellow", (18.0, 32.0), 11.0)),
-    ("flat", "pencil", "square", "yellow", ObjectSpec("circle", "red", (18.0, 32.0), 11.0)),
-    ("outline", "flat", "triangle", "green", ObjectSpec("star", "red", (18.0, 32.0), 11.0)),
-    ("outline", "striped", "square", "red", ObjectSpec("circle", "green", (18.0, 32.0), 11.0)),
-    ("striped", "flat", "star", "blue", ObjectSpec("circle", "yellow", (18.0, 32.0), 11.0)),
-    ("striped", "outline", "circle", "green", ObjectSpec("square", "red", (18.0, 32.0), 11.0)),
-    ("pencil", "flat", "square", "red", ObjectSpec("triangle", "blue", (18.0, 32.0), 11.0)),
-    ("pencil", "outline", "triangle", "yellow", ObjectSpec("star", "green", (18.0, 32.0), 11.0)),
-    ("outline", "pencil", "star", "blue", ObjectSpec("square", "yellow", (18.0, 32.0), 11.0)),
-)
+TAU_A_CHANGE = (0.4, 0.7)  # tau_a before and after, for the "does the main control act" figure
 
 
 def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
@@ -98,7 +92,10 @@ class PairResult:
     shape_ok: bool
     style: str | None  # the domain the composed object is drawn in
     background_domain: str
+    centroid_offset_px: float | None  # distance of the found object's centroid from the box centre
     psnr_outside: float  # dB, result vs the background reconstruction, outside the target window
+    psnr_outside_background: float  # dB, result vs the background image itself, outside the target window
+    tau_a_change: float | None  # mean |pixel change| in [0, 1] when tau_a goes 0.4 -> 0.7
 
     @property
     def harmonised(self) -> bool:
@@ -118,13 +115,19 @@ def background_reconstruction(session) -> torch.Tensor:
     return session.decode(z)[0]
 
 
-def evaluate_pair(model, pair, **config) -> PairResult:
+def _psnr_outside(a: torch.Tensor, b: torch.Tensor, window) -> float:
+    """PSNR of two (3, H, W) images in [-1, 1] over the pixels outside ``window`` (mapped to [0, 1])."""
+    keep = torch.ones(a.shape[-2:], dtype=torch.bool)
+    keep[window.slices()] = False
+    return psnr(((a + 1) / 2)[:, keep][:, None], ((b + 1) / 2)[:, keep][:, None])
+
+
+def evaluate_case(model, case, *, tau_a_effect: bool = True, **config) -> PairResult:
+    """Compose one ``tficon.toy.pairs.CompositionCase`` and score it (see the module docstring)."""
     from tficon import io
-    from tficon.samples import toy_sample
     from tficon.session import Session
 
-    fg_domain, bg_domain, shape, colour, scene_object = pair
-    sample = toy_sample(bg_domain, fg_domain, shape, colour, scene_object)
+    sample = case.sample
     session = Session(model, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt,
                       mode=sample.mode, **config)
     result = session.result
@@ -132,10 +135,18 @@ def evaluate_pair(model, pair, **config) -> PairResult:
     det = detect(np.asarray(result))
     inside = [o for o in det.objects if window.top <= o.centre[1] < window.bottom and window.left <= o.centre[0] < window.right]
     obj = max(inside, key=lambda o: o.area) if inside else None
-    recon = background_reconstruction(session)
+    x, y, w, h = sample.box
+    scale_x, scale_y = result.width / sample.background.width, result.height / sample.background.height
+    centre = ((x + w / 2) * scale_x, (y + h / 2) * scale_y)
     decoded = io.image_to_tensor(result)
-    keep = torch.ones(decoded.shape[-2:], dtype=torch.bool)
-    keep[window.slices()] = False
+    background = io.image_to_tensor(sample.background.convert("RGB").resize(result.size))
+    change = None
+    if tau_a_effect:
+        session.update(tau_a=TAU_A_CHANGE[1])
+        changed = io.image_to_tensor(session.result)
+        change = float(((changed - decoded).abs() / 2).mean())
+        session.update(tau_a=TAU_A_CHANGE[0])
+    colour, shape, bg_domain = case.colour, case.shape, case.background_domain
     return PairResult(
         name=sample.name,
         found=obj is not None,
@@ -143,20 +154,29 @@ def evaluate_pair(model, pair, **config) -> PairResult:
         shape_ok=obj is not None and obj.shape == shape,
         style=None if obj is None else object_style(result, obj, det.background_rgb),
         background_domain=bg_domain,
-        # pixels outside the window, images mapped from [-1, 1] to [0, 1]
-        psnr_outside=psnr(((decoded + 1) / 2)[:, keep][:, None], ((recon + 1) / 2)[:, keep][:, None]),
+        centroid_offset_px=None if obj is None else float(np.hypot(obj.centre[0] - centre[0], obj.centre[1] - centre[1])),
+        psnr_outside=_psnr_outside(decoded, background_reconstruction(session), window),
+        psnr_outside_background=_psnr_outside(decoded, background, window),
+        tau_a_change=change,
     )
 
 
-def composition_scores(model, pairs=PAIRS, **config) -> tuple[dict[str, float], list[PairResult]]:
-    results = [evaluate_pair(model, pair, **config) for pair in pairs]
+def composition_scores(model, seed: int = 0, repeats: int = 2, **config) -> tuple[dict[str, float], list[PairResult]]:
+    """Scores over ``12 * repeats`` fresh cases drawn from ``seed``: fractions, median offset, mean PSNRs."""
+    results = [evaluate_case(model, case, **config) for case in composition_cases(seed, repeats)]
     n = len(results)
+    offsets = [r.centroid_offset_px for r in results if r.centroid_offset_px is not None]
+    changes = [r.tau_a_change for r in results if r.tau_a_change is not None]
     scores = {
+        "cases": n,
         "object_in_box": sum(r.found for r in results) / n,
         "in_background_domain": sum(r.harmonised for r in results) / n,
         "colour_kept": sum(r.colour_ok for r in results) / n,
         "shape_kept": sum(r.shape_ok for r in results) / n,
+        "median_centroid_offset_px": float(np.median(offsets)) if offsets else float("nan"),
         "psnr_outside_box_db": float(np.mean([r.psnr_outside for r in results])),
+        "psnr_outside_box_vs_background_db": float(np.mean([r.psnr_outside_background for r in results])),
+        "tau_a_change": float(np.mean(changes)) if changes else float("nan"),
     }
     return scores, results
 
@@ -180,6 +200,8 @@ def style_accuracy() -> float:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="toy")
+    parser.add_argument("--seed", type=int, default=0, help="seed the cases are drawn from")
+    parser.add_argument("--repeats", type=int, default=2, help="cases per ordered domain pair (12 pairs)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -188,10 +210,12 @@ def main(argv=None) -> dict:
 
     model = load_model(args.model)
     print(f"object-style classifier accuracy on rendered ground truth: {style_accuracy():.3f}")
-    scores, results = composition_scores(model)
+    scores, results = composition_scores(model, seed=args.seed, repeats=args.repeats)
     for r in results:
-        print(f"  {r.name:40s} found={r.found!s:5s} colour={r.colour_ok!s:5s} shape={r.shape_ok!s:5s} "
-              f"style={r.style or '-':8s} (want {r.background_domain:8s}) psnr_outside={r.psnr_outside:5.1f} dB")
+        offset = "-" if r.centroid_offset_px is None else f"{r.centroid_offset_px:4.1f}"
+        print(f"  {r.name:42s} found={r.found!s:5s} colour={r.colour_ok!s:5s} shape={r.shape_ok!s:5s} "
+              f"style={r.style or '-':8s} (want {r.background_domain:8s}) offset={offset:>4s} px "
+              f"psnr_outside={r.psnr_outside:5.1f} dB tau_a_change={r.tau_a_change:.4f}")
     for key, value in scores.items():
         print(f"{key}: {value:.3f}")
     return scores

@@ -15,6 +15,8 @@ Geometry is drawn in 64-px units and scaled to ``image_size``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from tficon.samples import Sample
@@ -22,6 +24,18 @@ from tficon.toy.world import COLOURS, DOMAINS, SHAPES, ObjectSpec, render_backgr
 
 BOX_SIDES = (20, 34)  # range of the target box side, 64-px units
 EDGE_SHARE = 1 / 3  # share of boxes placed 0-2 px from an image edge
+
+
+@dataclass(frozen=True)
+class CompositionCase:
+    """One drawn case: the composition inputs and what a good result shows (the object's colour and shape,
+    drawn in ``background_domain``)."""
+
+    sample: Sample
+    colour: str
+    shape: str
+    foreground_domain: str
+    background_domain: str
 
 
 def _scene_object(rng: np.random.Generator, box: tuple[int, int, int, int]) -> ObjectSpec | None:
@@ -55,7 +69,7 @@ def _box(rng: np.random.Generator, near_edge: bool) -> tuple[int, int, int, int]
     return x, y, side, side
 
 
-def composition_cases(seed: int, repeats: int = 2, image_size: int = 64) -> list[Sample]:
+def composition_cases(seed: int, repeats: int = 2, image_size: int = 64) -> list[CompositionCase]:
     """``12 * repeats`` cross-domain samples drawn from ``seed`` (see the module docstring)."""
     rng = np.random.default_rng([seed, 4242])
     domain_pairs = [(f, b) for f in DOMAINS for b in DOMAINS if f != b] * repeats
@@ -75,15 +89,14 @@ def composition_cases(seed: int, repeats: int = 2, image_size: int = 64) -> list
         placed = ObjectSpec(shape, colour, (box[0] + box[2] / 2, box[1] + box[3] / 2), box[2] / 2)
         names = sorted(scene.objects + (placed,), key=lambda o: o.centre[0])
         prompt = " and ".join(f"a {o.colour} {o.shape}" for o in names) + f", {bg_domain} style"
-        cases.append(
-            Sample(
-                name=f"{i:02d}-{colour}-{shape}-{fg_domain}-into-{bg_domain}",
-                background=background,
-                foreground=foreground,
-                foreground_mask=mask,
-                box=tuple(int(round(v * k)) for v in box),
-                prompt=prompt,
-                mode="cross",
-            )
+        sample = Sample(
+            name=f"{i:02d}-{colour}-{shape}-{fg_domain}-into-{bg_domain}",
+            background=background,
+            foreground=foreground,
+            foreground_mask=mask,
+            box=tuple(int(round(v * k)) for v in box),
+            prompt=prompt,
+            mode="cross",
         )
+        cases.append(CompositionCase(sample, colour, shape, fg_domain, bg_domain))
     return cases

@@ -91,12 +91,16 @@ def detector_accuracy(count: int = 400, seed: int = 123) -> dict[str, float]:
 # ----------------------------------------------------------------------------- 2. VAE
 
 
-def held_out_images(count: int = 64, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
-    """The training script's held-out images as (count, 3, 64, 64) in [-1, 1], and their captions."""
+def held_out_images(count: int = 64, seed: int = 0, canvases: bool = False) -> tuple[torch.Tensor, list[str]]:
+    """Held-out examples of the training script as (count, 3, 64, 64) in [-1, 1], and their captions.
+
+    Scenes by default; ``canvases=True`` gives reference canvases (objects centred on black) instead.
+    """
     from tficon.toy.train import HELD_OUT_OFFSET, render_dataset, to_tensor
 
-    images, captions = render_dataset(count, seed, offset=HELD_OUT_OFFSET)
-    return to_tensor(images), captions
+    images, captions, is_canvas = render_dataset(4 * count, seed, offset=HELD_OUT_OFFSET, canvas_fraction=0.5)
+    chosen = np.flatnonzero(is_canvas == canvases)[:count]
+    return to_tensor(images[chosen]), [captions[i] for i in chosen]
 
 
 def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
