@@ -28,6 +28,7 @@ _EXPORTS = {
     "CompositionConfig": "tficon.config",
     "Session": "tficon.session",
     "compose": "tficon.compose",
+    "sweep": "tficon.sweep",  # a callable module: tficon.sweep(...) runs tficon.sweep.run_sweep
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
