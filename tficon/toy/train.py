@@ -360,6 +360,14 @@ def train_unet(latent_mean, latent_std, scaling_factor, token_ids, empty_ids, va
         generator.set_state(state["generator"])
         start = state["step"]
         log(f"unet: resumed at step {start}/{steps}")
+    if args.export_only:
+        if not checkpoint.exists():
+            raise SystemExit(f"--export-only: no UNet checkpoint in {args.work}")
+        ema.copy_to(params)
+        meta["training"]["unet_steps_done"] = start
+        export(out, vae, unet, text_encoder, tokenizer, meta)
+        log(f"exported the EMA weights after {start} UNet steps to {out}")
+        return
     alphas_cumprod = noise_scheduler.alphas_cumprod
     batch = 64
     unet.train()
@@ -501,6 +509,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder (a diffusers pipeline)")
     parser.add_argument("--work", type=Path, help="checkpoints, cached data and the log (default: OUT.work)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work")
+    parser.add_argument("--export-only", action="store_true",
+                        help="write the EMA weights of the latest UNet checkpoint in --work to --out, then stop")
     parser.add_argument("--images", type=int, default=20000, help="number of training examples")
     parser.add_argument("--canvas-fraction", type=float, default=0.1, help="share of reference canvases")
     parser.add_argument("--vae-steps", type=int, default=3000)
@@ -519,6 +529,7 @@ def main(argv: list[str] | None = None) -> None:
     if not 0.0 <= args.canvas_fraction < 1.0:
         parser.error("--canvas-fraction must be in [0, 1)")
     args.work = args.work or args.out.with_name(args.out.name + ".work")
+    args.resume = args.resume or args.export_only
     if args.work.exists() and any(args.work.iterdir()) and not args.resume:
         parser.error(f"{args.work} holds an earlier run: pass --resume to continue it, or remove it")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -528,7 +539,7 @@ def main(argv: list[str] | None = None) -> None:
         arg = given.pop(0)
         if arg == "--clip-bpe":
             given.pop(0) if given else None
-        elif arg != "--resume" and not arg.startswith("--clip-bpe="):
+        elif arg not in ("--resume", "--export-only") and not arg.startswith("--clip-bpe="):
             recorded.append(arg)
     command = "python -m tficon.toy.train " + " ".join(shlex.quote(a) for a in recorded)
     log = RunLog(args.work)
