@@ -26,6 +26,15 @@ content of its four input files) is not composed again unless ``force``. Samples
 one after another, so the background inversion is found in the batch's inversion cache (``tficon.engine``);
 ``sample.json`` records the hits. Both images of a sample are inverted in one batch, and a result must not depend
 on what was cached, so a hit saves UNet work only when both inversions of a sample are cached.
+
+Several processes (Hugging Face ``accelerate``): under ``accelerate launch -m tficon batch ...`` (or
+``tficon batch --processes N``, which runs that launcher) every process finds the same samples still to compose,
+they agree on that list before anyone writes (a barrier), and ``PartialState.split_between_processes`` gives each
+process a contiguous share of it in composition order (so samples sharing a background mostly stay together).
+Each process loads the model on its own device and writes its samples exactly as a single process would, with the
+same resume rules, so a killed process loses at most the sample it was composing. When all are done, the main
+process gathers the outcomes and writes the summaries, contact sheet and report once. A run that was killed
+writes no summaries; the re-run composes what is missing and merges everything.
 """
 
 from __future__ import annotations
@@ -67,6 +76,7 @@ __all__ = [
     "check_sample_files",
     "placement_overlay",
     "run_batch",
+    "process_state",
 ]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
@@ -537,6 +547,20 @@ def _checked_model(model, image_size):
     return model
 
 
+def process_state():
+    """accelerate's ``PartialState`` when this process is one of several started by a launcher (``accelerate
+    launch``, torchrun, mpirun), else None. Without a GPU the processes join a CPU (gloo/MPI) group."""
+    from accelerate.utils import get_int_from_env
+
+    if get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state if state.num_processes > 1 else None
+
+
 def run_batch(
     root: str | os.PathLike,
     out: str | os.PathLike,
@@ -553,6 +577,7 @@ def run_batch(
     clip_model: str | os.PathLike | None = None,
     allow_downloads: bool = False,
     log: Callable[[str], None] | None = None,
+    dtype: str | None = None,
 ) -> BatchReport:
     """Compose every sample folder under ``root`` into ``out`` (see the module docstring).
 
@@ -568,9 +593,14 @@ def run_batch(
         perceptual: try LPIPS (VGG) and CLIP; each runs only with local weights unless ``allow_downloads``.
         lpips_weights / clip_model: see ``tficon.metrics.LPIPSScorer.load`` / ``CLIPScorer.load``.
         log: where messages go (default ``tqdm.write``).
+        dtype: the precision a model spec is loaded in (``load_model``'s dtype).
+
+    Under a multi-process launch (``process_state``), each process composes its share of the samples still to
+    compose, and the main process writes the summaries after all have finished (module docstring).
 
     Returns:
-        a :class:`BatchReport`; summaries and the visual report are written to ``out``.
+        a :class:`BatchReport`; summaries and the visual report are written to ``out``. Under several processes
+        the main process's report covers every sample; the others' hold only their own samples and no paths.
     """
     root, out = Path(root), Path(out)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -578,6 +608,10 @@ def run_batch(
     if config is not None and not isinstance(config, CompositionConfig):
         raise TypeError(f"config must be a tficon.CompositionConfig or None, got {type(config).__name__}")
     log = log or tqdm.write
+    state = process_state()
+    if state is not None:
+        rank = f"[process {state.process_index + 1}/{state.num_processes}] "
+        log = (lambda write: lambda message: write(rank + message))(log)
     discovered = discover_samples(root, mode, exclude=[out])
     samples = discovered[:limit] if limit is not None else discovered
     base = config or CompositionConfig()
@@ -588,7 +622,20 @@ def run_batch(
     outcomes: dict[str, SampleOutcome] = {}
     engine = None  # created with the model: one inversion cache for the whole batch
 
-    bar = tqdm(composition_order(samples), desc="tficon batch", unit="sample", disable=not progress)
+    work = composition_order(samples)
+    if state is not None:
+        # Every process reads the same finished records and must agree on what is left before anyone writes one.
+        work = [
+            s for s in work
+            if force or _earlier_outcome(s, _fingerprint(s, base.replace(mode=s.mode), model_spec, image_size),
+                                         out / s.id) is None
+        ]  # fmt: skip
+        state.wait_for_everyone()
+        with state.split_between_processes(work) as share:
+            work = list(share)
+    desc = "tficon batch" if state is None else f"tficon batch {state.process_index + 1}/{state.num_processes}"
+    position = None if state is None else state.process_index
+    bar = tqdm(work, desc=desc, unit="sample", disable=not progress, position=position)
     for run_index, sample in enumerate(bar):
         bar.set_postfix_str(sample.id[-40:], refresh=False)
         folder = out / sample.id
@@ -611,7 +658,8 @@ def run_batch(
                 from .models import load_model
 
                 # a model that cannot load, or a working size it cannot use, ends the batch: no sample could run
-                loaded = _checked_model(load_model(model_spec), image_size)
+                device = None if state is None else state.device
+                loaded = _checked_model(load_model(model_spec, device=device, dtype=dtype), image_size)
                 log(f"model: {loaded.describe()}")
             started = time.perf_counter()
             try:
@@ -638,6 +686,24 @@ def run_batch(
         (folder / RECORD_FILE).write_text(json.dumps(_jsonable(record), indent=2) + "\n")
         outcomes[sample.id] = SampleOutcome(sample.id, action, record.get("reason"), record)
     bar.close()
+    if state is not None:
+        from accelerate.utils import gather_object
+
+        mine = list(outcomes.values())
+        # collective: returns when every process has finished its share
+        gathered = gather_object([(mine, dict(scorers.unavailable))])
+        if not state.is_main_process:
+            return BatchReport(root, out, mine, {}, dict(scorers.unavailable))
+        outcomes = {o.id: o for theirs, _ in gathered for o in theirs}
+        for _, unavailable in gathered:
+            scorers.unavailable.update(unavailable)
+        for sample in samples:  # finished by earlier runs: not in anyone's share
+            if sample.id not in outcomes:
+                earlier = _earlier_outcome(
+                    sample, _fingerprint(sample, base.replace(mode=sample.mode), model_spec, image_size), out / sample.id
+                )
+                if earlier is not None:
+                    outcomes[sample.id] = earlier
 
     # Samples beyond --limit that an earlier run finished with these settings stay in the summaries.
     for sample in discovered[len(samples) :]:

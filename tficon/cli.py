@@ -1,4 +1,4 @@
-"""The ``tficon`` command line: ``demo``, ``compose`` and ``batch``.
+"""The ``tficon`` command line: ``demo``, ``compose``, ``batch`` and ``sweep``.
 
 Exit codes: 0 success; 1 the run failed (a batch with failed samples, a numerical failure); 2 a usage or input
 error (a bad flag value, a missing or unreadable file, a box that does not fit), reported in one paragraph on
@@ -320,10 +320,15 @@ def cmd_batch(args) -> int:
             if not parent.is_dir():
                 raise ValueError(f"--out: {str(parent)!r} is a file, so the folder {str(out)!r} cannot be created")
             break
+    if args.processes is not None and args.processes < 1:
+        raise ValueError(f"--processes must be a positive integer, got {args.processes}")
+    if args.processes is not None and args.processes > 1 and not os.environ.get("WORLD_SIZE"):
+        return _launch_processes(args.processes, args.argv)
     report = run_batch(
         args.root,
         args.out,
-        model=args.model if args.dtype is None else _load(args.model, args.dtype),
+        model=args.model,
+        dtype=args.dtype,
         mode=args.mode,
         config=base,
         image_size=args.size,
@@ -335,8 +340,94 @@ def cmd_batch(args) -> int:
         clip_model=args.clip_model,
         allow_downloads=args.allow_downloads,
     )
-    print(report.describe())
+    if report.paths:  # under several processes only the main one merges and reports
+        print(report.describe())
     return 1 if report.failed else 0
+
+
+def _launch_processes(processes: int, argv: list[str]) -> int:
+    """Run this very command under accelerate's launcher with ``processes`` processes on this machine (one per GPU
+    when there are GPUs; CPU processes in a gloo group otherwise); the processes skip this step
+    (torchrun sets WORLD_SIZE). Returns the launcher's exit code."""
+    import socket
+    import subprocess
+
+    with socket.socket() as probe:  # a free port for the process group's rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+        "-m", "tficon", *argv,
+    ]  # fmt: skip
+    print(f"tficon batch: {processes} processes via accelerate launch", flush=True)
+    child = subprocess.Popen(command)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:  # the processes got the Ctrl-C too; let them stop, then report
+        child.wait()
+        raise
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import GridError
+
+    try:
+        return _sweep(args)
+    except GridError as error:  # its messages name grid parameters (tau_a), not flags: print them as they are
+        print(f"tficon sweep: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _sweep(args) -> int:
+    from . import io
+    from .samples import demo_sample
+    from .sweep import GridError, run_sweep, parse_grid_option
+
+    grid: dict = {}
+    for option in args.grid or []:
+        name, values = parse_grid_option(option)
+        if name in grid:
+            raise GridError(f"--grid {name} is given twice; list all its values in one --grid {name}=...")
+        grid[name] = values
+    if not grid:
+        raise GridError("give at least one --grid name=v1,v2,... (e.g. --grid tau_a=0.2,0.4 --grid tau_b=0.5,0.8)")
+    given = [args.background, args.foreground, args.foreground_mask, args.prompt]
+    if args.demo:
+        if any(v is not None for v in given) or args.mask is not None or args.box is not None:
+            raise ValueError("--demo uses the built-in sample: leave out --background/--foreground/--mask/--box/--prompt")
+        sample = demo_sample()
+        background, foreground, object_mask, prompt = sample.background, sample.foreground, sample.foreground_mask, sample.prompt
+        target, mode = sample.box, sample.mode
+    else:
+        if any(v is None for v in given):
+            raise ValueError("give --background, --foreground, --foreground-mask and --prompt (or --demo)")
+        if (args.mask is None) == (args.box is None):
+            raise ValueError("give exactly one of --mask (a mask image) or --box x,y,w,h")
+        background = io.load_image(args.background, name="--background")
+        foreground = io.load_image(args.foreground, name="--foreground")
+        io.load_mask(args.foreground_mask, name="--foreground-mask")
+        object_mask, prompt, mode = args.foreground_mask, args.prompt, "cross"
+        target = io.load_mask(args.mask, name="--mask") if args.mask is not None else _target_from_box(args.box, background)
+    labels = None
+    if "box" in grid:  # boxes in the background's own pixels, mapped like --box
+        labels = {"box": [",".join(map(str, b)) for b in grid["box"]]}
+        try:
+            grid["box"] = [_target_from_box(b, background) for b in grid["box"]]
+        except ValueError as error:
+            raise GridError(f"--grid box: {error}") from None
+    config = _config(args, mode)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {str(out)!r} is a file; the sweep writes a folder")
+    model = _load(args.model, args.dtype)
+    result = run_sweep(
+        model, background, foreground, object_mask, target, prompt, grid, config=config, image_size=args.size,
+        out=out, value_labels=labels, progress=not args.quiet,
+    )  # fmt: skip
+    print(result.describe())
+    print(f"wrote {out / 'grid.png'}, {out / 'cells.csv'}, {out / 'cells.json'}, {out / 'index.html'}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -407,6 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--clip-model", default=None, help="CLIP folder or cached hub id for the CLIP scores")
     batch.add_argument("--allow-downloads", action="store_true", help="let LPIPS/CLIP download missing weights")
     batch.add_argument("--pixel-metrics-only", action="store_true", help="MSE/PSNR/SSIM only: do not try LPIPS or CLIP")
+    batch.add_argument(
+        "--processes", type=int, default=None,
+        help="compose on N processes of this machine through accelerate's launcher (one per GPU; CPU processes "
+        "otherwise); the same as 'accelerate launch --num_processes N -m tficon batch ...'",
+    )  # fmt: skip
     _add_config_flags(batch)
     batch.add_argument(
         "--mode",
@@ -415,6 +511,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (default): from a cross_domain / same_domain folder above each sample, else cross",
     )
     batch.set_defaults(func=cmd_batch)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="compose one sample over a grid of settings, sharing inversions and common steps",
+        description="Compose one sample at every point of a grid over tau_a, tau_b, tau_bg, guidance, seed, steps "
+        "and box (--grid name=v1,v2,... or name=start:stop:count, repeated; boxes as box='x,y,w,h;x,y,w,h' in the "
+        "background's pixels). Writes grid.png (first parameter down, second across), cells.csv, cells.json, "
+        "index.html and cells/ into --out.",
+    )
+    sweep.add_argument("--grid", action="append", metavar="NAME=VALUES", help="a swept parameter and its values")
+    sweep.add_argument("--demo", action="store_true", help="sweep the built-in demo sample (the toy model's)")
+    sweep.add_argument("--model", default="toy", help='"toy", a hub id, a diffusers folder or a checkpoint file')
+    sweep.add_argument("--background", default=None)
+    sweep.add_argument("--foreground", default=None)
+    sweep.add_argument("--foreground-mask", default=None, help="object mask of the foreground (white = object)")
+    sweep.add_argument("--mask", default=None, help="user mask on the background: its bbox is the target box")
+    sweep.add_argument("--box", type=_box, default=None, help="target box x,y,w,h in the background's own pixels")
+    sweep.add_argument("--prompt", default=None)
+    sweep.add_argument("--size", type=_size, default=None, help="working size (default: the model's)")
+    sweep.add_argument("--out", required=True, help="output folder")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_flags(sweep)
+    sweep.set_defaults(func=cmd_sweep)
     return parser
 
 
@@ -424,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
 
     prepare_environment()  # before anything imports torch: OpenMP reads its wait policy only then
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a multi-process launch runs again
     where = f"tficon {args.command}"
     try:
         apply_threads(args.threads)

@@ -53,11 +53,17 @@ from .engine import Engine
 from .plan import composition_plan
 from .schedule import injection_schedule
 
-__all__ = ["PARAMETERS", "SweepCell", "SweepResult", "run_sweep", "parse_grid_option", "evaluation_order"]
+__all__ = ["PARAMETERS", "GridError", "SweepCell", "SweepResult", "run_sweep", "parse_grid_option", "evaluation_order"]
 
 #: The parameters a sweep can vary, in the order they act on the composition (latest first).
 PARAMETERS = ("tau_b", "tau_a", "tau_bg", "guidance", "seed", "steps", "box")
 _CONFIG_PARAMETERS = ("tau_a", "tau_b", "tau_bg", "guidance", "seed", "steps")
+
+
+class GridError(ValueError):
+    """A bad grid: an unknown parameter, no values, a repeated value, a value a cell cannot take."""
+
+
 _METRIC_COLUMNS = ("bg_mse", "bg_psnr", "bg_ssim", "fg_mse", "fg_psnr", "fg_ssim")
 
 
@@ -69,22 +75,22 @@ _METRIC_COLUMNS = ("bg_mse", "bg_psnr", "bg_ssim", "fg_mse", "fg_psnr", "fg_ssim
 def _check_grid(grid: Mapping[str, Sequence]) -> dict[str, list]:
     """The grid as {name: [values]} in the given order; clear errors for unknown names and empty or repeated values."""
     if not isinstance(grid, Mapping) or not grid:
-        raise ValueError(
+        raise GridError(
             f"grid must be a non-empty mapping {{parameter: [values]}} over {', '.join(PARAMETERS)}, got {grid!r}"
         )
     checked = {}
     for name, values in grid.items():
         if name not in PARAMETERS:
-            raise ValueError(f"unknown sweep parameter {name!r}; a sweep can vary {', '.join(PARAMETERS)}")
+            raise GridError(f"unknown sweep parameter {name!r}; a sweep can vary {', '.join(PARAMETERS)}")
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-            raise ValueError(f"grid[{name!r}] must be a list of values, got {values!r}")
+            raise GridError(f"grid[{name!r}] must be a list of values, got {values!r}")
         values = [tuple(int(v) for v in b) if name == "box" and _is_box(b) else b for b in values]
         if not values:
-            raise ValueError(f"grid[{name!r}] is empty: give at least one value")
+            raise GridError(f"grid[{name!r}] is empty: give at least one value")
         labels = [_label(name, v) for v in values]
         repeated = sorted({x for x in labels if labels.count(x) > 1})
         if repeated:
-            raise ValueError(f"grid[{name!r}] repeats the value(s) {', '.join(repeated)}; give each value once")
+            raise GridError(f"grid[{name!r}] repeats the value(s) {', '.join(repeated)}; give each value once")
         checked[name] = values
     return checked
 
@@ -97,7 +103,10 @@ def _label(name: str, value) -> str:
     if name == "box":
         if _is_box(value):
             return ",".join(str(int(v)) for v in value)
-        return f"mask {int(np.asarray(value).sum())} px"
+        rows, cols = np.nonzero(np.asarray(value))
+        if not len(rows):
+            return "empty mask"
+        return f"mask {cols.min()},{rows.min()},{cols.max() - cols.min() + 1},{rows.max() - rows.min() + 1}"
     if value is None:
         return "official"
     if isinstance(value, float):
@@ -111,9 +120,9 @@ def parse_grid_option(text: str) -> tuple[str, list]:
     name, sep, rest = text.partition("=")
     name = name.strip().replace("-", "_")
     if not sep or not rest.strip():
-        raise ValueError(f"--grid takes name=v1,v2,... (e.g. tau_b=0.5,0.7,0.9 or tau_a=0.2:0.6:5), got {text!r}")
+        raise GridError(f"--grid takes name=v1,v2,... (e.g. tau_b=0.5,0.7,0.9 or tau_a=0.2:0.6:5), got {text!r}")
     if name not in PARAMETERS:
-        raise ValueError(f"--grid: unknown sweep parameter {name!r}; a sweep can vary {', '.join(PARAMETERS)}")
+        raise GridError(f"--grid: unknown sweep parameter {name!r}; a sweep can vary {', '.join(PARAMETERS)}")
     rest = rest.strip()
     try:
         if name == "box":
@@ -138,7 +147,7 @@ def parse_grid_option(text: str) -> tuple[str, list]:
         return name, [None if (name == "guidance" and v.strip() == "official") else kind(v) for v in rest.split(",")]
     except ValueError:
         form = "box=x,y,w,h;x,y,w,h" if name == "box" else f"{name}=v1,v2,... or {name}=start:stop:count"
-        raise ValueError(f"--grid: cannot read {text!r}; write {form}") from None
+        raise GridError(f"--grid: cannot read {text!r}; write {form}") from None
 
 
 @dataclass
@@ -147,7 +156,8 @@ class SweepCell:
 
     ``index`` is the cell's position in the grid (row-major over the grid's parameters, in their given order);
     ``order`` its position in the evaluation order; ``first_step`` the first step it computed (the steps before
-    were shared with the cell evaluated before it); ``sample_evals`` the UNet rows it cost.
+    were shared with the cell evaluated before it; steps + 1: none); ``sample_evals`` the UNet rows it cost;
+    ``inversions_cached``: it spent nothing on inversions (reused from the cell before or the engine's cache).
     """
 
     index: int
@@ -405,7 +415,7 @@ def run_sweep(
     labels = {}
     for name, names in (value_labels or {}).items():
         if name not in checked or len(names) != len(checked[name]):
-            raise ValueError(f"value_labels[{name!r}] must name each of the grid's {name} values")
+            raise GridError(f"value_labels[{name!r}] must name each of the grid's {name} values")
         labels[name] = [str(n) for n in names]
     if isinstance(model, str) or hasattr(model, "__fspath__"):
         from .models import load_model
@@ -423,9 +433,9 @@ def run_sweep(
         try:
             cell_config = base.replace(**changes)
         except (ValueError, TypeError) as error:
-            raise ValueError(f"grid cell {_cell_text(values)}: {error}") from None
+            raise GridError(f"grid cell {_cell_text(values)}: {error}") from None
         if cell_config.steps < cell_config.order:
-            raise ValueError(f"grid cell {_cell_text(values)}: steps ({cell_config.steps}) must be >= order ({cell_config.order})")
+            raise GridError(f"grid cell {_cell_text(values)}: steps ({cell_config.steps}) must be >= order ({cell_config.order})")
         cells.append(SweepCell(index, values, combo, cell_config, values.get("box", mask_or_box)))
 
     order = evaluation_order(cells)
@@ -441,7 +451,7 @@ def run_sweep(
             try:
                 session.update(mask_or_box=box)
             except (ValueError, TypeError) as error:
-                raise ValueError(f"grid value box={labels.get('box', [None] * (i + 1))[i] or _label('box', box)}: {error}") from None
+                raise GridError(f"grid value box={labels.get('box', [None] * (i + 1))[i] or _label('box', box)}: {error}") from None
         session.update(mask_or_box=first.box)
 
     started = time.perf_counter()
@@ -458,14 +468,18 @@ def run_sweep(
         cell.first_step = 0 if position == 0 else (cell.config.steps + 1 if first_step is None else first_step)
         session.run()
         cell.image = session.result
-        cell.inversions_cached = all(session.timings.get("invert_cached", (False, False)))
         cell.order = position
         cell.sample_evals = session.stats["sample_evals"] - evals
+        # what the steps cost by their plans; the rest went into inversions
+        step_evals = sum(p.sample_evals for p in session.plans[min(cell.first_step, cell.config.steps + 1):])
+        cell.inversions_cached = cell.sample_evals == step_evals
         cell.unet_calls = session.stats["unet_calls"] - calls
         cell.seconds = time.perf_counter() - cell_started
         if metrics:
             measured = time.perf_counter()
-            key = labels["box"][checked["box"].index(cell.values["box"])] if "box" in labels else _label("box", cell.box)
+            key = _label("box", cell.box)
+            if "box" in labels:
+                key = labels["box"][cell.position[list(checked).index("box")]]
             cell.metrics, cp = _measure(session, cell.image, key in cut_and_paste)
             if cp is not None:
                 cut_and_paste[key] = cp

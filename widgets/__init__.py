@@ -1,6 +1,7 @@
 """Jupyter views of TF-ICON (imported as ``tficon.widgets``; the core never imports this package).
 
 - ``Explorer(session)``: run, inspect and tune one ``tficon.Session`` in a notebook.
+- ``SweepGrid(tficon.sweep(...))``: a parameter sweep as a clickable grid; a click opens the cell in an Explorer.
 - Building blocks over plain tensors: ``AttentionMapView`` (click a query, see its attention),
   ``AttentionPanel`` (every view of one step's captured maps), ``StepStrip`` (one thumbnail per
   step), ``ImageRow``; the pointer widgets ``ClickableImage``, ``BoxDrawer`` and ``MaskPainter``
@@ -33,8 +34,9 @@ _EXPORTS = {
     "ClickableImage": "canvas",
     "BoxDrawer": "canvas",
     "MaskPainter": "canvas",
+    "SweepGrid": "sweep",
 }
-_SUBMODULES = ("figures", "maps", "render", "masks", "views", "canvas", "attention_panel", "explorer", "worker")
+_SUBMODULES = ("figures", "maps", "render", "masks", "views", "canvas", "attention_panel", "explorer", "worker", "sweep")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 
