@@ -8,10 +8,10 @@ on 4 small samples through accelerate's launcher with 2 CPU processes.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -323,8 +323,19 @@ def test_killed_sharded_batch_resumes(batch_tree):
     deadline = time.monotonic() + 300
     while not list(out.glob("cross_domain/*/sample.json")) and launcher.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and both processes, mid-batch
-    launcher.wait(60)
+    import psutil
+
+    processes = psutil.Process(launcher.pid).children(recursive=True)
+    workers = [p for p in processes if p.environ().get("LOCAL_RANK") is not None and "tficon" in " ".join(p.cmdline())]
+    assert len(workers) == 2
+    victim = next(p for p in workers if p.environ()["LOCAL_RANK"] == "1")
+    victim.kill()  # SIGKILL one process mid-batch: the launcher then stops the other one
+    try:
+        assert launcher.wait(120) != 0
+    finally:
+        for p in processes + [psutil.Process(launcher.pid)] if launcher.poll() is None else processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
     finished = _records(out)
     assert 1 <= len(finished) < 4, "the kill came too late to test resuming"
     assert not (out / "summary.json").exists()  # nothing merged by a killed run
