@@ -596,7 +596,10 @@ def test_other_sizes_stay_consistent(image_size, factor, levels, mask_size, bbox
     H, W = image_size
     assert placement.latent_size == (H // factor, W // factor)
     assert placement.attention_grids[0] == placement.latent_size
-    assert (placement.f_row, placement.f_col) == (round((y + h / 2) / H, 2), round((x + w / 2) / W, 2))
+    if geometry == "official":
+        assert (placement.f_row, placement.f_col) == (round((y + h / 2) / H, 2), round((x + w / 2) / W, 2))
+    else:  # the centred layout uses the box's exact centre
+        assert (placement.f_row, placement.f_col) == ((y + h / 2) / H, (x + w / 2) / W)
     obj = object_mask_image(fg)
     reference, mpad = prepare_foreground(Image.new("RGB", fg, (9, 9, 9)), obj, placement)
     assert reference.shape == (3, H, W) and mpad.shape == (H, W)
@@ -707,3 +710,16 @@ def test_centred_boxes_touching_every_edge_match_the_slow_reference():
         _, mpad = prepare_foreground(Image.new("RGB", (35, 35)), obj, placement)
         for h, w in placement.attention_grids:
             assert_region_matches_slow(placement, mpad, h, w)
+
+
+def test_auto_places_boxes_at_the_top_left_edge_at_512_like_those_at_the_bottom_right():
+    """The official truncations push a box flush with the left/top edge out of a 512 image while its mirror
+    image at the right/bottom edge fits; "auto" gives such boxes (which the official code cannot run) the
+    centred layout and keeps the official numbers for every box the official code can place."""
+    for box, mirror in [((0, 200, 145, 145), (367, 200, 145, 145)), ((200, 0, 145, 145), (200, 367, 145, 145))]:
+        edge = compute_placement(box, (300, 300), (512, 512), 8)
+        assert edge.geometry == "centred"
+        assert edge.target_window.left == 0 or edge.target_window.top == 0
+        assert compute_placement(mirror, (300, 300), (512, 512), 8).geometry == "official"
+        with pytest.raises(ValueError, match="leaves the 512x512 image"):
+            compute_placement(box, (300, 300), (512, 512), 8, geometry="official")

@@ -444,6 +444,7 @@ def _build_placement(
     clip: bool,
     levels: int,
     geometry: str = "auto",
+    exact_fractions: tuple[float, float] | None = None,
 ) -> Placement:
     """Shared tail of both routes: validate, size the foreground (2.4), clip if asked, build all boxes."""
     if isinstance(latent_factor, bool) or not isinstance(latent_factor, (int, np.integer)) or latent_factor < 1:
@@ -490,7 +491,42 @@ def _build_placement(
 
     latent = (height // latent_factor, width // latent_factor)
     grids = _levels_grids(latent, int(levels))
-    geometry = resolve_geometry(geometry, (height, width), int(latent_factor))
+    resolved = resolve_geometry(geometry, (height, width), int(latent_factor))
+    layout = dict(
+        f_row=f_row, f_col=f_col, scale=scale, sizes=(height, width, w_fg, h_fg, fg_width, fg_height),
+        latent_factor=int(latent_factor), grids=grids, bbox=bbox, mask_size=mask_size, clip=clip,
+    )
+    # The centred layout places the object at the box's exact centre, not at the official 0.01-rounded one.
+    centred = dict(layout, **dict(zip(("f_row", "f_col"), exact_fractions or (f_row, f_col))))
+    try:
+        return _lay_out(resolved, **(centred if resolved == "centred" else layout))
+    except ValueError as official_error:
+        # "auto" keeps the official numbers wherever the official code can place the box. Near the top/left
+        # edge its truncations push the window out of the image where the same box at the bottom/right edge
+        # fits; such boxes (which the official code cannot run) get the centred layout instead.
+        if geometry != "auto" or resolved != "official":
+            raise
+        try:
+            return _lay_out("centred", **centred)
+        except ValueError:
+            raise official_error from None
+
+
+def _lay_out(
+    geometry: str,
+    *,
+    f_row: float,
+    f_col: float,
+    scale: float,
+    sizes: tuple[int, int, int, int, int, int],
+    latent_factor: int,
+    grids: tuple[tuple[int, int], ...],
+    bbox,
+    mask_size,
+    clip: bool,
+) -> Placement:
+    """Clip if asked, then build and validate every box with one geometry."""
+    height, width, w_fg, h_fg, fg_width, fg_height = sizes
     clipped = False
     if clip:
         new_row = _clip_fraction(f_row, height, h_fg, [g[0] for g in grids], geometry)
@@ -517,7 +553,7 @@ def _build_placement(
     boxes = [_grid_boxes((height, width), (w_fg, h_fg), f_row, f_col, h, w, geometry) for h, w in grids]
     placement = Placement(
         image_size=(height, width),
-        latent_factor=int(latent_factor),
+        latent_factor=latent_factor,
         bbox=bbox,
         f_row=f_row,
         f_col=f_col,
@@ -633,6 +669,7 @@ def compute_placement(
         clip=clip,
         levels=levels,
         geometry=geometry,
+        exact_fractions=(centre_y / mask_height, centre_x / mask_width),
     )
 
 
