@@ -421,6 +421,7 @@ def official_composition(
     align_warmup: bool = False,
     cross_lag: bool = True,
     disable_all: bool = False,
+    added_cond: Optional[Mapping[str, dict]] = None,
 ) -> dict:
     """Run TF-ICON's composition stage sequentially, branch by branch, as the official code does.
 
@@ -444,6 +445,8 @@ def official_composition(
             ``ref`` advances first and the cross pass uses x_ref(t_s) (while ``ref`` still advances).
         disable_all: test switch. No injection (main loop and warm-up), no model-history blending, no x-blending:
             gen is then a plain CFG DPM-Solver++ run from ``start``. The other branches still run.
+        added_cond: SDXL-shaped UNets only: the ``added_cond_kwargs`` (``text_embeds`` (1, P), ``time_ids`` (1, 6))
+            that go with each embedding, keyed ``"e_star"``, ``"e_uncond"``, ``"e_cond"``.
 
     Returns:
         ``final``: gen latent at t_S; ``gen``: gen latent after each step s = 0..S (index 0 = ``start``; after the
@@ -482,12 +485,18 @@ def official_composition(
     counts = {"unet_calls": 0, "sample_evals": 0, "official_sample_evals": 0}
     trace: list[tuple] = []
 
-    def unet_call(branch: str, x: Tensor, t_index: int, emb: Tensor) -> Tensor:
+    def unet_call(branch: str, x: Tensor, t_index: int, emb: Tensor, added: Optional[list[str]] = None) -> Tensor:
         t = grid[t_index].expand(x.shape[0])
         counts["unet_calls"] += 1
         counts["sample_evals"] += _BRANCH_BATCH_ORACLE[branch]
         counts["official_sample_evals"] += BRANCH_BATCH_OFFICIAL[branch]
-        return unet(x, schedule.model_time(t), encoder_hidden_states=emb).sample
+        extra = {}
+        if added_cond is not None:  # one added_cond entry per sample, by embedding name
+            names = added or ["e_star"]
+            extra["added_cond_kwargs"] = {
+                key: torch.cat([added_cond[name][key] for name in names]) for key in ("text_embeds", "time_ids")
+            }
+        return unet(x, schedule.model_time(t), encoder_hidden_states=emb, **extra).sample
 
     def eval_recorded(branch: str, traj: _Trajectory, layers: list[str]) -> None:
         """orig / ref: plain attention, logits recorded; push D(x, t) into the branch history."""
@@ -515,7 +524,7 @@ def official_composition(
         controller.mode, controller.recorder = "gen", None
         controller.fg_on, controller.bg_on = fg_on, bg_on
         controller.reads = set()
-        out = unet_call("gen", torch.cat([traj.x, traj.x]), j, torch.cat([e_uncond, e_cond]))
+        out = unet_call("gen", torch.cat([traj.x, traj.x]), j, torch.cat([e_uncond, e_cond]), ["e_uncond", "e_cond"])
         trace.append(("gen", j, fg_on, bg_on, tuple(sorted(controller.reads))))
         out_uncond, out_cond = out.chunk(2)
         guided = out_uncond + guidance * (out_cond - out_uncond)

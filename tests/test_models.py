@@ -182,27 +182,31 @@ def test_identify_model_from_sd_configs():
     assert identify_model(*_sd_configs(1024, 96, "v_prediction")) == models.ModelIdentity(
         "sd2", "v_prediction", 768, 7788
     )
-    with pytest.raises(ValueError, match="SDXL-style models"):
+    with pytest.raises(ValueError, match="SDXL-style model .* not SDXL base: its UNet's addition_embed_type is None"):
         identify_model(*_sd_configs(1024), component_names={"unet", "text_encoder", "text_encoder_2"})
-    with pytest.raises(ValueError, match=r"cross_attention_dim 2048 \(2048 is SDXL\)"):
+    with pytest.raises(ValueError, match=r"cross_attention_dim 2048 \(2048 is SDXL, which needs its second text encoder"):
         identify_model(*_sd_configs(2048))
     with pytest.raises(ValueError, match="9 input channels .* inpainting"):
         identify_model(*_sd_configs(1024, in_channels=9))
     with pytest.raises(ValueError, match="prediction_type 'sample' is not supported"):
         identify_model(*_sd_configs(768, prediction="sample"))
     with pytest.raises(ValueError, match="family must be one of"):
+        identify_model(*_sd_configs(768), overrides={"family": "sd3"})
+    with pytest.raises(ValueError, match="family 'sdxl' does not match the components"):
         identify_model(*_sd_configs(768), overrides={"family": "sdxl"})
 
 
-def test_an_sdxl_folder_is_rejected_before_loading_weights(saved, tmp_path):
+def test_an_sdxl_folder_without_sdxl_conditioning_is_rejected_before_loading_weights(saved, tmp_path):
+    """SDXL base folders load (tests/test_sdxl.py); one whose UNet lacks SDXL's added conditioning is refused."""
     folder = tmp_path / "sdxl"
     for part in ("unet", "vae", "text_encoder", "scheduler"):
         shutil.copytree(saved["sd2"] / part, folder / part, ignore=shutil.ignore_patterns("*.safetensors"))
+    shutil.copytree(saved["sd2"] / "text_encoder", folder / "text_encoder_2", ignore=shutil.ignore_patterns("*.safetensors"))
     index = json.loads((saved["sd2"] / "model_index.json").read_text())
     index["_class_name"] = "StableDiffusionXLPipeline"
     index["text_encoder_2"] = ["transformers", "CLIPTextModelWithProjection"]
     (folder / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(ValueError, match="SDXL-style models .* not supported"):
+    with pytest.raises(ValueError, match="SDXL-style model .* not SDXL base.*addition_embed_type"):
         load_model(folder, device="cpu")
 
 
@@ -521,7 +525,6 @@ def test_checkpoint_files_of_families_tficon_cannot_run_are_refused_by_name(tmp_
     unet = "model.diffusion_model."
     cases = {
         "SDXL refiner": {KEYS["xl_refiner"]: (4,), unet + "out.2.bias": (4,)},
-        "SDXL": {KEYS["xl_base"]: (4,), unet + "out.2.bias": (4,)},
         "SD 1.x inpainting": {KEYS["inpainting"]: (8, 9, 3, 3)},
         "SD 2.x inpainting": {KEYS["inpainting"]: (8, 9, 3, 3), KEYS["v2"]: (8, 1024)},
         "Flux": {k: (4,) for k in KEYS["flux"]},

@@ -20,6 +20,10 @@ evaluations, the notebooks), so dtype, device and counting rules live in one pla
 - **One step.** :meth:`Engine.run_step` runs one planned composition step (``tficon.plan``) from explicit
   inputs and returns the new :class:`StepRecord`; it changes nothing but the engine's counters.
 
+SDXL (docs/algorithm.md §15): an embedding may be a ``tficon.text.Conditioning`` (hidden states, pooled
+embedding, added time ids) instead of a tensor; :meth:`Engine.unet` passes its pooled embedding and time ids as
+``added_cond_kwargs``. A composition step attaches each branch's time ids to its rows (``StepInputs.time_ids``).
+
 Branch names (the same everywhere in tficon): ``generation`` (the composition, with CFG and the composite
 self-attention), ``background`` (the reconstruction of the inverted background) and ``reference`` (the
 reconstruction of the inverted reference); ``pseudo_cross`` is the pseudo-cross row of a batched call.
@@ -39,11 +43,12 @@ import torch
 from . import solver
 from .attention import BatchLayout, CaptureRequest, InjectionController, composite_attention
 from .plan import StepPlan
+from .text import Conditioning, cat_conditioning, conditioning_digest
 
 __all__ = ["Engine", "InversionCache", "StepInputs", "StepRecord", "Track", "noise_schedule"]
 
 # One (latent, continuous time t, embedding) row of a batched evaluation.
-Row = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Row = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | Conditioning"]
 
 
 def noise_schedule(model) -> solver.NoiseSchedule:
@@ -76,11 +81,13 @@ class InversionCache:
         self._entries.clear()
 
 
-def _digest(*tensors: torch.Tensor) -> str:
+def _digest(*tensors) -> str:
+    """Content hash of tensors (or SDXL ``Conditioning``s), for the inversion cache's keys."""
+    if len(tensors) == 1:
+        return conditioning_digest(tensors[0])
     digest = hashlib.sha1()
     for tensor in tensors:
-        digest.update(str((tuple(tensor.shape), tensor.dtype, tensor.device)).encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        digest.update(conditioning_digest(tensor).encode())
     return digest.hexdigest()
 
 
@@ -141,6 +148,14 @@ class StepInputs:
     controller: InjectionController
     start: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     capture: CaptureRequest | None = None
+    # SDXL: each branch's added time ids (generation, background, reference, pseudo_cross -> (1, 6)); None for SD
+    time_ids: dict | None = None
+
+    def conditioning(self, embedding, branch: str):
+        """``embedding`` with ``branch``'s time ids attached (SDXL); a tensor embedding is returned as it is."""
+        if self.time_ids is None or not isinstance(embedding, Conditioning):
+            return embedding
+        return embedding.with_time_ids(self.time_ids[branch])
 
 
 class Engine:
@@ -165,18 +180,32 @@ class Engine:
         return self.model.unet.device
 
     # ------------------------------------------------------------------ evaluations
-    def unet(self, x: torch.Tensor, model_t: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    def unet(self, x: torch.Tensor, model_t: torch.Tensor, embeddings) -> torch.Tensor:
         """One UNet call on a batch: ``x`` (B, C, h, w), ``model_t`` (B,) in the model's time units,
-        ``embeddings`` (B, L, D). Inputs are cast to the UNet's dtype and device here (and only here);
-        the output comes back as float32."""
+        ``embeddings`` (B, L, D), or on SDXL a ``Conditioning`` of B rows (or 1, repeated). Inputs are cast to
+        the UNet's dtype and device here (and only here); the output comes back as float32.
+
+        SDXL: the pooled embedding and time ids go in as ``added_cond_kwargs``; rows without time ids get the
+        pipeline's default for this latent size: original = target = (h, w) x the VAE factor, crop (0, 0)."""
         unet = self.model.unet
         x = x.to(self.device, self.dtype)
         model_t = model_t.to(self.device).reshape(-1).expand(x.shape[0])
-        embeddings = embeddings.to(self.device, self.dtype)
+        added = {}
+        if isinstance(embeddings, Conditioning):
+            if embeddings.time_ids is None:
+                f = self.model.vae_scale_factor
+                embeddings = embeddings.with_time_ids(self.model.time_ids((x.shape[-2] * f, x.shape[-1] * f)))
+            embeddings = embeddings.to(self.device, self.dtype).expand(x.shape[0])
+            added = {"added_cond_kwargs": {"text_embeds": embeddings.pooled, "time_ids": embeddings.time_ids}}
+            embeddings = embeddings.hidden
+        elif getattr(unet.config, "addition_embed_type", None) == "text_time":
+            raise TypeError("an SDXL UNet needs a tficon.text.Conditioning (pooled embedding, time ids), not a tensor")
+        else:
+            embeddings = embeddings.to(self.device, self.dtype)
         if embeddings.shape[0] == 1 and x.shape[0] > 1:
             embeddings = embeddings.expand(x.shape[0], -1, -1)
         with torch.no_grad():
-            out = unet(x, model_t, encoder_hidden_states=embeddings).sample
+            out = unet(x, model_t, encoder_hidden_states=embeddings, **added).sample
         self.unet_calls += 1
         self.sample_evals += x.shape[0]
         return out.float()
@@ -186,7 +215,7 @@ class Engine:
         returns the raw float32 outputs in row order."""
         x = torch.cat([r[0] for r in rows])
         t = self.schedule.model_time(torch.stack([torch.as_tensor(r[1]).reshape(()) for r in rows]))
-        return self.unet(x, t, torch.cat([r[2] for r in rows]))
+        return self.unet(x, t, cat_conditioning([r[2] for r in rows]))
 
     def model_fn(
         self, cond: torch.Tensor, uncond: torch.Tensor | None = None, guidance: float = 1.0
@@ -198,7 +227,7 @@ class Engine:
 
         def guided(x, model_t):
             n = x.shape[0]
-            both = torch.cat([uncond.expand(n, -1, -1), cond.expand(n, -1, -1)])
+            both = cat_conditioning([uncond.expand(n, -1, -1), cond.expand(n, -1, -1)])
             out_u, out_c = self.unet(torch.cat([x, x]), torch.cat([model_t, model_t]), both).chunk(2)
             return out_u + guidance * (out_c - out_u)
 
@@ -215,16 +244,22 @@ class Engine:
         order: int,
         *,
         embedding: torch.Tensor | None = None,
+        time_ids: Sequence[torch.Tensor] | None = None,
         progress: bool = False,
     ) -> tuple[list[torch.Tensor], list[bool], int]:
         """Invert clean latents (each (1, C, h, w)) to t = 1 together, one UNet call per step.
 
         ``embedding`` defaults to the exceptional prompt e* (used as both CFG halves officially, so one
-        unguided evaluation per step is exact). Returns (x_T per latent, whether each came from the cache,
+        unguided evaluation per step is exact). SDXL: ``time_ids`` gives each latent's added time ids (default:
+        the working size of the latents). Returns (x_T per latent, whether each came from the cache,
         sample-evaluations spent). Results are bitwise independent of what was cached (module docstring).
         """
         embedding = self.model.exceptional_embedding() if embedding is None else embedding
         n = len(latents)
+        if time_ids is not None and isinstance(embedding, Conditioning):
+            if len(time_ids) != n:
+                raise ValueError(f"time_ids must give one (1, 6) tensor per latent ({n}), got {len(time_ids)}")
+            embedding = cat_conditioning([embedding.with_time_ids(ids) for ids in time_ids])
         shared = (n, steps, order, _digest(embedding))
         keys = [(_digest(z), row) + shared for row, z in enumerate(latents)]
         results = [self.inversions.get(key) for key in keys]
@@ -266,7 +301,10 @@ class Engine:
             try:
                 for j in plan.pre_evals:
                     controller.layout = BatchLayout()
-                    out = self.evaluate([(background.x, grid[j], e_star), (reference.x, grid[j], e_star)])
+                    out = self.evaluate([
+                        (background.x, grid[j], inputs.conditioning(e_star, "background")),
+                        (reference.x, grid[j], inputs.conditioning(e_star, "reference")),
+                    ])  # fmt: skip
                     calls, evals = calls + 1, evals + 2
                     background = background.with_evaluation(self.data_prediction(out[0:1], background.x, grid[j]))
                     reference = reference.with_evaluation(self.data_prediction(out[1:2], reference.x, grid[j]))
@@ -288,17 +326,18 @@ class Engine:
                     m = plan.map_index
                     if plan.background_row:
                         at["background"] = len(rows)
-                        rows.append((background.x, grid[background.index], e_star))
+                        rows.append((background.x, grid[background.index], inputs.conditioning(e_star, "background")))
                     if plan.reference_row:
                         at["reference"] = len(rows)
-                        rows.append((reference.x, grid[m], e_star))
+                        rows.append((reference.x, grid[m], inputs.conditioning(e_star, "reference")))
                     if plan.pseudo_cross_row:
                         at["pseudo_cross"] = len(rows)
-                        rows.append((reference_latents[plan.pseudo_latent], grid[m], e_star))
+                        e_pseudo = inputs.conditioning(e_star, "pseudo_cross")
+                        rows.append((reference_latents[plan.pseudo_latent], grid[m], e_pseudo))
                     at["uncond"] = len(rows)
-                    rows.append((generation.x, grid[s], inputs.uncond))
+                    rows.append((generation.x, grid[s], inputs.conditioning(inputs.uncond, "generation")))
                     at["cond"] = len(rows)
-                    rows.append((generation.x, grid[s], inputs.cond))
+                    rows.append((generation.x, grid[s], inputs.conditioning(inputs.cond, "generation")))
                     layout = BatchLayout(**at, fg=plan.fg, bg=plan.bg, background_queries=plan.background_queries)
                     controller.layout, controller.capture, controller.dropped = layout, inputs.capture, 0
                     out = self.evaluate(rows)

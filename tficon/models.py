@@ -18,8 +18,9 @@ model stays a plain UNet for TF-ICON's attention processors.
 What the model is (``family``, ``prediction_type``, native ``image_size``, exceptional token) is read from
 the component configs (``cross_attention_dim`` 768 -> SD 1.x, 1024 -> SD 2.x), or from a ``tficon.json``
 file in the folder, which overrides ``family``, ``exceptional_token_id`` and ``image_size`` (the toy and
-tiny models have one). Models TF-ICON cannot drive (SDXL and its refiner, SD3, Flux, inpainting/depth
-UNets, ...) are rejected before any weights are read: for a checkpoint file, from its tensor names and
+tiny models have one). SDXL base (two text encoders, ``addition_embed_type="text_time"`` with six time ids,
+``cross_attention_dim`` 2048) is family ``"sdxl"`` at 1024 px (docs/algorithm.md §15). Models TF-ICON cannot drive
+(the SDXL refiner and SDXL inpainting, SD3, Flux, inpainting/depth UNets, ...) are rejected before any weights are read: for a checkpoint file, from its tensor names and
 shapes (the safetensors header; a ``.ckpt`` unpickled onto the meta device), which also turns a
 truncated or corrupt file into a ``CheckpointFileError`` naming the file. An unavailable ``device``
 (``cuda:7`` on a machine without it, ``mps`` off Apple silicon) is refused before anything is loaded.
@@ -69,7 +70,9 @@ __all__ = [
     "load_model",
 ]
 
-FAMILIES = ("sd1", "sd2", "toy", "tiny-sd1", "tiny-sd2")
+FAMILIES = ("sd1", "sd2", "sdxl", "toy", "tiny-sd1", "tiny-sd2", "tiny-sdxl")
+SDXL_FAMILIES = ("sdxl", "tiny-sdxl")
+SDXL_TIME_IDS = 6  # original size (h, w), crop top-left (top, left), target size (h, w)
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 SD_EXCEPTIONAL_TOKEN_ID = 7788  # "rian</w>" in CLIP's BPE; the official TF-ICON choice
 TFICON_JSON = "tficon.json"
@@ -96,7 +99,10 @@ class CheckpointFileError(ValueError):
     """A single-file checkpoint that cannot be used: truncated, corrupt, or not a Stable Diffusion checkpoint."""
 
 
-_SUPPORTED = "TF-ICON runs on Stable Diffusion 1.x and 2.x text-to-image models (a 4-channel UNet, one CLIP text encoder)"
+_SUPPORTED = (
+    "TF-ICON runs on Stable Diffusion 1.x and 2.x text-to-image models (a 4-channel UNet, one CLIP text encoder) "
+    "and on SDXL base (two CLIP text encoders, six added time ids)"
+)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -123,6 +129,7 @@ def identify_model(
     overrides: dict | None = None,
     component_names: set[str] | None = None,
     where: str = "model",
+    text_encoder_2_config: dict | None = None,
 ) -> ModelIdentity:
     """Decide family, prediction type, native image size and exceptional token from config dicts.
 
@@ -130,19 +137,22 @@ def identify_model(
         unet_config, text_encoder_config, vae_config, scheduler_config: the components' ``config.json`` /
             ``scheduler_config.json`` contents.
         overrides: the ``tficon.json`` contents (``family``, ``exceptional_token_id``, ``image_size``).
-        component_names: the component names listed in ``model_index.json``, when there is one.
+        component_names: the component names listed in ``model_index.json`` (with a class), when there is one.
         where: names the model in error messages.
+        text_encoder_2_config: SDXL's second text encoder's config (a ``CLIPTextModelWithProjection``).
 
     Raises:
         ValueError: a family TF-ICON cannot drive, or inconsistent / invalid metadata.
     """
     overrides = dict(overrides or {})
     names = set(component_names or ())
-    if "text_encoder_2" in names or unet_config.get("addition_embed_type") is not None:
-        raise ValueError(
-            f"{where}: SDXL-style models (SDXL base or refiner: two text encoders / added size conditioning) are "
-            f"not supported; {_SUPPORTED}."
-        )
+    sdxl = (
+        "text_encoder_2" in names
+        or text_encoder_2_config is not None
+        or unet_config.get("addition_embed_type") is not None
+    )
+    if sdxl:
+        _check_sdxl_base(unet_config, text_encoder_config, text_encoder_2_config, names, where)
     if "transformer" in names or "prior" in names:
         raise ValueError(
             f"{where}: a transformer- or prior-based pipeline (SD3, Flux, PixArt, Kandinsky, ...) is not supported; "
@@ -159,16 +169,20 @@ def identify_model(
     if not isinstance(cross, int):
         raise ValueError(f"{where}: unsupported UNet cross_attention_dim {cross!r}; expected a single int.")
     width = text_encoder_config.get("hidden_size")
+    if sdxl:  # the two encoders' widths, concatenated (checked by _check_sdxl_base)
+        width = int(width) + int(text_encoder_2_config["hidden_size"])
     if width is not None and int(width) != cross:
         raise ValueError(
             f"{where}: the text encoder width {width} does not match the UNet's cross_attention_dim {cross}."
         )
 
     family = overrides.get("family")
+    if family is None and sdxl:
+        family = "sdxl"
     if family is None:
         family = _CROSS_ATTENTION_FAMILY.get(cross)
         if family is None:
-            hint = " (2048 is SDXL)" if cross == 2048 else ""
+            hint = " (2048 is SDXL, which needs its second text encoder and added time ids)" if cross == 2048 else ""
             raise ValueError(
                 f"{where}: cannot tell the model family from cross_attention_dim {cross}{hint}; supported are "
                 f"SD 1.x (768) and SD 2.x (1024). For another SD-shaped model add a {TFICON_JSON} with "
@@ -176,6 +190,11 @@ def identify_model(
             )
     elif family not in FAMILIES:
         raise ValueError(f"{where}: {TFICON_JSON} family must be one of {FAMILIES}, got {family!r}")
+    if (family in SDXL_FAMILIES) != sdxl:
+        raise ValueError(
+            f"{where}: {TFICON_JSON} family {family!r} does not match the components "
+            f"({'an SDXL' if sdxl else 'a one-encoder SD'} layout)"
+        )
 
     prediction_type = scheduler_config.get("prediction_type", "epsilon")
     if prediction_type not in PREDICTION_TYPES:
@@ -199,15 +218,45 @@ def identify_model(
         )
 
     token_id = overrides.get("exceptional_token_id", SD_EXCEPTIONAL_TOKEN_ID)
-    vocab_size = text_encoder_config.get("vocab_size")
     if isinstance(token_id, bool) or not isinstance(token_id, int) or token_id < 0:
         raise ValueError(f"{where}: exceptional_token_id must be a non-negative int, got {token_id!r}")
-    if vocab_size is not None and token_id >= int(vocab_size):
-        raise ValueError(
-            f"{where}: exceptional_token_id {token_id} is outside the text encoder's vocabulary of {vocab_size}; "
-            f"state a valid id in {TFICON_JSON}."
-        )
+    for config in (text_encoder_config, text_encoder_2_config or {}):
+        vocab_size = config.get("vocab_size")
+        if vocab_size is not None and token_id >= int(vocab_size):
+            raise ValueError(
+                f"{where}: exceptional_token_id {token_id} is outside the text encoder's vocabulary of {vocab_size}; "
+                f"state a valid id in {TFICON_JSON}."
+            )
     return ModelIdentity(family, prediction_type, image_size, token_id)
+
+
+def _check_sdxl_base(unet_config: dict, text_config: dict, text_2_config: dict | None, names: set, where: str) -> None:
+    """Accept SDXL base's layout only; name the refiner and other SDXL-style variants in the refusal."""
+    refuse = f"{where}: an SDXL-style model (two text encoders / added size conditioning) that is not SDXL base"
+    if unet_config.get("addition_embed_type") != "text_time":
+        raise ValueError(
+            f"{refuse}: its UNet's addition_embed_type is {unet_config.get('addition_embed_type')!r}, SDXL's is "
+            f"'text_time'; {_SUPPORTED}."
+        )
+    time_dim = unet_config.get("addition_time_embed_dim")
+    projection_in = unet_config.get("projection_class_embeddings_input_dim")
+    if text_2_config is None or not text_config or (names and "text_encoder" not in names):
+        if text_2_config is not None:
+            raise ValueError(f"{refuse}: it has only the second text encoder, like the SDXL refiner; {_SUPPORTED}.")
+        raise ValueError(
+            f"{refuse}: SDXL base needs text_encoder and text_encoder_2 (a CLIPTextModelWithProjection); "
+            f"{_SUPPORTED}."
+        )
+    pooled = text_2_config.get("projection_dim")
+    if not all(isinstance(v, int) for v in (time_dim, projection_in, pooled)):
+        raise ValueError(f"{refuse}: missing addition_time_embed_dim / projection_class_embeddings_input_dim / "
+                         f"text_encoder_2 projection_dim; {_SUPPORTED}.")
+    if projection_in != pooled + SDXL_TIME_IDS * time_dim:
+        ids = (projection_in - pooled) / time_dim
+        what = " (5 ids: the SDXL refiner's aesthetic-score conditioning)" if ids == 5 else ""
+        raise ValueError(
+            f"{refuse}: its UNet expects {ids:g} added time ids{what}, SDXL base has {SDXL_TIME_IDS}; {_SUPPORTED}."
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -237,8 +286,16 @@ class LoadedModel:
     dtype: torch.dtype
     lora: str | None = None  # the LoRA weights fused into the UNet / text encoder, if any
     lora_scale: float = 1.0
+    text_encoder_2: object | None = None  # SDXL: the CLIPTextModelWithProjection
+    tokenizer_2: object | None = None  # SDXL: its tokenizer
+    force_zeros_for_empty_prompt: bool = False  # SDXL: the unconditional embedding is zeros (the pipeline's rule)
     _prompt_cache: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
     _exceptional: torch.Tensor | None = field(default=None, init=False, repr=False)
+
+    @property
+    def is_sdxl(self) -> bool:
+        """Two text encoders and added time ids (docs/algorithm.md §15): text conditioning is a ``Conditioning``."""
+        return self.text_encoder_2 is not None
 
     @property
     def vae_scale_factor(self) -> int:
@@ -261,14 +318,20 @@ class LoadedModel:
 
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """``(1, 77, D)`` prompt embedding (see ``tficon.text.encode_prompt``), cached per prompt string.
+        SDXL: a ``tficon.text.Conditioning`` (``tficon.text.encode_prompt_sdxl``) with no time ids.
 
         The returned tensor is shared with the cache: do not modify it in place.
         """
-        from tficon.text import encode_prompt
+        from tficon.text import encode_prompt, encode_prompt_sdxl
 
         cached = self._prompt_cache.get(prompt)
         if cached is None:
-            cached = encode_prompt(self.tokenizer, self.text_encoder, prompt)
+            if self.is_sdxl:
+                cached = encode_prompt_sdxl(
+                    (self.tokenizer, self.tokenizer_2), (self.text_encoder, self.text_encoder_2), prompt
+                )
+            else:
+                cached = encode_prompt(self.tokenizer, self.text_encoder, prompt)
             self._prompt_cache[prompt] = cached
             while len(self._prompt_cache) > PROMPT_CACHE_SIZE:
                 self._prompt_cache.popitem(last=False)
@@ -278,16 +341,37 @@ class LoadedModel:
 
     def exceptional_embedding(self) -> torch.Tensor:
         """``(1, 77, D)`` exceptional prompt e* (see ``tficon.text.exceptional_embedding``), cached.
+        SDXL: a ``Conditioning`` from both encoders (``tficon.text.exceptional_embedding_sdxl``).
 
         The returned tensor is shared with the cache: do not modify it in place.
         """
-        from tficon.text import exceptional_embedding
+        from tficon.text import exceptional_embedding, exceptional_embedding_sdxl
 
         if self._exceptional is None:
-            self._exceptional = exceptional_embedding(
-                self.text_encoder, self.exceptional_token_id, int(self.tokenizer.model_max_length)
-            )
+            window = int(self.tokenizer.model_max_length)
+            if self.is_sdxl:
+                encoders = (self.text_encoder, self.text_encoder_2)
+                self._exceptional = exceptional_embedding_sdxl(encoders, self.exceptional_token_id, window)
+            else:
+                self._exceptional = exceptional_embedding(self.text_encoder, self.exceptional_token_id, window)
         return self._exceptional
+
+    def unconditional_embedding(self):
+        """The generation branch's unconditional half: ``encode_prompt("")``, except on SDXL models whose pipeline
+        sets ``force_zeros_for_empty_prompt`` (SDXL base does): zeros, as ``StableDiffusionXLPipeline`` uses for
+        classifier-free guidance without a negative prompt (docs/algorithm.md §15.1)."""
+        empty = self.encode_prompt("")
+        if self.is_sdxl and self.force_zeros_for_empty_prompt:
+            from tficon.text import Conditioning
+
+            return Conditioning(torch.zeros_like(empty.hidden), torch.zeros_like(empty.pooled))
+        return empty
+
+    def time_ids(self, image_size: int | tuple[int, int] | None = None) -> torch.Tensor | None:
+        """SDXL's (1, 6) added time ids for a working size (default: the native size); None for SD models."""
+        from tficon.text import sdxl_time_ids
+
+        return sdxl_time_ids(self.image_size if image_size is None else image_size) if self.is_sdxl else None
 
     def encode_image(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Encode images to scaled latents: a posterior *sample*, as the official code takes (docs/algorithm.md §4).
@@ -307,7 +391,7 @@ class LoadedModel:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         with torch.no_grad():
-            posterior = self.vae.encode(image.to(self.device, self.dtype)).latent_dist
+            posterior = self.vae.encode(image.to(self.device, self.vae.dtype)).latent_dist
         mean, std = posterior.mean.float(), posterior.std.float()
         one_image = (1, *mean.shape[1:])
         noise = torch.cat(
@@ -324,7 +408,7 @@ class LoadedModel:
             shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise ValueError(f"z must be a (B, {self.latent_channels}, h, w) latent tensor, got {shape}")
         with torch.no_grad():
-            image = self.vae.decode((z / self.latent_scaling).to(self.device, self.dtype)).sample
+            image = self.vae.decode((z / self.latent_scaling).to(self.device, self.vae.dtype)).sample
         return image.float().clamp(-1.0, 1.0)
 
     def describe(self) -> str:
@@ -332,6 +416,8 @@ class LoadedModel:
         h = self.latent_size
         dtype = str(self.dtype).removeprefix("torch.")
         lora = f" + LoRA {self.lora!r} (scale {self.lora_scale:g})" if self.lora else ""
+        if self.vae.dtype != self.dtype:
+            lora += f" (VAE in {str(self.vae.dtype).removeprefix('torch.')}: it overflows in float16)"
         return (
             f"{self.family} ({self.prediction_type}), {self.image_size}x{self.image_size} images -> "
             f"{self.latent_channels}x{h}x{h} latents, {self.device} {dtype}, from {self.spec!r}{lora}"
@@ -436,9 +522,15 @@ def assemble_loaded_model(
     image_size: int,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    text_encoder_2=None,
+    tokenizer_2=None,
+    force_zeros_for_empty_prompt: bool = False,
 ) -> LoadedModel:
     """Move components to ``device``/``dtype`` (defaults: cuda+float16 if available, else cpu+float32),
-    switch them to inference (eval, no gradients) and wrap them in a ``LoadedModel``."""
+    switch them to inference (eval, no gradients) and wrap them in a ``LoadedModel``.
+
+    SDXL: pass ``text_encoder_2`` and ``tokenizer_2`` too. A VAE whose config sets ``force_upcast`` (SDXL's, which
+    overflows in float16) stays float32 in a float16 model, as ``StableDiffusionXLPipeline`` upcasts it."""
     device = _resolve_device(device)
     dtype = _resolve_dtype(dtype, device)
     if family not in FAMILIES:
@@ -446,10 +538,18 @@ def assemble_loaded_model(
     prediction_type = scheduler_config.get("prediction_type", "epsilon")
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"scheduler prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-    for module in (vae, unet, text_encoder):
+    if (text_encoder_2 is None) != (family not in SDXL_FAMILIES) or (text_encoder_2 is None) != (tokenizer_2 is None):
+        raise ValueError(f"family {family!r} needs {'both' if family in SDXL_FAMILIES else 'no'} text_encoder_2 "
+                         "and tokenizer_2")
+    modules = [(vae, dtype), (unet, dtype), (text_encoder, dtype)]
+    if text_encoder_2 is not None:
+        modules.append((text_encoder_2, dtype))
+    if dtype == torch.float16 and getattr(vae.config, "force_upcast", False) and family in SDXL_FAMILIES:
+        modules[0] = (vae, torch.float32)
+    for module, module_dtype in modules:
         module.to(device=device)
-        if module.dtype != dtype:  # cast only when needed: diffusers warns about any .to(dtype)
-            module.to(dtype=dtype)
+        if module.dtype != module_dtype:  # cast only when needed: diffusers warns about any .to(dtype)
+            module.to(dtype=module_dtype)
         module.eval()
         module.requires_grad_(False)
     return LoadedModel(
@@ -465,6 +565,9 @@ def assemble_loaded_model(
         image_size=int(image_size),
         device=device,
         dtype=dtype,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        force_zeros_for_empty_prompt=bool(force_zeros_for_empty_prompt),
     )
 
 
@@ -584,26 +687,38 @@ def _read_overrides(folder: Path) -> dict:
 def _load_folder(folder: Path, spec: str, device, dtype) -> LoadedModel:
     """Check the configs of a diffusers pipeline folder, then load its components."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(
             f"{spec!r} is a folder but not a diffusers pipeline folder (no model_index.json). {_ALTERNATIVES}"
         )
     index = _read_json(folder / "model_index.json")
-    component_names = {k for k, v in index.items() if not k.startswith("_") and isinstance(v, (list, tuple))}
+    component_names = _component_names(index)
+    sdxl = "text_encoder_2" in component_names
+    # The SDXL refiner has no first text encoder: identify_model names it instead of a missing-file error.
+    text_config = _read_json(folder / "text_encoder" / "config.json") if "text_encoder" in component_names or not sdxl else {}
     identity = identify_model(
         _read_json(folder / "unet" / "config.json"),
-        _read_json(folder / "text_encoder" / "config.json"),
+        text_config,
         _read_json(folder / "vae" / "config.json"),
         _read_json(folder / "scheduler" / "scheduler_config.json"),
         overrides=_read_overrides(folder),
         component_names=component_names,
         where=repr(spec),
+        text_encoder_2_config=_read_json(folder / "text_encoder_2" / "config.json") if sdxl else None,
     )
     device = _resolve_device(device)
     dtype = _resolve_dtype(dtype, device)
+    sdxl_parts = {}
+    if sdxl:
+        sdxl_parts = dict(
+            text_encoder_2=CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2"),
+            tokenizer_2=CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
+            force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)),
+        )
     return assemble_loaded_model(
+        **sdxl_parts,
         vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype),
         unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
         text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
@@ -616,6 +731,14 @@ def _load_folder(folder: Path, spec: str, device, dtype) -> LoadedModel:
         device=device,
         dtype=dtype,
     )
+
+
+def _component_names(index: dict) -> set[str]:
+    """The components a ``model_index.json`` lists with a class (the SDXL refiner lists ``text_encoder: [null, null]``)."""
+    return {
+        k for k, v in index.items()
+        if not k.startswith("_") and isinstance(v, (list, tuple)) and len(v) == 2 and v[0] is not None
+    }  # fmt: skip
 
 
 def _default_single_file_config(path: Path) -> str | None:
@@ -632,9 +755,10 @@ def _default_single_file_config(path: Path) -> str | None:
 
 
 def _load_single_file(path: Path, spec: str, config, device, dtype, local_files_only) -> LoadedModel:
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    _check_checkpoint(_checkpoint_layout(path, spec), spec)
+    kind = _check_checkpoint(_checkpoint_layout(path, spec), spec)
+    sdxl = kind == "xl_base"
     overrides: dict = {}
     if config is not None:
         config_path = Path(os.fspath(config)).expanduser()
@@ -660,20 +784,26 @@ def _load_single_file(path: Path, spec: str, config, device, dtype, local_files_
     device = _resolve_device(device)
     dtype = _resolve_dtype(dtype, device)
     try:
-        pipeline = StableDiffusionPipeline.from_single_file(
-            str(path),
-            config=config,
-            local_files_only=offline,
-            torch_dtype=dtype,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        if sdxl:
+            pipeline = StableDiffusionXLPipeline.from_single_file(
+                str(path), config=config, local_files_only=offline, torch_dtype=dtype
+            )
+        else:
+            pipeline = StableDiffusionPipeline.from_single_file(
+                str(path),
+                config=config,
+                local_files_only=offline,
+                torch_dtype=dtype,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
     except OSError as error:  # missing files / configs not cached / network
         raise ModelNotAvailableError(
             f"could not load the single-file checkpoint {spec!r}: {error}\nIf the diffusers component configs "
             "could not be fetched (offline), pass config=<a local diffusers folder of the same architecture, e.g. "
-            "a saved stabilityai/stable-diffusion-2-1-base; its *.json and tokenizer files suffice>, or run once "
+            "a saved stabilityai/stable-diffusion-2-1-base or stabilityai/stable-diffusion-xl-base-1.0; its *.json and "
+            "tokenizer files suffice>, or run once "
             "with network access so that the configs are cached."
         ) from error
     identity = identify_model(
@@ -683,8 +813,18 @@ def _load_single_file(path: Path, spec: str, config, device, dtype, local_files_
         dict(pipeline.scheduler.config),
         overrides=overrides,
         where=repr(spec),
+        component_names={"unet", "vae", "text_encoder", "text_encoder_2"} if sdxl else None,
+        text_encoder_2_config=pipeline.text_encoder_2.config.to_dict() if sdxl else None,
     )
+    sdxl_parts = {}
+    if sdxl:
+        sdxl_parts = dict(
+            text_encoder_2=pipeline.text_encoder_2,
+            tokenizer_2=pipeline.tokenizer_2,
+            force_zeros_for_empty_prompt=bool(pipeline.config.get("force_zeros_for_empty_prompt", True)),
+        )
     return assemble_loaded_model(
+        **sdxl_parts,
         vae=pipeline.vae,
         unet=pipeline.unet,
         text_encoder=pipeline.text_encoder,
@@ -700,8 +840,7 @@ def _load_single_file(path: Path, spec: str, config, device, dtype, local_files_
 
 
 # diffusers' names (infer_diffusers_model_type) for checkpoint families, in words. "v1" / "v2" are SD 1.x / 2.x.
-_CHECKPOINT_FAMILIES = {
-    "xl_base": "SDXL",
+_CHECKPOINT_FAMILIES = {  # refused; "xl_base" (SDXL base) is accepted
     "xl_refiner": "SDXL refiner",
     "xl_inpaint": "SDXL inpainting",
     "playground-v2-5": "Playground v2.5 (SDXL-based)",
@@ -752,8 +891,10 @@ def _checkpoint_layout(path: Path, spec: str) -> dict:
     return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
 
 
-def _check_checkpoint(layout: dict, spec: str) -> None:
-    """Refuse checkpoint files of families TF-ICON cannot drive, naming the family, before loading weights."""
+def _check_checkpoint(layout: dict, spec: str) -> str | None:
+    """Refuse checkpoint files of families TF-ICON cannot drive, naming the family, before loading weights.
+
+    Returns diffusers' model type: ``"v1"``, ``"v2"``, ``"xl_base"`` or None (undetermined)."""
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
     try:
@@ -763,7 +904,7 @@ def _check_checkpoint(layout: dict, spec: str) -> None:
     family = _CHECKPOINT_FAMILIES.get(kind) if kind else None
     if family is None and kind:
         family = next((name for p, name in _CHECKPOINT_FAMILY_PREFIXES.items() if kind.startswith(p)), None)
-    if family is None and kind not in (None, "v1", "v2"):
+    if family is None and kind not in (None, "v1", "v2", "xl_base"):
         family = f"diffusers type {kind!r}"
     if family is not None:
         raise CheckpointFileError(f"checkpoint file {spec!r} is a {family} model, which TF-ICON cannot run; {_SUPPORTED}.")
@@ -784,6 +925,7 @@ def _check_checkpoint(layout: dict, spec: str) -> None:
             f"checkpoint file {spec!r} has a UNet with {conv_in.shape[1]} input channels (an inpainting, depth or "
             f"instruct-pix2pix model); {_SUPPORTED}."
         )
+    return kind
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -817,6 +959,11 @@ def _fuse_lora(model: LoadedModel, path: Path, scale: float) -> None:
 
     if not USE_PEFT_BACKEND:
         raise ImportError("loading LoRA weights needs the peft package (and transformers >= 4.34): pip install peft")
+    if model.is_sdxl:
+        raise ValueError(
+            f"lora= is not supported on SDXL models yet ({model.spec!r}): fuse the LoRA into the weights with "
+            "diffusers (StableDiffusionXLPipeline.load_lora_weights, fuse_lora, save_pretrained) and load that folder."
+        )
     # The pipeline is only the container load_lora_weights works on: it shares the model's modules.
     pipeline = StableDiffusionPipeline(
         vae=model.vae,
@@ -915,17 +1062,16 @@ def _hub_reachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> bool:
 
 def _hub_snapshot(repo_id: str, local_files_only: bool | None) -> Path:
     """The local folder of hub pipeline ``repo_id``: from the cache, else downloaded when allowed and reachable."""
-    from diffusers import StableDiffusionPipeline
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    # The safety checker is never used: passing it tells diffusers not to fetch or require its weights.
-    skip = {"safety_checker": None, "feature_extractor": None}
     cache_error: Exception | None = None
     # try_to_load_from_cache only reads the file system. Any hub call, even a cache-only one, may first
     # spend seconds on a one-off metadata request when the network is silent, so skip them when nothing is cached.
-    if isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str):
+    cached_index = try_to_load_from_cache(repo_id, "model_index.json")
+    if isinstance(cached_index, str):
         try:
-            return Path(StableDiffusionPipeline.download(repo_id, local_files_only=True, **skip))
+            pipeline, skip = _pipeline_class(_read_json(Path(cached_index)))
+            return Path(pipeline.download(repo_id, local_files_only=True, **skip))
         except (OSError, ValueError) as error:
             cache_error = error
     if _offline_requested(local_files_only):
@@ -940,14 +1086,27 @@ def _hub_snapshot(repo_id: str, local_files_only: bool | None) -> Path:
     try:
         # Check the pipeline type on model_index.json alone before fetching gigabytes of weights.
         index = _read_json(Path(hf_hub_download(repo_id, "model_index.json")))
-        names = {k for k, v in index.items() if not k.startswith("_") and isinstance(v, (list, tuple))}
-        if "text_encoder_2" in names or "transformer" in names or "unet" not in names:
+        names = _component_names(index)
+        refiner = "text_encoder_2" in names and "text_encoder" not in names
+        if refiner or "transformer" in names or "unet" not in names:
             raise ValueError(
-                f"{repo_id!r} is a {index.get('_class_name', 'non-SD')} repository; TF-ICON runs on SD 1.x and 2.x."
+                f"{repo_id!r} is a {index.get('_class_name', 'non-SD')} repository; TF-ICON runs on SD 1.x, 2.x and "
+                "SDXL base."
             )
-        return Path(StableDiffusionPipeline.download(repo_id, local_files_only=False, **skip))
+        pipeline, skip = _pipeline_class(index)
+        return Path(pipeline.download(repo_id, local_files_only=False, **skip))
     except OSError as error:
         raise ModelNotAvailableError(f"cannot download model {repo_id!r}: {error}. {_ALTERNATIVES}") from error
+
+
+def _pipeline_class(index: dict):
+    """The diffusers pipeline class that downloads a hub repository, and the components it must not fetch."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if "text_encoder_2" in _component_names(index):
+        return StableDiffusionXLPipeline, {}
+    # The safety checker is never used: passing it tells diffusers not to fetch or require its weights.
+    return StableDiffusionPipeline, {"safety_checker": None, "feature_extractor": None}
 
 
 def _endpoint() -> str:

@@ -33,7 +33,7 @@ def fit_latent_rgb_map(model, images: torch.Tensor | None = None, latent_side: i
         images = _colour_fields(4, latent_side * factor, torch.Generator().manual_seed(0))
     images = images.float().cpu()
     with torch.no_grad():
-        dist = model.vae.encode(images.to(model.device, model.dtype)).latent_dist
+        dist = model.vae.encode(images.to(model.device, model.vae.dtype)).latent_dist
         latents = (dist.mean * model.latent_scaling).float().cpu()
     targets = (F.avg_pool2d(images, factor) + 1) / 2  # (n, 3, side, side) in [0, 1]
     channels = latents.shape[1]

@@ -28,6 +28,9 @@ inversion (cached in the engine: pass ``engine=`` to share inversions between Se
 step, computed from explicit inputs. The solver's arithmetic is float32 in every model dtype; only the
 UNet (and the VAE) run in the model's dtype, so float16 and bfloat16 models work as they are.
 
+On SDXL (docs/algorithm.md §15) the text conditioning of every row is a ``tficon.text.Conditioning`` and each
+branch gets its own added time ids (``Session.time_ids``); nothing else changes.
+
 Records are immutable (tensors are never modified in place), so ``rewind`` is a truncation and a
 step that raises leaves the Session exactly as it was.
 """
@@ -308,15 +311,27 @@ class Session:
             self.timings["encode"] = time.perf_counter() - started
         return self._latents
 
+    @property
+    def time_ids(self) -> dict[str, torch.Tensor] | None:
+        """SDXL: each branch's added time ids, (1, 6) float32 (original h, w; crop top, left; target h, w); None on
+        SD models. Every branch works on an image at the working size, so all four are ``(H, W, 0, 0, H, W)``,
+        the pipeline's default at that size (docs/algorithm.md §15.3); they travel per branch through the engine."""
+        if not getattr(self.model, "is_sdxl", False):
+            return None
+        ids = self.model.time_ids(self.image_size)
+        return {branch: ids for branch in ("generation", "background", "reference", "pseudo_cross")}
+
     def invert(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Invert the background (the cut-and-paste in "same" mode) and the reference to t = 1."""
         if self._inverted is None:
             z_bg, z_ref, _ = self._encode()
             started = time.perf_counter()
+            ids = self.time_ids
             with self._threads():
                 (x_bg, x_ref), cached, evals = self.engine.invert(
-                    [z_bg, z_ref], self.steps, self._config.order, progress=self.progress
-                )
+                    [z_bg, z_ref], self.steps, self._config.order, progress=self.progress,
+                    time_ids=None if ids is None else [ids["background"], ids["reference"]],
+                )  # fmt: skip
             self.stats["unet_calls"] += self.steps if evals else 0
             self.stats["sample_evals"] += evals
             self._inverted = (x_bg, x_ref)
@@ -453,12 +468,13 @@ class Session:
             guidance=self._config.effective_guidance,
             grid=grid,
             exceptional=model.exceptional_embedding(),
-            uncond=model.encode_prompt(""),
+            uncond=model.unconditional_embedding(),
             cond=model.encode_prompt(self._prompt),
             inside=self._blend_mask(start[0] if start is not None else previous.generation.x),
             controller=self._ensure_controller(),
             start=start,
             capture=capture,
+            time_ids=self.time_ids,
         )
         with self._threads():
             return self.engine.run_step(self.plans[s], previous, inputs)

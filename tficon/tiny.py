@@ -10,6 +10,12 @@ them in milliseconds on a CPU:
   ``"sd2"`` copies SD 2.x's choices (linear ``proj_in``/``proj_out``, per-level head counts, GELU text
   encoder); ``"sd1"`` copies SD 1.x's (1x1-conv projections, 8 heads everywhere, quick-GELU text encoder).
   ``"sd2-v"`` is ``"sd2"`` with v-prediction (and upcast attention), like SD 2.x 768-v.
+- ``"sdxl"`` copies SDXL base's layout: 3 levels (``DownBlock2D`` + ``CrossAttnDownBlock2D`` x2), no attention
+  at the highest resolution, transformer depths 2 and 10 (the mid block 10), ``addition_embed_type="text_time"``
+  with six time ids, two text encoders (a quick-GELU ``CLIPTextModel`` and a GELU
+  ``CLIPTextModelWithProjection``, their widths concatenated as the cross-attention width), a tokenizer each
+  (the second pads with "!" as SDXL's does), SDXL's VAE scaling 0.13025 and ``force_upcast``, and an Euler
+  scheduler config with SD's training schedule.
 - VAE: 4 levels, so the downsampling factor is 8 as in SD, with 8 to 32 channels.
 - Text encoder: a 2-layer ``CLIPTextModel`` whose vocabulary (8192 ids) contains SD's exceptional token
   7788, with a small offline ``CLIPTokenizer`` (window 77) covering ``TINY_WORDS``.
@@ -26,14 +32,14 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from tficon.clip_tokenizer import build_clip_tokenizer
 from tficon.models import SD_EXCEPTIONAL_TOKEN_ID, TFICON_JSON, LoadedModel, assemble_loaded_model
 
 __all__ = ["TINY_FAMILIES", "TINY_IMAGE_SIZE", "TINY_WORDS", "tiny_components", "tiny_model", "save_tiny_model"]
 
-TINY_FAMILIES = ("sd1", "sd2", "sd2-v")
+TINY_FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl")
 TINY_IMAGE_SIZE = 64  # native size: 64x64 images, 8x8 latents
 TINY_VOCAB_SIZE = 8192  # > 7788, so SD's exceptional token id is valid
 TINY_WORDS = tuple(
@@ -45,17 +51,44 @@ TINY_WORDS = tuple(
 # Per family: text width (stands in for 768 / 1024), text activation, UNet head counts, projection style.
 _TEXT_WIDTH = {"sd1": 32, "sd2": 48}
 _TEXT_ACT = {"sd1": "quick_gelu", "sd2": "gelu"}
+# SDXL: CLIP ViT-L (768, quick GELU) + OpenCLIP bigG (1280, GELU, 1280-d projection) at toy width; 6 time ids.
+_SDXL_TEXT = (("sd1", 32, None), ("sd2", 48, 40))  # (style, width, projection_dim)
+_SDXL_TIME_DIM = 8  # addition_time_embed_dim (256 in SDXL)
 _UNET_HEADS = {"sd1": 8, "sd2": (2, 4, 4)}  # diffusers' attention_head_dim = number of heads for SD
 
 
 def _base_family(family: str) -> str:
     if family not in TINY_FAMILIES:
         raise ValueError(f"family must be one of {TINY_FAMILIES}, got {family!r}")
-    return "sd1" if family == "sd1" else "sd2"
+    return family if family in ("sd1", "sdxl") else "sd2"
+
+
+def _tiny_sdxl_unet() -> UNet2DConditionModel:
+    pooled = _SDXL_TEXT[1][2]
+    return UNet2DConditionModel(
+        sample_size=TINY_IMAGE_SIZE // 8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10),
+        cross_attention_dim=sum(width for _, width, _ in _SDXL_TEXT),
+        attention_head_dim=(2, 4, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=_SDXL_TIME_DIM,
+        projection_class_embeddings_input_dim=pooled + 6 * _SDXL_TIME_DIM,
+        norm_num_groups=32,
+        norm_eps=1e-5,
+    )
 
 
 def _tiny_unet(family: str) -> UNet2DConditionModel:
     base = _base_family(family)
+    if base == "sdxl":
+        return _tiny_sdxl_unet()
     return UNet2DConditionModel(
         sample_size=TINY_IMAGE_SIZE // 8,
         in_channels=4,
@@ -73,7 +106,8 @@ def _tiny_unet(family: str) -> UNet2DConditionModel:
     )
 
 
-def _tiny_vae() -> AutoencoderKL:
+def _tiny_vae(family: str = "sd2") -> AutoencoderKL:
+    sdxl = family == "sdxl"
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -84,13 +118,14 @@ def _tiny_vae() -> AutoencoderKL:
         latent_channels=4,
         norm_num_groups=8,
         sample_size=TINY_IMAGE_SIZE,
-        scaling_factor=0.18215,
+        scaling_factor=0.13025 if sdxl else 0.18215,
+        force_upcast=sdxl,  # SDXL's VAE overflows in float16; tficon then keeps it in float32
     )
 
 
-def _tiny_text_encoder(family: str) -> CLIPTextModel:
+def _tiny_text_encoder(family: str, width: int | None = None, projection_dim: int | None = None):
     base = _base_family(family)
-    width = _TEXT_WIDTH[base]
+    width = _TEXT_WIDTH[base] if width is None else width
     config = CLIPTextConfig(
         vocab_size=TINY_VOCAB_SIZE,
         hidden_size=width,
@@ -104,8 +139,9 @@ def _tiny_text_encoder(family: str) -> CLIPTextModel:
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=1,
+        **({} if projection_dim is None else {"projection_dim": projection_dim}),
     )
-    return CLIPTextModel(config)
+    return CLIPTextModel(config) if projection_dim is None else CLIPTextModelWithProjection(config)
 
 
 def _tiny_scheduler(family: str):
@@ -119,6 +155,11 @@ def _tiny_scheduler(family: str):
     )
     if family == "sd2-v":  # SD 2.x 768-v ships a DDIM config with v-prediction
         return DDIMScheduler(**sd_schedule, clip_sample=False, prediction_type="v_prediction")
+    if family == "sdxl":  # SDXL base ships an Euler config with the same training schedule
+        from diffusers import EulerDiscreteScheduler
+
+        sd_schedule.pop("set_alpha_to_one")
+        return EulerDiscreteScheduler(**sd_schedule, timestep_spacing="leading", prediction_type="epsilon")
     return PNDMScheduler(**sd_schedule, skip_prk_steps=True, prediction_type="epsilon")
 
 
@@ -130,26 +171,36 @@ def tiny_components(family: str = "sd2", seed: int = 0) -> dict:
         seed: fixes every weight; the global torch RNG is left untouched.
 
     Returns:
-        The keyword arguments of ``StableDiffusionPipeline`` minus the safety checker, in float32 on CPU.
+        The keyword arguments of ``StableDiffusionPipeline`` minus the safety checker, in float32 on CPU;
+        for ``"sdxl"`` those of ``StableDiffusionXLPipeline`` (``text_encoder_2`` and ``tokenizer_2`` too).
     """
     _base_family(family)
+    sdxl = family == "sdxl"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = _tiny_unet(family)
-        vae = _tiny_vae()
-        text_encoder = _tiny_text_encoder(family)
+        vae = _tiny_vae(family)
+        if sdxl:
+            encoders = [_tiny_text_encoder(style, width, dim) for style, width, dim in _SDXL_TEXT]
+        else:
+            encoders = [_tiny_text_encoder(family)]
     tokenizer = build_clip_tokenizer(TINY_WORDS, model_max_length=77)
     if len(tokenizer) > TINY_VOCAB_SIZE:  # guards edits of TINY_WORDS
         raise RuntimeError(f"tiny tokenizer has {len(tokenizer)} tokens, more than the encoder's {TINY_VOCAB_SIZE}")
-    for module in (unet, vae, text_encoder):
+    for module in (unet, vae, *encoders):
         module.eval()
-    return {
+    parts = {
         "vae": vae,
         "unet": unet,
-        "text_encoder": text_encoder,
+        "text_encoder": encoders[0],
         "tokenizer": tokenizer,
         "scheduler": _tiny_scheduler(family),
     }
+    if sdxl:
+        tokenizer_2 = build_clip_tokenizer(TINY_WORDS, model_max_length=77, extra_tokens=("!",))
+        tokenizer_2.pad_token = "!"  # SDXL's second tokenizer pads with "!", not with the end-of-text token
+        parts.update(text_encoder_2=encoders[1], tokenizer_2=tokenizer_2)
+    return parts
 
 
 def _tiny_family_name(family: str) -> str:
@@ -164,7 +215,7 @@ def tiny_model(
 ) -> LoadedModel:
     """A ``LoadedModel`` around ``tiny_components(family, seed)``.
 
-    Its family is ``"tiny-sd1"`` or ``"tiny-sd2"`` (``"sd2-v"`` gives ``"tiny-sd2"`` with
+    Its family is ``"tiny-sd1"``, ``"tiny-sd2"`` or ``"tiny-sdxl"`` (``"sd2-v"`` gives ``"tiny-sd2"`` with
     ``prediction_type == "v_prediction"``), image size 64, exceptional token 7788.
 
     Args:
@@ -177,6 +228,9 @@ def tiny_model(
         unet=parts["unet"],
         text_encoder=parts["text_encoder"],
         tokenizer=parts["tokenizer"],
+        text_encoder_2=parts.get("text_encoder_2"),
+        tokenizer_2=parts.get("tokenizer_2"),
+        force_zeros_for_empty_prompt=family == "sdxl",
         scheduler_config=dict(parts["scheduler"].config),
         family=_tiny_family_name(family),
         spec=f"tiny:{family}:seed={seed}",
@@ -190,18 +244,21 @@ def tiny_model(
 def save_tiny_model(directory: str | os.PathLike, family: str = "sd2", seed: int = 0) -> Path:
     """Write a tiny model as a ``StableDiffusionPipeline`` folder plus ``tficon.json``; return the folder.
 
-    ``load_model(directory)`` then reports family ``"tiny-sd1"``/``"tiny-sd2"``, image size 64 and
+    ``load_model(directory)`` then reports family ``"tiny-sd1"``/``"tiny-sd2"``/``"tiny-sdxl"``, image size 64 and
     exceptional token 7788 (from ``tficon.json``), and the prediction type from the scheduler config.
     """
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     directory = Path(directory)
-    pipeline = StableDiffusionPipeline(
-        **tiny_components(family, seed),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    if family == "sdxl":
+        pipeline = StableDiffusionXLPipeline(**tiny_components(family, seed), force_zeros_for_empty_prompt=True)
+    else:
+        pipeline = StableDiffusionPipeline(
+            **tiny_components(family, seed),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     pipeline.save_pretrained(directory, safe_serialization=True)
     metadata = {
         "family": _tiny_family_name(family),
