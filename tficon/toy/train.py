@@ -359,6 +359,8 @@ def train_unet(latent_mean, latent_std, scaling_factor, token_ids, empty_ids, va
         ema.load_state_dict(state["ema"])
         generator.set_state(state["generator"])
         start = state["step"]
+        # An export names the command that trained the weights, not the one that exported them.
+        meta["training"]["command"] = state.get("command", meta["training"]["command"])
         log(f"unet: resumed at step {start}/{steps}")
     if args.export_only:
         if not checkpoint.exists():
@@ -409,7 +411,8 @@ def train_unet(latent_mean, latent_std, scaling_factor, token_ids, empty_ids, va
         if done % args.checkpoint_every == 0 or done == steps:
             save_atomically(
                 {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "optimizer": optimizer.state_dict(),
-                 "schedule": schedule.state_dict(), "ema": ema.state_dict(), "generator": generator.get_state(), "step": done},
+                 "schedule": schedule.state_dict(), "ema": ema.state_dict(), "generator": generator.get_state(), "step": done,
+                 "command": meta["training"]["command"]},
                 checkpoint,
             )
         if done % args.export_every == 0 or done == steps:
