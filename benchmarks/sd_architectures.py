@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 _SD1_BLOCKS = dict(
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
@@ -53,7 +53,12 @@ _TEXT_CONFIGS = {  # CLIP ViT-L/14 (SD 1.x) and OpenCLIP ViT-H/14 (SD 2.x, penul
                  hidden_act="quick_gelu"),
     "sd21": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
                  hidden_act="gelu"),
+    "sdxl": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                 hidden_act="quick_gelu"),  # SDXL's first encoder is SD 1.x's CLIP ViT-L/14
 }
+# SDXL's second encoder: OpenCLIP ViT-bigG/14 with its 1280-d text projection
+_SDXL_TEXT_2 = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                    hidden_act="gelu", projection_dim=1280)
 
 SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                  set_alpha_to_one=False, steps_offset=1, skip_prk_steps=True, prediction_type="epsilon")
@@ -75,7 +80,8 @@ def extra_unet_inputs(name: str, batch: int, size: int, dtype: torch.dtype, devi
 
 
 def loaded_model(name: str, *, device, dtype, seed: int = 0):
-    """A full tficon ``LoadedModel`` (UNet, VAE, text encoder) of SD 1.5 / SD 2.1-base size, random weights.
+    """A full tficon ``LoadedModel`` (UNet, VAE, text encoder(s)) of SD 1.5 / SD 2.1-base / SDXL-base size, random
+    weights. SDXL: two text encoders, VAE scaling 0.13025 with ``force_upcast`` (kept float32 in a float16 model).
 
     The tokenizer is tficon's small offline one (its ids fit the real vocabulary); only sizes matter here.
     """
@@ -86,19 +92,25 @@ def loaded_model(name: str, *, device, dtype, seed: int = 0):
     if name not in _TEXT_CONFIGS:
         raise ValueError(f"a full model is built for {sorted(_TEXT_CONFIGS)} only, got {name!r}")
     torch.manual_seed(seed)
+    sdxl = name == "sdxl"
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-        latent_channels=4, norm_num_groups=32, sample_size=512, scaling_factor=0.18215,
+        latent_channels=4, norm_num_groups=32, sample_size=NATIVE_SIZE[name],
+        scaling_factor=0.13025 if sdxl else 0.18215, force_upcast=sdxl,
     )
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, max_position_embeddings=TEXT_TOKENS, layer_norm_eps=1e-5,
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, **_TEXT_CONFIGS[name],
-    ))
+    text = dict(vocab_size=49408, max_position_embeddings=TEXT_TOKENS, layer_norm_eps=1e-5,
+                bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text, **_TEXT_CONFIGS[name]))
+    tokenizer = build_clip_tokenizer(TINY_WORDS, model_max_length=TEXT_TOKENS)
+    second = {}
+    if sdxl:
+        second = dict(text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text, **_SDXL_TEXT_2)),
+                      tokenizer_2=tokenizer, force_zeros_for_empty_prompt=True)
     return assemble_loaded_model(
-        vae=vae, unet=unet(name, seed=seed), text_encoder=text_encoder,
-        tokenizer=build_clip_tokenizer(TINY_WORDS, model_max_length=TEXT_TOKENS),
+        vae=vae, unet=unet(name, seed=seed), text_encoder=text_encoder, tokenizer=tokenizer,
         scheduler_config=dict(PNDMScheduler(**SCHEDULER).config),
-        family="sd1" if name == "sd15" else "sd2", spec=f"random:{name}", exceptional_token_id=SD_EXCEPTIONAL_TOKEN_ID,
-        image_size=NATIVE_SIZE[name], device=device, dtype=dtype,
+        family={"sd15": "sd1", "sd21": "sd2", "sdxl": "sdxl"}[name], spec=f"random:{name}",
+        exceptional_token_id=SD_EXCEPTIONAL_TOKEN_ID, image_size=NATIVE_SIZE[name], device=device, dtype=dtype,
+        **second,
     )
