@@ -332,13 +332,17 @@ def test_half_precision_processor_stays_close_to_float32_naive(dtype):
 
 
 class _LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any aten op returns (the SDPA math fallback shows up as its bmm/softmax)."""
+    """Records the largest tensor any aten op returns (the SDPA math fallback shows up as its bmm/softmax),
+    and the query shape of every fused SDPA call."""
 
     def __init__(self):
         super().__init__()
         self.largest = 0
+        self.sdpa_queries = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if "scaled_dot_product" in str(func):
+            self.sdpa_queries.append(tuple(args[0].shape))
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor):
@@ -361,6 +365,9 @@ def test_injected_layer_materialises_nothing_n_by_n(dtype):
     with torch.no_grad(), _LargestTensor() as seen:
         attn(x)
     assert seen.largest < n * n // 4, seen.largest  # batch x heads x N x d here is 5 x 2 x 1024 x 8
+    # the plain call runs only the three rows whose output is kept; pseudo-cross and cond have their own calls
+    assert seen.sdpa_queries[0] == (3, 2, n, 8), seen.sdpa_queries
+    assert all(shape[0] == 1 for shape in seen.sdpa_queries[1:]) and len(seen.sdpa_queries) == 5  # pseudo + 3 groups
     controller.capture = CaptureRequest(kinds=("composite",), max_tokens=16)
     with torch.no_grad(), _LargestTensor() as seen:
         attn(x)
