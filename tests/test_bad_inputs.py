@@ -240,3 +240,21 @@ def test_explorer_shows_the_user_box_and_clears_errors(model, sample):
         assert ex.last_error is None and "NaN" not in ex.status.value
     finally:
         ex._worker.close()
+
+
+def test_compose_returns_the_backgrounds_own_size_unless_asked_for_the_working_size(model, sample):
+    """A background of another size than the working size comes back at its own size (as the CLI saves it)."""
+    from tficon.compose import compose
+
+    big = sample.background.resize((SIZE * 2, SIZE * 2))
+    scale = (2, 2)
+    box = (sample.box[0] * scale[0], sample.box[1] * scale[1], sample.box[2] * scale[0], sample.box[3] * scale[1])
+    args = (model, big, sample.foreground, sample.foreground_mask, np.zeros((big.height, big.width), bool), sample.prompt)
+    mask = args[4]
+    mask[box[1] : box[1] + box[3], box[0] : box[0] + box[2]] = True
+    full = compose(*args, image_size=SIZE, steps=2, progress=False)
+    working = compose(*args, image_size=SIZE, steps=2, progress=False, output_size="working")
+    assert full.size == big.size and working.size == (SIZE, SIZE)
+    np.testing.assert_array_equal(np.asarray(full), np.asarray(io.resize_result(working, big.size)))
+    with pytest.raises(ValueError, match="output_size"):
+        compose(*args, image_size=SIZE, steps=2, progress=False, output_size="original")

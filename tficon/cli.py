@@ -177,12 +177,11 @@ class _AtomicOutputs:
 def _write_outputs(session, out: Path, json_path: Path | None, extra: dict, *, background_size=None, more=()) -> None:
     """The result (at ``background_size`` = PIL (W, H) when given, else the working size), the JSON summary and
     ``more`` = [(path, image)], all or nothing."""
-    from PIL import Image
+    from tficon import io
 
     result = session.result
-    if background_size is not None and tuple(background_size) != result.size:
-        # LANCZOS, the filter that brought the background to the working size (tficon.io.resize_background)
-        result = result.resize(tuple(background_size), Image.Resampling.LANCZOS)
+    if background_size is not None:
+        result = io.resize_result(result, background_size)
     summary = {
         **session.summary(),
         **extra,

@@ -387,3 +387,11 @@ def to_pil(image_tensor: torch.Tensor) -> Image.Image:
     unit = torch.clamp((x + 1.0) / 2.0, min=0.0, max=1.0).numpy()
     pixels = (255.0 * unit.transpose(1, 2, 0)).astype(np.uint8)
     return Image.fromarray(pixels)
+
+
+def resize_result(result: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``result`` at PIL size ``(W, H)``, with LANCZOS, the filter that brought the background to the working size
+    (``resize_background``); unchanged when it already has that size."""
+    if tuple(size) == result.size:
+        return result
+    return result.resize(tuple(size), Image.Resampling.LANCZOS)
