@@ -18,7 +18,7 @@ from PIL import Image
 
 import tficon
 from tficon.tiny import save_tiny_model, tiny_model
-from tiny_setup import SIZE, new_session
+from tiny_setup import SIZE, check_explorer_kernel_side, new_session
 
 STEPS = 6
 HALF = (torch.float16, torch.bfloat16)
@@ -96,17 +96,7 @@ def test_cli_dtype(tmp_path, sample, dtype, capsys):
 def test_explorer_kernel_side_in_float16(sample):
     pytest.importorskip("ipywidgets")
     pytest.importorskip("anywidget")
-    from tficon.widgets import Explorer
-
-    model = tiny_model("sd2", dtype=torch.float16)
-    explorer = Explorer(new_session(model, sample, steps=4), threaded=False)
-    try:
-        explorer.run()
-        assert explorer.last_error is None and explorer.session.done
-        explorer.controls["tau_a"].value = 0.0
-        assert explorer.last_error is None and explorer.session.config.tau_a == 0.0 and explorer.session.done
-    finally:
-        explorer.close()
+    check_explorer_kernel_side(tiny_model("sd2", dtype=torch.float16), sample)
 
 
 def test_threads_argument_is_checked(sample):

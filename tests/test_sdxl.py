@@ -28,7 +28,7 @@ from tficon.placement import region_indices
 from tficon.session import Session
 from tficon.text import Conditioning, sdxl_time_ids
 from tficon.tiny import save_tiny_model, tiny_components, tiny_model
-from tiny_setup import SIZE, new_session
+from tiny_setup import SIZE, check_explorer_kernel_side, new_session
 
 STEPS = 6
 
@@ -376,16 +376,7 @@ def test_cli_compose_and_batch_on_an_sdxl_folder(xl_folder, sample, tmp_path):
 def test_explorer_kernel_side(xl, sample):
     pytest.importorskip("ipywidgets")
     pytest.importorskip("anywidget")
-    from tficon.widgets import Explorer
-
-    explorer = Explorer(new_session(xl, sample, steps=4), threaded=False)
-    try:
-        explorer.run()
-        assert explorer.last_error is None and explorer.session.done
-        explorer.controls["tau_a"].value = 0.0
-        assert explorer.last_error is None and explorer.session.config.tau_a == 0.0 and explorer.session.done
-    finally:
-        explorer.close()
+    check_explorer_kernel_side(xl, sample)
 
 
 def test_compose_one_call(xl, sample):

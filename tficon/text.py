@@ -131,14 +131,7 @@ def exceptional_embedding(text_encoder: nn.Module, token_id: int = 7788, length:
         raise TypeError(f"token_id must be an int, got {type(token_id).__name__}")
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
         raise ValueError(f"length must be a positive int (the tokenizer window, 77 for SD), got {length!r}")
-    model = text_transformer(text_encoder)
-    token_embedding = model.embeddings.token_embedding
-    vocab_size = token_embedding.num_embeddings
-    if not 0 <= token_id < vocab_size:
-        raise ValueError(
-            f"token_id {token_id} is outside the text encoder's vocabulary (ids 0..{vocab_size - 1}); "
-            "pass an id the encoder knows (SD uses 7788)."
-        )
+    model, token_embedding = _checked_token_embedding(text_encoder, token_id)
     ids = torch.tensor([[token_id]], device=token_embedding.weight.device)
     with torch.no_grad():
         hidden = token_embedding(ids)  # (1, 1, D): no position_embedding on purpose
@@ -303,9 +296,8 @@ def encode_prompt_sdxl(tokenizers, text_encoders, prompt: str, *, name: str = "p
     return Conditioning(torch.cat(hidden, dim=-1), pooled)
 
 
-def _penultimate_and_last(text_encoder: nn.Module, token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One position-free row of ``token_id`` through every layer of the encoder: (the penultimate layer's output,
-    the last layer's output after the final layer norm), each (1, 1, D)."""
+def _checked_token_embedding(text_encoder: nn.Module, token_id: int):
+    """(the encoder's transformer, its token embedding), after checking that ``token_id`` is in the vocabulary."""
     model = text_transformer(text_encoder)
     token_embedding = model.embeddings.token_embedding
     vocab_size = token_embedding.num_embeddings
@@ -314,6 +306,13 @@ def _penultimate_and_last(text_encoder: nn.Module, token_id: int) -> tuple[torch
             f"token_id {token_id} is outside the text encoder's vocabulary (ids 0..{vocab_size - 1}); "
             "pass an id the encoder knows (SD uses 7788)."
         )
+    return model, token_embedding
+
+
+def _penultimate_and_last(text_encoder: nn.Module, token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One position-free row of ``token_id`` through every layer of the encoder: (the penultimate layer's output,
+    the last layer's output after the final layer norm), each (1, 1, D)."""
+    model, token_embedding = _checked_token_embedding(text_encoder, token_id)
     layers = model.encoder.layers
     if len(layers) < 2:
         raise ValueError("SDXL's penultimate hidden state needs a text encoder with at least 2 layers")
