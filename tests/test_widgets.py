@@ -279,6 +279,77 @@ def test_step_strip_selection_and_truncation():
     assert len(strip) == 2 and strip.items[1].children[1].description == "1"
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * __import__("os").sysconf("SC_PAGE_SIZE")
+
+
+def test_200_rapid_slider_changes_coalesce_to_the_last_setting_with_flat_memory(model, sample):
+    """Under load: tau_b dragged through 200 values while the worker is busy. Pending updates of the same
+    control coalesce (the queue holds one, two are applied: the one already started and the latest), the
+    Session ends bitwise equal to a fresh run at the last value, and memory stays flat after a warm-up."""
+    import tracemalloc
+
+    ex = Explorer(make_session(model, sample), run=True)
+    s = ex.session
+    values = [round(0.05 * ((i * 7) % 19 + 1), 2) for i in range(200)]  # consecutive values always differ
+    assert values[-1] == 0.35
+
+    def burst() -> None:
+        applied = len(ex.history)
+        with ex.lock:  # the worker is mid-job (it waits for the lock) while the 200 changes arrive
+            for value in values:
+                ex.controls["tau_b"].value = value  # what the browser sends when the slider moves
+            assert ex._worker.pending <= 1  # without coalescing, 199 updates would wait here
+        assert ex.wait(300)
+        assert ex.last_error is None and s.done
+        assert len(ex.history) - applied <= 2 and ex.history[-1]["changes"] == {"tau_b": 0.35}
+        ex.controls["tau_b"].value = 0.8  # back to the start, so the next burst does the same work
+        assert ex.wait(300) and s.config.tau_b == 0.8
+
+    try:
+        assert ex.wait(300) and ex.last_error is None
+        burst()  # warm-up: caches, first-use allocations
+        tracemalloc.start()
+        try:
+            rss0, (traced0, _) = _rss_bytes(), tracemalloc.get_traced_memory()
+            burst()
+            burst()
+            rss1, (traced1, _) = _rss_bytes(), tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        # Python objects (numpy arrays included) and the process as a whole, after 400 more changes
+        assert traced1 - traced0 < 2 * 2**20, f"Python heap grew {(traced1 - traced0) / 2**20:.2f} MB"
+        assert rss1 - rss0 < 32 * 2**20, f"RSS grew {(rss1 - rss0) / 2**20:.1f} MB"
+        assert ex._worker.coalesced >= 3 * 198
+        # the last setting, bitwise
+        ex.controls["tau_b"].value = values[-1]
+        assert ex.wait(300) and ex.last_error is None
+        fresh = make_session(model, sample, tau_b=values[-1]).run()
+        assert s.config == fresh.config
+        assert np.array_equal(np.asarray(s.result), np.asarray(fresh.result))
+        assert np.array_equal(ex.shown["result"], np.asarray(fresh.result))
+    finally:
+        ex.close()
+
+
+def test_worker_coalesces_pending_jobs_with_the_same_key():
+    worker = Worker()
+    ran = []
+    with worker.lock:
+        worker.submit(lambda: ran.append("started"), key="a")  # taken by the thread, waits for the lock
+        time.sleep(0.05)
+        for i in range(50):
+            worker.submit(lambda i=i: ran.append(("a", i)), key="a")
+            worker.submit(lambda i=i: ran.append(("b", i)), key="b")
+        worker.submit(lambda: ran.append("plain"))
+        worker.submit(lambda: ran.append("plain"))
+        assert worker.pending == 4 and worker.coalesced == 98
+    assert worker.wait(10)
+    assert ran == ["started", ("a", 49), ("b", 49), "plain", "plain"]
+    worker.close()
+
+
 def test_worker_runs_jobs_one_at_a_time_in_order():
     worker = Worker()
     spans, order = [], []

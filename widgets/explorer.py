@@ -9,7 +9,8 @@ resolution, kind, a clickable query pixel with its heatmap, the map's top SVD co
 masks at that resolution, and the same query side by side in the composite and its sources).
 
 How it stays responsive: every Session access is a job on one worker thread (``tficon.widgets.worker``),
-a run is one job per denoising step, and event handlers only queue jobs. Settings go through
+a run is one job per denoising step, and event handlers only queue jobs. Updates coalesce: a newer value of
+the same control replaces a pending older one, so a burst of slider moves applies only the latest. Settings go through
 ``Session.update``, which keeps every step before the first one the change affects; only the
 suffix is recomputed. The Explorer talks to nothing but the Session's public API.
 
@@ -156,9 +157,13 @@ class Explorer(widgets.VBox):
         self._worker.submit(lambda: self._set_status(f"stopped after {self.session.step_index} steps"))
 
     def update(self, **changes) -> None:
-        """Apply ``Session.update(**changes)`` and (with auto-run) recompute the affected steps."""
+        """Apply ``Session.update(**changes)`` and (with auto-run) recompute the affected steps.
+
+        Rapid updates coalesce: a pending update of the same fields (one that has not started) is replaced
+        by this one, so dragging a slider through many values while a step runs applies only the latest.
+        """
         generation = self._worker.new_generation()
-        self._worker.submit(lambda: self._job_update(changes, generation))
+        self._worker.submit(lambda: self._job_update(changes, generation), key=("update", *sorted(changes)))
 
     def show_step(self, step: int) -> None:
         """Show step ``step`` in the step and attention panels (moves the scrubber)."""
@@ -391,7 +396,7 @@ class Explorer(widgets.VBox):
             return
         bits = self.mask_painter.mask_array.copy()
         generation = self._worker.new_generation()
-        self._worker.submit(lambda: self._job_apply_mask(bits, generation))
+        self._worker.submit(lambda: self._job_apply_mask(bits, generation), key=("update", "foreground_mask"))
 
     def _on_scrub(self, change) -> None:
         if self._syncing:

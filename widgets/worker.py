@@ -13,6 +13,11 @@ something that makes the running work pointless (moving a slider while a run is 
 
 ``threaded=False`` runs every job inline, in the thread that submits it (tests, scripts, front ends
 whose comms do not like threads); the order and the one-at-a-time guarantee are the same.
+
+Under load (a slider dragged through 200 values while a step runs), ``submit(job, key=...)`` coalesces:
+a job submitted with a key replaces the pending job with the same key (one that has not started), and goes
+to the back of the queue. So only the latest request of each kind runs next, the queue never holds more
+than one job per key, and memory stays flat however fast the requests come.
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ class Worker:
         self._on_error = on_error
         self._name = name
         self._jobs: collections.deque[Callable[[], None]] = collections.deque()
+        self._keys: dict[Callable[[], None], object] = {}  # pending job -> its coalescing key
         self._cv = threading.Condition()
         self._running = False
         self._closed = False
         self._thread: threading.Thread | None = None
         self._generation = 0
-        self.errors: list[BaseException] = []
+        self.errors: collections.deque[BaseException] = collections.deque(maxlen=100)  # the latest errors
+        self.coalesced = 0  # pending jobs replaced by a newer one with the same key
 
     # ------------------------------------------------------------------ generations
     def new_generation(self) -> int:
@@ -55,11 +62,21 @@ class Worker:
         return generation == self._generation
 
     # ------------------------------------------------------------------ jobs
-    def submit(self, job: Callable[[], None]) -> None:
-        """Queue ``job``; it runs after every job queued before it, with ``lock`` held."""
+    def submit(self, job: Callable[[], None], *, key: object = None) -> None:
+        """Queue ``job``; it runs after every job queued before it, with ``lock`` held.
+
+        With a ``key`` (any hashable), a pending job submitted with the same key is dropped: the new job
+        replaces it, at the back of the queue. A job that has started is never affected.
+        """
         with self._cv:
             if self._closed:
                 raise RuntimeError("the worker is closed")
+            if key is not None:
+                for old in [j for j, k in self._keys.items() if k == key]:
+                    self._jobs.remove(old)
+                    del self._keys[old]
+                    self.coalesced += 1
+                self._keys[job] = key
             self._jobs.append(job)
             if self.threaded:
                 if self._thread is None:
@@ -78,12 +95,19 @@ class Worker:
                         self._cv.notify_all()
                         return
                     job = self._jobs.popleft()
+                    self._keys.pop(job, None)
                 self._run(job)
         except BaseException:
             with self._cv:
                 self._running = False
                 self._cv.notify_all()
             raise
+
+    @property
+    def pending(self) -> int:
+        """How many jobs wait (the running one not counted)."""
+        with self._cv:
+            return len(self._jobs)
 
     @property
     def busy(self) -> bool:
@@ -106,6 +130,7 @@ class Worker:
         with self._cv:
             self._closed = True
             self._jobs.clear()
+            self._keys.clear()
             self._generation += 1
             self._cv.notify_all()
         thread = self._thread
@@ -134,6 +159,7 @@ class Worker:
                     self._cv.notify_all()
                     return
                 job = self._jobs.popleft()
+                self._keys.pop(job, None)
                 self._running = True
             try:
                 self._run(job)
