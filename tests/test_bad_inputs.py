@@ -258,3 +258,90 @@ def test_compose_returns_the_backgrounds_own_size_unless_asked_for_the_working_s
     np.testing.assert_array_equal(np.asarray(full), np.asarray(io.resize_result(working, big.size)))
     with pytest.raises(ValueError, match="output_size"):
         compose(*args, image_size=SIZE, steps=2, progress=False, output_size="original")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Paste back: the composed window, feathered, onto the original background at its own size
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_paste_back_keeps_the_outside_takes_the_inside_and_ramps_monotonically():
+    from tficon.placement import Box
+
+    rng = np.random.default_rng(0)
+    original = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    result = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    window, feather = Box(top=10, left=20, bottom=30, right=50), 5
+    out = np.asarray(io.paste_back(Image.fromarray(original), Image.fromarray(result), window, feather))
+    grown = np.zeros((60, 80), bool)
+    grown[10 - feather : 30 + feather, 20 - feather : 50 + feather] = True
+    inside = np.zeros((60, 80), bool)
+    inside[10:30, 20:50] = True
+    assert np.array_equal(out[~grown], original[~grown])  # outside the grown window: the original, bit for bit
+    assert np.array_equal(out[inside], result[inside])  # inside: the composed pixels
+    ring = grown & ~inside
+    low, high = np.minimum(original, result), np.maximum(original, result)
+    assert np.all((out[ring] >= low[ring]) & (out[ring] <= high[ring]))  # in between: a mix of the two
+    # the ramp: on black under white, each ring of the feather is a step down, strictly, to the untouched pixels
+    ramp = np.asarray(io.paste_back(Image.new("RGB", (80, 60)), Image.new("RGB", (80, 60), (255,) * 3), window, feather))
+    right = ramp[20, 49 : 49 + feather + 2, 0].astype(int)  # from the window's last column outwards
+    assert right[0] == 255 and right[-1] == 0 and np.all(np.diff(right) < 0)
+    expected = [255 * (1 - d / (feather + 1)) for d in range(feather + 2)]  # linear in the distance (rounded)
+    assert np.all(np.abs(right - np.array(expected)) <= 0.5 + 1e-3)
+    weights = io.paste_weights((60, 80), window, feather)
+    assert np.all(np.diff(weights[:, 50:], axis=1) <= 0) and np.all(np.diff(weights[:, :21], axis=1) >= 0)
+    assert np.all(np.diff(weights[30:, :], axis=0) <= 0) and np.all(np.diff(weights[:11, :], axis=0) >= 0)
+    # feather 0: a hard edge
+    hard = np.asarray(io.paste_back(Image.fromarray(original), Image.fromarray(result), window, 0))
+    assert np.array_equal(hard[inside], result[inside]) and np.array_equal(hard[~inside], original[~inside])
+
+
+def test_scale_window_rounds_outwards():
+    from tficon.placement import Box
+
+    assert io.scale_window(Box(4, 6, 10, 12), (16, 16), (40, 24)) == Box(10, 9, 25, 18)
+    assert io.scale_window(Box(3, 3, 5, 5), (16, 16), (24, 24)) == Box(4, 4, 8, 8)  # 4.5 -> 4, 7.5 -> 8
+    assert io.scale_window(Box(0, 0, 16, 16), (16, 16), (33, 33)) == Box(0, 0, 33, 33)
+
+
+def test_compose_paste_back_keeps_the_background_outside_the_feathered_window(model, sample):
+    from tficon.compose import compose
+    from tficon.placement import Box
+
+    big = sample.background.resize((SIZE * 2, SIZE * 2), Image.Resampling.LANCZOS)
+    mask = np.zeros((big.height, big.width), bool)
+    x, y, w, h = (2 * v for v in sample.box)
+    mask[y : y + h, x : x + w] = True
+    args = (model, big, sample.foreground, sample.foreground_mask, mask, sample.prompt)
+    full = np.asarray(compose(*args, image_size=SIZE, steps=2, progress=False))
+    pasted = np.asarray(compose(*args, image_size=SIZE, steps=2, progress=False, paste_back=True, feather=8))
+    target = new_session(model, sample, steps=2).placement.target_window  # the same placement at 128 px
+    window = Box(*(2 * v for v in (target.top, target.left, target.bottom, target.right)))
+    grown = np.zeros(mask.shape, bool)
+    grown[max(0, window.top - 8) : window.bottom + 8, max(0, window.left - 8) : window.right + 8] = True
+    inside = np.zeros(mask.shape, bool)
+    inside[window.slices()] = True
+    assert pasted.shape == full.shape == (256, 256, 3)
+    assert np.array_equal(pasted[~grown], np.asarray(big)[~grown])
+    assert np.array_equal(pasted[inside], full[inside])
+    assert not np.array_equal(pasted, full)  # the background outside is the original, not its reconstruction
+
+
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        (dict(paste_back=True, feather=-1), ValueError, r"^feather must be a non-negative integer"),
+        (dict(paste_back=True, feather=2.5), ValueError, r"^feather must be a non-negative integer"),
+        (dict(paste_back=True, feather=True), ValueError, r"^feather must be a non-negative integer"),
+        (dict(paste_back="yes"), TypeError, r"^paste_back must be True or False"),
+        (dict(paste_back=True, output_size="working"), ValueError, r"^paste_back=True .*output_size=\"background\""),
+    ],
+)
+def test_bad_paste_back_options_are_refused_before_any_work(model, sample, options, error, message):
+    from tficon.compose import compose
+
+    calls = model.unet.forward
+    with pytest.raises(error, match=message):
+        compose(model, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt,
+                image_size=SIZE, steps=2, progress=False, **options)  # fmt: skip
+    assert model.unet.forward == calls

@@ -208,3 +208,32 @@ def test_box_is_in_the_background_pixels(files, tmp_path):
     # a box outside the background is refused in its terms
     args[args.index("--box") + 1] = "200,10,80,80"
     assert main(args) == 2
+
+
+def test_paste_back_keeps_the_background_outside_the_feathered_window(files, tmp_path, capsys):
+    root, model_dir, sample = files
+    big = tmp_path / "bg_big.png"
+    sample.background.resize((256, 256), Image.Resampling.LANCZOS).save(big)
+    args = _args(root, model_dir, sample, "--box", ",".join(str(2 * v) for v in sample.box), "--paste-back",
+                 "--feather", "4", "--out", str(tmp_path / "pasted.png"), "--json", str(tmp_path / "s.json"))  # fmt: skip
+    args[args.index("--background") + 1] = str(big)
+    assert main(args) == 0
+    out, original = np.asarray(Image.open(tmp_path / "pasted.png")), np.asarray(Image.open(big))
+    x, y, w, h = json.loads((tmp_path / "s.json").read_text())["paste_back"]["window_xywh"]
+    assert json.loads((tmp_path / "s.json").read_text())["paste_back"]["feather"] == 4
+    grown = np.zeros(out.shape[:2], bool)
+    grown[max(0, y - 4) : y + h + 4, max(0, x - 4) : x + w + 4] = True
+    assert out.shape == original.shape and np.array_equal(out[~grown], original[~grown])
+    assert not np.array_equal(out[y : y + h, x : x + w], original[y : y + h, x : x + w])
+    # misuse is refused naming the flags, before any output
+    for extra, message in [
+        (["--feather", "4"], r"--feather sets the ramp of --paste-back"),
+        (["--paste-back", "--output-size", "working"], r"--paste-back pastes onto the background at its own size"),
+        (["--paste-back", "--feather", "-2"], r"--feather must be a non-negative"),
+    ]:
+        assert main(_args(root, model_dir, sample, *_box_args(sample), *extra, "--out", str(tmp_path / "never.png"))) == 2
+        err = capsys.readouterr().err
+        assert re.search(message, err) and "Traceback" not in err, err
+    assert not (tmp_path / "never.png").exists()
+    help_text = __import__("tficon.cli", fromlist=["build_parser"]).build_parser()._subparsers._group_actions[0].choices["compose"].format_help()
+    assert "--paste-back" in help_text and "--feather PX" in help_text and "background's own pixels" in help_text

@@ -6,7 +6,8 @@ stderr without a traceback; 130 interrupted (Ctrl-C).
 
 Coordinates and sizes: ``--box x,y,w,h`` is in the background's own pixels (like ``--mask``, which is drawn on
 the background); the composition runs at the working size (``--size``, default the model's) and the result is
-saved at the background's own size unless ``--output-size working``. Input files are read and checked before the
+saved at the background's own size unless ``--output-size working``; ``--paste-back [--feather PX]`` keeps the
+original background outside the placed object's window (scaled to the background's size) grown by the feather. Input files are read and checked before the
 model loads; outputs are written to temporary files and renamed into place at the end, so a failed or
 interrupted run leaves no partial output.
 """
@@ -174,19 +175,30 @@ class _AtomicOutputs:
         self._pending = []
 
 
-def _write_outputs(session, out: Path, json_path: Path | None, extra: dict, *, background_size=None, more=()) -> None:
-    """The result (at ``background_size`` = PIL (W, H) when given, else the working size), the JSON summary and
+def _write_outputs(
+    session, out: Path, json_path: Path | None, extra: dict, *, background_size=None, more=(), paste_back: int | None = None
+) -> None:
+    """The result (at ``background_size`` = PIL (W, H) when given, else the working size; with ``paste_back`` = a
+    feather in pixels, the composed window pasted onto the original background), the JSON summary and
     ``more`` = [(path, image)], all or nothing."""
     from tficon import io
 
     result = session.result
-    if background_size is not None:
+    pasted = {}
+    if paste_back is not None:
+        from .compose import result_at_background_size
+
+        result = result_at_background_size(session, paste_back=True, feather=paste_back)
+        w = io.scale_window(session.placement.target_window, session.image_size, (result.height, result.width))
+        pasted = {"paste_back": {"feather": paste_back, "window_xywh": [w.left, w.top, w.width, w.height]}}
+    elif background_size is not None:
         result = io.resize_result(result, background_size)
     summary = {
         **session.summary(),
         **extra,
         "output": str(out),
         "output_size": list(result.size),
+        **pasted,
         "working_size": [session.image_size[1], session.image_size[0]],
     }
     outputs = _AtomicOutputs()
@@ -237,6 +249,12 @@ def cmd_compose(args) -> int:
         raise ValueError("give exactly one of --mask (a mask image) or --box x,y,w,h")
     # Everything the user typed is checked before the model loads (seconds to minutes for SD).
     config = _config(args, "cross")
+    if args.feather is not None and not args.paste_back:
+        raise ValueError("--feather sets the ramp of --paste-back; add --paste-back (or drop --feather)")
+    if args.paste_back and args.output_size == "working":
+        raise ValueError("--paste-back pastes onto the background at its own size; drop --output-size working")
+    if args.feather is not None and args.feather < 0:
+        raise ValueError(f"--feather must be a non-negative number of pixels (0: a hard edge), got {args.feather}")
     out = _check_output_path(args.out, "--out", image=True)
     json_path = _check_output_path(args.json, "--json", image=False)
     background = io.load_image(args.background, name="--background")
@@ -265,6 +283,7 @@ def cmd_compose(args) -> int:
         json_path,
         {"total_seconds": time.perf_counter() - started},
         background_size=background.size if args.output_size == "background" else None,
+        paste_back=(8 if args.feather is None else args.feather) if args.paste_back else None,
     )
     return 0
 
@@ -461,6 +480,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-size", choices=("background", "working"), default="background",
         help="save the result at the background's own size (default; LANCZOS from the working size) or at the "
         "working size",
+    )  # fmt: skip
+    comp.add_argument(
+        "--paste-back", action="store_true",
+        help="keep the original background (at its own size) outside the object's window and paste the composed "
+        "window onto it, with a feathered edge (--feather); the window is the placed object's, scaled from the "
+        "working size to the background's",
+    )  # fmt: skip
+    comp.add_argument(
+        "--feather", type=int, default=None, metavar="PX",
+        help="with --paste-back: width of the linear ramp around the window, in the background's own pixels "
+        "(default 8; 0: a hard edge); beyond it the background is untouched",
     )  # fmt: skip
     comp.add_argument(
         "--clip-box", action="store_true", help="move a box whose object would leave the image inside instead of failing"

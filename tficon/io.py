@@ -395,3 +395,67 @@ def resize_result(result: Image.Image, size: tuple[int, int]) -> Image.Image:
     if tuple(size) == result.size:
         return result
     return result.resize(tuple(size), Image.Resampling.LANCZOS)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Paste back: the composed window, feathered, onto the original full-resolution background
+# --------------------------------------------------------------------------------------------------------------
+
+
+def scale_window(window, from_size: tuple[int, int], to_size: tuple[int, int]):
+    """``window`` (a ``placement.Box`` on an image of ``from_size = (H, W)``) on an image of ``to_size = (H, W)``,
+    rounded outwards (floor for top/left, ceil for bottom/right) so the scaled window covers every pixel the
+    original one touches."""
+    import math
+
+    from .placement import Box
+
+    fy, fx = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    return Box(
+        max(0, math.floor(window.top * fy)),
+        max(0, math.floor(window.left * fx)),
+        min(to_size[0], math.ceil(window.bottom * fy)),
+        min(to_size[1], math.ceil(window.right * fx)),
+    )
+
+
+def check_feather(feather, name: str = "feather") -> int:
+    """``feather`` as a non-negative int (pixels of the ramp around the pasted window)."""
+    if isinstance(feather, bool) or not isinstance(feather, (int, np.integer)) or feather < 0:
+        raise ValueError(f"{name} must be a non-negative integer number of pixels (0: a hard edge), got {feather!r}")
+    return int(feather)
+
+
+def paste_weights(size: tuple[int, int], window, feather: int) -> np.ndarray:
+    """The paste-back weight of each pixel of an image of ``size = (H, W)``: 1 inside ``window``, falling linearly
+    with the (chessboard) distance d from it as ``1 - d / (feather + 1)``, so exactly 0 from ``feather + 1`` pixels
+    out: outside the window grown by ``feather`` on every side the weight is 0. ``(H, W)`` float32."""
+    feather = check_feather(feather)
+    height, width = size
+    rows, cols = np.arange(height), np.arange(width)
+    dy = np.maximum(np.maximum(window.top - rows, rows - (window.bottom - 1)), 0)
+    dx = np.maximum(np.maximum(window.left - cols, cols - (window.right - 1)), 0)
+    d = np.maximum(dy[:, None], dx[None, :]).astype(np.float32)
+    return np.clip(1.0 - d / np.float32(feather + 1), 0.0, 1.0).astype(np.float32)
+
+
+def paste_back(original, result, window, feather: int = 8) -> Image.Image:
+    """Paste ``window`` of ``result`` onto ``original`` (both RGB, the same size; ``window`` a ``placement.Box``
+    in their pixels) with a feathered edge ``feather`` pixels wide (``paste_weights``).
+
+    Outside the window grown by ``feather`` the pixels are ``original``'s, bit for bit; inside the window they
+    are ``result``'s; in between each pixel is the weighted mean, rounded, so it lies between the two.
+    """
+    original, result = load_image(original, name="original"), load_image(result, name="result")
+    if original.size != result.size:
+        raise ValueError(
+            f"paste_back: result is {result.size[0]}x{result.size[1]} but original is "
+            f"{original.size[0]}x{original.size[1]} (W x H); resize the result first (io.resize_result)"
+        )
+    a, b = np.asarray(original, dtype=np.float32), np.asarray(result, dtype=np.float32)
+    weight = paste_weights((original.height, original.width), window, feather)[..., None]
+    mixed = np.rint(b * weight + a * (1.0 - weight)).astype(np.uint8)
+    outside, inside = weight[..., 0] == 0, weight[..., 0] == 1
+    mixed[outside] = np.asarray(original)[outside]  # exact, whatever the float rounding
+    mixed[inside] = np.asarray(result)[inside]
+    return Image.fromarray(mixed)
