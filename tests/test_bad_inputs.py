@@ -1,4 +1,5 @@
-"""A catalogue of bad inputs and faults (issue 12) walked through the Session, the Explorer and the CLI.
+"""A catalogue of bad inputs and faults (issue 12) walked through the Session, compose, the Explorer (inline and
+on its worker thread), the CLI and an interrupted `tficon batch` that resumes (81 cases here).
 
 Each case asserts the exception type, that the message names the argument (or step and branch), and that
 nothing changed: no UNet work before a refusal, the Session at its last good step after a fault. The batch's
@@ -8,6 +9,7 @@ cases are in tests/test_batch.py, the CLI's own in tests/test_cli.py; this modul
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -345,3 +347,220 @@ def test_bad_paste_back_options_are_refused_before_any_work(model, sample, optio
         compose(model, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt,
                 image_size=SIZE, steps=2, progress=False, **options)  # fmt: skip
     assert model.unet.forward == calls
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# More of the catalogue, as tables: inputs, settings, updates, the Explorer, the CLI (each: type, name, no change)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argument, make, error, message",
+    [
+        ("background", lambda tmp: None, TypeError, r"^background must be a path, a PIL image or a uint8 numpy array"),
+        ("background", lambda tmp: tmp / "missing.png", FileNotFoundError, r"^background: no such file .*missing\.png"),
+        ("foreground", lambda tmp: (tmp / "notes.png").write_text("x") and tmp / "notes.png", ValueError,
+         r"^foreground: cannot read .*notes\.png' as an image"),
+        ("foreground", lambda tmp: np.zeros((8, 8, 3), np.uint16), ValueError, r"^foreground is a uint16 array"),
+        ("foreground", lambda tmp: np.zeros((8, 8, 5), np.uint8), ValueError, r"^foreground must be an \(H, W, 3\)"),
+        ("mask_or_box", lambda tmp: (10, 10, 0, 20), ValueError, r"box \(x, y, w, h\) = \(10, 10, 0, 20\) must have positive"),
+        ("mask_or_box", lambda tmp: (120, 120, 40, 40), ValueError, r"user box \(x, y, w, h\) = \(120, 120, 40, 40\).*leaves"),
+        ("mask_or_box", lambda tmp: np.zeros((SIZE, SIZE), bool), ValueError, r"^mask is empty \(no pixel set\)"),
+        ("foreground_mask", lambda tmp: np.zeros((SIZE, SIZE), bool), ValueError, r"^foreground_mask is empty"),
+        ("foreground_mask", lambda tmp: tmp / "nope.png", FileNotFoundError, r"^foreground_mask: no such file"),
+    ],
+)  # fmt: skip
+def test_more_bad_inputs_are_refused_before_any_unet_work(model, sample, tmp_path, argument, make, error, message):
+    value = make(tmp_path)
+    files = sorted(tmp_path.iterdir())
+    calls = model.unet.forward
+    with pytest.raises(error, match=message):
+        session_of(model, sample, **{argument: value})
+    assert model.unet.forward == calls and sorted(tmp_path.iterdir()) == files
+
+
+@pytest.mark.parametrize(
+    "field, value, error, message",
+    [
+        ("order", 4, ValueError, r"^order must be 1, 2 or 3, got 4"),
+        ("order", 0, ValueError, r"^order must be 1, 2 or 3, got 0"),
+        ("mode", "bogus", ValueError, r"^mode must be one of \('cross', 'same'\), got 'bogus'"),
+        ("tau_b", -0.1, ValueError, r"^tau_b must be a finite number in \[0, 2\]"),
+        ("tau_a", math.inf, ValueError, r"^tau_a must be a finite number in \[0, 1\]"),
+        ("guidance", "5", ValueError, r"^guidance must be a finite number >= 0"),
+        ("seed", "1", ValueError, r"^seed must be an integer in \[0, 2\*\*63\)"),
+        ("steps", 0, ValueError, r"^steps must be a positive integer, got 0"),
+        ("nonsense", 1, TypeError, r"^unknown config field\(s\) \['nonsense'\]; valid fields"),
+    ],
+)  # fmt: skip
+def test_bad_updates_leave_the_session_as_it_was(model, sample, field, value, error, message):
+    s = new_session(model, sample, steps=4)
+    s.run(until=2)
+    before = (s.config, s.placement, s.records, dict(s.stats), s.prompt)
+    with pytest.raises(error, match=message):
+        s.update(**{field: value})
+    assert (s.config, s.placement, s.records, dict(s.stats), s.prompt) == before
+
+
+@pytest.fixture(scope="module")
+def inline_explorer(model, sample):
+    pytest.importorskip("ipywidgets")
+    from tficon.widgets import Explorer
+
+    ex = Explorer(new_session(model, sample, steps=4), threaded=False)
+    ex.run(until=2)
+    yield ex
+    ex.close()
+
+
+@pytest.mark.parametrize(
+    "changes, error, named",
+    [
+        ({"tau_a": math.nan}, ValueError, "tau_a must be"),
+        ({"seed": -1}, ValueError, "seed must be"),
+        ({"guidance": -1.0}, ValueError, "guidance must be"),
+        ({"steps": 0}, ValueError, "steps must be"),
+        ({"mask_or_box": (1, 2, 3)}, ValueError, "a box must be 4 integers"),
+        ({"mask_or_box": (100, 100, 60, 60)}, ValueError, "leaves the 128x128 image"),
+        ({"prompt": 42}, TypeError, "prompt must be a str"),
+        ({"background": Image.new("RGBA", (8, 8))}, ValueError, "background has a transparent alpha"),
+    ],
+)  # fmt: skip
+def test_the_explorer_shows_a_refused_change_and_keeps_the_session(inline_explorer, changes, error, named):
+    ex, s = inline_explorer, inline_explorer.session
+    before = (s.config, s.placement, s.records, s.prompt, [f.value for f in ex.box_fields], ex.controls["tau_a"].value)
+    ex.update(**changes)
+    assert ex.wait(60)
+    assert isinstance(ex.last_error, error) and named in str(ex.last_error)
+    assert "not applied" in ex.status.value and html_escaped(named) in ex.status.value
+    after = (s.config, s.placement, s.records, s.prompt, [f.value for f in ex.box_fields], ex.controls["tau_a"].value)
+    assert after == before
+
+
+def html_escaped(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
+class RaisingUNet:
+    """A forward pre-hook on the test's own UNet instance that raises ``error`` while armed."""
+
+    def __init__(self, unet, error):
+        self.error, self.armed = error, False
+        self.handle = unet.register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        if self.armed:
+            raise self.error
+
+
+def test_a_unet_that_raises_in_the_explorers_worker_thread_is_shown_and_the_session_kept(model, sample):
+    pytest.importorskip("ipywidgets")
+    from tficon.widgets import Explorer
+
+    s = new_session(model, sample, steps=4)
+    ex = Explorer(s)  # threaded: the error happens on the worker thread
+    fault = RaisingUNet(model.unet, RuntimeError("the UNet failed (injected)"))
+    try:
+        ex.run(until=2)
+        assert ex.wait(120) and s.step_index == 2
+        records = s.records
+        fault.armed = True
+        ex.run()
+        assert ex.wait(120)
+        assert isinstance(ex.last_error, RuntimeError) and "the UNet failed (injected)" in ex.status.value
+        assert s.step_index == 2 and s.records == records and not ex.busy
+        fault.armed = False
+        ex.run()  # the worker is alive and the Session goes on from its last good step
+        assert ex.wait(120) and ex.last_error is None and s.done
+        fresh = new_session(model, sample, steps=4).run()
+        assert np.array_equal(np.asarray(s.result), np.asarray(fresh.result))
+    finally:
+        fault.handle.remove()
+        ex.close()
+
+
+@pytest.fixture(scope="module")
+def cli_files(sample, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_bad")
+    sample.background.save(root / "bg.png")
+    sample.foreground.save(root / "fg.png")
+    sample.foreground_mask.save(root / "fg_mask.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("--steps", "0"), r"--steps must be a positive integer"),
+        (("--tau-b", "3"), r"--tau-b must be a finite number in \[0, 2\]"),
+        (("--tau-bg", "nan"), r"--tau-bg must be a finite number"),
+        (("--seed", "-1"), r"--seed must be in \[0, 2\*\*63\)"),
+        (("--foreground", "missing.png"), r"--foreground: no such file .*missing\.png"),
+        (("--mask", "missing.png"), r"give exactly one of --mask .* or --box"),
+        (("--box", "10,10,500,20"), r"--box x,y,w,h = 10,10,500,20 must .* lie inside the 128x128 background"),
+        (("--box", "10,10,0,20"), r"--box x,y,w,h = 10,10,0,20 must have a positive size"),
+        (("--feather", "3"), r"--feather sets the ramp of --paste-back"),
+    ],
+)  # fmt: skip
+def test_cli_refuses_bad_flags_before_the_model_loads(cli_files, capsys, monkeypatch, change, message):
+    import re
+
+    import tficon.cli
+    from tficon.cli import main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(tficon.cli, "_load", refuse)
+    root = cli_files
+    args = ["compose", "--model", "toy", "--background", str(root / "bg.png"), "--foreground", str(root / "fg.png"),
+            "--foreground-mask", str(root / "fg_mask.png"), "--prompt", "a star", "--box", "30,30,40,40",
+            "--out", str(root / "never.png"), "--quiet"]  # fmt: skip
+    flag, value = change
+    value = str(root / value) if value == "missing.png" else value
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    files = sorted(root.iterdir())
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err
+    assert sorted(root.iterdir()) == files  # nothing written, not even a temporary file
+
+
+def test_an_interrupted_single_process_batch_resumes(model, tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the UNet of the second sample: `tficon batch` exits 130 naming the resume, keeps the finished
+    sample and leaves no partial output; a re-run composes only what is missing and keeps the finished sample."""
+    import tficon.models
+    from test_batch import GOOD, OUTPUT_FILES, RECORD_FILE, make_inputs
+    from tficon.cli import main
+
+    inputs, out = make_inputs(tmp_path), tmp_path / "out"
+    monkeypatch.setattr(tficon.models, "load_model", lambda *a, **k: model)  # the batch composes on this instance
+    results = lambda: sorted(p.parent.relative_to(out).as_posix() for p in out.rglob(OUTPUT_FILES["result"]))  # noqa: E731
+
+    def interrupt_after_the_first_sample(module, args):  # a pre-hook on the test's own UNet instance
+        if out.exists() and results():
+            raise KeyboardInterrupt
+
+    handle = model.unet.register_forward_pre_hook(interrupt_after_the_first_sample)
+    args = ["batch", str(inputs), "--out", str(out), "--model", "tiny-under-test", "--size", str(SIZE), "--steps", "2",
+            "--quiet", "--pixel-metrics-only"]  # fmt: skip
+    try:
+        assert main(args) == 130
+    finally:
+        handle.remove()
+    err = capsys.readouterr().err
+    assert "interrupted (Ctrl-C); finished samples are kept; a re-run resumes" in err and "Traceback" not in err
+    done = results()
+    assert len(done) == 1 and done[0] in GOOD and (out / done[0] / RECORD_FILE).exists()
+    kept = (out / done[0] / OUTPUT_FILES["result"]).read_bytes(), os.stat(out / done[0] / OUTPUT_FILES["result"]).st_mtime_ns
+    assert not [p for p in out.rglob(".*") if p.is_file()]  # no temporary file left behind
+    code = main(args)
+    assert code in (0, 1)  # 1: the tree's deliberately broken samples
+    assert results() == sorted(GOOD)
+    path = out / done[0] / OUTPUT_FILES["result"]
+    assert (path.read_bytes(), os.stat(path).st_mtime_ns) == kept  # resumed: the finished sample was not recomposed
