@@ -246,7 +246,7 @@ def test_explorer_shows_the_user_box_and_clears_errors(model, sample):
 
 def test_compose_returns_the_backgrounds_own_size_unless_asked_for_the_working_size(model, sample):
     """A background of another size than the working size comes back at its own size (as the CLI saves it)."""
-    from tficon.compose import compose
+    from tficon.one_call import compose
 
     big = sample.background.resize((SIZE * 2, SIZE * 2))
     scale = (2, 2)
@@ -307,7 +307,7 @@ def test_scale_window_rounds_outwards():
 
 
 def test_compose_paste_back_keeps_the_background_outside_the_feathered_window(model, sample):
-    from tficon.compose import compose
+    from tficon.one_call import compose
     from tficon.placement import Box
 
     big = sample.background.resize((SIZE * 2, SIZE * 2), Image.Resampling.LANCZOS)
@@ -340,7 +340,7 @@ def test_compose_paste_back_keeps_the_background_outside_the_feathered_window(mo
     ],
 )
 def test_bad_paste_back_options_are_refused_before_any_work(model, sample, options, error, message):
-    from tficon.compose import compose
+    from tficon.one_call import compose
 
     calls = model.unet.forward
     with pytest.raises(error, match=message):

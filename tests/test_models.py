@@ -404,7 +404,7 @@ def test_single_file_checkpoint_in_the_original_layout_gives_the_folder_models_o
 def test_v_prediction_checkpoint_composes_end_to_end(saved, checkpoints, tmp_path):
     """The prediction type read with a checkpoint drives the whole composition: the same weights read as
     an epsilon model compose something else."""
-    from tficon.compose import compose
+    from tficon.one_call import compose
     from tficon.samples import toy_sample
 
     sample = toy_sample(image_size=64)

@@ -472,7 +472,7 @@ def test_core_never_imports_the_widgets_and_figures_need_no_ipywidgets():
     import sys
 
     script = (
-        "import sys, tficon, tficon.session, tficon.compose, tficon.cli\n"
+        "import sys, tficon, tficon.session, tficon.one_call, tficon.sweeps, tficon.cli\n"
         "assert not [m for m in sys.modules if m.startswith('tficon.widgets') or m in ('ipywidgets', 'anywidget')]\n"
         "import tficon.widgets.figures\n"
         "assert 'ipywidgets' not in sys.modules and 'anywidget' not in sys.modules\n"

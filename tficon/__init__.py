@@ -1,7 +1,9 @@
 """tficon: TF-ICON training-free cross-domain image composition on diffusers.
 
 The core is importable without any Jupyter package; the UI lives in ``tficon.widgets``.
-Heavy submodules are imported lazily so that ``import tficon`` stays fast.
+Heavy submodules are imported lazily so that ``import tficon`` stays fast. No submodule shares the name of a
+function exported here: importing it would replace the function on the package (``tficon.compose`` and
+``tficon.sweep`` live in ``tficon.one_call`` and ``tficon.sweeps``).
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ _EXPORTS = {
     "LoadedModel": "tficon.models",
     "CompositionConfig": "tficon.config",
     "Session": "tficon.session",
-    "compose": "tficon.compose",
-    "sweep": "tficon.sweep",  # a callable module: tficon.sweep(...) runs tficon.sweep.run_sweep
+    "compose": "tficon.one_call",
+    "sweep": "tficon.sweeps",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

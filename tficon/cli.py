@@ -186,7 +186,7 @@ def _write_outputs(
     result = session.result
     pasted = {}
     if paste_back is not None:
-        from .compose import result_at_background_size
+        from .one_call import result_at_background_size
 
         result = result_at_background_size(session, paste_back=True, feather=paste_back)
         w = io.scale_window(session.placement.target_window, session.image_size, (result.height, result.width))
@@ -388,7 +388,7 @@ def _launch_processes(processes: int, argv: list[str]) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import GridError
+    from .sweeps import GridError
 
     try:
         return _sweep(args)
@@ -400,7 +400,7 @@ def cmd_sweep(args) -> int:
 def _sweep(args) -> int:
     from . import io
     from .samples import demo_sample
-    from .sweep import GridError, run_sweep, parse_grid_option
+    from .sweeps import GridError, run_sweep, parse_grid_option
 
     grid: dict = {}
     for option in args.grid or []:

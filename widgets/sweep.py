@@ -18,7 +18,7 @@ __all__ = ["SweepGrid"]
 
 
 class SweepGrid(widgets.VBox):
-    """Show a ``tficon.sweep.SweepResult``; ``open_cell(cell)`` (or a click on a cell's button) opens it in an Explorer.
+    """Show a ``tficon.sweeps.SweepResult``; ``open_cell(cell)`` (or a click on a cell's button) opens it in an Explorer.
 
     Args:
         result: what ``tficon.sweep(...)`` returned.
@@ -42,7 +42,7 @@ class SweepGrid(widgets.VBox):
         self.children = [self.status, *self._panels(), self.explorer_box]
 
     def _panels(self) -> list[widgets.Widget]:
-        from tficon.sweep import _panels, _metric_caption
+        from tficon.sweeps import _panels, _metric_caption
 
         r = self.result
         names = r.names

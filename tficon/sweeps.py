@@ -36,9 +36,7 @@ import itertools
 import json
 import math
 import os
-import sys
 import time
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -682,11 +680,5 @@ def _cell_value(value) -> str:
     return "" if value is None else str(value)
 
 
-# ``tficon.sweep(...)`` calls run_sweep while ``tficon.sweep`` stays this module (``from tficon.sweep import ...``).
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs) -> SweepResult:
-        return run_sweep(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+#: ``tficon.sweep(...)``
 sweep = run_sweep
