@@ -137,6 +137,20 @@ def save_atomically(payload: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def save_checkpoint(path: Path, parts: dict, step: int, **extra) -> None:
+    """Every part's state (``state_dict()``; a generator's ``get_state()``), the step and ``extra``, atomically."""
+    states = {name: part.get_state() if isinstance(part, torch.Generator) else part.state_dict() for name, part in parts.items()}
+    save_atomically({**states, "step": step, **extra}, path)
+
+
+def load_checkpoint(path: Path, parts: dict) -> dict:
+    """Restore every part from a ``save_checkpoint`` file; returns the whole payload (step and extras)."""
+    state = torch.load(path, weights_only=False)
+    for name, part in parts.items():
+        (part.set_state if isinstance(part, torch.Generator) else part.load_state_dict)(state[name])
+    return state
+
+
 def cosine_lr_lambda(total_steps: int, warmup: int, floor: float):
     """Linear warm-up over ``warmup`` steps, then cosine from 1 down to ``floor`` at ``total_steps``."""
 
@@ -222,13 +236,9 @@ def train_vae(images, is_canvas, held_out, steps: int, seed: int, work: Path, lo
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_lambda(steps, 100, 0.1))
     generator = torch.Generator().manual_seed(seed + 1)
     checkpoint, start = work / "vae.pt", 0
+    parts = {"model": vae, "optimizer": optimizer, "schedule": schedule, "generator": generator}
     if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
-        start = state["step"]
+        start = load_checkpoint(checkpoint, parts)["step"]
         log(f"vae: resumed at step {start}/{steps}")
     data = to_tensor(images)
     scenes, canvases = torch.from_numpy(np.flatnonzero(~is_canvas)), torch.from_numpy(np.flatnonzero(is_canvas))
@@ -261,11 +271,7 @@ def train_vae(images, is_canvas, held_out, steps: int, seed: int, work: Path, lo
                 stage="vae", step=done, loss=float(np.mean(running)), lr=schedule.get_last_lr()[0], elapsed_s=round(elapsed, 1))
             running = []
         if done % checkpoint_every == 0 or done == steps:
-            save_atomically(
-                {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                 "generator": generator.get_state(), "step": done},
-                checkpoint,
-            )
+            save_checkpoint(checkpoint, parts, done)
     bar.close()
     vae = vae.to(memory_format=torch.contiguous_format).eval()
     scores = vae_scores(vae, *held_out)
@@ -350,14 +356,10 @@ def train_unet(latent_mean, latent_std, scaling_factor, token_ids, empty_ids, va
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(warm_start_step):
                 schedule.step()
+    parts = {"unet": unet, "text_encoder": text_encoder, "optimizer": optimizer, "schedule": schedule, "ema": ema,
+             "generator": generator}
     if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
-        unet.load_state_dict(state["unet"])
-        text_encoder.load_state_dict(state["text_encoder"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        ema.load_state_dict(state["ema"])
-        generator.set_state(state["generator"])
+        state = load_checkpoint(checkpoint, parts)
         start = state["step"]
         # An export names the command that trained the weights, not the one that exported them.
         meta["training"]["command"] = state.get("command", meta["training"]["command"])
@@ -409,12 +411,7 @@ def train_unet(latent_mean, latent_std, scaling_factor, token_ids, empty_ids, va
                 stage="unet", step=done, loss=float(np.mean(running)), lr=schedule.get_last_lr()[0], elapsed_s=round(elapsed, 1))
             running = []
         if done % args.checkpoint_every == 0 or done == steps:
-            save_atomically(
-                {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "optimizer": optimizer.state_dict(),
-                 "schedule": schedule.state_dict(), "ema": ema.state_dict(), "generator": generator.get_state(), "step": done,
-                 "command": meta["training"]["command"]},
-                checkpoint,
-            )
+            save_checkpoint(checkpoint, parts, done, command=meta["training"]["command"])
         if done % args.export_every == 0 or done == steps:
             ema.store(params)
             ema.copy_to(params)
@@ -504,6 +501,38 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
     return tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
 
 
+def encoded_data(args, held_out, log: RunLog) -> dict:
+    """The VAE and the encoded training set: from ``WORK/latents.pt`` when this run already made them, else made
+    now and saved there. A warm start keeps its exported VAE (the UNet was trained on its latents); otherwise the
+    VAE is trained here and its scaling factor set to 1 / std of the sampled latents."""
+    from diffusers import AutoencoderKL
+
+    latents_file = args.work / "latents.pt"
+    if latents_file.exists():
+        data = torch.load(latents_file, weights_only=False)
+        log(f"loaded {len(data['captions'])} encoded examples and the VAE from {latents_file}")
+        return data
+    t0 = time.time()
+    images, captions, is_canvas = render_dataset(args.images, args.seed, canvas_fraction=args.canvas_fraction)
+    log(f"rendered {args.images} examples ({int(is_canvas.sum())} canvases) in {time.time() - t0:.0f} s")
+    if args.init_from is not None:
+        vae = AutoencoderKL.from_pretrained(args.init_from / "vae", torch_dtype=torch.float32).eval()
+        vae_quality = vae_scores(vae, *held_out)
+        log(f"warm start: VAE from {args.init_from}, {vae_quality}")
+    else:
+        vae, vae_quality = train_vae(images, is_canvas, held_out, args.vae_steps, args.seed, args.work, log, args.checkpoint_every)
+        log(f"VAE held-out PSNR: {vae_quality}", stage="vae_quality", **vae_quality)
+    latent_mean, latent_std = encode_latents(vae, images)
+    if args.init_from is None:
+        sampled = latent_mean + latent_std * torch.randn(latent_mean.shape, generator=torch.Generator().manual_seed(args.seed + 4))
+        vae.register_to_config(scaling_factor=float(1.0 / sampled.std()))
+        log(f"encoded latents: std {float(sampled.std()):.3f} -> scaling_factor {vae.config.scaling_factor:.4f}")
+    data = {"vae": vae, "vae_quality": vae_quality, "captions": captions, "mean": latent_mean, "std": latent_std,
+            "scaling_factor": float(vae.config.scaling_factor)}
+    save_atomically(data, latents_file)
+    return data
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 
@@ -554,44 +583,9 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = build_tokenizer(args.clip_bpe)
     held_images, _, held_canvas = render_dataset(128, args.seed, offset=HELD_OUT_OFFSET, canvas_fraction=0.5)
     held_out = (to_tensor(held_images), torch.from_numpy(held_canvas))
-    latents_file = args.work / "latents.pt"
-    if args.init_from is not None and not latents_file.exists():
-        from diffusers import AutoencoderKL
-
-        # A warm start keeps the exported VAE: the UNet was trained on its latents.
-        vae = AutoencoderKL.from_pretrained(args.init_from / "vae", torch_dtype=torch.float32).eval()
-        images, captions, _ = render_dataset(args.images, args.seed, canvas_fraction=args.canvas_fraction)
-        vae_quality = vae_scores(vae, *held_out)
-        latent_mean, latent_std = encode_latents(vae, images)
-        scaling_factor = float(vae.config.scaling_factor)
-        save_atomically(
-            {"vae": vae, "vae_quality": vae_quality, "captions": captions, "mean": latent_mean, "std": latent_std,
-             "scaling_factor": scaling_factor},
-            latents_file,
-        )
-        log(f"warm start: VAE from {args.init_from}, {vae_quality}")
-    if latents_file.exists():
-        cached = torch.load(latents_file, weights_only=False)
-        vae = cached["vae"]
-        vae_quality, captions = cached["vae_quality"], cached["captions"]
-        latent_mean, latent_std, scaling_factor = cached["mean"], cached["std"], cached["scaling_factor"]
-        log(f"loaded {len(captions)} encoded examples and the VAE from {latents_file}")
-    else:
-        t0 = time.time()
-        images, captions, is_canvas = render_dataset(args.images, args.seed, canvas_fraction=args.canvas_fraction)
-        log(f"rendered {args.images} examples ({int(is_canvas.sum())} canvases) in {time.time() - t0:.0f} s")
-        vae, vae_quality = train_vae(images, is_canvas, held_out, args.vae_steps, args.seed, args.work, log, args.checkpoint_every)
-        log(f"VAE held-out PSNR: {vae_quality}", stage="vae_quality", **vae_quality)
-        latent_mean, latent_std = encode_latents(vae, images)
-        sampled = latent_mean + latent_std * torch.randn(latent_mean.shape, generator=torch.Generator().manual_seed(args.seed + 4))
-        scaling_factor = float(1.0 / sampled.std())
-        vae.register_to_config(scaling_factor=scaling_factor)
-        save_atomically(
-            {"vae": vae, "vae_quality": vae_quality, "captions": captions, "mean": latent_mean, "std": latent_std,
-             "scaling_factor": scaling_factor},
-            latents_file,
-        )
-        log(f"encoded latents: std {float(sampled.std()):.3f} -> scaling_factor {scaling_factor:.4f}")
+    data = encoded_data(args, held_out, log)
+    vae, vae_quality, captions = data["vae"], data["vae_quality"], data["captions"]
+    latent_mean, latent_std, scaling_factor = data["mean"], data["std"], data["scaling_factor"]
 
     token_ids = tokenize(tokenizer, captions)
     empty_ids = tokenize(tokenizer, [""])[0]
