@@ -145,7 +145,6 @@ def evaluate_case(model, case, *, tau_a_effect: bool = True, **config) -> PairRe
         session.update(tau_a=TAU_A_CHANGE[1])
         changed = io.image_to_tensor(session.result)
         change = float(((changed - decoded).abs() / 2).mean())
-        session.update(tau_a=TAU_A_CHANGE[0])
     colour, shape, bg_domain = case.colour, case.shape, case.background_domain
     return PairResult(
         name=sample.name,
