@@ -63,14 +63,22 @@ def _base_family(family: str) -> str:
     return family if family in ("sd1", "sdxl") else "sd2"
 
 
+#: What every tiny UNet shares: 3 levels of widths 32/64/64 with 32-group norms, 8x8 latents at the native 64 px.
+_UNET_COMMON = dict(
+    sample_size=TINY_IMAGE_SIZE // 8,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(32, 64, 64),
+    layers_per_block=1,
+    norm_num_groups=32,
+    norm_eps=1e-5,
+)
+
+
 def _tiny_sdxl_unet() -> UNet2DConditionModel:
     pooled = _SDXL_TEXT[1][2]
     return UNet2DConditionModel(
-        sample_size=TINY_IMAGE_SIZE // 8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64, 64),
-        layers_per_block=1,
+        **_UNET_COMMON,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         transformer_layers_per_block=(1, 2, 10),
@@ -80,8 +88,6 @@ def _tiny_sdxl_unet() -> UNet2DConditionModel:
         addition_embed_type="text_time",
         addition_time_embed_dim=_SDXL_TIME_DIM,
         projection_class_embeddings_input_dim=pooled + 6 * _SDXL_TIME_DIM,
-        norm_num_groups=32,
-        norm_eps=1e-5,
     )
 
 
@@ -90,19 +96,13 @@ def _tiny_unet(family: str) -> UNet2DConditionModel:
     if base == "sdxl":
         return _tiny_sdxl_unet()
     return UNet2DConditionModel(
-        sample_size=TINY_IMAGE_SIZE // 8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64, 64),
-        layers_per_block=1,
+        **_UNET_COMMON,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=_TEXT_WIDTH[base],
         attention_head_dim=_UNET_HEADS[base],
         use_linear_projection=base == "sd2",
         upcast_attention=family == "sd2-v",
-        norm_num_groups=32,
-        norm_eps=1e-5,
     )
 
 
