@@ -15,6 +15,13 @@ equals diffusers' ``AttnProcessor2_0``. The ``pseudo_cross`` row and the injecte
 that call and computed by fused SDPA calls of their own: the composite is expressed as attention over
 concatenated, zero-padded query/key vectors (:func:`fused_composite_attention`), so nothing N x N is
 materialised, in any dtype. Only an explicit ``CaptureRequest`` builds maps, for display.
+
+Several cells in one call (``tficon.lockstep``): ``InjectionController.layout`` may also be a tuple of
+``BatchLayout``s, one per cell, with absolute row indices into the one batch, each carrying the ``geometry`` (the
+cell's own controller: its box and object at every resolution) that its composite reads. The plain rows of every
+cell still go through one SDPA call; each cell's ``pseudo_cross`` and injected ``cond`` rows get their own fused
+calls with that cell's regions. Two layouts may name the same plain row (a background row shared by cells with the
+same background latent), never the same replaced row.
 """
 
 from __future__ import annotations
@@ -55,6 +62,9 @@ class BatchLayout:
     fg: bool = False
     bg: bool = False
     background_queries: bool = False  # pseudo-cross logits from the background row's queries (not official)
+    # The controller whose region geometry this layout's rows read (None: the processor's own controller). Set
+    # per cell when several cells share one call, since each may have its own box.
+    geometry: "InjectionController | None" = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.fg and None in (self.reference, self.pseudo_cross, self.cond):
@@ -98,12 +108,13 @@ class InjectionController:
     """State shared by all composite processors of one UNet, set by the Session before each call.
 
     ``region_fn(h, w)`` returns the ``RegionIndex`` (tficon.placement) of an attention resolution; it is
-    called once per resolution and cached, so index sets are precomputed tensors.
+    called once per resolution and cached, so index sets are precomputed tensors. ``layout`` is one
+    ``BatchLayout``, or a tuple of them for a call that holds several cells (module docstring).
     """
 
     latent_size: tuple[int, int]
     region_fn: Callable[[int, int], object]
-    layout: BatchLayout | None = None
+    layout: BatchLayout | tuple[BatchLayout, ...] | None = None
     capture: CaptureRequest | None = None
     captured: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
     dropped: int = 0  # maps not kept because the capture's byte budget was spent
@@ -211,11 +222,20 @@ class CompositeSelfAttention:
         batch, n, inner = x.shape
         return x.view(batch, n, attn.heads, inner // attn.heads).transpose(1, 2)
 
-    def _attend(self, attn, query, key, value, attention_mask, layout: BatchLayout, n_tokens: int) -> torch.Tensor:
-        regions = self.controller.regions(n_tokens)
-        c = layout.cond
-        inject = c is not None and (layout.bg or (layout.fg and regions.fg.numel() > 0))
-        replaced = {row for row in (layout.pseudo_cross, c if inject else None) if row is not None}
+    def _attend(self, attn, query, key, value, attention_mask, layout, n_tokens: int) -> torch.Tensor:
+        cells = []  # (layout, geometry, regions, inject) per cell of the call
+        replaced: set[int] = set()
+        for cell in layout if isinstance(layout, tuple) else (layout,):
+            geometry = cell.geometry if cell.geometry is not None else self.controller
+            regions = geometry.regions(n_tokens)
+            c = cell.cond
+            inject = c is not None and (cell.bg or (cell.fg and regions.fg.numel() > 0))
+            mine = {row for row in (cell.pseudo_cross, c if inject else None) if row is not None}
+            if mine & replaced:
+                clash = sorted(mine & replaced)
+                raise ValueError(f"{self.layer_name}: two cells of one call replace the same batch rows {clash}")
+            replaced |= mine
+            cells.append((cell, geometry, regions, inject))
         if not replaced:
             # Same call as AttnProcessor2_0, so un-injected steps are bitwise those of the stock processor.
             return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
@@ -230,19 +250,20 @@ class CompositeSelfAttention:
                 query.index_select(0, rows), key.index_select(0, rows), value.index_select(0, rows),
                 attn_mask=mask, dropout_p=0.0, is_causal=False,
             )
-        if layout.pseudo_cross is not None:
-            # Keys and values restricted to the reference's own object tokens (the whole reference box
-            # when this resolution has none); queries at every position (docs/algorithm.md §8.3).
-            p = layout.pseudo_cross
-            keep = self._pseudo_keys(regions, query.device)
-            out[p] = F.scaled_dot_product_attention(
-                query[p : p + 1], key[p : p + 1, :, keep], value[p : p + 1, :, keep], scale=attn.scale
-            )[0]
-        if inject:
-            out[c] = fused_composite_attention(
-                query, key, value, layout=layout, regions=regions,
-                outside=self.controller.outside_box(n_tokens, query.device), scale=attn.scale,
-            )
+        for cell, geometry, regions, inject in cells:
+            if cell.pseudo_cross is not None:
+                # Keys and values restricted to the reference's own object tokens (the whole reference box
+                # when this resolution has none); queries at every position (docs/algorithm.md §8.3).
+                p = cell.pseudo_cross
+                keep = self._pseudo_keys(regions, query.device)
+                out[p] = F.scaled_dot_product_attention(
+                    query[p : p + 1], key[p : p + 1, :, keep], value[p : p + 1, :, keep], scale=attn.scale
+                )[0]
+            if inject:
+                out[cell.cond] = fused_composite_attention(
+                    query, key, value, layout=cell, regions=regions,
+                    outside=geometry.outside_box(n_tokens, query.device), scale=attn.scale,
+                )
         return out
 
     @staticmethod
@@ -278,6 +299,8 @@ class CompositeSelfAttention:
         """
         if self.controller.capture is None:
             return
+        if isinstance(layout, tuple):
+            raise ValueError("attention capture needs a call of one cell; a multi-cell call cannot capture")
         scale = attn.scale
         regions = self.controller.regions(n_tokens)
         query, key = query.float(), key.float()

@@ -35,6 +35,12 @@ Each process loads the model on its own device and writes its samples exactly as
 same resume rules, so a killed process loses at most the sample it was composing. When all are done, the main
 process gathers the outcomes and writes the summaries, contact sheet and report once. A run that was killed
 writes no summaries; the re-run composes what is missing and merges everything.
+
+Batched samples (``batch_samples`` / ``--batch-samples N``, off by default): samples share nothing but the model
+and the working size, so up to N of them advance together, each step of all of them in one UNet call
+(``tficon.lockstep``); their inversions are batched too, a background shared by several samples inverted once.
+Results equal the one-at-a-time results to float tolerance, not bitwise. Each sample is still written as soon
+as it is finished, with the same resume rules; a killed run loses the samples in flight (up to N).
 """
 
 from __future__ import annotations
@@ -449,11 +455,15 @@ def _open_session(sample: BatchSample, engine, config: CompositionConfig, image_
     )  # fmt: skip
 
 
-def _compose_sample(sample: BatchSample, session, scorers: _Scorers, folder: Path, started: float) -> dict:
-    """Run a prepared Session, write the sample's images, and return its record (without status/fingerprint)."""
+def _compose_sample(
+    sample: BatchSample, session, scorers: _Scorers, folder: Path, prepare_seconds: float, batched=None
+) -> dict:
+    """Run a prepared Session (``batched``: already run in shared UNet calls, with ``--batch-samples`` of that
+    value), write the sample's images, and return its record (without status/fingerprint)."""
     from .metrics import composition_metrics
 
     prepared = time.perf_counter()
+    started = prepared - prepare_seconds
     session.run()
     composed = time.perf_counter()
     result = session.result  # decodes
@@ -492,8 +502,8 @@ def _compose_sample(sample: BatchSample, session, scorers: _Scorers, folder: Pat
             "prepare": prepared - started,
             "encode": session.timings.get("encode"),
             "invert": session.timings.get("invert"),
-            "steps": summary["step_seconds"],
-            "compose_total": composed - prepared,
+            "steps": summary["step_seconds"],  # batched: this sample's share of the shared calls
+            "compose_total": composed - prepared if batched is None else None,
             "decode": decoded - composed,
             "write": written - decoded,  # images, overlay (and loading LPIPS / CLIP for the first sample)
             "metrics": finished - written,
@@ -508,7 +518,14 @@ def _compose_sample(sample: BatchSample, session, scorers: _Scorers, folder: Pat
             "composite vs the reference's object window (resized to it); values on the [0, 1] scale"
         ),
         "outputs": dict(OUTPUT_FILES),
+        "batch_samples": batched,
     }
+
+
+def _failed_args(item: tuple) -> tuple:
+    """(sample, folder, record) of an opened item (sample, session, record, folder, prepare seconds)."""
+    sample, _, record, folder, _ = item
+    return sample, folder, record
 
 
 def _base_record(sample: BatchSample, fingerprint: str) -> dict:
@@ -578,6 +595,7 @@ def run_batch(
     allow_downloads: bool = False,
     log: Callable[[str], None] | None = None,
     dtype: str | None = None,
+    batch_samples: int | str | None = None,
 ) -> BatchReport:
     """Compose every sample folder under ``root`` into ``out`` (see the module docstring).
 
@@ -594,6 +612,10 @@ def run_batch(
         lpips_weights / clip_model: see ``tficon.metrics.LPIPSScorer.load`` / ``CLIPScorer.load``.
         log: where messages go (default ``tqdm.write``).
         dtype: the precision a model spec is loaded in (``load_model``'s dtype).
+        batch_samples: None (default): one sample at a time, each bitwise what ``tficon compose`` gives. N: up to
+            N samples advance together, one UNet call per step for all of them (``tficon.lockstep``; results equal
+            to float tolerance); ``"auto"``: as many as the memory budget holds. A killed run then loses the
+            samples in flight (up to N), not just one.
 
     Under a multi-process launch (``process_state``), each process composes its share of the samples still to
     compose, and the main process writes the summaries after all have finished (module docstring).
@@ -607,6 +629,10 @@ def run_batch(
         raise ValueError(f"limit must be a positive integer, got {limit!r}")
     if config is not None and not isinstance(config, CompositionConfig):
         raise TypeError(f"config must be a tficon.CompositionConfig or None, got {type(config).__name__}")
+    if batch_samples is not None and batch_samples != "auto" and (
+        isinstance(batch_samples, bool) or not isinstance(batch_samples, int) or batch_samples < 1
+    ):
+        raise ValueError(f"batch_samples must be a positive integer, 'auto' or None, got {batch_samples!r}")
     log = log or tqdm.write
     state = process_state()
     if state is not None:
@@ -635,56 +661,98 @@ def run_batch(
             work = list(share)
     desc = "tficon batch" if state is None else f"tficon batch {state.process_index + 1}/{state.num_processes}"
     position = None if state is None else state.process_index
-    bar = tqdm(work, desc=desc, unit="sample", disable=not progress, position=position)
-    for run_index, sample in enumerate(bar):
-        bar.set_postfix_str(sample.id[-40:], refresh=False)
-        folder = out / sample.id
-        config_i = base.replace(mode=sample.mode)
-        fingerprint = _fingerprint(sample, config_i, model_spec, image_size)
-        earlier = None if force else _earlier_outcome(sample, fingerprint, folder)
-        if earlier is not None:
-            outcomes[sample.id] = earlier
-            if earlier.action == "skipped":
-                log(f"skipped {sample.id}: {earlier.reason} (recorded earlier)")
-            continue
-        record = _base_record(sample, fingerprint) | {"run_index": run_index}
-        session, problem = None, None
-        try:
-            check_sample_files(sample, image_size)
-        except _INPUT_ERRORS as error:
-            problem = str(error)
-        if problem is None:
-            if loaded is None:  # only now: a batch with nothing to compose never loads the model
-                from .models import load_model
+    bar = tqdm(total=len(work), desc=desc, unit="sample", disable=not progress, position=position)
 
-                # a model that cannot load, or a working size it cannot use, ends the batch: no sample could run
-                device = None if state is None else state.device
-                loaded = _checked_model(load_model(model_spec, device=device, dtype=dtype), image_size)
-                log(f"model: {loaded.describe()}")
-            started = time.perf_counter()
-            try:
-                if engine is None or engine.model is not loaded:
-                    engine = Engine(loaded)
-                session = _open_session(sample, engine, config_i, image_size)
-            except _INPUT_ERRORS as error:
-                problem = str(error)
-        if problem is not None:
-            record.update(status="skipped", reason=problem)
-            action = "skipped"
-            log(f"skipped {sample.id}: {problem}")
-        else:
-            try:
-                record.update(_compose_sample(sample, session, scorers, folder, started))
-                record.update(status="composed", reason=None)
-                action = "composed"
-            except Exception as error:  # noqa: BLE001 - one sample's failure must not end the batch
-                reason = f"{type(error).__name__}: {error}"
-                record.update(status="failed", reason=reason, traceback=traceback.format_exc())
-                action = "failed"
-                log(f"FAILED {sample.id}: {type(error).__name__}: {error}")
+    def settle(sample: BatchSample, folder: Path, record: dict, action: str) -> None:
+        """Write the sample's record (last: it marks the sample finished) and keep its outcome."""
         folder.mkdir(parents=True, exist_ok=True)
         (folder / RECORD_FILE).write_text(json.dumps(_jsonable(record), indent=2) + "\n")
         outcomes[sample.id] = SampleOutcome(sample.id, action, record.get("reason"), record)
+        bar.update(1)
+
+    def opened():
+        """The samples to compose, each as (sample, session, record, folder, prepare seconds), in order; the
+        others (finished earlier, bad input) are settled on the way."""
+        nonlocal loaded, engine
+        for run_index, sample in enumerate(work):
+            bar.set_postfix_str(sample.id[-40:], refresh=False)
+            folder = out / sample.id
+            config_i = base.replace(mode=sample.mode)
+            fingerprint = _fingerprint(sample, config_i, model_spec, image_size)
+            earlier = None if force else _earlier_outcome(sample, fingerprint, folder)
+            if earlier is not None:
+                outcomes[sample.id] = earlier
+                bar.update(1)
+                if earlier.action == "skipped":
+                    log(f"skipped {sample.id}: {earlier.reason} (recorded earlier)")
+                continue
+            record = _base_record(sample, fingerprint) | {"run_index": run_index}
+            session, problem = None, None
+            try:
+                check_sample_files(sample, image_size)
+            except _INPUT_ERRORS as error:
+                problem = str(error)
+            if problem is None:
+                if loaded is None:  # only now: a batch with nothing to compose never loads the model
+                    from .models import load_model
+
+                    # a model that cannot load, or a working size it cannot use, ends the batch: no sample could run
+                    device = None if state is None else state.device
+                    loaded = _checked_model(load_model(model_spec, device=device, dtype=dtype), image_size)
+                    log(f"model: {loaded.describe()}")
+                started = time.perf_counter()
+                try:
+                    if engine is None or engine.model is not loaded:
+                        engine = Engine(loaded)
+                    session = _open_session(sample, engine, config_i, image_size)
+                except _INPUT_ERRORS as error:
+                    problem = str(error)
+            if problem is not None:
+                record.update(status="skipped", reason=problem)
+                log(f"skipped {sample.id}: {problem}")
+                settle(sample, folder, record, "skipped")
+                continue
+            yield sample, session, record, folder, time.perf_counter() - started
+
+    def failed(sample, folder, record, error: BaseException) -> None:
+        reason = f"{type(error).__name__}: {error}"
+        trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        record.update(status="failed", reason=reason, traceback=trace)
+        log(f"FAILED {sample.id}: {type(error).__name__}: {error}")
+        settle(sample, folder, record, "failed")
+
+    def compose(sample, session, record, folder, prepare_seconds, batched=None) -> None:
+        try:
+            record.update(_compose_sample(sample, session, scorers, folder, prepare_seconds, batched))
+        except Exception as error:  # noqa: BLE001 - one sample's failure must not end the batch
+            failed(sample, folder, record, error)
+            return
+        record.update(status="composed", reason=None)
+        settle(sample, folder, record, "composed")
+
+    if batch_samples is None:
+        for item in opened():
+            compose(*item)
+    else:
+        from .lockstep import MAX_ROWS_PER_CELL, run_lockstep
+
+        waiting: dict[int, tuple] = {}
+
+        def sessions():
+            for item in opened():
+                waiting[id(item[1])] = item
+                yield item[1]
+
+        rows = "auto" if batch_samples == "auto" else MAX_ROWS_PER_CELL * batch_samples
+        stats = run_lockstep(
+            sessions(),
+            max_rows=rows,
+            max_cells=None if batch_samples == "auto" else batch_samples,
+            on_finished=lambda session: compose(*waiting.pop(id(session)), batched=batch_samples),
+            on_error=lambda session, error: failed(*_failed_args(waiting.pop(id(session))), error),
+        )
+        if stats.unet_calls:
+            log(f"batched samples: up to {stats.max_cells} per UNet call, {stats.rows_per_call:.1f} rows per call")
     bar.close()
     if state is not None:
         from accelerate.utils import gather_object

@@ -357,6 +357,7 @@ def cmd_batch(args) -> int:
         lpips_weights=args.lpips_weights,
         clip_model=args.clip_model,
         allow_downloads=args.allow_downloads,
+        batch_samples=args.batch_samples,
     )
     if report.paths:  # under several processes only the main one merges and reports
         print(report.describe())
@@ -441,11 +442,24 @@ def _sweep(args) -> int:
     model = _load(args.model, args.dtype)
     result = run_sweep(
         model, background, foreground, object_mask, target, prompt, grid, config=config, image_size=args.size,
-        out=out, value_labels=labels, progress=not args.quiet,
+        out=out, value_labels=labels, progress=not args.quiet, batch_cells=args.batch_cells,
     )  # fmt: skip
     print(result.describe())
     print(f"wrote {out / 'grid.png'}, {out / 'cells.csv'}, {out / 'cells.json'}, {out / 'index.html'}")
     return 0
+
+
+def _batch_size(text: str):
+    """--batch-samples / --batch-cells: a positive integer or "auto"."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -532,6 +546,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="compose on N processes of this machine through accelerate's launcher (one per GPU; CPU processes "
         "otherwise); the same as 'accelerate launch --num_processes N -m tficon batch ...'",
     )  # fmt: skip
+    batch.add_argument(
+        "--batch-samples", type=_batch_size, default=None, metavar="N|auto",
+        help="advance up to N samples together, one UNet call per step for all of them ('auto': as many as the "
+        "memory estimate allows); faster, results equal to float tolerance instead of bitwise; a killed run "
+        "loses the samples in flight (default: one sample at a time)",
+    )  # fmt: skip
     _add_config_flags(batch)
     batch.add_argument(
         "--mode",
@@ -561,6 +581,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--size", type=_size, default=None, help="working size (default: the model's)")
     sweep.add_argument("--out", required=True, help="output folder")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.add_argument(
+        "--batch-cells", type=_batch_size, default=None, metavar="N|auto",
+        help="run up to N chains of cells together, one UNet call per step for all ('auto': only chains that "
+        "share no steps, as many as the memory estimate allows); results equal to float tolerance instead of "
+        "bitwise (default: one cell at a time)",
+    )  # fmt: skip
     _add_config_flags(sweep)
     sweep.set_defaults(func=cmd_sweep)
     return parser

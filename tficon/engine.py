@@ -18,7 +18,9 @@ evaluations, the notebooks), so dtype, device and counting rules live in one pla
   filled with a copy of a latent still to be inverted. Each row then sees exactly the shapes a fresh run
   sees, and its result is bitwise the same. The price: a partial hit saves no UNet work, only a full hit does.
 - **One step.** :meth:`Engine.run_step` runs one planned composition step (``tficon.plan``) from explicit
-  inputs and returns the new :class:`StepRecord`; it changes nothing but the engine's counters.
+  inputs and returns the new :class:`StepRecord`; it changes nothing but the engine's counters. It is the
+  one-cell case of :meth:`Engine.run_steps`, which advances several cells (Sessions' steps) with one UNet call
+  holding all their rows (``tficon.lockstep``; equal to the one-cell steps to float tolerance, not bitwise).
 
 SDXL (docs/algorithm.md §15): an embedding may be a ``tficon.text.Conditioning`` (hidden states, pooled
 embedding, added time ids) instead of a tensor; :meth:`Engine.unet` passes its pooled embedding and time ids as
@@ -32,11 +34,13 @@ reconstruction of the inverted reference); ``pseudo_cross`` is the pseudo-cross 
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 import warnings
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -170,6 +174,9 @@ class Engine:
         self.inversions = cache if cache is not None else InversionCache()
         self.unet_calls = 0
         self.sample_evals = 0
+        self._local = threading.local()  # this thread's step handler (intercepting_steps)
+        self._prepared: dict = {}  # inversions handed over to the next invert() of the same latents
+        self._batched = InversionCache(64)  # batched inversions by latent content (prepare_inversions)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -253,15 +260,15 @@ class Engine:
         unguided evaluation per step is exact). SDXL: ``time_ids`` gives each latent's added time ids (default:
         the working size of the latents). Returns (x_T per latent, whether each came from the cache,
         sample-evaluations spent). Results are bitwise independent of what was cached (module docstring).
+
+        Inversions that :meth:`prepare_inversions` computed for exactly these latents are handed over instead (until
+        :meth:`drop_prepared_inversions`): reported as not cached, with the evaluations an inversion of its own would
+        have spent.
         """
-        embedding = self.model.exceptional_embedding() if embedding is None else embedding
+        embedding, keys = self._inversion_keys(latents, steps, order, embedding, time_ids)
+        if keys and all(key in self._prepared for key in keys):
+            return [self._prepared[key].clone() for key in keys], [False] * len(keys), steps * len(keys)
         n = len(latents)
-        if time_ids is not None and isinstance(embedding, Conditioning):
-            if len(time_ids) != n:
-                raise ValueError(f"time_ids must give one (1, 6) tensor per latent ({n}), got {len(time_ids)}")
-            embedding = cat_conditioning([embedding.with_time_ids(ids) for ids in time_ids])
-        shared = (n, steps, order, _digest(embedding))
-        keys = [(_digest(z), row) + shared for row, z in enumerate(latents)]
         results = [self.inversions.get(key) for key in keys]
         cached = [r is not None for r in results]
         missing = [i for i, r in enumerate(results) if r is None]
@@ -278,96 +285,294 @@ class Engine:
             self.inversions.put(keys[i], results[i])
         return results, cached, steps * n  # solver.invert evaluates once per step
 
-    # ------------------------------------------------------------------ one composition step
+    def _inversion_keys(self, latents, steps, order, embedding, time_ids):
+        """(the embedding of the inversion's batch, the cache key of each latent): content, row, batch size."""
+        embedding = self.model.exceptional_embedding() if embedding is None else embedding
+        n = len(latents)
+        if time_ids is not None and isinstance(embedding, Conditioning):
+            if len(time_ids) != n:
+                raise ValueError(f"time_ids must give one (1, 6) tensor per latent ({n}), got {len(time_ids)}")
+            embedding = cat_conditioning([embedding.with_time_ids(ids) for ids in time_ids])
+        shared = (n, steps, order, _digest(embedding))
+        return embedding, [(_digest(z), row) + shared for row, z in enumerate(latents)]
+
+    def prepare_inversions(
+        self,
+        requests: Sequence[Sequence[torch.Tensor]],
+        steps: int,
+        order: int,
+        *,
+        time_ids: Sequence[Sequence[torch.Tensor] | None] | None = None,
+    ) -> int:
+        """Invert the latents of several later :meth:`invert` calls (``requests``: each call's latents, SDXL: its
+        ``time_ids``) in one batch, once per distinct latent, and keep each result for the call that asks for it.
+
+        For ``tficon.lockstep``: Sessions joining a lockstep run invert together. Results equal their own
+        inversions to float tolerance, not bitwise (another batch shape), so they never enter the bitwise cache
+        :attr:`inversions`; they wait in a hand-over store (emptied by :meth:`drop_prepared_inversions`) and in a small
+        cache of batched inversions keyed by latent content alone, so a background shared by samples of later
+        rounds is not inverted again. Requests already in the bitwise cache are left to it. Returns the
+        sample-evaluations spent."""
+        e_star = self.model.exceptional_embedding()
+        time_ids = [None] * len(requests) if time_ids is None else list(time_ids)
+        rows: dict[str, tuple[torch.Tensor, object]] = {}  # distinct (latent, row embedding) -> inputs
+        wanted = []
+        for latents, ids in zip(requests, time_ids):
+            _, keys = self._inversion_keys(latents, steps, order, None, ids)
+            if all(self.inversions.get(key) is not None for key in keys):
+                continue
+            for i, (z, key) in enumerate(zip(latents, keys)):
+                with_ids = ids is not None and isinstance(e_star, Conditioning)
+                embedding = e_star.with_time_ids(ids[i]) if with_ids else e_star
+                row = (_digest(z, embedding), steps, order)
+                rows.setdefault(row, (z, embedding))
+                wanted.append((key, row))
+        todo = [row for row in rows if self._batched.get(row) is None]
+        evals = 0
+        if todo:
+            batch = torch.cat([rows[row][0] for row in todo]).float()
+            embedding = cat_conditioning([rows[row][1] for row in todo])
+            x_T = solver.invert(
+                self.model_fn(embedding), batch, self.schedule, steps, order, prediction_type=self.model.prediction_type
+            )
+            for i, row in enumerate(todo):
+                self._batched.put(row, x_T[i : i + 1])
+            evals = steps * len(todo)
+        for key, row in wanted:
+            self._prepared[key] = self._batched.get(row)
+        return evals
+
+    def drop_prepared_inversions(self) -> None:
+        """Forget inversions prepared for calls that never came (the end of a lockstep run)."""
+        self._prepared.clear()
+
+    # ------------------------------------------------------------------ composition steps
     def run_step(self, plan: StepPlan, previous: StepRecord | None, inputs: StepInputs) -> StepRecord:
         """The record of step ``plan.s`` from the record before it (``None`` for step 0, which starts from
-        ``inputs.start``). Pure apart from the engine's counters: nothing passed in is modified."""
-        started = time.perf_counter()
-        calls = evals = 0  # counted here, not as a difference of the engine's totals (which others may share)
-        s, k, grid, schedule = plan.s, inputs.order, inputs.grid, self.schedule
-        if previous is None:
-            if inputs.start is None:
-                raise ValueError("step 0 needs StepInputs.start")
-            make = lambda x: Track(0, solver.SolverState(x=x, t=grid[0]))  # noqa: E731
-            generation, background, reference = (make(x) for x in inputs.start)
-            reference_latents = (inputs.start[2],)
-        else:
-            generation, background, reference = previous.generation, previous.background, previous.reference
-            reference_latents = previous.reference_latents
-        e_star, controller = inputs.exceptional, inputs.controller
-        attention = {}
+        ``inputs.start``). Pure apart from the engine's counters: nothing passed in is modified.
 
+        The one-cell case of :meth:`run_steps`. While :meth:`intercepting_steps` is active on this thread, the
+        call is handed to its handler instead (how ``tficon.lockstep`` gathers the steps of several Sessions)."""
+        handler = getattr(self._local, "step_handler", None)
+        if handler is not None:
+            return handler(plan, previous, inputs)
+        return self.run_steps([(plan, previous, inputs)])[0]
+
+    @contextmanager
+    def intercepting_steps(self, handler: Callable[[StepPlan, "StepRecord | None", StepInputs], object]):
+        """For the block, :meth:`run_step` on this thread returns ``handler(plan, previous, inputs)`` and computes
+        nothing. Only this thread is affected, so a Session on the same engine in another thread (the Explorer's
+        worker) keeps computing its own steps."""
+        before = getattr(self._local, "step_handler", None)
+        self._local.step_handler = handler
+        try:
+            yield
+        finally:
+            self._local.step_handler = before
+
+    def run_steps(self, cells: Sequence[tuple[StepPlan, "StepRecord | None", StepInputs]]) -> list[StepRecord]:
+        """Advance several cells (each a Session's ``(plan, previous record, inputs)``) by one step together.
+
+        Three phases: each cell's rows are prepared (:class:`_StepWork`), every cell's rows go through one UNet
+        call (one per pre-evaluation depth, then one main call, with one ``BatchLayout`` per cell at its row
+        offset carrying the cell's own geometry), then each cell finishes on its own slice of the output
+        (solver updates, blends). Cells may be at different steps, with different plans, boxes, prompts and
+        grids; they must share the latent size. With one cell this is exactly the single step: same rows, same
+        layout, same calls, so its result is bitwise what it always was.
+
+        With several cells the results equal each cell's own step to float tolerance, not bitwise (kernels round
+        differently for another batch shape). Helper rows that are identical in two cells (a background or
+        reference latent at the same time with the same embedding, e.g. samples sharing a background) are
+        evaluated once and read by both cells' composites (rows are independent, so nothing else changes).
+
+        Counting: each record counts the calls it took part in and its own rows, as if it had run alone (so a
+        Session's stats do not depend on batching); the engine's counters count the real calls and rows.
+        ``seconds`` of the shared time is split between cells in proportion to their rows. Attention capture
+        needs a one-cell call.
+        """
+        if not cells:
+            return []
+        started = time.perf_counter()
+        works = [_StepWork.begin(plan, previous, inputs) for plan, previous, inputs in cells]
+        multi = len(works) > 1
+        if multi:
+            if any(w.inputs.capture is not None for w in works):
+                raise ValueError("attention capture needs a one-cell step; capture each Session's step on its own")
+            shapes = {tuple(w.generation.x.shape) for w in works}
+            if len(shapes) > 1:
+                raise ValueError(f"cells of one call must share the latent shape, got {sorted(shapes)}")
+        controller = works[0].inputs.controller
         with composite_attention(self.model.unet, controller):
             try:
-                for j in plan.pre_evals:
+                for depth in range(max(len(w.plan.pre_evals) for w in works)):
+                    active = [w for w in works if depth < len(w.plan.pre_evals)]
+                    batch = _Rows(dedupe=multi)
+                    at = [w.pre_rows(depth, batch) for w in active]
                     controller.layout = BatchLayout()
-                    out = self.evaluate([
-                        (background.x, grid[j], inputs.conditioning(e_star, "background")),
-                        (reference.x, grid[j], inputs.conditioning(e_star, "reference")),
-                    ])  # fmt: skip
-                    calls, evals = calls + 1, evals + 2
-                    background = background.with_evaluation(self.data_prediction(out[0:1], background.x, grid[j]))
-                    reference = reference.with_evaluation(self.data_prediction(out[1:2], reference.x, grid[j]))
-                    order = solver.step_order(j + 1, inputs.steps, k)
-                    background = background.advance(j + 1, order, schedule, grid)
-                    reference = reference.advance(j + 1, order, schedule, grid)
-                    reference_latents = reference_latents + (reference.x,)
-
-                if plan.advance_generation:
-                    generation = generation.advance(s, plan.order, schedule, grid)
-                if plan.advance_background:
-                    background = background.advance(s, plan.order, schedule, grid)
-                if plan.advance_reference:
-                    reference = reference.advance(s, plan.order, schedule, grid)
-                    reference_latents = reference_latents + (reference.x,)
-
-                if plan.evaluate:
-                    rows, at = [], {}
-                    m = plan.map_index
-                    if plan.background_row:
-                        at["background"] = len(rows)
-                        rows.append((background.x, grid[background.index], inputs.conditioning(e_star, "background")))
-                    if plan.reference_row:
-                        at["reference"] = len(rows)
-                        rows.append((reference.x, grid[m], inputs.conditioning(e_star, "reference")))
-                    if plan.pseudo_cross_row:
-                        at["pseudo_cross"] = len(rows)
-                        e_pseudo = inputs.conditioning(e_star, "pseudo_cross")
-                        rows.append((reference_latents[plan.pseudo_latent], grid[m], e_pseudo))
-                    at["uncond"] = len(rows)
-                    rows.append((generation.x, grid[s], inputs.conditioning(inputs.uncond, "generation")))
-                    at["cond"] = len(rows)
-                    rows.append((generation.x, grid[s], inputs.conditioning(inputs.cond, "generation")))
-                    layout = BatchLayout(**at, fg=plan.fg, bg=plan.bg, background_queries=plan.background_queries)
-                    controller.layout, controller.capture, controller.dropped = layout, inputs.capture, 0
-                    out = self.evaluate(rows)
-                    calls, evals = calls + 1, evals + len(rows)
-                    if inputs.capture is not None:
-                        attention = dict(controller.captured)
-                        if controller.dropped:
-                            warnings.warn(
-                                f"attention capture of step {s}: {controller.dropped} maps left out to stay within "
-                                f"max_bytes={inputs.capture.max_bytes}; lower max_tokens or ask for fewer layers "
-                                "or kinds",
-                                stacklevel=4,
-                            )
-                    if plan.background_row and not background.evaluated:
-                        b = layout.background
-                        d = self.data_prediction(out[b : b + 1], background.x, grid[background.index])
-                        background = background.with_evaluation(d)
-                    if plan.reference_row and not reference.evaluated:
-                        r = layout.reference
-                        d = self.data_prediction(out[r : r + 1], reference.x, grid[reference.index])
-                        reference = reference.with_evaluation(d)
-                    u, c = layout.uncond, layout.cond
-                    guided = out[u : u + 1] + inputs.guidance * (out[c : c + 1] - out[u : u + 1])
-                    generation = generation.with_evaluation(self.data_prediction(guided, generation.x, grid[s]))
+                    out = self.evaluate(batch.rows)
+                    for w, rows in zip(active, at):
+                        w.finish_pre(depth, out, rows, self)
+                for w in works:
+                    w.advance(self.schedule)
+                main = [w for w in works if w.plan.evaluate]
+                if main:
+                    batch = _Rows(dedupe=multi)
+                    layouts = [w.main_rows(batch, geometry=w.inputs.controller if multi else None) for w in main]
+                    controller.layout = layouts[0] if not multi else tuple(layouts)
+                    controller.capture, controller.dropped = works[0].inputs.capture, 0
+                    out = self.evaluate(batch.rows)
+                    if not multi and works[0].inputs.capture is not None:
+                        works[0].keep_capture(controller)
+                    for w, layout in zip(main, layouts):
+                        w.finish_main(out, layout, self)
             finally:
                 controller.layout = None
                 controller.capture = None
                 controller.captured = {}
+        seconds = time.perf_counter() - started
+        own_rows = [w.evals for w in works]
+        total = sum(own_rows)
+        shares = [r / total if total else 1 / len(works) for r in own_rows]
+        return [w.record(seconds * share) for w, share in zip(works, shares)]
 
-        inside = inputs.inside
+
+class _Rows:
+    """The rows of one batched call being assembled; with ``dedupe``, a helper row identical to an earlier one
+    (same latent values, time and embedding) is not added again and its index is returned instead."""
+
+    def __init__(self, dedupe: bool):
+        self.rows: list[Row] = []
+        self.dedupe = dedupe
+        self._helpers: list[int] = []  # indices of rows that may be shared
+
+    def add(self, row: Row, *, shareable: bool = False) -> int:
+        if self.dedupe and shareable:
+            for i in self._helpers:
+                if _same_row(self.rows[i], row):
+                    return i
+        self.rows.append(row)
+        if shareable:
+            self._helpers.append(len(self.rows) - 1)
+        return len(self.rows) - 1
+
+
+def _same_row(a: Row, b: Row) -> bool:
+    """Whether two rows are the same evaluation: equal latents, times and embeddings (by value)."""
+    if a[0].shape != b[0].shape or float(a[1]) != float(b[1]):
+        return False
+    if not (a[0] is b[0] or torch.equal(a[0], b[0])):
+        return False
+    return a[2] is b[2] or conditioning_digest(a[2]) == conditioning_digest(b[2])
+
+
+@dataclass
+class _StepWork:
+    """One cell's step in progress inside :meth:`Engine.run_steps`: its branches' trajectories as the phases move
+    them (prepare rows, read the evaluated rows, blend), and the work counted for its record."""
+
+    plan: StepPlan
+    inputs: StepInputs
+    generation: Track
+    background: Track
+    reference: Track
+    reference_latents: tuple[torch.Tensor, ...]
+    calls: int = 0
+    evals: int = 0
+    attention: dict = field(default_factory=dict)
+
+    @classmethod
+    def begin(cls, plan: StepPlan, previous: StepRecord | None, inputs: StepInputs) -> "_StepWork":
+        if previous is None:
+            if inputs.start is None:
+                raise ValueError("step 0 needs StepInputs.start")
+            grid = inputs.grid
+            make = lambda x: Track(0, solver.SolverState(x=x, t=grid[0]))  # noqa: E731
+            generation, background, reference = (make(x) for x in inputs.start)
+            return cls(plan, inputs, generation, background, reference, (inputs.start[2],))
+        return cls(
+            plan, inputs, previous.generation, previous.background, previous.reference, previous.reference_latents
+        )
+
+    # -- pre-evaluations: background and reference on their own, ahead of generation (plan.pre_evals)
+    def pre_rows(self, depth: int, batch: _Rows) -> tuple[int, int]:
+        j, e_star, grid = self.plan.pre_evals[depth], self.inputs.exceptional, self.inputs.grid
+        b = batch.add((self.background.x, grid[j], self.inputs.conditioning(e_star, "background")), shareable=True)
+        r = batch.add((self.reference.x, grid[j], self.inputs.conditioning(e_star, "reference")), shareable=True)
+        return b, r
+
+    def finish_pre(self, depth: int, out: torch.Tensor, rows: tuple[int, int], engine: "Engine") -> None:
+        j, grid, schedule = self.plan.pre_evals[depth], self.inputs.grid, engine.schedule
+        b, r = rows
+        self.calls, self.evals = self.calls + 1, self.evals + 2
+        background = self.background.with_evaluation(engine.data_prediction(out[b : b + 1], self.background.x, grid[j]))
+        reference = self.reference.with_evaluation(engine.data_prediction(out[r : r + 1], self.reference.x, grid[j]))
+        order = solver.step_order(j + 1, self.inputs.steps, self.inputs.order)
+        self.background = background.advance(j + 1, order, schedule, grid)
+        self.reference = reference.advance(j + 1, order, schedule, grid)
+        self.reference_latents = self.reference_latents + (self.reference.x,)
+
+    # -- the moves from t_{s-1} to t_s
+    def advance(self, schedule) -> None:
+        plan, grid, s = self.plan, self.inputs.grid, self.plan.s
+        if plan.advance_generation:
+            self.generation = self.generation.advance(s, plan.order, schedule, grid)
+        if plan.advance_background:
+            self.background = self.background.advance(s, plan.order, schedule, grid)
+        if plan.advance_reference:
+            self.reference = self.reference.advance(s, plan.order, schedule, grid)
+            self.reference_latents = self.reference_latents + (self.reference.x,)
+
+    # -- the main call
+    def main_rows(self, batch: _Rows, *, geometry: InjectionController | None) -> BatchLayout:
+        """Add this cell's rows (plan order: background, reference, pseudo_cross, uncond, cond) to ``batch``;
+        returns its layout with absolute row indices."""
+        plan, inputs, grid = self.plan, self.inputs, self.inputs.grid
+        e_star, s, m = inputs.exceptional, plan.s, plan.map_index
+        at = {}
+        if plan.background_row:
+            row = (self.background.x, grid[self.background.index], inputs.conditioning(e_star, "background"))
+            at["background"] = batch.add(row, shareable=True)
+        if plan.reference_row:
+            at["reference"] = batch.add(
+                (self.reference.x, grid[m], inputs.conditioning(e_star, "reference")), shareable=True
+            )
+        if plan.pseudo_cross_row:
+            e_pseudo = inputs.conditioning(e_star, "pseudo_cross")
+            at["pseudo_cross"] = batch.add((self.reference_latents[plan.pseudo_latent], grid[m], e_pseudo))
+        at["uncond"] = batch.add((self.generation.x, grid[s], inputs.conditioning(inputs.uncond, "generation")))
+        at["cond"] = batch.add((self.generation.x, grid[s], inputs.conditioning(inputs.cond, "generation")))
+        return BatchLayout(
+            **at, fg=plan.fg, bg=plan.bg, background_queries=plan.background_queries, geometry=geometry
+        )
+
+    def keep_capture(self, controller: InjectionController) -> None:
+        self.attention = dict(controller.captured)
+        if controller.dropped:
+            warnings.warn(
+                f"attention capture of step {self.plan.s}: {controller.dropped} maps left out to stay within "
+                f"max_bytes={self.inputs.capture.max_bytes}; lower max_tokens or ask for fewer layers or kinds",
+                stacklevel=6,
+            )
+
+    def finish_main(self, out: torch.Tensor, layout: BatchLayout, engine: "Engine") -> None:
+        plan, grid, s = self.plan, self.inputs.grid, self.plan.s
+        self.calls, self.evals = self.calls + 1, self.evals + plan.batch_size
+        if plan.background_row and not self.background.evaluated:
+            b, x = layout.background, self.background.x
+            d = engine.data_prediction(out[b : b + 1], x, grid[self.background.index])
+            self.background = self.background.with_evaluation(d)
+        if plan.reference_row and not self.reference.evaluated:
+            r, x = layout.reference, self.reference.x
+            d = engine.data_prediction(out[r : r + 1], x, grid[self.reference.index])
+            self.reference = self.reference.with_evaluation(d)
+        u, c = layout.uncond, layout.cond
+        guided = out[u : u + 1] + self.inputs.guidance * (out[c : c + 1] - out[u : u + 1])
+        self.generation = self.generation.with_evaluation(engine.data_prediction(guided, self.generation.x, grid[s]))
+
+    # -- the blends, and the record
+    def record(self, seconds: float) -> StepRecord:
+        plan, inside, k, s = self.plan, self.inputs.inside, self.inputs.order, self.plan.s
+        generation, background = self.generation, self.background
         if plan.history_blend:
             blended = tuple(
                 torch.where(inside, d_gen, d_bg)
@@ -389,11 +594,10 @@ class Engine:
             plan=plan,
             generation=generation,
             background=background,
-            reference=reference,
-            reference_latents=reference_latents,
-            seconds=time.perf_counter() - started,
-            unet_calls=calls,
-            sample_evals=evals,
-            attention=attention,
+            reference=self.reference,
+            reference_latents=self.reference_latents,
+            seconds=seconds,
+            unet_calls=self.calls,
+            sample_evals=self.evals,
+            attention=self.attention,
         )
-

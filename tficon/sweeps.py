@@ -16,7 +16,19 @@ A sweep is a grid over any of ``tau_a``, ``tau_b``, ``tau_bg``, ``guidance``, ``
   and box change every step (seed and steps also the inversions), so those go outermost.
 
 The result of every cell is bitwise the result of a fresh Session with the cell's settings (the tests check
-it). Outputs (:meth:`SweepResult.save`): ``grid.png`` (rows and columns labelled by their values, further
+it).
+
+**Batched cells** (``batch_cells``, off by default): cells that share no steps can share UNet calls instead
+(``tficon.lockstep``). The evaluation order is cut into *lanes*, contiguous runs of cells that one Session walks
+through with ``update`` as above, and the lanes advance together, one call per round holding a step of each
+(:func:`plan_lanes`). A cut before a cell costs the steps it shares with the cell before (its lane recomputes them),
+so ``"auto"`` cuts only where that is nothing (a new seed, guidance or box, or a tau that already changes step 0)
+and only as many lanes as the memory budget holds; a number N allows up to N lanes and may also cut where steps
+are shared, taking the cuts that make the costliest lane cheapest (a lane is added only when it does). Batched
+cells equal the unbatched ones to float tolerance, not bitwise (another batch shape rounds differently); without
+batching nothing changes.
+
+Outputs (:meth:`SweepResult.save`): ``grid.png`` (rows and columns labelled by their values, further
 dimensions as stacked panels), ``cells.csv`` / ``cells.json`` (settings, metrics, work per cell) and a
 self-contained ``index.html``; cell images under ``cells/``.
 
@@ -51,7 +63,10 @@ from .engine import Engine
 from .plan import composition_plan
 from .schedule import injection_schedule
 
-__all__ = ["PARAMETERS", "GridError", "SweepCell", "SweepResult", "run_sweep", "parse_grid_option", "evaluation_order"]
+__all__ = [
+    "PARAMETERS", "GridError", "SweepCell", "SweepResult", "run_sweep", "parse_grid_option", "evaluation_order",
+    "plan_lanes",
+]  # fmt: skip
 
 #: The parameters a sweep can vary, in the order they act on the composition (latest first).
 PARAMETERS = ("tau_b", "tau_a", "tau_bg", "guidance", "seed", "steps", "box")
@@ -194,15 +209,18 @@ class SweepCell:
         }
 
 
-def independent_cost(config: CompositionConfig) -> int:
-    """UNet sample-evaluations of one fresh composition with ``config``: both inversions (one two-row call per step)
-    plus every step's plan."""
-    plans = composition_plan(
+def _plans(config: CompositionConfig):
+    return composition_plan(
         injection_schedule(config.steps, config.order, config.tau_a, config.tau_b, config.tau_bg,
                            align_warmup=config.align_warmup),
         cross_lag=not config.no_cross_lag, background_queries=config.background_queries,
     )  # fmt: skip
-    return 2 * config.steps + sum(p.sample_evals for p in plans)
+
+
+def independent_cost(config: CompositionConfig) -> int:
+    """UNet sample-evaluations of one fresh composition with ``config``: both inversions (one two-row call per step)
+    plus every step's plan."""
+    return 2 * config.steps + sum(p.sample_evals for p in _plans(config))
 
 
 def evaluation_order(cells: Sequence[SweepCell]) -> list[SweepCell]:
@@ -220,15 +238,69 @@ def evaluation_order(cells: Sequence[SweepCell]) -> list[SweepCell]:
 
     def key(cell: SweepCell):
         c = cell.config
-        plans = composition_plan(
-            injection_schedule(c.steps, c.order, c.tau_a, c.tau_b, c.tau_bg, align_warmup=c.align_warmup),
-            cross_lag=not c.no_cross_lag, background_queries=c.background_queries,
-        )  # fmt: skip
-        path = tuple(symbols.setdefault(p, len(symbols)) for p in plans)
+        path = tuple(symbols.setdefault(p, len(symbols)) for p in _plans(c))
         return (c.steps, c.seed, box_index(cell.box), c.effective_guidance, path)
 
     keys = {cell.index: key(cell) for cell in cells}
     return sorted(cells, key=lambda cell: keys[cell.index])
+
+
+def _shared_steps(previous: SweepCell | None, cell: SweepCell) -> tuple[int, bool]:
+    """(steps ``cell`` shares with ``previous`` when one Session moves from one to the other, whether it needs new
+    inversions), by the rules of ``Session.update``."""
+    if previous is None:
+        return 0, True
+    a, b = previous.config, cell.config
+    new_inversions = (a.steps, a.seed) != (b.steps, b.seed) or not _same_box(previous.box, cell.box)
+    if new_inversions or a.effective_guidance != b.effective_guidance:
+        return 0, new_inversions
+    plans_a, plans_b = _plans(a), _plans(b)
+    return next((s for s, (p, q) in enumerate(zip(plans_a, plans_b)) if p != q), len(plans_b)), False
+
+
+def plan_lanes(order: Sequence[SweepCell], lanes: int, *, free_cuts_only: bool) -> list[list[SweepCell]]:
+    """Cut the evaluation ``order`` into at most ``lanes`` contiguous lanes (module docstring).
+
+    A lane's cost is the UNet rows its Session computes: its first cell's steps from step 0 and then each cell's
+    steps after those it shares with the cell before (inversions included where they are new). A cut before a cell
+    adds the cost of the steps it would have shared. Among the cuts allowed (with ``free_cuts_only``, only before
+    cells that share no steps with the cell before), the one that minimises the costliest lane is taken, then the
+    one that adds the least work. One lane means no batching.
+    """
+    n = len(order)
+    marginal, prefix = [], []
+    for i, cell in enumerate(order):
+        shared, new_inversions = _shared_steps(order[i - 1] if i else None, cell)
+        plans = _plans(cell.config)
+        marginal.append(sum(p.sample_evals for p in plans[shared:]) + (2 * cell.config.steps if new_inversions else 0))
+        prefix.append(sum(p.sample_evals for p in plans[:shared]))
+    running = [0]
+    for m in marginal:
+        running.append(running[-1] + m)
+    allowed = [j for j in range(1, n) if not free_cuts_only or prefix[j] == 0]
+
+    def cost(j: int, i: int) -> int:  # a lane of cells j..i-1
+        return prefix[j] + running[i] - running[j]
+
+    # best[i]: (costliest lane, added work, cuts) over cells 0..i-1 with the lanes so far
+    best = {i: (cost(0, i), 0, ()) for i in range(1, n + 1)}
+    answer = best[n]
+    for _ in range(1, min(lanes, n)):
+        nxt = {}
+        for i in range(2, n + 1):
+            options = [
+                (max(best[j][0], cost(j, i)), best[j][1] + prefix[j], best[j][2] + (j,))
+                for j in allowed if j < i and j in best
+            ]  # fmt: skip
+            if options:
+                nxt[i] = min(options, key=lambda o: o[:2])
+        if not nxt:
+            break
+        best = nxt
+        if n in nxt and nxt[n][:2] < answer[:2]:  # ties: fewer lanes
+            answer = nxt[n]
+    cuts = (0,) + answer[2] + (n,)
+    return [list(order[a:b]) for a, b in zip(cuts, cuts[1:])]
 
 
 def _same_box(a, b) -> bool:
@@ -264,6 +336,7 @@ class SweepResult:
     independent_sample_evals: int
     cut_and_paste: dict[str, Any] = field(default_factory=dict)  # box label -> {"image", "metrics"}
     value_labels: dict[str, list[str]] = field(default_factory=dict)
+    lanes: int = 1  # lanes of cells that shared UNet calls (1: one cell at a time; batch_cells)
 
     @property
     def names(self) -> list[str]:
@@ -318,6 +391,7 @@ class SweepResult:
             "unet_calls": self.unet_calls,
             "independent_sample_evals": self.independent_sample_evals,
             "shared_fraction": round(self.shared_fraction, 4),
+            "lanes": self.lanes,
             "seconds": round(self.seconds, 3),
             "metrics_seconds": round(self.metrics_seconds, 3),
             "cut_and_paste": {k: v["metrics"] for k, v in self.cut_and_paste.items()},
@@ -388,6 +462,7 @@ def run_sweep(
     value_labels: Mapping[str, Sequence[str]] | None = None,
     progress: bool = True,
     threads: int | None = None,
+    batch_cells: int | str | None = None,
     **config_changes,
 ) -> SweepResult:
     """Compose one sample at every point of ``grid`` and measure each, sharing all shared work (module docstring).
@@ -403,6 +478,10 @@ def run_sweep(
         metrics: compute per-cell metrics (pixel metrics of ``tficon.metrics``).
         value_labels: names shown for a parameter's values instead of the values themselves (e.g. for masks).
         progress: a tqdm bar over the cells.
+        batch_cells: None (default): one cell at a time, each bitwise a fresh Session's result. N: up to N lanes
+            of cells share UNet calls; ``"auto"``: as many lanes as cost no shared steps and fit the memory budget
+            (module docstring, :func:`plan_lanes`, ``tficon.lockstep``). Results equal the unbatched ones to float
+            tolerance.
 
     Returns:
         a :class:`SweepResult`.
@@ -422,6 +501,10 @@ def run_sweep(
     if engine is not None and engine.model is not model:
         raise ValueError("engine belongs to another model: pass engine.model as model, or no engine")
     base = (config or CompositionConfig()).replace(**config_changes)
+    if batch_cells is not None and batch_cells != "auto" and (
+        isinstance(batch_cells, bool) or not isinstance(batch_cells, int) or batch_cells < 1
+    ):
+        raise ValueError(f"batch_cells must be a positive integer, 'auto' or None, got {batch_cells!r}")
 
     # Every cell's settings, checked before any model work.
     cells = []
@@ -456,23 +539,33 @@ def run_sweep(
     engine_evals, engine_calls = engine.sample_evals, engine.unet_calls
     metric_seconds = 0.0
     cut_and_paste: dict[str, Any] = {}
-    bar = tqdm(order, desc="tficon sweep", unit="cell", disable=not progress)
-    for position, cell in enumerate(bar):
-        bar.set_postfix_str(cell.label(), refresh=False)
-        cell_started = time.perf_counter()
-        evals, calls = session.stats["sample_evals"], session.stats["unet_calls"]
+    bar = tqdm(total=len(order), desc="tficon sweep", unit="cell", disable=not progress)
+    position_of = {cell.index: position for position, cell in enumerate(order)}
+
+    def begin(cell: SweepCell, session, first_in_lane: bool) -> dict:
+        """Move ``session`` to ``cell``; returns what finish() needs."""
         changes = {f: getattr(cell.config, f) for f in _CONFIG_PARAMETERS}
         first_step = session.update(mask_or_box=cell.box, **changes)
-        cell.first_step = 0 if position == 0 else (cell.config.steps + 1 if first_step is None else first_step)
+        cell.first_step = 0 if first_in_lane else (cell.config.steps + 1 if first_step is None else first_step)
+        cell.order = position_of[cell.index]
+        return {"evals": session.stats["sample_evals"], "calls": session.stats["unet_calls"],
+                "started": time.perf_counter(), "steps_seconds": sum(r.seconds for r in session.records)}  # fmt: skip
+
+    def finish(cell: SweepCell, session, mark: dict, shared_calls: bool) -> None:
+        nonlocal metric_seconds
+        decoding = time.perf_counter()
         session.run()
         cell.image = session.result
-        cell.order = position
-        cell.sample_evals = session.stats["sample_evals"] - evals
+        cell.sample_evals = session.stats["sample_evals"] - mark["evals"]
         # what the steps cost by their plans; the rest went into inversions
         step_evals = sum(p.sample_evals for p in session.plans[min(cell.first_step, cell.config.steps + 1):])
         cell.inversions_cached = cell.sample_evals == step_evals
-        cell.unet_calls = session.stats["unet_calls"] - calls
-        cell.seconds = time.perf_counter() - cell_started
+        cell.unet_calls = session.stats["unet_calls"] - mark["calls"]
+        if shared_calls:  # its share of the shared calls, and its own decode
+            steps = sum(r.seconds for r in session.records[min(cell.first_step, len(session.records)):])
+            cell.seconds = steps + time.perf_counter() - decoding
+        else:
+            cell.seconds = time.perf_counter() - mark["started"]
         if metrics:
             measured = time.perf_counter()
             key = _label("box", cell.box)
@@ -482,6 +575,27 @@ def run_sweep(
             if cp is not None:
                 cut_and_paste[key] = cp
             metric_seconds += time.perf_counter() - measured
+        bar.set_postfix_str(cell.label(), refresh=False)
+        bar.update(1)
+
+    lanes = [order]
+    if batch_cells is not None:
+        from .lockstep import MAX_ROWS_PER_CELL, auto_max_rows
+
+        if batch_cells == "auto":
+            latent = tuple(v // model.vae_scale_factor for v in session.image_size)
+            slots = max(1, auto_max_rows(model, latent) // MAX_ROWS_PER_CELL)
+            lanes = plan_lanes(order, slots, free_cuts_only=True)
+        else:
+            lanes = plan_lanes(order, batch_cells, free_cuts_only=False)
+    if len(lanes) == 1:
+        for position, cell in enumerate(order):
+            mark = begin(cell, session, position == 0)
+            finish(cell, session, mark, shared_calls=False)
+    else:
+        _run_lanes(lanes, session, begin, finish, threads=threads,
+                   new_session=lambda cell: Session(model, i_bg, i_fg, foreground_mask, cell.box, prompt, cell.config,
+                                                    image_size=image_size, engine=engine, threads=threads))  # fmt: skip
     bar.close()
     seconds = time.perf_counter() - started - metric_seconds
     result = SweepResult(
@@ -498,10 +612,35 @@ def run_sweep(
         independent_sample_evals=sum(independent_cost(c.config) for c in cells),
         cut_and_paste=cut_and_paste,
         value_labels=labels,
+        lanes=len(lanes),
     )  # fmt: skip
     if out is not None:
         result.save(out)
     return result
+
+
+def _run_lanes(lanes, session, begin, finish, *, threads, new_session) -> None:
+    """Run the lanes of cells together (``tficon.lockstep``): lane 0 on ``session``, the others each on a Session of
+    its own made by ``new_session`` (their inversions come from the engine's cache or are batched)."""
+    from .lockstep import MAX_ROWS_PER_CELL, run_lockstep
+
+    current: dict[int, tuple] = {}
+
+    def lane_sessions(cells, own):
+        for i, cell in enumerate(cells):
+            if own is None:
+                own = new_session(cell)
+            current[id(own)] = (cell, begin(cell, own, i == 0))
+            yield own
+
+    def finished(done) -> None:
+        cell, mark = current.pop(id(done))
+        finish(cell, done, mark, shared_calls=True)
+
+    run_lockstep(
+        lanes=[lane_sessions(cells, session if i == 0 else None) for i, cells in enumerate(lanes)],
+        max_cells=len(lanes), max_rows=MAX_ROWS_PER_CELL * len(lanes), on_finished=finished, threads=threads,
+    )  # fmt: skip
 
 
 def _cell_text(values: Mapping[str, Any]) -> str:
