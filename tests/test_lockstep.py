@@ -352,6 +352,31 @@ def test_batch_samples_gives_the_same_images(tmp_path, model):
     assert all(o.action in ("done", "skipped") for o in again.outcomes)
 
 
+def test_cli_batch_samples_and_batch_cells(tmp_path, capsys):
+    import json
+
+    from test_batch import GOOD, make_inputs
+    from tficon.batch import RECORD_FILE
+    from tficon.cli import main
+    from tficon.tiny import save_tiny_model
+
+    inputs = make_inputs(tmp_path)
+    model_dir = save_tiny_model(tmp_path / "tiny", "sd2")
+    common = ["--model", str(model_dir), "--size", str(SIZE), "--steps", str(STEPS), "--quiet"]
+    out = tmp_path / "out"
+    code = main(["batch", str(inputs), "--out", str(out), *common, "--batch-samples", "2", "--pixel-metrics-only"])
+    printed = capsys.readouterr()
+    assert code == 0 and "batched samples: up to 2 per UNet call" in printed.out + printed.err
+    for sample_id in GOOD:
+        record = json.loads((out / sample_id / RECORD_FILE).read_text())
+        assert (record["status"], record["batch_samples"]) == ("composed", 2)
+    sweep_out = tmp_path / "sweep"
+    code = main(["sweep", "--demo", "--out", str(sweep_out), *common, "--grid", "seed=1,2", "--batch-cells", "auto"])
+    assert code == 0
+    summary = json.loads((sweep_out / "cells.json").read_text())["summary"]
+    assert (summary["cells"], summary["lanes"]) == (2, 2)
+
+
 def test_cli_flags():
     parser = build_parser()
     args = parser.parse_args(["batch", "in", "--out", "o", "--batch-samples", "4"])
