@@ -44,6 +44,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -684,8 +685,31 @@ def _read_overrides(folder: Path) -> dict:
     return overrides
 
 
+@contextmanager
+def _no_weight_loading_bars():
+    """Keep transformers from drawing a "Loading weights" bar for each text encoder.
+
+    A model load is quick on the toy model and already reported by tficon's callers; a bar per encoder
+    clutters every notebook that loads a model. The caller's setting is restored afterwards.
+    """
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _load_folder(folder: Path, spec: str, device, dtype) -> LoadedModel:
     """Check the configs of a diffusers pipeline folder, then load its components."""
+    with _no_weight_loading_bars():
+        return _load_folder_components(folder, spec, device, dtype)
+
+
+def _load_folder_components(folder: Path, spec: str, device, dtype) -> LoadedModel:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
