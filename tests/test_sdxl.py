@@ -301,6 +301,59 @@ def test_load_model_reads_an_sdxl_folder(xl_folder, xl, tmp_path):
     assert identity.family == "sdxl" and identity.image_size == 64 and "sdxl (epsilon)" in identity.describe()
 
 
+def test_sdxl_lora_with_unet_and_second_encoder_parts_fuses_as_trained(xl_folder, sample, tmp_path):
+    """An SDXL LoRA file (UNet + text_encoder_2 parts, written by diffusers' SDXL pipeline) loads through lora=."""
+    from diffusers import StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    parts = tiny_components("sdxl")  # the weights saved in xl_folder (same seed)
+    unet, encoder_2 = parts["unet"], parts["text_encoder_2"]
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    encoder_2 = inject_adapter_in_model(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]), encoder_2
+    )
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for module in (unet, encoder_2):
+            for name, parameter in module.named_parameters():
+                if "lora_B" in name:  # peft starts B at zero (a no-op LoRA); a trained one is not
+                    parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+    StableDiffusionXLPipeline.save_lora_weights(
+        tmp_path,
+        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+        text_encoder_2_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder_2)),
+    )
+    (path,) = tmp_path.glob("*.safetensors")
+    base = load_model(xl_folder, device="cpu")
+    model = load_model(xl_folder, device="cpu", lora=path)
+
+    x = torch.randn(1, 4, 8, 8, generator=generator)
+    context = torch.randn(1, 77, unet.config.cross_attention_dim, generator=generator)
+    added = {"text_embeds": torch.randn(1, encoder_2.config.projection_dim, generator=generator),
+             "time_ids": sdxl_time_ids(64)}
+    ids = base.tokenizer_2("a red star", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected_unet = unet(x, 500, encoder_hidden_states=context, added_cond_kwargs=added).sample
+        fused_unet = model.unet(x, 500, encoder_hidden_states=context, added_cond_kwargs=added).sample
+        base_unet = base.unet(x, 500, encoder_hidden_states=context, added_cond_kwargs=added).sample
+        expected_text = encoder_2(ids).text_embeds
+        fused_text = model.text_encoder_2(ids).text_embeds
+        base_text = base.text_encoder_2(ids).text_embeds
+    torch.testing.assert_close(fused_unet, expected_unet, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fused_text, expected_text, rtol=1e-4, atol=1e-5)
+    assert (fused_unet - base_unet).abs().mean() > 0.1 * base_unet.abs().mean()
+    assert (fused_text - base_text).abs().mean() > 0.1 * base_text.abs().mean()
+    # fused: no adapter layers are left for the attention processors to meet; the first encoder is untouched
+    assert not any("lora" in name for module in (model.unet, model.text_encoder_2) for name, _ in module.named_modules())
+    assert not any(p.requires_grad for p in model.text_encoder_2.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(model.text_encoder.state_dict().values(), base.text_encoder.state_dict().values()))
+    assert not torch.equal(model.encode_prompt("a red star").pooled, base.encode_prompt("a red star").pooled)
+    session = new_session(model, sample, steps=3).run()
+    assert session.done and torch.isfinite(session.records[-1].generation.x).all()
+
+
 def test_refiner_and_broken_sdxl_folders_are_refused(xl_folder, tmp_path):
     refiner = tmp_path / "refiner"
     shutil.copytree(xl_folder, refiner, ignore=shutil.ignore_patterns("*.safetensors"))

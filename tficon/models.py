@@ -978,27 +978,24 @@ def _fuse_lora(model: LoadedModel, path: Path, scale: float) -> None:
     Fused, the UNet is again plain ``Linear``/``Conv`` layers: TF-ICON's attention processors see no
     adapter wrappers, and the LoRA costs nothing per step. The price is a fixed scale per load.
     """
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import USE_PEFT_BACKEND
 
     if not USE_PEFT_BACKEND:
         raise ImportError("loading LoRA weights needs the peft package (and transformers >= 4.34): pip install peft")
-    if model.is_sdxl:
-        raise ValueError(
-            f"lora= is not supported on SDXL models yet ({model.spec!r}): fuse the LoRA into the weights with "
-            "diffusers (StableDiffusionXLPipeline.load_lora_weights, fuse_lora, save_pretrained) and load that folder."
-        )
-    # The pipeline is only the container load_lora_weights works on: it shares the model's modules.
-    pipeline = StableDiffusionPipeline(
+    # The pipeline is only the container load_lora_weights works on: it shares the model's modules. SDXL's
+    # container knows SDXL LoRA files, whose text parts name both encoders.
+    parts = dict(
         vae=model.vae,
         text_encoder=model.text_encoder,
         tokenizer=model.tokenizer,
         unet=model.unet,
         scheduler=DDIMScheduler.from_config(model.scheduler_config, clip_sample=False),  # never sampled with
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
     )
+    if model.is_sdxl:
+        pipeline = StableDiffusionXLPipeline(**parts, text_encoder_2=model.text_encoder_2, tokenizer_2=model.tokenizer_2)
+    else:
+        pipeline = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     weight = {"weight_name": path.name} if path.is_file() else {}
     where = str(path.parent if path.is_file() else path)
     try:
@@ -1006,7 +1003,7 @@ def _fuse_lora(model: LoadedModel, path: Path, scale: float) -> None:
     except (ValueError, KeyError, RuntimeError, OSError) as error:
         raise ValueError(
             f"cannot load LoRA weights {str(path)!r} into {model.spec!r} ({model.family}): {error}. A LoRA must be "
-            "made for the same base model family (SD 1.x LoRAs for SD 1.x, SD 2.x for SD 2.x)."
+            "made for the same base model family (SD 1.x LoRAs for SD 1.x, SD 2.x for SD 2.x, SDXL for SDXL)."
         ) from error
     adapted = {part: names for part, names in pipeline.get_list_adapters().items() if "tficon_lora" in names}
     if not adapted:
@@ -1015,8 +1012,9 @@ def _fuse_lora(model: LoadedModel, path: Path, scale: float) -> None:
         )
     pipeline.fuse_lora(components=list(adapted), lora_scale=scale, adapter_names=["tficon_lora"])
     pipeline.unload_lora_weights()  # drops the adapter layers; the fused weights stay
-    model.unet.requires_grad_(False)
-    model.text_encoder.requires_grad_(False)
+    for module in (model.unet, model.text_encoder, getattr(model, "text_encoder_2", None)):
+        if module is not None:
+            module.requires_grad_(False)
     model.lora, model.lora_scale = str(path), scale
 
 
