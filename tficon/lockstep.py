@@ -242,53 +242,57 @@ def run_lockstep(
         if on_finished is not None:
             on_finished(slot.session)
 
-    with _torch_threads(threads):
-        first = pull(None)
-        if first is None:
-            return stats
-        rows = max_rows
-        if rows == "auto":
-            rows = auto_max_rows(first.session.model, _latent_shape(first.session)[1:], max_bytes)
-        cells = max_cells if max_cells is not None else max(1, rows // MAX_ROWS_PER_CELL)
-        stats.max_rows, stats.max_cells = rows, cells
-        joining = [first]
-        while len(joining) < cells:
-            slot = pull(None)
-            if slot is None:
-                break
-            joining.append(slot)
-
-        while joining or active:
-            active += _join(joining, batch_inversions, fail)
-            joining = []
-            if not active:
-                break
-            stats.rounds += 1
-            done, failed = _round(active, rows, fail)
-            for slot in done:
-                _finish(slot)
-            for slot in done + failed:
-                active.remove(slot)
-                nxt = pull(slot.lane if slot.lane is not shared else None)
-                if nxt is not None:
-                    joining.append(nxt)
-            while len(active) + len(joining) < cells:  # lanes that ended early leave room
-                nxt = pull(None)
-                if nxt is None:
-                    break
+    def refill(ended: list[_Slot], joining: list[_Slot]) -> None:
+        """The next Session of each ended slot's lane, then of any lane, until ``max_cells`` are in flight."""
+        for slot in ended:
+            nxt = pull(slot.lane if slot.lane is not shared else None)
+            if nxt is not None:
                 joining.append(nxt)
-    for key, engine in engines.items():
-        calls, evals = counted[key]
-        stats.unet_calls += engine.unet_calls - calls
-        stats.sample_evals += engine.sample_evals - evals
-        engine.drop_prepared_inversions()
-    stats.seconds = time.perf_counter() - started
+        while len(active) + len(joining) < cells:  # lanes that ended leave room for the lanes waiting
+            nxt = pull(None)
+            if nxt is None:
+                break
+            joining.append(nxt)
+
+    try:
+        with _torch_threads(threads):
+            first = pull(None)
+            if first is None:
+                return stats
+            rows = max_rows
+            if rows == "auto":
+                rows = auto_max_rows(first.session.model, _latent_shape(first.session)[1:], max_bytes)
+            cells = max_cells if max_cells is not None else max(1, rows // MAX_ROWS_PER_CELL)
+            stats.max_rows, stats.max_cells = rows, cells
+            joining = [first]
+            refill([], joining)
+            while joining or active:
+                ready, failed = _join(joining, batch_inversions, fail)
+                active += ready
+                joining = []
+                done = []
+                if active:
+                    stats.rounds += 1
+                    done, failed_steps = _round(active, rows, fail)
+                    failed += failed_steps
+                    for slot in done:
+                        _finish(slot)
+                    for slot in done + failed_steps:
+                        active.remove(slot)
+                refill(done + failed, joining)
+    finally:
+        for key, engine in engines.items():
+            calls, evals = counted[key]
+            stats.unet_calls += engine.unet_calls - calls
+            stats.sample_evals += engine.sample_evals - evals
+            engine.drop_prepared_inversions()
+        stats.seconds = time.perf_counter() - started
     return stats
 
 
-def _join(slots: list[_Slot], batch_inversions: bool, fail) -> list[_Slot]:
+def _join(slots: list[_Slot], batch_inversions: bool, fail) -> tuple[list[_Slot], list[_Slot]]:
     """Invert (together, where they share engine, steps and order) and compose the start latent of Sessions that
-    join; returns those ready to step."""
+    join; returns (those ready to step, those that failed)."""
     if batch_inversions:
         groups: dict[tuple, list[_Slot]] = {}
         for slot in slots:
@@ -304,9 +308,8 @@ def _join(slots: list[_Slot], batch_inversions: bool, fail) -> list[_Slot]:
                 try:
                     ids = None if ids is None else [ids["background"], ids["reference"]]
                     requests.append((_latents(slot.session), ids))
-                except Exception as error:  # noqa: BLE001 - that Session fails; the others go on
-                    fail(slot.session, error)
-                    slots = [s for s in slots if s is not slot]
+                except Exception:  # noqa: BLE001 - that Session reports its error when it inverts below
+                    pass
             if requests:
                 s = group[0].session
                 try:
@@ -315,15 +318,16 @@ def _join(slots: list[_Slot], batch_inversions: bool, fail) -> list[_Slot]:
                     )
                 except Exception:  # noqa: BLE001 - each Session then inverts on its own (and reports its error)
                     pass
-    ready = []
+    ready, failed = [], []
     for slot in slots:
         try:
             slot.session.compose_start()
         except Exception as error:  # noqa: BLE001
             fail(slot.session, error)
+            failed.append(slot)
             continue
         ready.append(slot)
-    return ready
+    return ready, failed
 
 
 def _round(active: list[_Slot], max_rows: int, fail) -> tuple[list[_Slot], list[_Slot]]:

@@ -171,6 +171,9 @@ class SweepCell:
     ``order`` its position in the evaluation order; ``first_step`` the first step it computed (the steps before
     were shared with the cell evaluated before it; steps + 1: none); ``sample_evals`` the UNet rows it cost;
     ``inversions_cached``: it spent nothing on inversions (reused from the cell before or the engine's cache).
+    With ``batch_cells``, ``first_step`` and the work are those of its lane (the cell before it in its lane),
+    ``sample_evals`` / ``unet_calls`` count its rows and calls as if it had run alone, and ``seconds`` is its share
+    of the shared calls plus its own decode.
     """
 
     index: int
