@@ -10,7 +10,8 @@ cells that share no steps (seeds x guidance), (a) ``tficon.sweep`` one cell at a
 ``batch_cells="auto"``. Every pass starts on a fresh Engine (no inversion carried over) and decodes every result;
 metrics are left out. The passes of one model alternate (a, b, a, b, ...) so that the machine's load is shared
 alike; the medians of the repeats are printed as wall time, CPU time of this process, and items per minute of wall
-time. The largest pixel difference between the batched and the one-at-a-time images is printed too (batching
+time, with the UNet rows each pass evaluated (batching also evaluates a background shared by samples, or a latent
+shared by cells, once: part of the gain is less work, the rest is more rows per call). The largest pixel difference between the batched and the one-at-a-time images is printed too (batching
 rounds differently: equal to float tolerance, not bitwise).
 
 The tiny SD model has random weights: its images mean nothing, but its UNet has the shape and cost of an SD 2.x
@@ -87,10 +88,10 @@ def _sweep(model, sample, grid, steps, size, batch_cells):
     return [np.asarray(c.image) for c in result.cells], result
 
 
-def _row(label, runs, items, unit):
+def _row(label, runs, items, unit, rows):
     wall = statistics.median(r[1] for r in runs)
     cpu = statistics.median(r[2] for r in runs)
-    return f"  {label:<26} {wall:>8.2f} {cpu:>8.2f} {60 * items / wall:>9.1f} {unit}/min"
+    return f"  {label:<26} {wall:>8.2f} {cpu:>8.2f} {rows:>6} {60 * items / wall:>9.1f} {unit}/min"
 
 
 def _diff(a, b) -> int:
@@ -112,14 +113,15 @@ def bench(name, model, size, args) -> None:
         plain.append(_timed(lambda: _one_at_a_time(model, samples, args.steps, size)))
         for n in args.per_call:
             batched[n].append(_timed(lambda n=n: _batched(model, samples, args.steps, size, n)))
-    print(f"  {'samples (8)':<26} {'wall s':>8} {'CPU s':>8} {'per minute':>16}")
-    print(_row("one at a time", plain, len(samples), "samples"))
+    header = f"{'wall s':>8} {'CPU s':>8} {'rows':>6} {'per minute':>16}"
+    print(f"  {'samples (8)':<26} {header}")
+    print(_row("one at a time", plain, len(samples), "samples", plain[0][0][1].sample_evals))
     reference = plain[0][0][0]
     for n in args.per_call:
         runs = batched[n]
         (_, engine) = runs[0][0]
         speed = statistics.median(r[1] for r in plain) / statistics.median(r[1] for r in runs)
-        print(_row(f"--batch-samples {n}", runs, len(samples), "samples")
+        print(_row(f"--batch-samples {n}", runs, len(samples), "samples", engine.sample_evals)
               + f"  x{speed:.2f}; {engine.sample_evals / engine.unet_calls:.1f} rows/call; "
               f"max pixel diff {_diff(runs[0][0][0], reference)}")  # fmt: skip
 
@@ -127,12 +129,13 @@ def bench(name, model, size, args) -> None:
     for _ in range(args.repeats):
         one.append(_timed(lambda: _sweep(model, samples[0], grid, args.steps, size, None)))
         auto.append(_timed(lambda: _sweep(model, samples[0], grid, args.steps, size, "auto")))
-    print(f"  {'sweep (4 seeds x 2 guid.)':<26} {'wall s':>8} {'CPU s':>8} {'per minute':>16}")
-    print(_row("one cell at a time", one, cells, "cells"))
+    print(f"  {'sweep (4 seeds x 2 guid.)':<26} {header}")
+    print(_row("one cell at a time", one, cells, "cells", one[0][0][1].sample_evals))
     speed = statistics.median(r[1] for r in one) / statistics.median(r[1] for r in auto)
-    lanes = auto[0][0][1].lanes
-    print(_row("batch_cells='auto'", auto, cells, "cells")
-          + f"  x{speed:.2f}; {lanes} lanes; max pixel diff {_diff(auto[0][0][0], one[0][0][0])}")  # fmt: skip
+    result = auto[0][0][1]
+    print(_row("batch_cells='auto'", auto, cells, "cells", result.sample_evals)
+          + f"  x{speed:.2f}; {result.lanes} lanes, {result.sample_evals / result.unet_calls:.1f} rows/call; "
+          f"max pixel diff {_diff(auto[0][0][0], one[0][0][0])}")  # fmt: skip
 
 
 def main(argv=None) -> None:
