@@ -178,3 +178,14 @@ def test_encode_prompt_rejects_prompts_longer_than_the_window(parts):
         encode_prompt(tokenizer, text_encoder, " ".join(["cat"] * 100))
     with pytest.raises(TypeError, match="prompt must be a str"):
         encode_prompt(tokenizer, text_encoder, ["a", "cat"])
+
+
+def test_tiny_tokenizers_number_their_words_the_same_in_every_build():
+    """Two builds of one vocabulary give every token the same id (the BPE trainer alone numbers ties at random)."""
+    from tficon.clip_tokenizer import build_clip_tokenizer
+    from tficon.tiny import TINY_WORDS
+
+    builds = [build_clip_tokenizer(TINY_WORDS, model_max_length=77) for _ in range(3)]
+    assert builds[0].get_vocab() == builds[1].get_vocab() == builds[2].get_vocab()
+    words = sorted({w.lower() for w in TINY_WORDS})
+    assert [builds[0].convert_tokens_to_ids(w + "</w>") for w in words] == list(range(2, 2 + len(words)))

@@ -38,6 +38,7 @@ def build_clip_tokenizer(words: Iterable[str], model_max_length: int = 77, extra
     bpe.train_from_iterator([" ".join(vocabulary)] * 10, trainer)
     with tempfile.TemporaryDirectory() as tmp:
         bpe.model.save(tmp)
+        _renumber_words_first(os.path.join(tmp, "vocab.json"), vocabulary)
         tokenizer = CLIPTokenizer(
             os.path.join(tmp, "vocab.json"),
             os.path.join(tmp, "merges.txt"),
@@ -49,6 +50,26 @@ def build_clip_tokenizer(words: Iterable[str], model_max_length: int = 77, extra
         if len(ids) != 1:
             raise RuntimeError(f"tokenizer split {word!r} into {ids}; expected a single token")
     return tokenizer
+
+
+def _renumber_words_first(vocab_file: str, words: list[str]) -> None:
+    """Give the special tokens, then the whole words (sorted), then every other token fixed ids.
+
+    The BPE trainer numbers its tokens in an order that varies from one build to the next (ties between
+    equally frequent pairs), so two builds of the same vocabulary could tokenize one prompt to different ids,
+    and a model built twice would read its prompts differently. Which ids the tokens get does not change how
+    a text is split, so they are renumbered deterministically.
+    """
+    import json
+
+    with open(vocab_file, encoding="utf-8") as handle:
+        trained = json.load(handle)
+    whole = [w + "</w>" for w in words]
+    order = [BOS, EOS] + whole + sorted(set(trained) - {BOS, EOS} - set(whole), key=lambda t: (len(t), t))
+    if set(order) != set(trained):
+        raise RuntimeError("internal: the trained vocabulary lacks a whole word")
+    with open(vocab_file, "w", encoding="utf-8") as handle:
+        json.dump({token: i for i, token in enumerate(order)}, handle, ensure_ascii=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -35,7 +35,8 @@ Stages, all with fixed seeds and step-count (not time) schedules so a rerun repr
    list objects left to right.
 
 The tokenizer is CLIP's own BPE, rebuilt from the merge list that the ``open-clip-torch`` wheel ships
-(``--clip-bpe`` takes a local copy; otherwise pip downloads the wheel, no model hub). Token 7788
+(``--clip-bpe`` takes a local copy; otherwise pip downloads the wheel, no model hub), or copied from a model
+folder that already has it (``--tokenizer-from tficon/toy/model``, offline); both give the same tokenizer. Token 7788
 ("rian") never appears in a caption, so its embedding stays as initialised, like a rare word in real CLIP:
 it is the exceptional-prompt token, as in the official code.
 """
@@ -487,13 +488,21 @@ def text_to_image_gates(pipe) -> dict[str, float]:
     return {"single_all": single["all"], "single_domain": single["domain"], "two_both": double["both"], "two_count": double["count"]}
 
 
-def build_tokenizer(clip_bpe: str | None = None):
-    """CLIP's real tokenizer (77 positions), rebuilt from the merge list in the open_clip wheel."""
+def build_tokenizer(clip_bpe: str | None = None, tokenizer_from: Path | None = None):
+    """CLIP's real tokenizer (77 positions): copied from a model folder that has it (``tokenizer_from``, e.g. the
+    shipped toy model, which needs no network), or rebuilt from the merge list in the open_clip wheel."""
+    from transformers import CLIPTokenizer
+
     from tficon.clip_tokenizer import build_real_clip_tokenizer
 
-    tokenizer = build_real_clip_tokenizer(clip_bpe, model_max_length=MAX_TOKENS)
-    if tokenizer.convert_ids_to_tokens(EXCEPTIONAL_TOKEN_ID) != "rian</w>":
-        raise RuntimeError("the rebuilt CLIP vocabulary does not have 'rian</w>' at id 7788")
+    if tokenizer_from is not None:
+        tokenizer = CLIPTokenizer.from_pretrained(Path(tokenizer_from) / "tokenizer")
+        where = f"the tokenizer of {tokenizer_from}"
+    else:
+        tokenizer = build_real_clip_tokenizer(clip_bpe, model_max_length=MAX_TOKENS)
+        where = "the rebuilt CLIP vocabulary"
+    if tokenizer.convert_ids_to_tokens(EXCEPTIONAL_TOKEN_ID) != "rian</w>" or tokenizer.model_max_length != MAX_TOKENS:
+        raise RuntimeError(f"{where} is not CLIP's ({MAX_TOKENS} positions, 'rian</w>' at id {EXCEPTIONAL_TOKEN_ID})")
     return tokenizer
 
 
@@ -554,6 +563,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-gates", dest="gates", action="store_false", help="skip the text-to-image gates")
     parser.add_argument("--init-from", type=Path, help="warm start: an exported model folder (its VAE, UNet, text encoder)")
     parser.add_argument("--clip-bpe", help="CLIP merge list (.txt.gz) or open_clip wheel; default: pip download")
+    parser.add_argument("--tokenizer-from", type=Path,
+                        help="copy CLIP's tokenizer from this model folder (e.g. tficon/toy/model) instead of rebuilding it")
     args = parser.parse_args(argv)
     for name in ("images", "vae_steps", "unet_steps", "checkpoint_every", "export_every"):
         if getattr(args, name) < 1:
@@ -565,13 +576,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.work.exists() and any(args.work.iterdir()) and not args.resume:
         parser.error(f"{args.work} holds an earlier run: pass --resume to continue it, or remove it")
     args.work.mkdir(parents=True, exist_ok=True)
-    # The recorded command leaves out what does not change the weights: --resume, and where the BPE file lies.
+    # The recorded command leaves out what does not change the weights: --resume, and where the tokenizer comes from.
     given, recorded = list(sys.argv[1:] if argv is None else argv), []
     while given:
         arg = given.pop(0)
-        if arg == "--clip-bpe":
+        if arg in ("--clip-bpe", "--tokenizer-from"):
             given.pop(0) if given else None
-        elif arg not in ("--resume", "--export-only") and not arg.startswith("--clip-bpe="):
+        elif arg not in ("--resume", "--export-only") and not arg.startswith(("--clip-bpe=", "--tokenizer-from=")):
             recorded.append(arg)
     command = "python -m tficon.toy.train " + " ".join(shlex.quote(a) for a in recorded)
     log = RunLog(args.work)
@@ -580,7 +591,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # denormals slow CPU convolutions by up to 4x
 
-    tokenizer = build_tokenizer(args.clip_bpe)
+    tokenizer = build_tokenizer(args.clip_bpe, args.tokenizer_from)
     held_images, _, held_canvas = render_dataset(128, args.seed, offset=HELD_OUT_OFFSET, canvas_fraction=0.5)
     held_out = (to_tensor(held_images), torch.from_numpy(held_canvas))
     data = encoded_data(args, held_out, log)
