@@ -59,9 +59,9 @@ def _cells(model, sample, engine=None):
 
 
 def _request(session, s):
-    """The (plan, previous record, inputs) a Session hands the engine for step s."""
-    with session.engine.intercepting_steps(lambda plan, previous, inputs: (plan, previous, inputs)):
-        return session._compute_step(s)
+    """The (plan, previous record, inputs) a Session hands the engine for step s (any step of a run Session; the
+    public ``step_request`` gives the next one)."""
+    return session._step_request(s)
 
 
 def _tracks(record):
@@ -385,3 +385,28 @@ def test_cli_flags():
     assert parser.parse_args(["sweep", "--demo", "--out", "o", "--batch-cells", "auto"]).batch_cells == "auto"
     with pytest.raises(SystemExit):
         parser.parse_args(["batch", "in", "--out", "o", "--batch-samples", "0"])
+
+
+def test_step_request_and_accept_step_are_step(model, sample):
+    """A Session's public request/accept pair, with the engine call in between, is exactly ``step()``; a record
+    of another step or another plan is refused and leaves the Session as it was."""
+    stepped = new_session(model, sample, steps=STEPS)
+    by_hand = new_session(model, sample, steps=STEPS)
+    for _ in range(3):
+        stepped.step()
+        by_hand.accept_step(by_hand.engine.run_step(*by_hand.step_request()))
+    assert torch.equal(stepped.records[-1].generation.x, by_hand.records[-1].generation.x)
+    assert stepped.stats["sample_evals"] == by_hand.stats["sample_evals"] > 0
+    assert not by_hand.needs_inversion and len(by_hand.encoded_latents()) == 2
+    early = stepped.records[1]
+    with pytest.raises(ValueError, match="next step is 3"):
+        by_hand.accept_step(early)
+    other = new_session(model, sample, steps=STEPS, tau_b=1.0)  # blends every step: step 3's plan differs
+    other.run(until=3)
+    assert other.plans[3] != by_hand.plans[3]
+    with pytest.raises(ValueError, match="another plan"):
+        by_hand.accept_step(by_hand.engine.run_step(*other.step_request()))
+    assert len(by_hand.records) == 3
+    by_hand.run()
+    with pytest.raises(RuntimeError, match="complete"):
+        by_hand.step_request()

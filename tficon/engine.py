@@ -34,13 +34,11 @@ reconstruction of the inverted reference); ``pseudo_cross`` is the pseudo-cross 
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 import warnings
 from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -174,7 +172,6 @@ class Engine:
         self.inversions = cache if cache is not None else InversionCache()
         self.unet_calls = 0
         self.sample_evals = 0
-        self._local = threading.local()  # this thread's step handler (intercepting_steps)
         self._prepared: dict = {}  # inversions handed over to the next invert() of the same latents
         self._batched = InversionCache(64)  # batched inversions by latent content (prepare_inversions)
 
@@ -351,24 +348,8 @@ class Engine:
         """The record of step ``plan.s`` from the record before it (``None`` for step 0, which starts from
         ``inputs.start``). Pure apart from the engine's counters: nothing passed in is modified.
 
-        The one-cell case of :meth:`run_steps`. While :meth:`intercepting_steps` is active on this thread, the
-        call is handed to its handler instead (how ``tficon.lockstep`` gathers the steps of several Sessions)."""
-        handler = getattr(self._local, "step_handler", None)
-        if handler is not None:
-            return handler(plan, previous, inputs)
+        The one-cell case of :meth:`run_steps`."""
         return self.run_steps([(plan, previous, inputs)])[0]
-
-    @contextmanager
-    def intercepting_steps(self, handler: Callable[[StepPlan, "StepRecord | None", StepInputs], object]):
-        """For the block, :meth:`run_step` on this thread returns ``handler(plan, previous, inputs)`` and computes
-        nothing. Only this thread is affected, so a Session on the same engine in another thread (the Explorer's
-        worker) keeps computing its own steps."""
-        before = getattr(self._local, "step_handler", None)
-        self._local.step_handler = handler
-        try:
-            yield
-        finally:
-            self._local.step_handler = before
 
     def run_steps(self, cells: Sequence[tuple[StepPlan, "StepRecord | None", StepInputs]]) -> list[StepRecord]:
         """Advance several cells (each a Session's ``(plan, previous record, inputs)``) by one step together.

@@ -5,9 +5,9 @@ which CPU kernels reach their per-row speed. Samples of a batch and independent 
 the model and the latent size, so their steps can share calls (:meth:`tficon.engine.Engine.run_steps`).
 
 How: :func:`run_lockstep` keeps up to ``max_cells`` Sessions active. Each round it asks every active Session for
-its next step's inputs, computes all those steps with one ``run_steps`` call per (engine, latent size) group and
-within the row budget, and hands each Session its record through ``Session.step()`` (so each Session stores,
-counts and checks its own step, exactly as when it runs alone). A Session that finishes frees its slot for the
+its next step's inputs (``Session.step_request``), computes all those steps with one ``run_steps`` call per
+(engine, latent size) group and within the row budget, and hands each Session its record
+(``Session.accept_step``, so each Session stores, counts and checks its own step, exactly as when it runs alone). A Session that finishes frees its slot for the
 next one. Sessions may be at different steps with different settings, boxes and prompts: each row carries its
 own time and embedding and each cell's composite reads its own geometry. The inversions of Sessions joining in the
 same round are batched too (:meth:`~tficon.engine.Engine.prepare_inversions`; equal latents, e.g. a background
@@ -111,36 +111,6 @@ class _Slot:
 
     def __init__(self, lane: Iterator, session):
         self.lane, self.session = lane, session
-
-
-# The Session internals this module reads (tficon.session owns them): a Session's step inputs are built by
-# ``_compute_step`` (which hands them to ``Engine.run_step``, intercepted here), its encoded latents come from
-# ``_encode`` and ``_inverted`` says whether it still needs its inversions.
-def _step_request(session):
-    engine = session.engine
-    with engine.intercepting_steps(lambda plan, previous, inputs: (plan, previous, inputs)):
-        return session._compute_step(session.step_index)
-
-
-def _needs_inversion(session) -> bool:
-    return session._inverted is None
-
-
-def _latents(session) -> list[torch.Tensor]:
-    z_bg, z_ref, _ = session._encode()
-    return [z_bg, z_ref]
-
-
-def _store(session, record, plan, previous) -> None:
-    """``session.step()`` with ``record`` as its result (the Session stores, counts and checks it)."""
-
-    def serve(p, prev, _inputs):
-        if p is not plan or prev is not previous:
-            raise RuntimeError(f"internal: the Session asked for another step than the one computed (step {plan.s})")
-        return record
-
-    with session.engine.intercepting_steps(serve):
-        session.step()
 
 
 @contextmanager
@@ -297,7 +267,7 @@ def _join(slots: list[_Slot], batch_inversions: bool, fail) -> tuple[list[_Slot]
         groups: dict[tuple, list[_Slot]] = {}
         for slot in slots:
             s = slot.session
-            if _needs_inversion(s):
+            if s.needs_inversion:
                 groups.setdefault((id(s.engine), s.steps, s.config.order), []).append(slot)
         for group in groups.values():
             if len(group) < 2:
@@ -307,7 +277,7 @@ def _join(slots: list[_Slot], batch_inversions: bool, fail) -> tuple[list[_Slot]
                 ids = slot.session.time_ids
                 try:
                     ids = None if ids is None else [ids["background"], ids["reference"]]
-                    requests.append((_latents(slot.session), ids))
+                    requests.append((list(slot.session.encoded_latents()), ids))
                 except Exception:  # noqa: BLE001 - that Session reports its error when it inverts below
                     pass
             if requests:
@@ -335,7 +305,7 @@ def _round(active: list[_Slot], max_rows: int, fail) -> tuple[list[_Slot], list[
     requests, failed = {}, []
     for slot in active:
         try:
-            requests[id(slot)] = _step_request(slot.session)
+            requests[id(slot)] = slot.session.step_request()
         except Exception as error:  # noqa: BLE001
             fail(slot.session, error)
             failed.append(slot)
@@ -361,9 +331,8 @@ def _round(active: list[_Slot], max_rows: int, fail) -> tuple[list[_Slot], list[
                         failed.append(slot)
                 continue
             for slot, record in zip(chunk, records):
-                plan, previous, _ = requests[id(slot)]
                 try:
-                    _store(slot.session, record, plan, previous)
+                    slot.session.accept_step(record)
                 except Exception as error:  # noqa: BLE001 - e.g. a non-finite step: the Session keeps its last good one
                     fail(slot.session, error)
                     failed.append(slot)

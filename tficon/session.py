@@ -426,7 +426,42 @@ class Session:
         """Run the next step and return its record (raises when the composition is complete)."""
         if self.done:
             raise RuntimeError("the composition is complete; rewind() or update() to run steps again")
-        record = self._compute_step(len(self._records))
+        return self.accept_step(self._compute_step(len(self._records)))
+
+    @property
+    def needs_inversion(self) -> bool:
+        """Whether the inversions are still to be computed (or taken from the engine's cache)."""
+        return self._inverted is None
+
+    def encoded_latents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE latents of the background (the cut-and-paste in "same" mode) and of the reference canvas,
+        i.e. what :meth:`invert` inverts."""
+        z_bg, z_ref, _ = self._encode()
+        return z_bg, z_ref
+
+    def step_request(self) -> tuple[StepPlan, StepRecord | None, StepInputs]:
+        """What the engine needs to compute the next step: ``(plan, previous record, inputs)``.
+
+        ``Engine.run_step(*session.step_request())`` is the record :meth:`step` would compute; ``Engine.run_steps``
+        takes several Sessions' requests into one UNet call (``tficon.lockstep``). Hand the record back with
+        :meth:`accept_step`. Step 0's request inverts and composes the start latent first if needed.
+        """
+        if self.done:
+            raise RuntimeError("the composition is complete; rewind() or update() to run steps again")
+        return self._step_request(len(self._records))
+
+    def accept_step(self, record: StepRecord) -> StepRecord:
+        """Keep ``record``, computed from :meth:`step_request`, as the next step: count its work, check that its
+        values are finite (else raise and keep the last good step) and store it, exactly as :meth:`step` does.
+
+        A record of another step index or another plan is refused (a guard against mixing Sessions up; a record
+        computed from another Session's request with the same plan cannot be told apart)."""
+        s = len(self._records)
+        if s > self.steps or record.s != s or record.plan != self.plans[s]:
+            raise ValueError(
+                f"this record is step {record.s} of another plan; the Session's next step is {s} "
+                "(a record must come from this Session's own step_request, with no update or rewind in between)"
+            )
         self.stats["unet_calls"] += record.unet_calls
         self.stats["sample_evals"] += record.sample_evals
         checks.check_step_finite(record, dtype=self.model.dtype)  # NaN/inf: raise, keep the last good step
@@ -455,6 +490,12 @@ class Session:
     def _compute_step(self, s: int, *, capture: CaptureRequest | None = None) -> StepRecord:
         """The record of step ``s`` from the record before it, computed by the engine from explicit inputs
         (nothing in ``self`` changes; the caller decides whether to keep the record and count its work)."""
+        request = self._step_request(s, capture=capture)
+        with self._threads():
+            return self.engine.run_step(*request)
+
+    def _step_request(self, s: int, *, capture: CaptureRequest | None = None):
+        """(plan, previous record, inputs) of step ``s``; inverts and composes the start latent for step 0."""
         previous = self._records[s - 1] if s > 0 else None
         start = None
         if s == 0:
@@ -476,8 +517,7 @@ class Session:
             capture=capture,
             time_ids=self.time_ids,
         )
-        with self._threads():
-            return self.engine.run_step(self.plans[s], previous, inputs)
+        return self.plans[s], previous, inputs
 
     # ------------------------------------------------------------------ inspection
     def capture_attention(
