@@ -428,3 +428,27 @@ def test_batch_and_session_apply_one_mask_size_rule(tmp_path, model):
                 check_sample_files(sample, SIZE)
             with pytest.raises(ValueError, match=r"mask_or_box \(the user mask\) is 128x64.*aspect ratio"):
                 make()
+
+
+def test_the_embedded_model_takes_official_style_prompts(tmp_path):
+    """Official TF-ICON sample folders are named by long, photographic prompts. The embedded model has CLIP's real
+    tokenizer and 77 positions, so `tficon batch --model toy` composes them (words outside the toy world are
+    simply not understood) instead of skipping them as too long."""
+    inputs = tmp_path / "inputs"
+    star = toy_sample()
+    prompts = (
+        "cross_domain/a professional photograph of a red star resting in a field of wild flowers at sunset, ultra realistic",
+        "same_domain/a cartoon animation of a red star sitting next to a blue square in a sunny meadow, outline style",
+    )
+    for name in prompts:
+        _write_sample(inputs / name, star.background, star.foreground, star.foreground_mask, _box_mask(star.box, (64, 64)))
+    out = tmp_path / "out"
+    code = main(["batch", str(inputs), "--out", str(out), "--model", "toy", "--steps", "4", "--quiet"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"samples": 2, "composed_now": 2, "already_done": 0, "skipped": 0, "failed": 0}
+    for name in prompts:
+        record = json.loads((out / name / RECORD_FILE).read_text())
+        assert record["status"] == "composed" and record["prompt"] == name.split("/")[1]
+        with Image.open(out / name / OUTPUT_FILES["result"]) as image:
+            assert image.size == (64, 64)

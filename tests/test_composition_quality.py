@@ -1,9 +1,9 @@
 """The cross-domain claim in miniature on the shipped toy model, on fresh cases drawn from a seed
-(``tficon.toy.pairs``). Thresholds sit a little below what the shipped model reaches, printed by
-``python -m tficon.toy.composition_quality --repeats 1``: object in the box 6/12, in the background's
-domain 3/12, colour kept 3/12, PSNR outside the box 22.9 dB against the background's reconstruction. The
-shipped model is weak at this (see tficon/toy/README.md): these tests guard against regressions, they do not
-claim success."""
+(``tficon.toy.pairs``). Thresholds sit a little below what the shipped model reaches on this test's 12 cases
+(seed 0), printed by ``python -m tficon.toy.composition_quality --seed 0 --repeats 1``: object in the box 12/12,
+in the background's domain 11/12, colour kept 9/12, shape kept 11/12, median centroid offset 3.7 px, PSNR outside
+the box 24.5 dB against the background's reconstruction. Other seeds give lower figures (tficon/toy/README.md
+pools several): these cases guard against regressions, the README reports the model."""
 
 from __future__ import annotations
 
@@ -48,8 +48,10 @@ def scores():
 def test_composition_figures_do_not_regress(scores):
     figures, results = scores
     assert len(results) == 12
-    assert figures["object_in_box"] >= 0.33
-    assert figures["in_background_domain"] >= 0.08
-    assert figures["colour_kept"] >= 0.16
-    assert figures["psnr_outside_box_db"] >= 20.0
-    assert figures["tau_a_change"] > 0
+    assert figures["object_in_box"] >= 10 / 12
+    assert figures["in_background_domain"] >= 9 / 12
+    assert figures["colour_kept"] >= 7 / 12
+    assert figures["shape_kept"] >= 9 / 12
+    assert figures["median_centroid_offset_px"] <= 5.0
+    assert figures["psnr_outside_box_db"] >= 23.0
+    assert figures["tau_a_change"] > 0.002

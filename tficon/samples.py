@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from .toy.world import ObjectSpec, render_background, render_object
+from .toy.world import ObjectSpec, render_background, render_foreground
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,16 @@ def toy_sample(
     box: tuple[int, int, int, int] = (36, 18, 26, 26),
     image_size: int = 64,
 ) -> Sample:
-    """A cross-domain sample: a ``foreground_domain`` object pasted into a ``background_domain`` scene.
+    """A cross-domain sample: a ``foreground_domain`` object (tightly cropped) pasted into a ``background_domain`` scene.
 
     Geometry is in 64-px units and scaled to ``image_size``; the default box sits right of the scene
     object. The prompt describes the intended result: both objects in the background's style.
     """
     objects = [scene_object] if scene_object is not None else []
     background, _, scene = render_background(background_domain, objects, image_size=image_size)
-    foreground, mask = render_object(shape, colour, foreground_domain, size=20.0, image_size=image_size)
+    # Cropped tightly, as a user cuts out an object: the object then fills the target box (a loose crop would
+    # leave most of the box to fresh noise, since the foreground image is resized to the box).
+    foreground, mask = render_foreground(shape, colour, foreground_domain, size=20.0, margin=1, image_size=image_size)
     k = image_size / 64
     scaled_box = tuple(int(round(v * k)) for v in box)
     placed = ObjectSpec(shape, colour, ((box[0] + box[2] / 2), (box[1] + box[3] / 2)), box[2] / 2)

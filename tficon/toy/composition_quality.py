@@ -124,12 +124,20 @@ def _psnr_outside(a: torch.Tensor, b: torch.Tensor, window) -> float:
 
 def evaluate_case(model, case, *, tau_a_effect: bool = True, **config) -> PairResult:
     """Compose one ``tficon.toy.pairs.CompositionCase`` and score it (see the module docstring)."""
-    from tficon import io
     from tficon.session import Session
 
     sample = case.sample
     session = Session(model, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt,
                       mode=sample.mode, **config)
+    return score_composition(session, case, tau_a_effect=tau_a_effect)
+
+
+def score_composition(session, case, *, tau_a_effect: bool = True) -> PairResult:
+    """Score the composition of ``case`` that ``session`` (built on the case's sample) makes; with ``tau_a_effect``
+    the Session is then updated to the second tau_a of ``TAU_A_CHANGE`` to measure how much that changes."""
+    from tficon import io
+
+    sample = case.sample
     result = session.result
     window = session.placement.target_window
     det = detect(np.asarray(result))

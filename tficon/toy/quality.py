@@ -130,11 +130,17 @@ def generate(pipe, prompts: Sequence[str], seed: int = 0, batch: int = 16) -> li
     return images
 
 
-def single_object_scores(pipe, prompts: Sequence[tuple[str, str, str]], seed: int = 0) -> dict[str, float]:
-    """Fractions of samples whose detected domain / dominant colour / dominant shape / all three match."""
+def single_object_scores(
+    pipe, prompts: Sequence[tuple[str, str, str]], seed: int = 0, keep: list | None = None
+) -> dict[str, float]:
+    """Fractions of samples whose detected domain / dominant colour / dominant shape / all three match
+    (the samples are appended to ``keep`` when given)."""
     texts = [prompt_text(d, [(c, s)]) for d, c, s in prompts]
     hits = {"domain": 0, "colour": 0, "shape": 0, "all": 0}
-    for (domain, colour, shape), image in zip(prompts, generate(pipe, texts, seed)):
+    images = generate(pipe, texts, seed)
+    if keep is not None:
+        keep.extend(images)
+    for (domain, colour, shape), image in zip(prompts, images):
         found = detect(image)
         ok = (found.domain == domain, found.colour == colour, found.shape == shape)
         for key, value in zip(("domain", "colour", "shape"), ok):
@@ -212,7 +218,8 @@ def load_pipeline(model_dir: str | Path):
     """The toy pipeline (float32 on CPU), progress bars off."""
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(model_dir))  # weights are stored in float32
+    # The weights are stored in float16 (half the size); the figures are measured in float32, as a CPU runs them.
+    pipe = StableDiffusionPipeline.from_pretrained(str(model_dir), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -224,6 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", type=Path, default=MODEL_DIR, help="model folder (default: the shipped one)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--samples", type=Path, default=None,
+                        help="also save the single-object samples as one PNG (a row per domain)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -239,7 +248,10 @@ def main(argv: list[str] | None = None) -> dict:
     figures["vae_psnr_db"] = vae_psnr(pipe, images)
     print(f"2. VAE reconstruction PSNR, 64 held-out images: {figures['vae_psnr_db']:.2f} dB", flush=True)
 
-    figures["t2i_single"] = single_object_scores(pipe, single_object_prompts())
+    samples: list = []
+    figures["t2i_single"] = single_object_scores(pipe, single_object_prompts(), keep=samples)
+    if args.samples is not None:
+        _sample_sheet(samples, rows=4).save(args.samples)
     print("3a. text-to-image, 64 single-object prompts (CFG 5, 20 steps):", _fmt(figures["t2i_single"]), flush=True)
     figures["t2i_two"] = two_object_scores(pipe, two_object_prompts())
     print("3b. text-to-image, 16 two-object prompts:", _fmt(figures["t2i_two"]), flush=True)
@@ -263,6 +275,18 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return figures
+
+
+def _sample_sheet(images: list, rows: int):
+    """The images in a grid of ``rows`` rows, 2 px apart."""
+    from PIL import Image
+
+    cols = -(-len(images) // rows)
+    w, h = images[0].size
+    sheet = Image.new("RGB", (cols * (w + 2), rows * (h + 2)), "white")
+    for i, image in enumerate(images):
+        sheet.paste(image, ((i % cols) * (w + 2), (i // cols) * (h + 2)))
+    return sheet
 
 
 def _fmt(scores: dict) -> str:
