@@ -285,3 +285,23 @@ def test_attention_capture_respects_its_memory_budget(finished):
     assert sum(m.numel() * m.element_size() for m in bounded.values()) <= budget
     for key, value in bounded.items():
         assert torch.equal(value, everything[key])
+
+
+def test_the_toy_model_says_once_that_it_knows_only_its_world(monkeypatch):
+    """A prompt outside the toy world runs (CLIP's tokenizer takes it) and gets one plain notice per process."""
+    import warnings
+
+    from tficon import session as session_module
+    from tficon.models import load_model
+    from tficon.samples import demo_sample
+
+    monkeypatch.setitem(session_module._TOY_WORLD_NOTICE, "given", False)
+    model, s = load_model("toy"), demo_sample()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Session(model, s.background, s.foreground, s.foreground_mask, s.box, s.prompt)  # a toy-world prompt: silent
+        assert not [w for w in caught if "toy world" in str(w.message)]
+        for prompt in ("a professional photograph of a red star in a meadow", "a photo of a cat"):
+            Session(model, s.background, s.foreground, s.foreground_mask, s.box, prompt)
+    notices = [str(w.message) for w in caught if "toy world" in str(w.message)]
+    assert len(notices) == 1 and "'meadow'" in notices[0] and "'photograph'" in notices[0], notices

@@ -495,3 +495,25 @@ def test_explorer_on_an_already_run_session_shows_its_steps_and_updates(model, s
         assert not np.array_equal(ex.shown["result"], before)
     finally:
         ex.close()
+
+
+def test_step_tags_legend_composite_label_and_colour_bars(finished):
+    """The step strip explains its fg/bg/bl tags; the composite is called injected only at steps that inject; each
+    source heatmap carries a colour bar up to its own maximum."""
+    s = finished.session
+    assert all(word in finished.strip.title.value for word in ("fg", "bg", "bl", "foreground", "blend"))
+    finished.show_step(1)
+    assert finished.wait(60) and s.plans[1].fg
+    labels = dict((value, label) for label, value in finished.kind_choice.options)
+    assert labels["composite"] == "composite (injected)"
+    captions = [cell.children[1].value for cell in finished.sources_row.children]
+    heats = finished.shown["sources"]["heatmaps"]
+    assert all("linear-gradient" in c for c in captions)
+    assert f"{float(heats['composite'].max()):.3f}" in captions[0]
+    plain = max(k for k, plan in enumerate(s.plans) if plan.evaluate and not (plan.fg or plan.bg))
+    finished.show_step(plain)
+    assert finished.wait(60) and finished.shown["attention_step"] == plain
+    labels = dict((value, label) for label, value in finished.kind_choice.options)
+    assert labels["composite"].startswith("composite (no injection")
+    finished.show_step(1)
+    assert finished.wait(60)

@@ -37,8 +37,10 @@ step that raises leaves the Session exactly as it was.
 
 from __future__ import annotations
 
-import time
 import dataclasses
+import re
+import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -197,6 +199,8 @@ class Session:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
         self.model.encode_prompt(prompt)  # raises a clear error when it is longer than the encoder window
+        if self.model.family == "toy":
+            _notice_words_outside_the_toy_world(prompt)
         return prompt
 
     @staticmethod
@@ -634,6 +638,31 @@ class Session:
             "unet_calls": self.stats["unet_calls"],
             "sample_evals": self.stats["sample_evals"],
         }
+
+
+_TOY_WORLD_NOTICE = {"given": False}
+
+
+def _notice_words_outside_the_toy_world(prompt: str) -> None:
+    """Say once per process that the embedded model knows only its toy world, when a prompt leaves it.
+
+    Its tokenizer is CLIP's, so any prompt (an official TF-ICON one included) runs; words it never saw in
+    training simply mean nothing to it. Said once: a batch of such prompts should not repeat it per sample.
+    """
+    from tficon.toy.world import caption_words
+
+    known = set(caption_words())
+    unknown = sorted({w for w in re.findall(r"[\w']+|,", prompt.lower()) if w not in known})
+    if not unknown or _TOY_WORLD_NOTICE["given"]:
+        return
+    _TOY_WORLD_NOTICE["given"] = True
+    shown = ", ".join(repr(w) for w in unknown[:6]) + (", ..." if len(unknown) > 6 else "")
+    warnings.warn(
+        f"the embedded toy model knows only its toy world (4 shapes, 4 colours, 4 styles: python -m tficon.toy.quality "
+        f"shows it); the prompt's words {shown} mean nothing to it. Real photos and open prompts need Stable "
+        "Diffusion (tficon.load_model with a hub id or a local folder). Said once per process.",
+        stacklevel=4,
+    )
 
 
 def _official_mask_source(mask):

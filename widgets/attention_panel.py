@@ -120,6 +120,7 @@ class AttentionPanel(widgets.VBox):
         region_masks: Callable[[int, int], Mapping[str, torch.Tensor]] | None = None,
         query: tuple[int, int] | None = None,
         heading: str = "",
+        injected: bool = True,
     ) -> None:
         """Show new maps.
 
@@ -129,10 +130,11 @@ class AttentionPanel(widgets.VBox):
         region_masks: ``(h, w) -> {"box", "object", "background", "reference_object": bool (h, w)}``.
         query: the query pixel to start from (default: keep the current one, else the image centre).
         heading: HTML put before the title (e.g. which step).
+        injected: whether foreground or background injection was on in the captured call (names the composite).
         """
         self.maps = maps
         self.grids = maps_mod.layers_by_grid(maps, like=latent_grid)
-        self._context = {"frames": frames, "region_masks": region_masks, "heading": heading}
+        self._context = {"frames": frames, "region_masks": region_masks, "heading": heading, "injected": injected}
         if query is not None:
             self.query = query
         self._update_choices()
@@ -188,10 +190,13 @@ class AttentionPanel(widgets.VBox):
             self.layer_choice.options = options
             self.layer_choice.value = current if current in values else values[0]
             current_kind = self.kind_choice.value
-            self.kind_choice.options = [(maps_mod.KIND_LABELS[k], k) for k in kinds]
+            self.kind_choice.options = [(self._label(k), k) for k in kinds]
             self.kind_choice.value = current_kind if current_kind in kinds else kinds[0]
         finally:
             self._local.syncing = False
+
+    def _label(self, kind: str) -> str:
+        return maps_mod.kind_label(kind, self._context.get("injected", True))
 
     def render(self) -> None:
         """Redraw every view for the current choice and query."""
@@ -204,7 +209,7 @@ class AttentionPanel(widgets.VBox):
             attention = maps_mod.mean_map(self.maps, layers, kind)
         count = f"{len(layers)} layer{'s' if len(layers) > 1 else ''}"
         self.title.value = (
-            f"<span style='font-size:12px'>{self._context['heading']}{html.escape(maps_mod.KIND_LABELS[kind])} &middot; "
+            f"<span style='font-size:12px'>{self._context['heading']}{html.escape(self._label(kind))} &middot; "
             f"{grid[0]}&times;{grid[1]} ({count}) &middot; click the picture to pick a query</span>"
         )
         base = self.frame_for(kind)
@@ -250,7 +255,7 @@ class AttentionPanel(widgets.VBox):
             picture = render.heat_overlay(self.frame_for(kind), heat.numpy(), size=self.sources_row.size)
             scale = picture.shape[1] / width
             images.append(render.draw_marker(picture, (self.query[0] + 0.5) * scale, (self.query[1] + 0.5) * scale))
-            captions.append(f"{html.escape(maps_mod.KIND_LABELS[kind])}<br>max p = {float(heat.max()):.3f}")
+            captions.append(f"{html.escape(self._label(kind))}{render.colour_bar_html(float(heat.max()))}")
         self.sources_row.set(images, captions)
         self._sources_drawn += 1
         self.shown["sources"] = {"query": query, "grid": grid, "heatmaps": heats}

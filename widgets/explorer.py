@@ -58,6 +58,15 @@ def _flags(plan) -> str:
     return "<span style='font-size:10px'>" + " ".join(tags) + "</span>"
 
 
+#: What the step tags mean, shown under the step strip.
+FLAG_LEGEND = (
+    "<span style='font-size:10px;color:#555'>tags: "
+    "<span style='color:#d04020'>fg</span> foreground (composite) injection &middot; "
+    "<span style='color:#2060c0'>bg</span> background-logit injection &middot; "
+    "<span style='color:#208040'>bl</span> background latent blend</span>"
+)
+
+
 class Explorer(widgets.VBox):
     """Run, inspect and tune one ``tficon.Session`` in a notebook.
 
@@ -326,7 +335,11 @@ class Explorer(widgets.VBox):
         self.scrubber.add_class("tficon-scrubber")
         self.scrubber.observe(self._on_scrub, names="value")
         self.plan_label = widgets.HTML("")
-        self.strip = StepStrip(size=self.thumbnail_px, title="<span style='font-size:11px;color:#555'>x0 preview of the generation branch after each step (click to inspect)</span>")
+        self.strip = StepStrip(
+            size=self.thumbnail_px,
+            title="<span style='font-size:11px;color:#555'>x0 preview of the generation branch after each step "
+            f"(click to inspect)</span><br>{FLAG_LEGEND}",
+        )
         self.strip.observe(self._on_strip_select, names="selected")
         self.step_title = widgets.HTML("")
         self.channel_rows = ImageRow(size=3 * self.image_px // 2)
@@ -737,5 +750,6 @@ class Explorer(widgets.VBox):
             latent_grid=s.placement.latent_size,
             region_masks=s.region_masks,
             heading=f"step {k}'s UNet call {_flags(s.plans[k])} &middot; ",
+            injected=s.plans[k].fg or s.plans[k].bg,
         )
         self.shown["attention_step"] = k

@@ -22,6 +22,7 @@ import torch
 __all__ = [
     "KINDS",
     "KIND_LABELS",
+    "kind_label",
     "KEY_FRAME",
     "grid_for",
     "query_token",
@@ -43,6 +44,16 @@ KIND_LABELS = {
     "reference": "reference",
     "pseudo_cross": "pseudo-cross",
 }
+
+
+
+def kind_label(kind: str, injected: bool = True) -> str:
+    """The display name of a capture kind. The generation branch's conditional row is only a composite at steps
+    where foreground or background injection is on; elsewhere it is the branch's own attention, and says so."""
+    if kind == "composite" and not injected:
+        return "composite (no injection at this step: = own)"
+    return KIND_LABELS[kind]
+
 
 #: "target": keys on the target image grid; "reference": keys on the reference canvas grid.
 KEY_FRAME = {

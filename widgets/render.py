@@ -123,6 +123,17 @@ def colourise(values: np.ndarray, *, cmap: str = "inferno", vmin: float | None =
     return (rgba[..., :3] * 255.0 + 0.5).astype(np.uint8)
 
 
+def colour_bar_html(high: float, *, cmap: str = "inferno", stops: int = 6, label: str = "p") -> str:
+    """A small HTML colour bar for a heat map drawn by :func:`heat_overlay` (colour 0 -> ``high``)."""
+    colours = colourise(np.linspace(0.0, 1.0, stops)[None, :], cmap=cmap, vmin=0.0, vmax=1.0)[0]
+    gradient = ", ".join(f"rgb({r},{g},{b})" for r, g, b in colours)
+    return (
+        f"<div style='height:6px;margin-top:2px;background:linear-gradient(to right, {gradient})'></div>"
+        f"<div style='display:flex;justify-content:space-between;font-size:9px;color:#555'>"
+        f"<span>{label} = 0</span><span>{high:.3f}</span></div>"
+    )
+
+
 def heat_overlay(
     base: np.ndarray,
     heat: np.ndarray,
