@@ -629,10 +629,9 @@ def run_batch(
         raise ValueError(f"limit must be a positive integer, got {limit!r}")
     if config is not None and not isinstance(config, CompositionConfig):
         raise TypeError(f"config must be a tficon.CompositionConfig or None, got {type(config).__name__}")
-    if batch_samples is not None and batch_samples != "auto" and (
-        isinstance(batch_samples, bool) or not isinstance(batch_samples, int) or batch_samples < 1
-    ):
-        raise ValueError(f"batch_samples must be a positive integer, 'auto' or None, got {batch_samples!r}")
+    from .lockstep import check_count
+
+    check_count(batch_samples, "batch_samples", auto=True, none=True)
     log = log or tqdm.write
     state = process_state()
     if state is not None:

@@ -68,6 +68,9 @@ class InversionCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key) -> bool:
+        return key in self._entries
+
     def get(self, key) -> torch.Tensor | None:
         if key not in self._entries:
             return None
@@ -316,7 +319,7 @@ class Engine:
         wanted = []
         for latents, ids in zip(requests, time_ids):
             _, keys = self._inversion_keys(latents, steps, order, None, ids)
-            if all(self.inversions.get(key) is not None for key in keys):
+            if all(key in self.inversions for key in keys):
                 continue
             for i, (z, key) in enumerate(zip(latents, keys)):
                 with_ids = ids is not None and isinstance(e_star, Conditioning)
@@ -324,7 +327,7 @@ class Engine:
                 row = (_digest(z, embedding), steps, order)
                 rows.setdefault(row, (z, embedding))
                 wanted.append((key, row))
-        todo = [row for row in rows if self._batched.get(row) is None]
+        todo = [row for row in rows if row not in self._batched]
         evals = 0
         if todo:
             batch = torch.cat([rows[row][0] for row in todo]).float()

@@ -37,11 +37,12 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
+
+from .threads import torch_threads
 
 __all__ = ["CPU_BUDGET_BYTES", "ROW_CAPS", "LockstepStats", "auto_max_rows", "row_bytes", "run_lockstep"]
 
@@ -51,6 +52,20 @@ MAX_ROWS_PER_CELL = 5
 CPU_BUDGET_BYTES = 2 * 2**30
 #: The most rows ``"auto"`` puts into one call, per device type (CPU: no gain per row past about 20 rows).
 ROW_CAPS = {"cpu": 20, "cuda": 64}
+
+
+def check_count(value, name: str, *, auto: bool = False, none: bool = False):
+    """``value`` if it is a positive integer (or ``"auto"`` / None where allowed), else a ValueError naming ``name``.
+
+    The one rule for every batch size of the lockstep runner and its callers (max_rows, max_cells, batch_samples,
+    batch_cells)."""
+    if (auto and value == "auto") or (none and value is None):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        choices = ["a positive integer"] + (["'auto'"] if auto else []) + (["None"] if none else [])
+        allowed = ", ".join(choices[:-1]) + " or " + choices[-1] if len(choices) > 1 else choices[0]
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return value
 
 
 def row_bytes(model, latent_size: tuple[int, int]) -> int:
@@ -113,19 +128,6 @@ class _Slot:
         self.lane, self.session = lane, session
 
 
-@contextmanager
-def _torch_threads(threads: int | None):
-    if threads is None or threads == torch.get_num_threads():
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _latent_shape(session) -> tuple[int, ...]:
     f = session.model.vae_scale_factor
     return (session.model.latent_channels, session.image_size[0] // f, session.image_size[1] // f)
@@ -165,10 +167,8 @@ def run_lockstep(
     """
     if (sessions is None) == (lanes is None):
         raise ValueError("give either sessions (one queue) or lanes (a sequence of iterables), not both")
-    if max_rows != "auto" and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
-        raise ValueError(f"max_rows must be a positive integer or 'auto', got {max_rows!r}")
-    if max_cells is not None and (isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 1):
-        raise ValueError(f"max_cells must be a positive integer or None, got {max_cells!r}")
+    check_count(max_rows, "max_rows", auto=True)
+    check_count(max_cells, "max_cells", none=True)
     started = time.perf_counter()
     shared = iter(sessions) if sessions is not None else None
     waiting = [iter(lane) for lane in lanes] if lanes is not None else []
@@ -225,7 +225,7 @@ def run_lockstep(
             joining.append(nxt)
 
     try:
-        with _torch_threads(threads):
+        with torch_threads(threads):
             first = pull(None)
             if first is None:
                 return stats

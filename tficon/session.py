@@ -55,6 +55,7 @@ from .config import CompositionConfig
 from .engine import Engine, StepInputs, StepRecord, Track
 from .plan import StepPlan, step_plan
 from .schedule import InjectionSchedule, injection_schedule
+from .threads import torch_threads
 
 BRANCHES = ("generation", "background", "reference")
 
@@ -394,15 +395,8 @@ class Session:
     @contextmanager
     def _threads(self):
         """torch's CPU threads set to ``self.threads`` for the block (nothing changes when it is None)."""
-        if self.threads is None or self.threads == torch.get_num_threads():
+        with torch_threads(self.threads):
             yield
-            return
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
 
     def _grid(self) -> torch.Tensor:
         # on the model's device, so that solver coefficients never mix CPU and GPU tensors

@@ -504,10 +504,9 @@ def run_sweep(
     if engine is not None and engine.model is not model:
         raise ValueError("engine belongs to another model: pass engine.model as model, or no engine")
     base = (config or CompositionConfig()).replace(**config_changes)
-    if batch_cells is not None and batch_cells != "auto" and (
-        isinstance(batch_cells, bool) or not isinstance(batch_cells, int) or batch_cells < 1
-    ):
-        raise ValueError(f"batch_cells must be a positive integer, 'auto' or None, got {batch_cells!r}")
+    from .lockstep import check_count
+
+    check_count(batch_cells, "batch_cells", auto=True, none=True)
 
     # Every cell's settings, checked before any model work.
     cells = []

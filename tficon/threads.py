@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 __all__ = ["ThreadSettings", "apply_threads", "free_cores", "prepare_environment", "usable_cores"]
@@ -125,3 +126,19 @@ def _positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer (number of CPU threads), got {value!r}")
     return value
+
+
+@contextmanager
+def torch_threads(threads: int | None):
+    """torch's CPU thread count set to ``threads`` for the block and restored after it (None: left as it is)."""
+    import torch
+
+    if threads is None or threads == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
