@@ -20,14 +20,19 @@ measurement starts from what is really live. Where ``/proc`` cannot do this, a p
 resident set every millisecond instead (it can miss short peaks; the output says which method ran). Time:
 CPU time of the process (all threads) and wall time.
 
+``--step-device cuda`` runs the one-step measurements on the GPU instead (``torch.cuda.max_memory_allocated``
+above what was allocated before; wall time after a synchronize).
+
 On CUDA (``torch.cuda.is_available()``) it also runs a full 20-step composition (both inversions, the
-composition, decoding) of the SD 2.1-base architecture (``--composition-model sdxl``: SDXL base at 1024 px) in
+composition, decoding) of the SD 2.1-base architecture (``--composition-model sdxl``, or ``sd21 sdxl`` for both:
+SDXL base at 1024 px) in
 float16 at ``--size`` and reports ``torch.cuda.max_memory_allocated`` against the goal: 5 GB for SD 2.1-base,
 12 GB for SDXL (a 16 GB Colab GPU). ``--composition-device cpu`` runs the same on
 the CPU (with the resident-set method) to check the path on a machine without a GPU.
 
 Usage: python benchmarks/bench_memory.py [--models sd21 sd15 sdxl] [--size 512] [--dtypes float32 bfloat16]
-       [--repeats 2] [--threads 2] [--composition-device cuda|cpu|none] [--composition-model sd21|sdxl]
+       [--repeats 2] [--threads 2] [--step-device cpu|cuda] [--composition-device cuda|cpu|none]
+       [--composition-model sd21 sdxl]
 """
 
 from __future__ import annotations
@@ -121,9 +126,14 @@ class PeakMemory:
 
 
 @contextmanager
-def timed(result: dict):
+def timed(result: dict, device: str = "cpu"):
+    """CPU and wall time of a block; on CUDA the wall time waits for the queued kernels to finish."""
     cpu, wall = time.process_time(), time.perf_counter()
     yield
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
     result["cpu_s"], result["wall_s"] = time.process_time() - cpu, time.perf_counter() - wall
 
 
@@ -143,7 +153,7 @@ def _regions(size: int, levels: int):
     return lambda h, w: region_indices(place, mpad, h, w)
 
 
-def _layer_comparison(unet, name, controller, layout, dtype, memory: PeakMemory) -> dict:
+def _layer_comparison(unet, name, controller, layout, dtype, memory: PeakMemory, device: str = "cpu") -> dict:
     """The largest self-attention layer's composite: fused vs materialised N x N, on random q/k/v."""
     import torch
 
@@ -156,7 +166,7 @@ def _layer_comparison(unet, name, controller, layout, dtype, memory: PeakMemory)
     n = lh * lw
     d = attn.inner_dim // attn.heads
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(5, attn.heads, n, d, generator=g).to(dtype) for _ in range(3))
+    q, k, v = (torch.randn(5, attn.heads, n, d, generator=g).to(device, dtype) for _ in range(3))
     regions = controller.regions(n)
     outside = controller.outside_box(n, q.device)
 
@@ -173,7 +183,7 @@ def _layer_comparison(unet, name, controller, layout, dtype, memory: PeakMemory)
     with torch.no_grad():
         for label, fn in (("fused", fused), ("materialised", materialised), ("fused", fused)):  # fused twice: warm
             r = {}
-            with memory.measure() as m, timed(r):
+            with memory.measure() as m, timed(r, device):
                 outputs[label] = fn()
             rows[label] = dict(r, peak_bytes=m["peak_bytes"])
     rows["max_abs_difference"] = float((outputs["fused"].float() - outputs["materialised"].float()).abs().max())
@@ -181,7 +191,7 @@ def _layer_comparison(unet, name, controller, layout, dtype, memory: PeakMemory)
     return rows
 
 
-def worker(name: str, dtype_name: str, size: int, repeats: int, threads: int) -> dict:
+def worker(name: str, dtype_name: str, size: int, repeats: int, threads: int, device: str = "cpu") -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -191,18 +201,18 @@ def worker(name: str, dtype_name: str, size: int, repeats: int, threads: int) ->
     from tficon.attention import BatchLayout, InjectionController, composite_attention
 
     dtype = getattr(torch, dtype_name)
-    memory = PeakMemory("cpu")
+    memory = PeakMemory(device)
     built = time.perf_counter()
-    unet = arch.unet(name).to(dtype)
+    unet = arch.unet(name, device=device).to(dtype)
     build_s = time.perf_counter() - built
     config = unet.config
     latent = size // 8
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(5, config.in_channels, latent, latent, generator=g).to(dtype)
-    t = torch.full((5,), 500.0)
-    e = torch.randn(5, arch.TEXT_TOKENS, config.cross_attention_dim, generator=g).to(dtype)
-    extra5 = arch.extra_unet_inputs(name, 5, size, dtype)
-    extra2 = arch.extra_unet_inputs(name, 2, size, dtype)
+    x = torch.randn(5, config.in_channels, latent, latent, generator=g).to(device, dtype)
+    t = torch.full((5,), 500.0, device=device)
+    e = torch.randn(5, arch.TEXT_TOKENS, config.cross_attention_dim, generator=g).to(device, dtype)
+    extra5 = arch.extra_unet_inputs(name, 5, size, dtype, device)
+    extra2 = arch.extra_unet_inputs(name, 2, size, dtype, device)
     controller = InjectionController(latent_size=(latent, latent),
                                      region_fn=_regions(size, len(config.block_out_channels)))
     layout = BatchLayout(background=0, reference=1, pseudo_cross=2, uncond=3, cond=4, fg=True, bg=True)
@@ -223,15 +233,15 @@ def worker(name: str, dtype_name: str, size: int, repeats: int, threads: int) ->
         for pair in range(repeats + 1):
             for label, fn in (("plain", plain), ("injected", injected)):
                 r = {}
-                with memory.measure() as m, timed(r):
+                with memory.measure() as m, timed(r, device):
                     fn()
                 r["peak_bytes"] = m["peak_bytes"]
                 if pair > 0:  # pair 0 warms caches (oneDNN primitives, region indices)
                     runs[label].append(r)
     return dict(
-        model=name, dtype=dtype_name, size=size, threads=threads, memory_method=memory.method,
+        model=name, dtype=dtype_name, size=size, threads=threads, device=device, memory_method=memory.method,
         parameters=sum(p.numel() for p in unet.parameters()), build_s=build_s, runs=runs,
-        layer=_layer_comparison(unet, name, controller, layout, dtype, memory),
+        layer=_layer_comparison(unet, name, controller, layout, dtype, memory, device),
     )
 
 
@@ -252,7 +262,7 @@ def composition_worker(name: str, size: int, steps: int, device: str, threads: i
     parts = (model.unet, model.vae, model.text_encoder, model.text_encoder_2)
     weights = sum(p.numel() * p.element_size() for m in parts if m is not None for p in m.parameters())
     r = {}
-    with memory.measure() as m, timed(r):
+    with memory.measure() as m, timed(r, device):
         session = Session(model, sample.background, sample.foreground, sample.foreground_mask, sample.box,
                           sample.prompt, image_size=size, steps=steps)
         session.run()
@@ -290,7 +300,8 @@ def _summary(runs: list[dict], key: str) -> tuple[float, float]:
 
 def report(r: dict) -> None:
     print(f"\n== {r['model']} UNet ({r['parameters'] / 1e6:.0f} M parameters, random), {r['dtype']}, "
-          f"{r['size']}x{r['size']} (latents {r['size'] // 8}), {r['threads']} thread(s), "
+          f"{r['size']}x{r['size']} (latents {r['size'] // 8}), "
+          f"{'CUDA' if r.get('device') == 'cuda' else str(r['threads']) + ' CPU thread(s)'}, "
           f"{len(r['runs']['plain'])} measured pairs after a warm-up ==")
     for label, title in (("plain", "plain CFG step (batch 2)"), ("injected", "injected step (batch 5)")):
         runs = r["runs"][label]
@@ -299,8 +310,9 @@ def report(r: dict) -> None:
         print(f"{title:26s} peak +{_gb(peak)}   CPU {cpu[0]:6.1f} s min / {cpu[1]:6.1f} s median   "
               f"wall {wall[0]:6.1f} / {wall[1]:6.1f} s")
     p, i = r["runs"]["plain"], r["runs"]["injected"]
+    clock, clock_name = ("wall_s", "wall time") if r.get("device") == "cuda" else ("cpu_s", "CPU time")
     print(f"{'injected / plain':26s} memory {statistics.median(x['peak_bytes'] for x in i) / max(1, statistics.median(x['peak_bytes'] for x in p)):.2f}x   "
-          f"CPU time {_summary(i, 'cpu_s')[1] / _summary(p, 'cpu_s')[1]:.2f}x (median; batch 5 vs 2 alone is 2.5x)")
+          f"{clock_name} {_summary(i, clock)[1] / _summary(p, clock)[1]:.2f}x (median; batch 5 vs 2 alone is 2.5x)")
     layer = r["layer"]
     print(f"largest attn1 layer ({layer['tokens']} tokens, {layer['heads']} heads x {layer['head_dim']}), cond row "
           f"composite: fused +{_mb(layer['fused']['peak_bytes'])} {layer['fused']['cpu_s']:.2f} s CPU; "
@@ -329,18 +341,20 @@ def main(argv=None) -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--repeats", type=int, default=2, help="measured plain/injected pairs after the warm-up pair")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--step-device", choices=["cpu", "cuda"], default="cpu",
+                        help="where the one-step measurements run (cuda: torch.cuda.max_memory_allocated)")
     parser.add_argument("--steps", type=int, default=20, help="steps of the full composition")
     parser.add_argument("--composition-device", choices=["auto", "cuda", "cpu", "none"], default="auto",
                         help="auto: the full composition on CUDA when available, else skipped")
-    parser.add_argument("--composition-model", choices=["sd21", "sdxl"], default="sd21",
-                        help="architecture of the full composition (default size: its native 512 / 1024)")
-    parser.add_argument("--worker", nargs=3, metavar=("MODEL", "DTYPE", "SIZE"), help=argparse.SUPPRESS)
+    parser.add_argument("--composition-model", nargs="+", choices=["sd21", "sdxl"], default=["sd21"],
+                        help="architecture(s) of the full composition (default size: its native 512 / 1024)")
+    parser.add_argument("--worker", nargs=4, metavar=("MODEL", "DTYPE", "SIZE", "DEVICE"), help=argparse.SUPPRESS)
     parser.add_argument("--composition-worker", nargs=3, metavar=("MODEL", "SIZE", "DEVICE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
-        name, dtype, size = args.worker
-        print("RESULT " + json.dumps(worker(name, dtype, int(size), args.repeats, args.threads)))
+        name, dtype, size, device = args.worker
+        print("RESULT " + json.dumps(worker(name, dtype, int(size), args.repeats, args.threads, device)))
         return
     if args.composition_worker:
         name, size, device = args.composition_worker
@@ -354,7 +368,7 @@ def main(argv=None) -> None:
     for name in args.models:
         size = args.size or arch.NATIVE_SIZE[name]
         for dtype in args.dtypes:
-            report(_child(["--worker", name, dtype, str(size), "--repeats", str(args.repeats),
+            report(_child(["--worker", name, dtype, str(size), args.step_device, "--repeats", str(args.repeats),
                            "--threads", str(args.threads)], args.threads))
     device = args.composition_device
     if device == "auto":
@@ -364,9 +378,10 @@ def main(argv=None) -> None:
     if device == "none":
         print("\nfull composition: skipped (no CUDA device; --composition-device cpu runs it on the CPU)")
     else:
-        size = args.size or arch.NATIVE_SIZE[args.composition_model]
-        report_composition(_child(["--composition-worker", args.composition_model, str(size), device, "--steps", str(args.steps),
-                                   "--threads", str(args.threads)], args.threads))
+        for name in args.composition_model:
+            size = args.size or arch.NATIVE_SIZE[name]
+            report_composition(_child(["--composition-worker", name, str(size), device, "--steps", str(args.steps),
+                                       "--threads", str(args.threads)], args.threads))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nload average {load:.2f} at the end")
 

@@ -64,10 +64,14 @@ SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, b
                  set_alpha_to_one=False, steps_offset=1, skip_prk_steps=True, prediction_type="epsilon")
 
 
-def unet(name: str, *, seed: int = 0) -> UNet2DConditionModel:
-    """The named UNet architecture (``sd15``, ``sd21``, ``sdxl``) with seeded random weights, float32, eval."""
+def unet(name: str, *, seed: int = 0, device="cpu") -> UNet2DConditionModel:
+    """The named UNet architecture (``sd15``, ``sd21``, ``sdxl``) with seeded random weights, float32, eval.
+
+    Built directly on ``device`` (a GPU draws SDXL's 2.6 G random weights in a moment, a CPU takes minutes).
+    """
     torch.manual_seed(seed)
-    return UNet2DConditionModel(**UNET_CONFIGS[name]).eval().requires_grad_(False)
+    with torch.device(device):
+        return UNet2DConditionModel(**UNET_CONFIGS[name]).eval().requires_grad_(False)
 
 
 def extra_unet_inputs(name: str, batch: int, size: int, dtype: torch.dtype, device="cpu") -> dict:
@@ -93,6 +97,22 @@ def loaded_model(name: str, *, device, dtype, seed: int = 0):
         raise ValueError(f"a full model is built for {sorted(_TEXT_CONFIGS)} only, got {name!r}")
     torch.manual_seed(seed)
     sdxl = name == "sdxl"
+    with torch.device(device):  # drawn where they will run (see unet())
+        vae, text_encoder, second = _vae_and_text_encoders(name)
+    tokenizer = build_clip_tokenizer(TINY_WORDS, model_max_length=TEXT_TOKENS)
+    if sdxl:
+        second.update(tokenizer_2=tokenizer, force_zeros_for_empty_prompt=True)
+    return assemble_loaded_model(
+        vae=vae, unet=unet(name, seed=seed, device=device), text_encoder=text_encoder, tokenizer=tokenizer,
+        scheduler_config=dict(PNDMScheduler(**SCHEDULER).config),
+        family={"sd15": "sd1", "sd21": "sd2", "sdxl": "sdxl"}[name], spec=f"random:{name}",
+        exceptional_token_id=SD_EXCEPTIONAL_TOKEN_ID, image_size=NATIVE_SIZE[name], device=device, dtype=dtype,
+        **second,
+    )
+
+
+def _vae_and_text_encoders(name: str):
+    sdxl = name == "sdxl"
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
@@ -102,15 +122,7 @@ def loaded_model(name: str, *, device, dtype, seed: int = 0):
     text = dict(vocab_size=49408, max_position_embeddings=TEXT_TOKENS, layer_norm_eps=1e-5,
                 bos_token_id=0, eos_token_id=1, pad_token_id=1)
     text_encoder = CLIPTextModel(CLIPTextConfig(**text, **_TEXT_CONFIGS[name]))
-    tokenizer = build_clip_tokenizer(TINY_WORDS, model_max_length=TEXT_TOKENS)
     second = {}
     if sdxl:
-        second = dict(text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text, **_SDXL_TEXT_2)),
-                      tokenizer_2=tokenizer, force_zeros_for_empty_prompt=True)
-    return assemble_loaded_model(
-        vae=vae, unet=unet(name, seed=seed), text_encoder=text_encoder, tokenizer=tokenizer,
-        scheduler_config=dict(PNDMScheduler(**SCHEDULER).config),
-        family={"sd15": "sd1", "sd21": "sd2", "sdxl": "sdxl"}[name], spec=f"random:{name}",
-        exceptional_token_id=SD_EXCEPTIONAL_TOKEN_ID, image_size=NATIVE_SIZE[name], device=device, dtype=dtype,
-        **second,
-    )
+        second = dict(text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text, **_SDXL_TEXT_2)))
+    return vae, text_encoder, second
