@@ -238,15 +238,16 @@ def test_hub_id_fails_at_once_when_offline(monkeypatch):
 
 
 def test_hub_ids_without_hf_hub_offline_use_the_cache_or_fail_at_once(tmp_path):
-    """A fresh interpreter with HF_HUB_OFFLINE unset and a private HF cache holding one tiny pipeline:
-    the cached id loads; the missing id fails fast (no network: the probe fails; network: the hub says
+    """A fresh interpreter with HF_HUB_OFFLINE unset and a private HF cache holding two tiny pipelines (SD 2.x and
+    SDXL): the cached ids load; the missing id fails fast (no network: the probe fails; network: the hub says
     the repo does not exist)."""
     hf_home = tmp_path / "hf-home"
     commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = hf_home / "hub" / "models--tficon-tests--cached-tiny"
-    save_tiny_model(repo / "snapshots" / commit, "sd2-v", seed=4)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
+    for name, family in (("cached-tiny", "sd2-v"), ("cached-tiny-xl", "sdxl")):
+        repo = hf_home / "hub" / f"models--tficon-tests--{name}"
+        save_tiny_model(repo / "snapshots" / commit, family, seed=4)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commit)
     script = textwrap.dedent(
         f"""
         import json, os, time
@@ -268,6 +269,7 @@ def test_hub_ids_without_hf_hub_offline_use_the_cache_or_fail_at_once(tmp_path):
         outcomes = [attempt({NO_SUCH_HUB_ID!r}), attempt("tficon-tests/cached-tiny")]
         os.environ["HF_HUB_OFFLINE"] = "1"  # read by load_model at call time
         outcomes.append(attempt("tficon-tests/cached-tiny"))
+        outcomes.append(attempt("tficon-tests/cached-tiny-xl"))
         print("RESULT" + json.dumps(outcomes))
         """
     )
@@ -278,13 +280,15 @@ def test_hub_ids_without_hf_hub_offline_use_the_cache_or_fail_at_once(tmp_path):
     )
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT")]
     assert lines, result.stderr[-3000:]
-    missing, cached, cached_offline = json.loads(lines[-1].removeprefix("RESULT"))
+    missing, cached, cached_offline, cached_xl = json.loads(lines[-1].removeprefix("RESULT"))
     assert missing["type"] == "ModelNotAvailableError", missing
     assert missing["seconds"] < models.HUB_PROBE_TIMEOUT_S + 2
     assert NO_SUCH_HUB_ID in missing["message"] and '"toy"' in missing["message"]
     for outcome in (cached, cached_offline):
         assert outcome["type"] is None, outcome
         assert outcome["message"].startswith("tiny-sd2 (v_prediction), 64x64 images")
+    assert cached_xl["type"] is None, cached_xl
+    assert cached_xl["message"].startswith("tiny-sdxl (epsilon), 64x64 images"), cached_xl
 
 
 def test_single_file_without_cached_configs_explains_config_offline(tmp_path, monkeypatch):
