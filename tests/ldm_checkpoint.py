@@ -1,4 +1,5 @@
-"""Write a diffusers Stable Diffusion model as one original-layout (LDM / CompVis) checkpoint, for tests.
+"""Write a diffusers Stable Diffusion (1.x, 2.x, XL base) model as one original-layout (LDM / CompVis / Stability)
+checkpoint, for tests.
 
 The installed diffusers converts only one way, original -> diffusers (``diffusers.loaders.single_file_utils``,
 used by ``from_single_file``). This module is the inverse of exactly those functions: the fixed key pairs
@@ -7,10 +8,12 @@ come from the library's own ``DIFFUSERS_TO_LDM_MAPPING``, and each renaming belo
 ``convert_open_clip_checkpoint``. ``check_round_trip`` runs the library's converters on the result and
 requires the original state dicts back, key for key and bit for bit, so a wrong inverse cannot go unnoticed.
 
-Layouts: the UNet under ``model.diffusion_model.``, the VAE under ``first_stage_model.`` (attention
-projections as 1x1 convolutions), the text encoder either as SD 1.x's Hugging Face CLIP under
-``cond_stage_model.transformer.`` or as SD 2.x's OpenCLIP under ``cond_stage_model.model.`` (fused
-q/k/v ``in_proj`` tensors).
+Layouts: the UNet under ``model.diffusion_model.`` (SDXL's added-condition MLP as ``label_emb.0``), the VAE
+under ``first_stage_model.`` (attention projections as 1x1 convolutions), the text encoder either as SD 1.x's
+Hugging Face CLIP under ``cond_stage_model.transformer.`` or as SD 2.x's OpenCLIP under ``cond_stage_model.model.``
+(fused q/k/v ``in_proj`` tensors); SDXL base has both, the Hugging Face CLIP under
+``conditioner.embedders.0.transformer.`` and the OpenCLIP one, with its ``text_projection`` stored transposed
+(``x @ text_projection``), under ``conditioner.embedders.1.model.``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from diffusers.loaders.single_file_utils import (
 LDM_VAE_PREFIX = "first_stage_model."
 LDM_CLIP_PREFIX = "cond_stage_model.transformer."
 LDM_OPEN_CLIP_PREFIX = "cond_stage_model.model."
+# SDXL base (sgm's GeneralConditioner): embedder 0 is CLIP ViT-L, embedder 1 OpenCLIP bigG; the library reads
+# the first through LDM_CLIP_PREFIX_TO_REMOVE and the second with this prefix (create_diffusers_clip_model_from_ldm)
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 
 # The library's update_unet_resnet_ldm_to_diffusers renames, reversed (diffusers -> LDM).
 _UNET_RESNET = {
@@ -53,9 +60,15 @@ def _rename_module(suffix: str, table: dict[str, str]) -> str:
 
 
 def unet_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
-    """Inverse of ``convert_ldm_unet_checkpoint`` for an SD UNet (``config``: the UNet's config)."""
+    """Inverse of ``convert_ldm_unet_checkpoint`` for an SD or SDXL UNet (``config``: the UNet's config)."""
     per_level = config["layers_per_block"] + 1  # LDM: layers_per_block blocks, then a down/upsampler slot
-    fixed = {d: l for d, l in DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"].items()}
+    mapping = DIFFUSERS_TO_LDM_MAPPING["unet"]
+    fixed = dict(mapping["layers"])
+    # the embedding MLPs the library reads from label_emb.0, under the same conditions
+    if config.get("class_embed_type") in ("timestep", "projection"):
+        fixed.update(mapping["class_embed_type"])
+    if config.get("addition_embed_type") == "text_time":  # SDXL: pooled text + time ids
+        fixed.update(mapping["addition_embed_type"])
     up_has_attention = {i: "CrossAttn" in t for i, t in enumerate(config["up_block_types"])}
     out = {}
     for key, value in state.items():
@@ -120,15 +133,19 @@ def vae_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor
     return out
 
 
-def clip_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Inverse of ``convert_ldm_clip_checkpoint``: SD 1.x's Hugging Face CLIP under its LDM prefix."""
+def clip_to_ldm(state: dict[str, torch.Tensor], prefix: str = LDM_CLIP_PREFIX) -> dict[str, torch.Tensor]:
+    """Inverse of ``convert_ldm_clip_checkpoint``: a Hugging Face CLIP under ``prefix`` (SD 1.x's or SDXL's)."""
     # transformers >= 5.6 flattened CLIPTextModel (no "text_model." level); the checkpoint layout has one
-    return {LDM_CLIP_PREFIX + (k if k.startswith("text_model.") else "text_model." + k): v for k, v in state.items()}
+    return {prefix + (k if k.startswith("text_model.") else "text_model." + k): v for k, v in state.items()}
 
 
-def open_clip_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Inverse of ``convert_open_clip_checkpoint``: SD 2.x's OpenCLIP layout with fused q/k/v."""
-    state = {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in state.items()}
+def open_clip_to_ldm(state: dict[str, torch.Tensor], prefix: str = LDM_OPEN_CLIP_PREFIX) -> dict[str, torch.Tensor]:
+    """Inverse of ``convert_open_clip_checkpoint``: the OpenCLIP layout with fused q/k/v under ``prefix``
+    (SD 2.x's or SDXL's); a projection (SDXL's second encoder) is stored transposed, as OpenCLIP multiplies by it."""
+    # the flattened CLIPTextModel lacks the "text_model." level; CLIPTextModelWithProjection keeps it, and its
+    # text_projection sits beside it
+    top = ("text_model.", "text_projection.")
+    state = {(k if k.startswith(top) else "text_model." + k): v for k, v in state.items()}
     fixed = dict(DIFFUSERS_TO_LDM_MAPPING["openclip"]["layers"])
     renames = [(d, l) for d, l in DIFFUSERS_TO_LDM_MAPPING["openclip"]["transformer"].items() if "final" not in d]
     renames = [(d, l) for d, l in renames if "embeddings" not in d]
@@ -136,7 +153,7 @@ def open_clip_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     fused: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         if key in fixed:
-            out[LDM_OPEN_CLIP_PREFIX + fixed[key]] = value.T.contiguous() if key == "text_projection.weight" else value
+            out[prefix + fixed[key]] = value.T.contiguous() if key == "text_projection.weight" else value
             continue
         if not key.startswith("text_model.encoder.layers."):
             raise KeyError(f"no OpenCLIP name for text encoder key {key!r}")
@@ -146,31 +163,43 @@ def open_clip_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if m := re.fullmatch(r"(.+\.attn)\.([qkv])_proj\.(weight|bias)", name):
             fused.setdefault(f"{m[1]}.in_proj_{m[3]}", {})[m[2]] = value
             continue
-        out[LDM_OPEN_CLIP_PREFIX + "transformer." + name] = value
+        out[prefix + "transformer." + name] = value
     for name, parts in fused.items():
-        out[LDM_OPEN_CLIP_PREFIX + "transformer." + name] = torch.cat([parts["q"], parts["k"], parts["v"]])
+        out[prefix + "transformer." + name] = torch.cat([parts["q"], parts["k"], parts["v"]])
     return out
 
 
-def to_ldm_checkpoint(vae, unet, text_encoder, *, open_clip: bool) -> dict[str, torch.Tensor]:
-    """One original-layout state dict of the three modules (contiguous CPU tensors, ready to save)."""
-    text = text_encoder.state_dict()
-    text = {k: v for k, v in text.items() if not k.endswith("position_ids")}  # a buffer, not a weight
-    checkpoint = {
-        **unet_to_ldm(unet.state_dict(), unet.config),
-        **vae_to_ldm(vae.state_dict(), vae.config),
-        **(open_clip_to_ldm(text) if open_clip else clip_to_ldm(text)),
-    }
+def _text_weights(text_encoder) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in text_encoder.state_dict().items() if not k.endswith("position_ids")}  # a buffer
+
+
+def to_ldm_checkpoint(vae, unet, text_encoder, *, open_clip: bool = False, text_encoder_2=None) -> dict:
+    """One original-layout state dict of the modules (contiguous CPU tensors, ready to save).
+
+    ``open_clip``: the one text encoder in SD 2.x's OpenCLIP layout (else SD 1.x's). ``text_encoder_2``: an SDXL
+    base checkpoint, ``text_encoder`` as embedder 0 (Hugging Face CLIP) and ``text_encoder_2`` as embedder 1
+    (OpenCLIP with projection).
+    """
+    if text_encoder_2 is not None and open_clip:
+        raise ValueError("SDXL's first text encoder is stored as Hugging Face CLIP: open_clip=True does not apply")
+    text = _text_weights(text_encoder)
+    if text_encoder_2 is not None:
+        second = open_clip_to_ldm(_text_weights(text_encoder_2), SDXL_OPEN_CLIP_PREFIX)
+        texts = {**clip_to_ldm(text, SDXL_CLIP_PREFIX), **second}
+    else:
+        texts = open_clip_to_ldm(text) if open_clip else clip_to_ldm(text)
+    checkpoint = {**unet_to_ldm(unet.state_dict(), unet.config), **vae_to_ldm(vae.state_dict(), vae.config), **texts}
     return {k: v.detach().cpu().contiguous() for k, v in checkpoint.items()}
 
 
-def check_round_trip(checkpoint: dict, vae, unet, text_encoder, *, open_clip: bool) -> None:
-    """The library's converters must give back exactly the modules' state dicts."""
+def check_round_trip(checkpoint: dict, vae, unet, text_encoder, *, open_clip: bool = False, text_encoder_2=None):
+    """The library's converters must give back exactly the modules' state dicts (arguments: ``to_ldm_checkpoint``'s)."""
 
     def same(converted: dict, module, what: str) -> None:
-        expected = {k: v for k, v in module.state_dict().items() if not k.endswith("position_ids")}
-        converted = {k.removeprefix("text_model."): v for k, v in converted.items()} if what == "text" else converted
-        expected = {k.removeprefix("text_model."): v for k, v in expected.items()} if what == "text" else expected
+        expected = _text_weights(module) if what.startswith("text") else module.state_dict()
+        if what.startswith("text"):
+            converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
+            expected = {k.removeprefix("text_model."): v for k, v in expected.items()}
         assert converted.keys() == expected.keys(), (what, sorted(converted.keys() ^ expected.keys())[:5])
         bad = [k for k in expected if not torch.equal(converted[k], expected[k])]
         assert not bad, (what, bad[:5])
@@ -179,5 +208,8 @@ def check_round_trip(checkpoint: dict, vae, unet, text_encoder, *, open_clip: bo
     same(convert_ldm_vae_checkpoint(checkpoint, dict(vae.config)), vae, "vae")
     if open_clip:
         same(convert_open_clip_checkpoint(text_encoder, checkpoint, prefix=LDM_OPEN_CLIP_PREFIX), text_encoder, "text")
-    else:
+    else:  # the library strips SD 1.x's and SDXL's Hugging Face CLIP prefixes alike
         same(convert_ldm_clip_checkpoint(checkpoint), text_encoder, "text")
+    if text_encoder_2 is not None:
+        converted = convert_open_clip_checkpoint(text_encoder_2, checkpoint, prefix=SDXL_OPEN_CLIP_PREFIX)
+        same(converted, text_encoder_2, "text_encoder_2")

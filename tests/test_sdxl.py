@@ -393,6 +393,60 @@ def test_sdxl_checkpoint_files_pass_the_family_check(tmp_path, monkeypatch):
         load_model(refiner, device="cpu")
 
 
+def test_sdxl_single_file_in_the_original_layout_gives_the_folder_models_outputs(xl_folder, sample, tmp_path,
+                                                                                  monkeypatch):
+    """The tiny SDXL as one original-layout .safetensors (tests/ldm_checkpoint.py: UNet with label_emb, VAE, CLIP
+    under conditioner.embedders.0.transformer., OpenCLIP with its transposed text_projection under
+    conditioner.embedders.1.model.) loads offline with config= and runs as the folder model does. Its second encoder
+    has 2 blocks, so diffusers' own type check (a tensor of block 9) says "v1": tficon reads the SDXL layout instead."""
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+    from safetensors.torch import save_file
+
+    from ldm_checkpoint import SDXL_CLIP_PREFIX, SDXL_OPEN_CLIP_PREFIX, check_round_trip, to_ldm_checkpoint
+
+    parts = tiny_components("sdxl")  # the weights save_tiny_model wrote to xl_folder
+    modules = (parts["vae"], parts["unet"], parts["text_encoder"])
+    state = to_ldm_checkpoint(*modules, text_encoder_2=parts["text_encoder_2"])
+    check_round_trip(state, *modules, text_encoder_2=parts["text_encoder_2"])
+    assert {k.split(".")[0] for k in state} == {"model", "first_stage_model", "conditioner"}
+    add_embedding = parts["unet"].add_embedding.linear_1.weight
+    assert torch.equal(state["model.diffusion_model.label_emb.0.0.weight"], add_embedding)
+    assert all(any(k.startswith(p) for k in state) for p in (SDXL_CLIP_PREFIX, SDXL_OPEN_CLIP_PREFIX))
+    assert state[SDXL_OPEN_CLIP_PREFIX + "text_projection"].shape == (48, 40)  # width x projection, as OpenCLIP's
+    assert infer_diffusers_model_type(state) == "v1"
+    path = tmp_path / "tiny-sdxl.safetensors"
+    save_file(state, str(path))
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder_model = load_model(xl_folder, device="cpu")
+    model = load_model(path, device="cpu", config=xl_folder)
+    assert model.family == "tiny-sdxl" and model.is_sdxl and model.spec == str(path)  # tficon.json of config=
+    assert (model.image_size, model.prediction_type, model.latent_scaling) == (64, "epsilon", pytest.approx(0.13025))
+    assert model.force_zeros_for_empty_prompt
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        mine, theirs = getattr(model, part).state_dict(), getattr(folder_model, part).state_dict()
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), part
+
+    # both encoders' conditioning: the prompt's (hidden states of both, pooled of the second), e* and the empty one
+    for get in (lambda m: m.encode_prompt("a red cat in the city"), lambda m: m.exceptional_embedding(),
+                lambda m: m.unconditional_embedding()):  # fmt: skip
+        got, want = get(model), get(folder_model)
+        assert torch.equal(got.hidden, want.hidden) and torch.equal(got.pooled, want.pooled)
+    cond = model.encode_prompt("a red cat in the city")
+    assert cond.shape == (1, 77, 80) and cond.pooled.abs().mean() > 0.1
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.full((2,), 500.0)
+    for e in (cond, model.exceptional_embedding()):
+        got, want = Engine(model).unet(x, t, e), Engine(folder_model).unet(x, t, e)
+        assert torch.equal(got, want) and got.abs().mean() > 0.1
+
+    session = new_session(model, sample, steps=4).run()
+    expected = new_session(folder_model, sample, steps=4).run()
+    assert torch.equal(session.records[-1].generation.x, expected.records[-1].generation.x)
+    assert torch.equal(session.decode(), expected.decode())
+    assert session.result.size == (SIZE, SIZE) and session.result.tobytes() == expected.result.tobytes()
+
+
 # ------------------------------------------------------------------------------------------------ CLI, batch, Explorer
 def _write_inputs(folder, sample):
     folder.mkdir(parents=True, exist_ok=True)

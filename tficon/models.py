@@ -932,12 +932,17 @@ def _check_checkpoint(layout: dict, spec: str) -> str | None:
     """Refuse checkpoint files of families TF-ICON cannot drive, naming the family, before loading weights.
 
     Returns diffusers' model type: ``"v1"``, ``"v2"``, ``"xl_base"`` or None (undetermined)."""
-    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+    from diffusers.loaders.single_file_utils import CHECKPOINT_KEY_NAMES, infer_diffusers_model_type
 
     try:
         kind = infer_diffusers_model_type(layout)
     except Exception:  # a few families are told apart by tensor values, which shape-only tensors do not have
         kind = None
+    if kind == "v1" and CHECKPOINT_KEY_NAMES["open_clip_sdxl"] in layout:
+        # diffusers types SDXL base by a tensor of its second text encoder's 10th block and otherwise falls back to
+        # "v1"; a file with fewer blocks there (tficon.tiny's "sdxl") still has SDXL base's layout, whose second
+        # encoder diffusers' loader recognizes by this key. Loaded as SD it would lose that encoder.
+        kind = "xl_base"
     family = _CHECKPOINT_FAMILIES.get(kind) if kind else None
     if family is None and kind:
         family = next((name for p, name in _CHECKPOINT_FAMILY_PREFIXES.items() if kind.startswith(p)), None)
