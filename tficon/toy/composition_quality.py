@@ -5,7 +5,10 @@ a scene of another, every ordered domain pair, every shape and colour, boxes of 
 near edges), compose with TF-ICON's defaults and ask of each result:
 
 - is there an object centred inside the target box, of the foreground's colour and shape, and how far is its
-  centroid from the box centre?
+  centroid from where the pipeline placed the object (the object mask's centroid in the cut-and-paste)? That, not
+  the box centre, is the reference: the foreground is cropped to the object's bounding box and resized into the
+  box, so a perfectly placed triangle's centroid lies a sixth of the box height below the box centre (3.7 px in
+  a 26 px box), a star's about 1 px.
 - is it drawn in the BACKGROUND's domain (a flat star composed into an outline scene should become an
   outline star)? The object-level domain is read from the pixels inside the detected silhouette,
   with a nearest-centroid rule whose centroids come from rendered ground truth (``object_style``);
@@ -92,7 +95,7 @@ class PairResult:
     shape_ok: bool
     style: str | None  # the domain the composed object is drawn in
     background_domain: str
-    centroid_offset_px: float | None  # distance of the found object's centroid from the box centre
+    centroid_offset_px: float | None  # distance of the found object's centroid from the placed object's
     psnr_outside: float  # dB, result vs the background reconstruction, outside the target window
     psnr_outside_background: float  # dB, result vs the background image itself, outside the target window
     tau_a_change: float | None  # mean |pixel change| in [0, 1] when tau_a goes 0.4 -> 0.7
@@ -122,6 +125,18 @@ def _psnr_outside(a: torch.Tensor, b: torch.Tensor, window) -> float:
     return psnr(((a + 1) / 2)[:, keep][:, None], ((b + 1) / 2)[:, keep][:, None])
 
 
+def placed_centroid(session, size: tuple[int, int]) -> tuple[float, float]:
+    """``(x, y)`` of the object's centroid where the pipeline puts it: the object mask (on the reference canvas)
+    moved from the reference window to the target window, in an image of PIL ``size``."""
+    inputs = session.inputs
+    place = inputs.placement
+    rows, cols = np.nonzero(inputs.object_mask > 0.5)
+    height, width = inputs.object_mask.shape
+    x = cols.mean() + place.target_window.left - place.ref_window.left
+    y = rows.mean() + place.target_window.top - place.ref_window.top
+    return float(x * size[0] / width), float(y * size[1] / height)
+
+
 def evaluate_case(model, case, *, tau_a_effect: bool = True, **config) -> PairResult:
     """Compose one ``tficon.toy.pairs.CompositionCase`` and score it (see the module docstring)."""
     from tficon.session import Session
@@ -143,9 +158,7 @@ def score_composition(session, case, *, tau_a_effect: bool = True) -> PairResult
     det = detect(np.asarray(result))
     inside = [o for o in det.objects if window.top <= o.centre[1] < window.bottom and window.left <= o.centre[0] < window.right]
     obj = max(inside, key=lambda o: o.area) if inside else None
-    x, y, w, h = sample.box
-    scale_x, scale_y = result.width / sample.background.width, result.height / sample.background.height
-    centre = ((x + w / 2) * scale_x, (y + h / 2) * scale_y)
+    centre = placed_centroid(session, result.size)
     decoded = io.image_to_tensor(result)
     background = io.image_to_tensor(sample.background.convert("RGB").resize(result.size))
     change = None
