@@ -26,9 +26,13 @@ import torch
 
 
 def _psnr(a, b) -> float:
-    a, b = (np.asarray(x, dtype=np.float64) for x in (a, b))
-    mse = float(((a - b) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+    from tficon.metrics import as_unit_tensor, psnr
+
+    return psnr(as_unit_tensor(a), as_unit_tensor(b))
+
+
+def _max_pixel_difference(a, b) -> int:
+    return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
 
 
 def _synchronize(device: str) -> None:
@@ -79,7 +83,7 @@ def check_dtypes(name: str, steps: int, min_psnr: float, device: str) -> bool:
             ok &= finite
             continue
         psnr = _psnr(image, reference)
-        worst = int(np.abs(np.asarray(image, dtype=np.int16) - np.asarray(reference, dtype=np.int16)).max())
+        worst = _max_pixel_difference(image, reference)
         good = finite and psnr >= min_psnr
         ok &= good
         print(f"{name:10s} {where:4s} {str(dtype)[6:]:8s} {wall:6.2f} s  finite={finite}  PSNR vs CPU float32 "
@@ -105,8 +109,7 @@ def check_lockstep(steps: int, device: str) -> bool:
     stats = run_lockstep(together, max_rows="auto")
     _synchronize(device)
     wall = time.perf_counter() - started
-    worst = max(int(np.abs(np.asarray(s.result, dtype=np.int16) - np.asarray(a, dtype=np.int16)).max())
-                for s, a in zip(together, alone))
+    worst = max(_max_pixel_difference(s.result, a) for s, a in zip(together, alone))
     ok = worst <= 8
     print(f"lockstep, 4 toy samples, {device} float16: {wall:.2f} s, {stats.unet_calls} UNet calls "
           f"({stats.rows_per_call:.1f} rows each); largest pixel difference against one at a "

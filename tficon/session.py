@@ -41,7 +41,6 @@ import dataclasses
 import re
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -392,11 +391,9 @@ class Session:
     def records(self) -> tuple[StepRecord, ...]:
         return tuple(self._records)
 
-    @contextmanager
     def _threads(self):
         """torch's CPU threads set to ``self.threads`` for the block (nothing changes when it is None)."""
-        with torch_threads(self.threads):
-            yield
+        return torch_threads(self.threads)
 
     def _grid(self) -> torch.Tensor:
         # on the model's device, so that solver coefficients never mix CPU and GPU tensors
