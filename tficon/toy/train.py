@@ -80,30 +80,63 @@ COUNT_PROBS = (0.03, 0.45, 0.42, 0.10)
 CANVAS_BOX_RANGE = (14, 48)  # longer side (px) of the box a training canvas is placed for
 CANVAS_VAE_SHARE = 0.25  # share of VAE crops taken from canvases
 
-VAE_CONFIG = dict(
+#: Model configurations by the VAE's downsampling factor (``--latent-factor``). f = 4 is the shipped model:
+#: 16 x 16 latents, attention at 16, 8 and the 4 x 4 mid block. f = 2 gives 32 x 32 latents for the same
+#: 64 px world: the object and the scene's layout span four times as many latent cells (so the late, noisy
+#: steps of a composition have more to hold on to), and 2 x 2 cells can carry the stripe and hatching
+#: textures that a 4 x 4 cell of 4 channels averages away. Its UNet adds a convolution-only 32 x 32 level in
+#: front, so the attention grids stay 16, 8 and 4 (the 4 x 4 as the mid block) and a step costs about 30 % more.
+VAE_CONFIGS = {
+    4: dict(
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64),
+    ),
+    2: dict(
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(32, 64),
+    ),
+}
+VAE_COMMON = dict(
     in_channels=3,
     out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 3,
-    up_block_types=("UpDecoderBlock2D",) * 3,
-    block_out_channels=(32, 64, 64),
     layers_per_block=1,
     latent_channels=4,
     norm_num_groups=16,
     sample_size=IMAGE_SIZE,
     mid_block_add_attention=False,
 )
-UNET_CONFIG = dict(
-    sample_size=IMAGE_SIZE // 4,
+UNET_CONFIGS = {
+    4: dict(
+        block_out_channels=(64, 128, 128),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    ),
+    2: dict(
+        block_out_channels=(32, 64, 128, 128),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    ),
+}
+UNET_COMMON = dict(
     in_channels=4,
     out_channels=4,
-    block_out_channels=(64, 128, 128),
     layers_per_block=1,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     attention_head_dim=4,  # diffusers reads this as the number of heads
     cross_attention_dim=128,
     norm_num_groups=16,
 )
+
+
+def vae_config(latent_factor: int) -> dict:
+    return {**VAE_COMMON, **VAE_CONFIGS[latent_factor]}
+
+
+def unet_config(latent_factor: int) -> dict:
+    return {**UNET_COMMON, **UNET_CONFIGS[latent_factor], "sample_size": IMAGE_SIZE // latent_factor}
+
+
 TEXT_CONFIG = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4)
 SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000,
@@ -184,8 +217,9 @@ def progress(total: int, initial: int, desc: str):
 # ----------------------------------------------------------------------------------------------- data
 
 
-def reference_canvas(rng: np.random.Generator, image_size: int = IMAGE_SIZE) -> tuple[np.ndarray, str]:
-    """One reference canvas as the pipeline makes it: a tightly cropped object resized and centred on black."""
+def reference_canvas(rng: np.random.Generator, image_size: int = IMAGE_SIZE, latent_factor: int = 4) -> tuple[np.ndarray, str]:
+    """One reference canvas as the pipeline makes it for a model of ``latent_factor``: a tightly cropped object
+    resized and centred on black."""
     from tficon.placement import compute_placement, prepare_foreground
 
     domain = DOMAINS[rng.integers(len(DOMAINS))]
@@ -197,29 +231,30 @@ def reference_canvas(rng: np.random.Generator, image_size: int = IMAGE_SIZE) -> 
     side = int(rng.integers(CANVAS_BOX_RANGE[0], CANVAS_BOX_RANGE[1] + 1)) * image_size // IMAGE_SIZE
     corner = (image_size - side) // 2
     placement = compute_placement(
-        (corner, corner, side, side), foreground.size, (image_size, image_size), latent_factor=4, levels=3, clip=True
+        (corner, corner, side, side), foreground.size, (image_size, image_size), latent_factor=latent_factor,
+        levels=len(UNET_CONFIGS[latent_factor]["block_out_channels"]), clip=True
     )
     reference, _ = prepare_foreground(foreground, mask, placement)
     pixels = reference.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     return pixels, canvas_caption(shape, colour, domain)
 
 
-def render_example(seed: int, index: int, canvas_fraction: float) -> tuple[np.ndarray, str, bool]:
+def render_example(seed: int, index: int, canvas_fraction: float, latent_factor: int = 4) -> tuple[np.ndarray, str, bool]:
     """Example ``index`` of the data set: (uint8 image (64, 64, 3), caption, is it a reference canvas)."""
     rng = np.random.default_rng([seed, index])
     if rng.random() < canvas_fraction:
-        pixels, caption = reference_canvas(rng)
+        pixels, caption = reference_canvas(rng, latent_factor=latent_factor)
         return pixels, caption, True
     image, caption, _ = render_scene(rng, image_size=IMAGE_SIZE, count_probs=COUNT_PROBS)
     return np.asarray(image), caption, False
 
 
-def render_dataset(count: int, seed: int, offset: int = 0, canvas_fraction: float = 0.1):
+def render_dataset(count: int, seed: int, offset: int = 0, canvas_fraction: float = 0.1, latent_factor: int = 4):
     """``count`` examples -> (uint8 images (count, 64, 64, 3), captions, bool is_canvas (count,))."""
     images = np.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     captions, canvas = [], np.zeros(count, dtype=bool)
     for i in range(count):
-        images[i], caption, canvas[i] = render_example(seed, offset + i, canvas_fraction)
+        images[i], caption, canvas[i] = render_example(seed, offset + i, canvas_fraction, latent_factor)
         captions.append(caption)
     return images, captions, canvas
 
@@ -227,12 +262,13 @@ def render_dataset(count: int, seed: int, offset: int = 0, canvas_fraction: floa
 # ----------------------------------------------------------------------------------------------- VAE
 
 
-def train_vae(images, is_canvas, held_out, steps: int, seed: int, work: Path, log: RunLog, checkpoint_every: int):
+def train_vae(images, is_canvas, held_out, steps: int, seed: int, work: Path, log: RunLog, checkpoint_every: int,
+              latent_factor: int = 4):
     """Train (or resume) the VAE; returns it in eval mode with its held-out PSNR on scenes and canvases."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**VAE_CONFIG).to(memory_format=torch.channels_last)
+    vae = AutoencoderKL(**vae_config(latent_factor)).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=5e-4, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_lambda(steps, 100, 0.1))
     generator = torch.Generator().manual_seed(seed + 1)
@@ -302,12 +338,12 @@ def encode_latents(vae, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]
 # ----------------------------------------------------------------------------------------------- UNet + text encoder
 
 
-def build_unet_and_text_encoder(tokenizer, seed: int):
+def build_unet_and_text_encoder(tokenizer, seed: int, latent_factor: int = 4):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed + 2)
-    unet = UNet2DConditionModel(**UNET_CONFIG)
+    unet = UNet2DConditionModel(**unet_config(latent_factor))
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         max_position_embeddings=MAX_TOKENS,
@@ -338,7 +374,7 @@ def train_unet(latent_mean, latent_std, scaling_factor, token_ids, empty_ids, va
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel, compute_snr
 
-    unet, text_encoder = build_unet_and_text_encoder(tokenizer, args.seed)
+    unet, text_encoder = build_unet_and_text_encoder(tokenizer, args.seed, args.latent_factor)
     warm_start_step = 0
     if args.init_from is not None:
         unet, text_encoder, warm_start_step = load_warm_start(args.init_from, unet, text_encoder)
@@ -522,14 +558,16 @@ def encoded_data(args, held_out, log: RunLog) -> dict:
         log(f"loaded {len(data['captions'])} encoded examples and the VAE from {latents_file}")
         return data
     t0 = time.time()
-    images, captions, is_canvas = render_dataset(args.images, args.seed, canvas_fraction=args.canvas_fraction)
+    images, captions, is_canvas = render_dataset(args.images, args.seed, canvas_fraction=args.canvas_fraction,
+                                                  latent_factor=args.latent_factor)
     log(f"rendered {args.images} examples ({int(is_canvas.sum())} canvases) in {time.time() - t0:.0f} s")
     if args.init_from is not None:
         vae = AutoencoderKL.from_pretrained(args.init_from / "vae", torch_dtype=torch.float32).eval()
         vae_quality = vae_scores(vae, *held_out)
         log(f"warm start: VAE from {args.init_from}, {vae_quality}")
     else:
-        vae, vae_quality = train_vae(images, is_canvas, held_out, args.vae_steps, args.seed, args.work, log, args.checkpoint_every)
+        vae, vae_quality = train_vae(images, is_canvas, held_out, args.vae_steps, args.seed, args.work, log, args.checkpoint_every,
+                                       args.latent_factor)
         log(f"VAE held-out PSNR: {vae_quality}", stage="vae_quality", **vae_quality)
     latent_mean, latent_std = encode_latents(vae, images)
     if args.init_from is None:
@@ -557,6 +595,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-steps", type=int, default=3000)
     parser.add_argument("--unet-steps", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latent-factor", type=int, choices=sorted(VAE_CONFIGS), default=4,
+                        help="the VAE's downsampling: 4 (16x16 latents, the shipped model) or 2 (32x32 latents)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint-every", type=int, default=250)
     parser.add_argument("--export-every", type=int, default=1000)
@@ -592,7 +632,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_flush_denormal(True)  # denormals slow CPU convolutions by up to 4x
 
     tokenizer = build_tokenizer(args.clip_bpe, args.tokenizer_from)
-    held_images, _, held_canvas = render_dataset(128, args.seed, offset=HELD_OUT_OFFSET, canvas_fraction=0.5)
+    held_images, _, held_canvas = render_dataset(128, args.seed, offset=HELD_OUT_OFFSET, canvas_fraction=0.5,
+                                                 latent_factor=args.latent_factor)
     held_out = (to_tensor(held_images), torch.from_numpy(held_canvas))
     data = encoded_data(args, held_out, log)
     vae, vae_quality, captions = data["vae"], data["vae_quality"], data["captions"]
@@ -605,7 +646,7 @@ def main(argv: list[str] | None = None) -> None:
         "exceptional_token_id": EXCEPTIONAL_TOKEN_ID,
         "exceptional_token": "rian",
         "image_size": IMAGE_SIZE,
-        "latent_size": IMAGE_SIZE // 4,
+        "latent_size": IMAGE_SIZE // args.latent_factor,
         "max_tokens": MAX_TOKENS,
         "training": {
             "command": command,
