@@ -34,7 +34,7 @@ import torch
 from tficon.metrics import psnr
 from tficon.toy.detector import FOREGROUND_DISTANCE, DetectedObject, detect
 from tficon.toy.pairs import composition_cases
-from tficon.toy.world import COLOURS, DOMAINS, SHAPES, render_object
+from tficon.toy.world import COLOURS, DOMAINS, SHAPES, ObjectSpec, render_object, render_spec
 
 TAU_A_CHANGE = (0.4, 0.7)  # tau_a before and after, for the "does the main control act" figure
 
@@ -46,15 +46,28 @@ def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
     return mask
 
 
+def _core(mask: np.ndarray) -> np.ndarray:
+    """The deeper half of ``mask``: the pixels at least half the mask's largest erosion depth from its edge.
+
+    Relative, not a fixed number of pixels: the outline domain's edge stroke is a few pixels wide whatever the
+    object's size, so a fixed erosion leaves a small outline circle mostly stroke and it read as striped or
+    flat. The deeper half of any outline object big enough to have a hole is bare paper."""
+    layers = [mask]
+    while True:
+        eroded = _erode(layers[-1], 1)
+        if not eroded.any():
+            break
+        layers.append(eroded)
+    return layers[len(layers) // 2]
+
+
 def _style_features(image: np.ndarray, obj: DetectedObject, background_rgb) -> np.ndarray:
-    """Per-object style features, roughly size-independent: ink fraction of the silhouette's interior
+    """Per-object style features, roughly size-independent: ink fraction of the silhouette's core
     (the edge stroke eroded away: ~1 flat, ~0 outline, in between for stripes and hatching), and the
     mean saturation and brightness of the inked pixels (pencil is desaturated and darker)."""
     rgb = image.astype(np.float32) / 255.0
     drawn = np.linalg.norm(image.astype(np.float32) - np.asarray(background_rgb, np.float32), axis=2) > FOREGROUND_DISTANCE
-    interior = _erode(obj.mask, max(2, round(image.shape[0] / 32)))
-    if not interior.any():
-        interior = obj.mask
+    interior = _core(obj.mask)
     inked = obj.mask & drawn
     maxc, minc = rgb.max(2), rgb.min(2)
     saturation = np.where(maxc > 0, (maxc - minc) / np.maximum(maxc, 1e-6), 0)
@@ -201,20 +214,28 @@ def composition_scores(model, seed: int = 0, repeats: int = 2, **config) -> tupl
     return scores, results
 
 
-def style_accuracy() -> float:
-    """Accuracy of ``object_style`` on rendered ground truth at another size than its centroids."""
-    hits = total = 0
+#: Object sizes (half-extent, 64-px units) the style reader is checked at: those a composed object takes
+#: (half the target box side, 10-17 px) and a smaller one.
+STYLE_CHECK_SIZES = (7.0, 10.0, 12.0, 14.0, 17.0)
+
+
+def style_accuracy(sizes=STYLE_CHECK_SIZES, seed: int = 0) -> dict[str, float]:
+    """Accuracy of ``object_style`` on rendered ground truth, per domain: every shape and colour at each of
+    ``sizes`` (other sizes than its centroids' 14), at centres drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    accuracy = {}
     for domain in DOMAINS:
-        for shape in SHAPES:
-            for colour in COLOURS:
-                image, _ = render_object(shape, colour, domain, size=10.0)
-                det = detect(np.asarray(image))
-                if det.dominant is None:
+        hits = total = 0
+        for size in sizes:
+            for shape in SHAPES:
+                for colour in COLOURS:
+                    centre = tuple(float(v) for v in rng.uniform(size + 3, 61 - size, 2))
+                    image = render_spec([ObjectSpec(shape, colour, centre, size)], domain)
+                    det = detect(np.asarray(image))
+                    hits += det.dominant is not None and object_style(image, det.dominant, det.background_rgb) == domain
                     total += 1
-                    continue
-                hits += object_style(image, det.dominant, det.background_rgb) == domain
-                total += 1
-    return hits / total
+        accuracy[domain] = hits / total
+    return accuracy
 
 
 def main(argv=None) -> dict:
@@ -229,7 +250,9 @@ def main(argv=None) -> dict:
     from tficon.models import load_model
 
     model = load_model(args.model)
-    print(f"object-style classifier accuracy on rendered ground truth: {style_accuracy():.3f}")
+    accuracy = style_accuracy()
+    print("object-style reader on rendered ground truth (sizes 7-17): "
+          + "  ".join(f"{d} {a:.3f}" for d, a in accuracy.items()))
     scores, results = composition_scores(model, seed=args.seed, repeats=args.repeats)
     for r in results:
         offset = "-" if r.centroid_offset_px is None else f"{r.centroid_offset_px:4.1f}"
