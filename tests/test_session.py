@@ -305,3 +305,8 @@ def test_the_toy_model_says_once_that_it_knows_only_its_world(monkeypatch):
             Session(model, s.background, s.foreground, s.foreground_mask, s.box, prompt)
     notices = [str(w.message) for w in caught if "toy world" in str(w.message)]
     assert len(notices) == 1 and "'meadow'" in notices[0] and "'photograph'" in notices[0], notices
+    # The notice follows the model's vocabulary: the toy model carries its caption words, Stable Diffusion none.
+    assert {"red", "star", "striped", "style"} <= model.vocabulary and "meadow" not in model.vocabulary
+    from tficon.tiny import tiny_model
+
+    assert tiny_model().vocabulary is None

@@ -290,6 +290,9 @@ class LoadedModel:
     text_encoder_2: object | None = None  # SDXL: the CLIPTextModelWithProjection
     tokenizer_2: object | None = None  # SDXL: its tokenizer
     force_zeros_for_empty_prompt: bool = False  # SDXL: the unconditional embedding is zeros (the pipeline's rule)
+    #: The words a closed-world model was trained on (the toy model's caption words), so that a prompt leaving
+    #: its world can be pointed out; None for open-vocabulary models (Stable Diffusion).
+    vocabulary: frozenset | None = None
     _prompt_cache: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
     _exceptional: torch.Tensor | None = field(default=None, init=False, repr=False)
 
@@ -569,7 +572,17 @@ def assemble_loaded_model(
         text_encoder_2=text_encoder_2,
         tokenizer_2=tokenizer_2,
         force_zeros_for_empty_prompt=bool(force_zeros_for_empty_prompt),
+        vocabulary=_closed_vocabulary(family),
     )
+
+
+def _closed_vocabulary(family: str) -> frozenset | None:
+    """The toy family was trained on captions of a fixed vocabulary; every other family is open."""
+    if family != "toy":
+        return None
+    from tficon.toy.world import caption_words
+
+    return frozenset(caption_words())
 
 
 # --------------------------------------------------------------------------------------------------------------

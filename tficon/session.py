@@ -199,8 +199,8 @@ class Session:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
         self.model.encode_prompt(prompt)  # raises a clear error when it is longer than the encoder window
-        if self.model.family == "toy":
-            _notice_words_outside_the_toy_world(prompt)
+        if self.model.vocabulary is not None:
+            _notice_words_outside_the_toy_world(prompt, self.model.vocabulary)
         return prompt
 
     @staticmethod
@@ -634,15 +634,12 @@ class Session:
 _TOY_WORLD_NOTICE = {"given": False}
 
 
-def _notice_words_outside_the_toy_world(prompt: str) -> None:
+def _notice_words_outside_the_toy_world(prompt: str, known: frozenset) -> None:
     """Say once per process that the embedded model knows only its toy world, when a prompt leaves it.
 
     Its tokenizer is CLIP's, so any prompt (an official TF-ICON one included) runs; words it never saw in
     training simply mean nothing to it. Said once: a batch of such prompts should not repeat it per sample.
     """
-    from tficon.toy.world import caption_words
-
-    known = set(caption_words())
     unknown = sorted({w for w in re.findall(r"[\w']+|,", prompt.lower()) if w not in known})
     if not unknown or _TOY_WORLD_NOTICE["given"]:
         return
