@@ -199,11 +199,13 @@ def worker(name: str, dtype_name: str, size: int, repeats: int, threads: int, de
     sys.path.insert(0, str(HERE))
     import sd_architectures as arch
     from tficon.attention import BatchLayout, InjectionController, composite_attention
+    from tficon.models import cast_module
 
     dtype = getattr(torch, dtype_name)
     memory = PeakMemory(device)
     built = time.perf_counter()
-    unet = arch.unet(name, device=device).to(dtype)
+    unet = arch.unet(name, device=device)
+    cast_module(unet, dtype)  # without diffusers' spurious "kept in float32" warning
     build_s = time.perf_counter() - built
     config = unet.config
     latent = size // 8

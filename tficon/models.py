@@ -553,7 +553,7 @@ def assemble_loaded_model(
     for module, module_dtype in modules:
         module.to(device=device)
         if module.dtype != module_dtype:
-            _cast(module, module_dtype)
+            cast_module(module, module_dtype)
         module.eval()
         module.requires_grad_(False)
     return LoadedModel(
@@ -590,7 +590,7 @@ def _closed_vocabulary(family: str) -> frozenset | None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
+def cast_module(module: torch.nn.Module, dtype: torch.dtype) -> None:
     """Cast ``module`` to ``dtype``.
 
     diffusers' ``ModelMixin.to`` warns that "modules should be kept in float32" on every dtype cast, also when the
