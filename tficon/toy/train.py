@@ -611,6 +611,11 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if not 0.0 <= args.canvas_fraction < 1.0:
         parser.error("--canvas-fraction must be in [0, 1)")
+    if args.init_from is not None:
+        warm = json.loads((args.init_from / "tficon.json").read_text())
+        if warm.get("latent_size", IMAGE_SIZE // 4) != IMAGE_SIZE // args.latent_factor:
+            parser.error(f"--init-from {args.init_from} has {warm['latent_size']}x{warm['latent_size']} latents: pass "
+                         f"--latent-factor {IMAGE_SIZE // warm['latent_size']}")
     args.work = args.work or args.out.with_name(args.out.name + ".work")
     args.resume = args.resume or args.export_only
     if args.work.exists() and any(args.work.iterdir()) and not args.resume:
