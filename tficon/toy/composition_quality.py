@@ -219,9 +219,12 @@ def composition_scores(model, seed: int = 0, repeats: int = 2, **config) -> tupl
 STYLE_CHECK_SIZES = (7.0, 10.0, 12.0, 14.0, 17.0)
 
 
-def style_accuracy(sizes=STYLE_CHECK_SIZES, seed: int = 0) -> dict[str, float]:
+def style_accuracy(sizes=STYLE_CHECK_SIZES, seed: int = 0, roundtrip=None) -> dict[str, float]:
     """Accuracy of ``object_style`` on rendered ground truth, per domain: every shape and colour at each of
-    ``sizes`` (other sizes than its centroids' 14), at centres drawn from ``seed``."""
+    ``sizes`` (other sizes than its centroids' 14), at centres drawn from ``seed``.
+
+    ``roundtrip``: an optional function applied to each rendered PIL image before it is read, e.g.
+    ``vae_roundtrip(model)``, to ask whether a model's VAE keeps each domain's look."""
     rng = np.random.default_rng(seed)
     accuracy = {}
     for domain in DOMAINS:
@@ -231,11 +234,28 @@ def style_accuracy(sizes=STYLE_CHECK_SIZES, seed: int = 0) -> dict[str, float]:
                 for colour in COLOURS:
                     centre = tuple(float(v) for v in rng.uniform(size + 3, 61 - size, 2))
                     image = render_spec([ObjectSpec(shape, colour, centre, size)], domain)
+                    if roundtrip is not None:
+                        image = roundtrip(image)
                     det = detect(np.asarray(image))
                     hits += det.dominant is not None and object_style(image, det.dominant, det.background_rgb) == domain
                     total += 1
         accuracy[domain] = hits / total
     return accuracy
+
+
+def vae_roundtrip(model):
+    """A function PIL image -> PIL image: encode with ``model``'s VAE (posterior mean) and decode."""
+    from tficon import io
+
+    vae = model.vae
+
+    def roundtrip(image):
+        x = io.image_to_tensor(image)[None].to(vae.device, vae.dtype)
+        with torch.no_grad():
+            decoded = vae.decode(vae.encode(x).latent_dist.mean).sample
+        return io.to_pil(decoded[0].float().clamp(-1, 1).cpu())
+
+    return roundtrip
 
 
 def main(argv=None) -> dict:
