@@ -3,7 +3,7 @@
 Usage::
 
     python -m tficon.toy.train --out DIR [--work DIR] [--resume] [--images 20000] [--vae-steps 3000]
-                               [--unet-steps 10000] [--seed 0] [--threads 2]
+                               [--unet-steps 10000] [--seed 0] [--threads 2] [--latent-factor 4]
 
 Writes a diffusers ``StableDiffusionPipeline`` folder (fp16 safetensors) plus ``tficon.json``. The run is
 built to take hours on two CPU cores and to survive interruptions:
@@ -23,7 +23,8 @@ Stages, all with fixed seeds and step-count (not time) schedules so a rerun repr
    resized and centred on black exactly as ``tficon.placement.prepare_foreground`` builds TF-ICON's
    reference image, captioned "a red star cutout on black, flat style" (words no normal prompt uses).
    The rest are toy-world scenes with 0-3 objects (more pairs than the world's default, for binding).
-2. VAE (``AutoencoderKL``, f=4, 4 latent channels, no mid attention so it is fully convolutional):
+2. VAE (``AutoencoderKL``, f=4 by default or 2 with ``--latent-factor 2``, see ``VAE_CONFIGS``; 4 latent
+   channels, no mid attention so it is fully convolutional):
    random 32x32 crops, a quarter of them from canvases (so black is reconstructed), batch 32, AdamW 5e-4,
    warm-up then cosine to 10 %, loss L1 + 0.5 MSE + 1e-6 KL. ``scaling_factor`` = 1 / std of the latents.
 3. Pre-encode every example once (posterior mean and std; sampled at every step).
