@@ -402,7 +402,9 @@ def train_unet(latent_mean, latent_std, scaling_factor, token_ids, empty_ids, va
         # An export names the command that trained the weights, not the one that exported them.
         meta["training"]["command"] = state.get("command", meta["training"]["command"])
         log(f"unet: resumed at step {start}/{steps}")
-    if args.export_only:
+    # --stop-after ends the run early without changing its schedule, which still spans --unet-steps.
+    end = min(steps, args.stop_after or steps)
+    if args.export_only or start >= end:  # nothing left to train: (re)write the checkpoint's EMA weights
         if not checkpoint.exists():
             raise SystemExit(f"--export-only: no UNet checkpoint in {args.work}")
         ema.copy_to(params)
@@ -415,8 +417,8 @@ def train_unet(latent_mean, latent_std, scaling_factor, token_ids, empty_ids, va
     unet.train()
     text_encoder.train()
     began, running = time.time(), []
-    bar = progress(steps, start, "unet")
-    for step in range(start, steps):
+    bar = progress(end, start, "unet")
+    for step in range(start, end):
         idx = torch.randint(len(latent_mean), (batch,), generator=generator)
         latents = latent_mean[idx] + latent_std[idx] * torch.randn(latent_mean[idx].shape, generator=generator)
         latents = latents * scaling_factor
@@ -443,14 +445,14 @@ def train_unet(latent_mean, latent_std, scaling_factor, token_ids, empty_ids, va
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(running):.4f}", refresh=False)
         done = step + 1
-        if done % LOG_EVERY == 0 or done == steps:
+        if done % LOG_EVERY == 0 or done == end:
             elapsed = time.time() - began
             log(f"unet step {done}/{steps} loss {np.mean(running):.4f} ({elapsed / 60:.1f} min this run)",
                 stage="unet", step=done, loss=float(np.mean(running)), lr=schedule.get_last_lr()[0], elapsed_s=round(elapsed, 1))
             running = []
-        if done % args.checkpoint_every == 0 or done == steps:
+        if done % args.checkpoint_every == 0 or done == end:
             save_checkpoint(checkpoint, parts, done, command=meta["training"]["command"])
-        if done % args.export_every == 0 or done == steps:
+        if done % args.export_every == 0 or done == end:
             ema.store(params)
             ema.copy_to(params)
             meta["training"]["unet_steps_done"] = done
@@ -595,6 +597,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--canvas-fraction", type=float, default=0.1, help="share of reference canvases")
     parser.add_argument("--vae-steps", type=int, default=3000)
     parser.add_argument("--unet-steps", type=int, default=10000)
+    parser.add_argument("--stop-after", type=int,
+                        help="end the UNet stage after this many steps (exported, checkpointed); the learning-rate "
+                             "schedule still spans --unet-steps, so a later --resume without it continues the same run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latent-factor", type=int, choices=sorted(VAE_CONFIGS), default=4,
                         help="the VAE's downsampling: 4 (16x16 latents, the shipped model) or 2 (32x32 latents)")
@@ -607,8 +612,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer-from", type=Path,
                         help="copy CLIP's tokenizer from this model folder (e.g. tficon/toy/model) instead of rebuilding it")
     args = parser.parse_args(argv)
-    for name in ("images", "vae_steps", "unet_steps", "checkpoint_every", "export_every"):
-        if getattr(args, name) < 1:
+    for name in ("images", "vae_steps", "unet_steps", "checkpoint_every", "export_every", "stop_after"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if not 0.0 <= args.canvas_fraction < 1.0:
         parser.error("--canvas-fraction must be in [0, 1)")
