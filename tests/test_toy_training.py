@@ -57,3 +57,18 @@ def test_a_run_without_resume_refuses_to_overwrite_its_work_folder(uninterrupted
 def test_stop_after_must_be_positive(tmp_path):
     with pytest.raises(SystemExit):
         train(["--out", str(tmp_path / "m"), *TINY, "--stop-after", "0"])
+
+
+def test_offset_noise_is_recorded_and_changes_only_the_unet_stage(uninterrupted, tmp_path):
+    """``--offset-noise`` trains on noise with a per-image, per-channel constant added: same data and VAE, other
+    UNet weights, and the export records it (the default run records 0)."""
+    out = tmp_path / "model"
+    train(["--out", str(out), *TINY, "--offset-noise", "0.1"])
+    plain_meta = json.loads((uninterrupted / "tficon.json").read_text())["training"]
+    offset_meta = json.loads((out / "tficon.json").read_text())["training"]
+    assert plain_meta["offset_noise"] == 0.0 and offset_meta["offset_noise"] == 0.1
+    assert "--offset-noise 0.1" in offset_meta["command"]
+    assert load_file(out / "vae" / "diffusion_pytorch_model.safetensors")["decoder.conv_out.weight"].equal(
+        load_file(uninterrupted / "vae" / "diffusion_pytorch_model.safetensors")["decoder.conv_out.weight"])
+    plain, offset = weights(uninterrupted), weights(out)
+    assert any(not plain[k].equal(offset[k]) for k in plain)

@@ -3,7 +3,8 @@
 Usage::
 
     python -m tficon.toy.train --out DIR [--work DIR] [--resume] [--images 20000] [--vae-steps 3000]
-                               [--unet-steps 10000] [--seed 0] [--threads 2] [--latent-factor 4]
+                               [--unet-steps 10000] [--stop-after N] [--seed 0] [--threads 2]
+                               [--latent-factor 4] [--offset-noise 0.0] [--init-from DIR]
 
 Writes a diffusers ``StableDiffusionPipeline`` folder (fp16 safetensors) plus ``tficon.json``. The run is
 built to take hours on two CPU cores and to survive interruptions:
@@ -33,7 +34,10 @@ Stages, all with fixed seeds and step-count (not time) schedules so a rerun repr
    trained jointly: epsilon MSE with min-SNR-5 weights, 10 % captions dropped to "" (classifier-free
    guidance), batch 64, AdamW 1e-3 (no weight decay on embeddings and norms), warm-up then cosine to 5 %,
    gradient clipping 1.0, EMA up to 0.9995 with warm-up (the EMA weights are exported). No flips: captions
-   list objects left to right.
+   list objects left to right. ``--offset-noise S`` adds S times one normal number per image and channel to
+   the noise: on 32x32 latents the mean of the starting noise (std 1/32 per channel) otherwise decides the
+   background's domain whatever the prompt says, because at the highest noise levels a 32x32 latent's mean
+   still carries the background, so the model learns to read it from there instead of from the text.
 
 The tokenizer is CLIP's own BPE, rebuilt from the merge list that the ``open-clip-torch`` wheel ships
 (``--clip-bpe`` takes a local copy; otherwise pip downloads the wheel, no model hub), or copied from a model
@@ -426,6 +430,8 @@ def train_unet(latent_mean, latent_std, scaling_factor, token_ids, empty_ids, va
         dropped = torch.rand(batch, generator=generator) < 0.1
         ids[dropped] = empty_ids
         noise = torch.randn(latents.shape, generator=generator)
+        if args.offset_noise:  # see --offset-noise: the latent's mean at high noise must read as noise, not signal
+            noise = noise + args.offset_noise * torch.randn(batch, noise.shape[1], 1, 1, generator=generator)
         timesteps = torch.randint(0, 1000, (batch,), generator=generator)
         a = alphas_cumprod[timesteps].sqrt().view(-1, 1, 1, 1)
         s = (1 - alphas_cumprod[timesteps]).sqrt().view(-1, 1, 1, 1)
@@ -600,6 +606,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stop-after", type=int,
                         help="end the UNet stage after this many steps (exported, checkpointed); the learning-rate "
                              "schedule still spans --unet-steps, so a later --resume without it continues the same run")
+    parser.add_argument("--offset-noise", type=float, default=0.0,
+                        help="UNet stage: add this much per-image, per-channel constant noise (offset noise) so the "
+                             "text, not the starting noise's mean, sets the background (needed at 32x32 latents)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latent-factor", type=int, choices=sorted(VAE_CONFIGS), default=4,
                         help="the VAE's downsampling: 4 (16x16 latents, the shipped model) or 2 (32x32 latents)")
@@ -666,6 +675,7 @@ def main(argv: list[str] | None = None) -> None:
             "vae_steps": args.vae_steps,
             "unet_steps": args.unet_steps,
             "seed": args.seed,
+            "offset_noise": args.offset_noise,
             "threads": args.threads,
             "init_from": None if args.init_from is None else json.loads((args.init_from / "tficon.json").read_text())["training"],
             **vae_quality,
