@@ -10,6 +10,7 @@ Prints, each on a fixed, seeded input set:
    CFG 5, one seeded sample per prompt; the fraction of images whose detected domain, dominant
    colour and dominant shape match the prompt. Single-object prompts: every colour x shape in
    every domain (64). Two-object prompts (16): count right, and both objects right left to right.
+   And whether the prompt, not the starting noise's channel means, sets the background's domain.
 4. **Inversion**: ``tficon.solver`` DPM-Solver++ (order 2, 20 steps) inversion to t = 1, then
    sampling back, unguided, conditioned on the exceptional prompt, the empty prompt or the
    caption; latent MSE and PSNR of the decoded result against the VAE reconstruction (which
@@ -163,6 +164,28 @@ def two_object_scores(pipe, prompts, seed: int = 1000) -> dict[str, float]:
     return {key: value / len(prompts) for key, value in hits.items()}
 
 
+def noise_mean_scores(pipe, seeds: int = 8) -> dict[str, float]:
+    """Does the prompt or the starting noise's mean set the background? Domain accuracy of one single-object
+    prompt per domain x ``seeds`` seeds, with each seed's own noise (``"own"``) and with every seed's channel
+    means replaced by those of the seed whose means are largest (``"shared_mean"``). A model that reads the
+    domain from the text scores the same on both; one that reads it from the noise's mean collapses to one domain.
+    """
+    size = pipe.unet.config.sample_size
+    noise = torch.stack([torch.randn(4, size, size, generator=torch.Generator().manual_seed(s)) for s in range(seeds)])
+    means = noise.mean(dim=(2, 3), keepdim=True)
+    strongest = means.flatten(1).norm(dim=1).argmax()
+    shared = noise - means + means[strongest]
+    scores = {}
+    for name, latents in (("own", noise), ("shared_mean", shared)):
+        right = 0
+        for i, domain in enumerate(DOMAINS):
+            text = prompt_text(domain, [(COLOURS[i % len(COLOURS)], SHAPES[i % len(SHAPES)])])
+            out = pipe([text] * seeds, num_inference_steps=STEPS, guidance_scale=GUIDANCE, latents=latents.clone())
+            right += sum(detect(image).domain == domain for image in out.images)
+        scores[name] = right / (seeds * len(DOMAINS))
+    return scores
+
+
 # ----------------------------------------------------------------------------- 4. inversion
 
 
@@ -255,6 +278,9 @@ def main(argv: list[str] | None = None) -> dict:
     print("3a. text-to-image, 64 single-object prompts (CFG 5, 20 steps):", _fmt(figures["t2i_single"]), flush=True)
     figures["t2i_two"] = two_object_scores(pipe, two_object_prompts())
     print("3b. text-to-image, 16 two-object prompts:", _fmt(figures["t2i_two"]), flush=True)
+    figures["t2i_noise_mean"] = noise_mean_scores(pipe)
+    print("3c. domain right, 4 prompts x 8 seeds, own noise / every seed given the largest seed's channel means:",
+          _fmt(figures["t2i_noise_mean"]), flush=True)
 
     try:
         figures["inversion"] = inversion_scores(pipe, meta["exceptional_token_id"], images[:16], captions[:16])
