@@ -1,9 +1,7 @@
 """The cross-domain claim in miniature on the shipped toy model, on fresh cases drawn from a seed
 (``tficon.toy.pairs``). Thresholds sit a little below what the shipped model reaches on this test's 12 cases
-(seed 0), printed by ``python -m tficon.toy.composition_quality --seed 0 --repeats 1``: object in the box 12/12,
-in the background's domain 9/12, colour kept 9/12, shape kept 11/12, median centroid offset 3.1 px (from where
-the object was placed), PSNR outside the box 24.5 dB against the background's reconstruction. Other seeds give lower figures (tficon/toy/README.md
-pools several): these cases guard against regressions, the README reports the model."""
+(seed 0; figures in ``test_composition_figures_do_not_regress``). Other seeds give other figures
+(tficon/toy/README.md pools 72 fresh cases): these cases guard against regressions, the README reports the model."""
 
 from __future__ import annotations
 
@@ -53,7 +51,7 @@ def test_cases_are_fresh_balanced_and_placeable():
     near_edge = [min(x, y, 64 - x - w, 64 - y - h) <= 2 for x, y, w, h in (c.sample.box for c in cases)]
     assert sum(near_edge) >= 8
     for case in cases:
-        compute_placement(case.sample.box, case.sample.foreground.size, (64, 64), 4, levels=3)
+        compute_placement(case.sample.box, case.sample.foreground.size, (64, 64), 2, levels=4)
         fg = np.asarray(case.sample.foreground_mask) > 0
         assert fg.mean() > 0.3  # tightly cropped: the object fills its image (a star fills 35 % of its box)
     assert [c.sample.box for c in composition_cases(seed=6)] != [c.sample.box for c in composition_cases(seed=5)]
@@ -93,15 +91,18 @@ def scores():
 
 
 def test_composition_figures_do_not_regress(scores):
+    """Seed 0's 12 cases, TF-ICON's defaults. The shipped model reads (composition_quality --seed 0 --repeats 1)
+    object in box 12/12, domain 10/12, colour 12/12, shape 12/12, median offset 1.59 px, PSNR outside the box
+    33.6 dB, tau_a 0.4 -> 0.7 changes 0.006 per pixel. The thresholds allow one case to flip."""
     figures, results = scores
     assert len(results) == 12
-    assert figures["object_in_box"] >= 10 / 12
-    assert figures["in_background_domain"] >= 8 / 12
-    assert figures["colour_kept"] >= 7 / 12
-    assert figures["shape_kept"] >= 9 / 12
-    assert figures["median_centroid_offset_px"] <= 4.0
-    assert figures["psnr_outside_box_db"] >= 23.0
-    assert figures["tau_a_change"] > 0.002
+    assert figures["object_in_box"] >= 11 / 12
+    assert figures["in_background_domain"] >= 9 / 12
+    assert figures["colour_kept"] >= 11 / 12
+    assert figures["shape_kept"] >= 11 / 12
+    assert figures["median_centroid_offset_px"] <= 2.5
+    assert figures["psnr_outside_box_db"] >= 31.0
+    assert figures["tau_a_change"] > 0.004
 
 
 def test_style_accuracy_through_a_vae_round_trip():

@@ -580,11 +580,12 @@ def test_too_large_or_too_small_objects_raise():
 @pytest.mark.parametrize(
     "image_size, factor, levels, mask_size, bbox, fg",
     [
-        ((64, 64), 4, 3, (64, 64), (30, 8, 24, 20), (90, 70)),  # toy model: 64 px, f = 4, grids 16/8/4
+        ((64, 64), 2, 4, (64, 64), (30, 8, 24, 20), (90, 70)),  # toy model: 64 px, f = 2, grids 32/16/8/4
+        ((64, 64), 4, 3, (64, 64), (30, 8, 24, 20), (90, 70)),  # the previous toy model: f = 4, grids 16/8/4
         ((768, 768), 8, 4, (768, 768), (100, 420, 260, 200), (500, 380)),  # SD at 768: grids 96/48/24/12
         ((256, 384), 8, 4, (256, 384), (230, 60, 120, 150), (200, 260)),  # non-square: grids 32x48 ... 4x6
     ],
-    ids=["toy-64", "sd-768", "256x384"],
+    ids=["toy-64", "toy-v2-64", "sd-768", "256x384"],
 )
 @pytest.mark.parametrize("geometry", ["official", "centred"])
 def test_other_sizes_stay_consistent(image_size, factor, levels, mask_size, bbox, fg, geometry):

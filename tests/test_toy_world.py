@@ -196,9 +196,9 @@ def test_detector_on_empty_and_bad_input():
 
 
 def test_training_configs_by_latent_factor():
-    """``--latent-factor 4`` builds exactly the shipped model's architecture; 2 gives 32x32 latents of the same
-    64 px world with the attention grids still at 16, 8 and 4 (the mid block), and reference canvases placed on
-    that model's grid."""
+    """``--latent-factor 2`` (the default) builds exactly the shipped model's architecture: 32x32 latents of the
+    64 px world with the attention grids at 16, 8 and 4 (the mid block), and reference canvases placed on that
+    model's grid. 4 gives the previous model's 16x16 latents with attention at the same grids."""
     import json
 
     import torch
@@ -207,23 +207,24 @@ def test_training_configs_by_latent_factor():
     from tficon.toy import MODEL_DIR
     from tficon.toy.train import reference_canvas, unet_config, vae_config
 
-    for part, config in (("vae", vae_config(4)), ("unet", unet_config(4))):
+    for part, config in (("vae", vae_config(2)), ("unet", unet_config(2))):
         shipped = json.loads((MODEL_DIR / part / "config.json").read_text())
         assert {k: shipped[k] for k in config} == {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
-    vae = AutoencoderKL(**vae_config(2)).eval()
-    unet = UNet2DConditionModel(**unet_config(2)).eval()
-    with torch.no_grad():
-        z = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
-        assert z.shape == (1, 4, 32, 32)
-        grids = set()
-        hooks = [m.register_forward_hook(lambda m, i, o: grids.add(i[0].shape[1]))
-                 for n, m in unet.named_modules() if n.endswith("attn1")]
-        out = unet(z, 10, encoder_hidden_states=torch.zeros(1, 77, 128)).sample
-        for h in hooks:
-            h.remove()
-    assert out.shape == z.shape
-    assert grids == {16 * 16, 8 * 8, 4 * 4}  # tokens per self-attention layer
+    for factor in (2, 4):
+        vae = AutoencoderKL(**vae_config(factor)).eval()
+        unet = UNet2DConditionModel(**unet_config(factor)).eval()
+        with torch.no_grad():
+            z = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
+            assert z.shape == (1, 4, 64 // factor, 64 // factor)
+            grids = set()
+            hooks = [m.register_forward_hook(lambda m, i, o: grids.add(i[0].shape[1]))
+                     for n, m in unet.named_modules() if n.endswith("attn1")]
+            out = unet(z, 10, encoder_hidden_states=torch.zeros(1, 77, 128)).sample
+            for h in hooks:
+                h.remove()
+        assert out.shape == z.shape
+        assert grids == {16 * 16, 8 * 8, 4 * 4}, factor  # tokens per self-attention layer
 
     pixels, caption = reference_canvas(np.random.default_rng(3), latent_factor=2)
     assert pixels.shape == (64, 64, 3) and caption.endswith("style") and "cutout on black" in caption

@@ -616,7 +616,7 @@ def compute_placement(
             coordinates, or a box ``(x, y, w, h)`` in working-image pixels.
         foreground_size: ``(W, H)`` of the original foreground image; its aspect ratio drives ``fg_size``.
         image_size: working size ``(H, W)``, multiples of ``latent_factor * 2**(levels - 1)``.
-        latent_factor: pixels per latent cell (8 for SD, 4 for the toy model).
+        latent_factor: pixels per latent cell (8 for SD, 2 for the toy model).
         box_rule: which blob of a multi-blob mask gives the bbox (``bbox_from_mask``); official ``"first"``.
         clip: if the target window or a target box leaves the image/grids, move the centre instead of raising:
             each axis keeps its requested fraction if it fits, else takes the nearest fraction on the official

@@ -5,7 +5,8 @@ Prints, each on a fixed, seeded input set:
 1. **Detector on ground truth**: how often :mod:`tficon.toy.detector` reads rendered scenes
    right (domain, colour and shape of single objects, object count, every object of a scene).
    This bounds how much the text-to-image figures below can be trusted.
-2. **VAE**: reconstruction PSNR (dB) on the 64 held-out images of the training script.
+2. **VAE**: reconstruction PSNR (dB) on the 64 held-out images and 64 held-out reference canvases of the
+   training script.
 3. **Text-to-image**: the plain ``StableDiffusionPipeline`` (its DPM-Solver++ scheduler), 20 steps,
    CFG 5, one seeded sample per prompt; the fraction of images whose detected domain, dominant
    colour and dominant shape match the prompt. Single-object prompts: every colour x shape in
@@ -269,7 +270,9 @@ def main(argv: list[str] | None = None) -> dict:
     meta = json.loads((Path(args.model) / "tficon.json").read_text())
     images, captions = held_out_images(64)
     figures["vae_psnr_db"] = vae_psnr(pipe, images)
-    print(f"2. VAE reconstruction PSNR, 64 held-out images: {figures['vae_psnr_db']:.2f} dB", flush=True)
+    figures["vae_psnr_canvases_db"] = vae_psnr(pipe, held_out_images(64, canvases=True)[0])
+    print(f"2. VAE reconstruction PSNR, 64 held-out images: {figures['vae_psnr_db']:.2f} dB; "
+          f"64 held-out reference canvases: {figures['vae_psnr_canvases_db']:.2f} dB", flush=True)
 
     samples: list = []
     figures["t2i_single"] = single_object_scores(pipe, single_object_prompts(), keep=samples)

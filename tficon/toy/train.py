@@ -24,12 +24,13 @@ Stages, all with fixed seeds and step-count (not time) schedules so a rerun repr
    resized and centred on black exactly as ``tficon.placement.prepare_foreground`` builds TF-ICON's
    reference image, captioned "a red star cutout on black, flat style" (words no normal prompt uses).
    The rest are toy-world scenes with 0-3 objects (more pairs than the world's default, for binding).
-2. VAE (``AutoencoderKL``, f=4 by default or 2 with ``--latent-factor 2``, see ``VAE_CONFIGS``; 4 latent
-   channels, no mid attention so it is fully convolutional):
+2. VAE (``AutoencoderKL``, f=2 by default, 32x32 latents, or the previous model's f=4 with ``--latent-factor 4``,
+   see ``VAE_CONFIGS``; 4 latent channels, no mid attention so it is fully convolutional):
    random 32x32 crops, a quarter of them from canvases (so black is reconstructed), batch 32, AdamW 5e-4,
    warm-up then cosine to 10 %, loss L1 + 0.5 MSE + 1e-6 KL. ``scaling_factor`` = 1 / std of the latents.
 3. Pre-encode every example once (posterior mean and std; sampled at every step).
-4. UNet (``UNet2DConditionModel``, self- and cross-attention at 16x16 and 8x8 plus the 4x4 mid block) and
+4. UNet (``UNet2DConditionModel``: at f=2 a convolution-only 32x32 level, then self- and cross-attention at
+   16x16 and 8x8 plus the 4x4 mid block, the same attention grids as at f=4) and
    a 4-layer, 128-wide ``CLIPTextModel`` with CLIP's real 49,408-token vocabulary and 77 positions,
    trained jointly: epsilon MSE with min-SNR-5 weights, 10 % captions dropped to "" (classifier-free
    guidance), batch 64, AdamW 1e-3 (no weight decay on embeddings and norms), warm-up then cosine to 5 %,
@@ -85,12 +86,13 @@ COUNT_PROBS = (0.03, 0.45, 0.42, 0.10)
 CANVAS_BOX_RANGE = (14, 48)  # longer side (px) of the box a training canvas is placed for
 CANVAS_VAE_SHARE = 0.25  # share of VAE crops taken from canvases
 
-#: Model configurations by the VAE's downsampling factor (``--latent-factor``). f = 4 is the shipped model:
-#: 16 x 16 latents, attention at 16, 8 and the 4 x 4 mid block. f = 2 gives 32 x 32 latents for the same
-#: 64 px world: the object and the scene's layout span four times as many latent cells (so the late, noisy
+#: Model configurations by the VAE's downsampling factor (``--latent-factor``). f = 4 was the previous
+#: model (v2): 16 x 16 latents, attention at 16, 8 and the 4 x 4 mid block. f = 2, the shipped model (v3), gives
+#: 32 x 32 latents for the same 64 px world: the object and the scene's layout span four times as many latent cells (so the late, noisy
 #: steps of a composition have more to hold on to), and 2 x 2 cells can carry the stripe and hatching
 #: textures that a 4 x 4 cell of 4 channels averages away. Its UNet adds a convolution-only 32 x 32 level in
 #: front, so the attention grids stay 16, 8 and 4 (the 4 x 4 as the mid block) and a step costs about 30 % more.
+LATENT_FACTOR = 2  # the shipped model's: 32x32 latents for 64 px images
 VAE_CONFIGS = {
     4: dict(
         down_block_types=("DownEncoderBlock2D",) * 3,
@@ -222,7 +224,7 @@ def progress(total: int, initial: int, desc: str):
 # ----------------------------------------------------------------------------------------------- data
 
 
-def reference_canvas(rng: np.random.Generator, image_size: int = IMAGE_SIZE, latent_factor: int = 4) -> tuple[np.ndarray, str]:
+def reference_canvas(rng: np.random.Generator, image_size: int = IMAGE_SIZE, latent_factor: int = LATENT_FACTOR) -> tuple[np.ndarray, str]:
     """One reference canvas as the pipeline makes it for a model of ``latent_factor``: a tightly cropped object
     resized and centred on black."""
     from tficon.placement import compute_placement, prepare_foreground
@@ -244,7 +246,7 @@ def reference_canvas(rng: np.random.Generator, image_size: int = IMAGE_SIZE, lat
     return pixels, canvas_caption(shape, colour, domain)
 
 
-def render_example(seed: int, index: int, canvas_fraction: float, latent_factor: int = 4) -> tuple[np.ndarray, str, bool]:
+def render_example(seed: int, index: int, canvas_fraction: float, latent_factor: int = LATENT_FACTOR) -> tuple[np.ndarray, str, bool]:
     """Example ``index`` of the data set: (uint8 image (64, 64, 3), caption, is it a reference canvas)."""
     rng = np.random.default_rng([seed, index])
     if rng.random() < canvas_fraction:
@@ -254,7 +256,7 @@ def render_example(seed: int, index: int, canvas_fraction: float, latent_factor:
     return np.asarray(image), caption, False
 
 
-def render_dataset(count: int, seed: int, offset: int = 0, canvas_fraction: float = 0.1, latent_factor: int = 4):
+def render_dataset(count: int, seed: int, offset: int = 0, canvas_fraction: float = 0.1, latent_factor: int = LATENT_FACTOR):
     """``count`` examples -> (uint8 images (count, 64, 64, 3), captions, bool is_canvas (count,))."""
     images = np.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     captions, canvas = [], np.zeros(count, dtype=bool)
@@ -268,7 +270,7 @@ def render_dataset(count: int, seed: int, offset: int = 0, canvas_fraction: floa
 
 
 def train_vae(images, is_canvas, held_out, steps: int, seed: int, work: Path, log: RunLog, checkpoint_every: int,
-              latent_factor: int = 4):
+              latent_factor: int = LATENT_FACTOR):
     """Train (or resume) the VAE; returns it in eval mode with its held-out PSNR on scenes and canvases."""
     from diffusers import AutoencoderKL
 
@@ -343,7 +345,7 @@ def encode_latents(vae, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]
 # ----------------------------------------------------------------------------------------------- UNet + text encoder
 
 
-def build_unet_and_text_encoder(tokenizer, seed: int, latent_factor: int = 4):
+def build_unet_and_text_encoder(tokenizer, seed: int, latent_factor: int = LATENT_FACTOR):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -610,8 +612,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="UNet stage: add this much per-image, per-channel constant noise (offset noise) so the "
                              "text, not the starting noise's mean, sets the background (needed at 32x32 latents)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--latent-factor", type=int, choices=sorted(VAE_CONFIGS), default=4,
-                        help="the VAE's downsampling: 4 (16x16 latents, the shipped model) or 2 (32x32 latents)")
+    parser.add_argument("--latent-factor", type=int, choices=sorted(VAE_CONFIGS), default=LATENT_FACTOR,
+                        help="the VAE's downsampling: 2 (32x32 latents, the shipped model) or 4 (16x16 latents, "
+                             "the model shipped before it)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint-every", type=int, default=250)
     parser.add_argument("--export-every", type=int, default=1000)
@@ -672,7 +675,7 @@ def main(argv: list[str] | None = None) -> None:
             "command": command,
             "images": args.images,
             "canvas_fraction": args.canvas_fraction,
-            "vae_steps": args.vae_steps,
+            "vae_steps": args.vae_steps if args.init_from is None else None,  # a warm start keeps its VAE
             "unet_steps": args.unet_steps,
             "seed": args.seed,
             "offset_noise": args.offset_noise,
