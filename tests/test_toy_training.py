@@ -72,3 +72,9 @@ def test_offset_noise_is_recorded_and_changes_only_the_unet_stage(uninterrupted,
         load_file(uninterrupted / "vae" / "diffusion_pytorch_model.safetensors")["decoder.conv_out.weight"])
     plain, offset = weights(uninterrupted), weights(out)
     assert any(not plain[k].equal(offset[k]) for k in plain)
+
+
+def test_stop_after_at_or_before_a_warm_start_says_so(uninterrupted, tmp_path):
+    """A warm start already at step 4 with ``--stop-after 2`` has nothing to train: a clear message, no traceback."""
+    with pytest.raises(SystemExit, match="already at UNet step 4"):
+        train(["--out", str(tmp_path / "m"), *TINY, "--init-from", str(uninterrupted), "--stop-after", "2"])

@@ -411,6 +411,8 @@ def train_unet(latent_mean, latent_std, scaling_factor, token_ids, empty_ids, va
     # --stop-after ends the run early without changing its schedule, which still spans --unet-steps.
     end = min(steps, args.stop_after or steps)
     if args.export_only or start >= end:  # nothing left to train: (re)write the checkpoint's EMA weights
+        if not checkpoint.exists() and not args.export_only:
+            raise SystemExit(f"--stop-after {end}: the warm start is already at UNet step {start}; nothing to train")
         if not checkpoint.exists():
             raise SystemExit(f"--export-only: no UNet checkpoint in {args.work}")
         ema.copy_to(params)
