@@ -78,3 +78,16 @@ def test_stop_after_at_or_before_a_warm_start_says_so(uninterrupted, tmp_path):
     """A warm start already at step 4 with ``--stop-after 2`` has nothing to train: a clear message, no traceback."""
     with pytest.raises(SystemExit, match="already at UNet step 4"):
         train(["--out", str(tmp_path / "m"), *TINY, "--init-from", str(uninterrupted), "--stop-after", "2"])
+
+
+def test_warm_start_from_a_folder_without_a_recorded_latent_size(tmp_path, capsys):
+    """Folders exported before v3 did not record ``latent_size`` (they had 16x16 latents): the mismatch is named,
+    not a KeyError."""
+    meta = json.loads((MODEL_DIR / "tficon.json").read_text())
+    del meta["latent_size"]
+    old = tmp_path / "old_model"
+    old.mkdir()
+    (old / "tficon.json").write_text(json.dumps(meta))
+    with pytest.raises(SystemExit):
+        train(["--out", str(tmp_path / "m"), *TINY, "--init-from", str(old)])
+    assert "has 16x16 latents: pass --latent-factor 4" in capsys.readouterr().err

@@ -21,6 +21,7 @@ Prints, each on a fixed, seeded input set:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -98,11 +99,19 @@ def held_out_images(count: int = 64, seed: int = 0, canvases: bool = False) -> t
 
     Scenes by default; ``canvases=True`` gives reference canvases (objects centred on black) instead.
     """
-    from tficon.toy.train import HELD_OUT_OFFSET, render_dataset, to_tensor
+    from tficon.toy.train import to_tensor
 
-    images, captions, is_canvas = render_dataset(4 * count, seed, offset=HELD_OUT_OFFSET, canvas_fraction=0.5)
+    images, captions, is_canvas = _held_out_render(4 * count, seed)
     chosen = np.flatnonzero(is_canvas == canvases)[:count]
     return to_tensor(images[chosen]), [captions[i] for i in chosen]
+
+
+@functools.lru_cache(maxsize=4)
+def _held_out_render(count: int, seed: int):
+    """The held-out examples, half scenes and half canvases, rendered once for both kinds (callers copy)."""
+    from tficon.toy.train import HELD_OUT_OFFSET, render_dataset
+
+    return render_dataset(count, seed, offset=HELD_OUT_OFFSET, canvas_fraction=0.5)
 
 
 def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -171,8 +180,8 @@ def noise_mean_scores(pipe, seeds: int = 8) -> dict[str, float]:
     means replaced by those of the seed whose means are largest (``"shared_mean"``). A model that reads the
     domain from the text scores the same on both; one that reads it from the noise's mean collapses to one domain.
     """
-    size = pipe.unet.config.sample_size
-    noise = torch.stack([torch.randn(4, size, size, generator=torch.Generator().manual_seed(s)) for s in range(seeds)])
+    shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in range(seeds)])
     means = noise.mean(dim=(2, 3), keepdim=True)
     strongest = means.flatten(1).norm(dim=1).argmax()
     shared = noise - means + means[strongest]

@@ -4,7 +4,7 @@ Usage::
 
     python -m tficon.toy.train --out DIR [--work DIR] [--resume] [--images 20000] [--vae-steps 3000]
                                [--unet-steps 10000] [--stop-after N] [--seed 0] [--threads 2]
-                               [--latent-factor 4] [--offset-noise 0.0] [--init-from DIR]
+                               [--latent-factor 2] [--offset-noise 0.0] [--init-from DIR]
 
 Writes a diffusers ``StableDiffusionPipeline`` folder (fp16 safetensors) plus ``tficon.json``. The run is
 built to take hours on two CPU cores and to survive interruptions:
@@ -86,13 +86,15 @@ COUNT_PROBS = (0.03, 0.45, 0.42, 0.10)
 CANVAS_BOX_RANGE = (14, 48)  # longer side (px) of the box a training canvas is placed for
 CANVAS_VAE_SHARE = 0.25  # share of VAE crops taken from canvases
 
+LATENT_FACTOR = 2  # the shipped model's (v3): 32x32 latents for 64 px images
+
 #: Model configurations by the VAE's downsampling factor (``--latent-factor``). f = 4 was the previous
-#: model (v2): 16 x 16 latents, attention at 16, 8 and the 4 x 4 mid block. f = 2, the shipped model (v3), gives
-#: 32 x 32 latents for the same 64 px world: the object and the scene's layout span four times as many latent cells (so the late, noisy
-#: steps of a composition have more to hold on to), and 2 x 2 cells can carry the stripe and hatching
-#: textures that a 4 x 4 cell of 4 channels averages away. Its UNet adds a convolution-only 32 x 32 level in
-#: front, so the attention grids stay 16, 8 and 4 (the 4 x 4 as the mid block) and a step costs about 30 % more.
-LATENT_FACTOR = 2  # the shipped model's: 32x32 latents for 64 px images
+#: model (v2): 16 x 16 latents, attention at 16, 8 and the 4 x 4 mid block. f = 2, the shipped model (v3),
+#: gives 32 x 32 latents for the same 64 px world: the object and the scene's layout span four times as many
+#: latent cells (so the late, noisy steps of a composition have more to hold on to), and 2 x 2 cells can carry
+#: the stripe and hatching textures that a 4 x 4 cell of 4 channels averages away. Its UNet adds a
+#: convolution-only 32 x 32 level in front, so the attention grids stay 16, 8 and 4 (the 4 x 4 as the mid
+#: block) and a step costs about 30 % more.
 VAE_CONFIGS = {
     4: dict(
         down_block_types=("DownEncoderBlock2D",) * 3,
@@ -411,10 +413,9 @@ def train_unet(latent_mean, latent_std, scaling_factor, token_ids, empty_ids, va
     # --stop-after ends the run early without changing its schedule, which still spans --unet-steps.
     end = min(steps, args.stop_after or steps)
     if args.export_only or start >= end:  # nothing left to train: (re)write the checkpoint's EMA weights
-        if not checkpoint.exists() and not args.export_only:
-            raise SystemExit(f"--stop-after {end}: the warm start is already at UNet step {start}; nothing to train")
         if not checkpoint.exists():
-            raise SystemExit(f"--export-only: no UNet checkpoint in {args.work}")
+            raise SystemExit(f"--export-only: no UNet checkpoint in {args.work}" if args.export_only else
+                             f"--stop-after {end}: the warm start is already at UNet step {start}; nothing to train")
         ema.copy_to(params)
         meta["training"]["unet_steps_done"] = start
         export(out, vae, unet, text_encoder, tokenizer, meta)
@@ -631,11 +632,12 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if not 0.0 <= args.canvas_fraction < 1.0:
         parser.error("--canvas-fraction must be in [0, 1)")
-    if args.init_from is not None:
-        warm = json.loads((args.init_from / "tficon.json").read_text())
-        if warm.get("latent_size", IMAGE_SIZE // 4) != IMAGE_SIZE // args.latent_factor:
-            parser.error(f"--init-from {args.init_from} has {warm['latent_size']}x{warm['latent_size']} latents: pass "
-                         f"--latent-factor {IMAGE_SIZE // warm['latent_size']}")
+    warm = None if args.init_from is None else json.loads((args.init_from / "tficon.json").read_text())
+    if warm is not None:
+        warm_latent = warm.get("latent_size", IMAGE_SIZE // 4)  # folders from before v3 did not record it
+        if warm_latent != IMAGE_SIZE // args.latent_factor:
+            parser.error(f"--init-from {args.init_from} has {warm_latent}x{warm_latent} latents: pass "
+                         f"--latent-factor {IMAGE_SIZE // warm_latent}")
     args.work = args.work or args.out.with_name(args.out.name + ".work")
     args.resume = args.resume or args.export_only
     if args.work.exists() and any(args.work.iterdir()) and not args.resume:
@@ -682,7 +684,7 @@ def main(argv: list[str] | None = None) -> None:
             "seed": args.seed,
             "offset_noise": args.offset_noise,
             "threads": args.threads,
-            "init_from": None if args.init_from is None else json.loads((args.init_from / "tficon.json").read_text())["training"],
+            "init_from": None if warm is None else warm["training"],
             **vae_quality,
             "torch": torch.__version__,
         },
