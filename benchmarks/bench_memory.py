@@ -144,8 +144,8 @@ def timed(result: dict, device: str = "cpu"):
 
 def _regions(size: int, levels: int):
     """region_fn for the demo sample's box and object at ``size`` (tficon's placement, as a Session builds it)."""
-    from tficon.placement import compute_placement, prepare_foreground, region_indices
-    from tficon.samples import toy_sample
+    from tficon.core.placement import compute_placement, prepare_foreground, region_indices
+    from tficon.toy.samples import toy_sample
 
     sample = toy_sample(image_size=size)
     place = compute_placement(sample.box, sample.foreground.size, (size, size), 8, levels=levels)
@@ -157,7 +157,7 @@ def _layer_comparison(unet, name, controller, layout, dtype, memory: PeakMemory,
     """The largest self-attention layer's composite: fused vs materialised N x N, on random q/k/v."""
     import torch
 
-    from tficon.attention import composite_logits, fused_composite_attention
+    from tficon.composition.attention import composite_logits, fused_composite_attention
 
     attn = next(m for n, m in unet.named_modules() if n.endswith("attn1"))  # down path first: the finest grid
     lh, lw = controller.latent_size
@@ -198,8 +198,9 @@ def worker(name: str, dtype_name: str, size: int, repeats: int, threads: int, de
     torch.set_flush_denormal(True)
     sys.path.insert(0, str(HERE))
     import sd_architectures as arch
-    from tficon.attention import BatchLayout, InjectionController, composite_attention
-    from tficon.models import cast_module
+
+    from tficon.composition.attention import BatchLayout, InjectionController, composite_attention
+    from tficon.model.loading import cast_module
 
     dtype = getattr(torch, dtype_name)
     memory = PeakMemory(device)
@@ -254,8 +255,9 @@ def composition_worker(name: str, size: int, steps: int, device: str, threads: i
     torch.set_num_threads(threads)
     sys.path.insert(0, str(HERE))
     import sd_architectures as arch
-    from tficon.samples import toy_sample
-    from tficon.session import Session
+
+    from tficon.composition.session import Session
+    from tficon.toy.samples import toy_sample
 
     dtype = torch.float16 if device == "cuda" else torch.float32
     memory = PeakMemory(device)

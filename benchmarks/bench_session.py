@@ -30,8 +30,8 @@ import argparse
 import ctypes
 import json
 import os
-import subprocess
 import statistics
+import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -43,10 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the of
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_memory import PeakMemory  # noqa: E402
-from tficon import solver  # noqa: E402
-from tficon.engine import Engine  # noqa: E402
-from tficon.samples import toy_sample  # noqa: E402
-from tficon.session import Session  # noqa: E402
+
+from tficon.composition.engine import Engine  # noqa: E402
+from tficon.composition.session import Session  # noqa: E402
+from tficon.core import solver  # noqa: E402
+from tficon.toy.samples import toy_sample  # noqa: E402
 
 
 def _pin_mmap_threshold() -> None:
@@ -59,10 +60,10 @@ def _pin_mmap_threshold() -> None:
 
 def _load(name: str):
     if name == "toy":
-        from tficon.models import load_model
+        from tficon.model.loading import load_model
 
         return load_model("toy")
-    from tficon.tiny import tiny_model
+    from tficon.model.tiny import tiny_model
 
     return tiny_model(name.removeprefix("tiny-"))
 
@@ -136,7 +137,8 @@ def bench(name: str, size: int, steps: int, pairs: int, tau_b: float, *, memory:
 
     # The composition stage alone: ours from inverted latents against the official structure, interleaved.
     from official_reference import official_composition
-    from tficon.placement import region_indices
+
+    from tficon.core.placement import region_indices
 
     levels = len(model.unet.config.block_out_channels)
     inputs = done.inputs

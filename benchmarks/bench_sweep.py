@@ -30,8 +30,8 @@ def main(argv=None) -> None:
     from tqdm.auto import tqdm
 
     import tficon
-    from tficon.engine import Engine
-    from tficon.samples import demo_sample
+    from tficon.composition.engine import Engine
+    from tficon.toy.samples import demo_sample
 
     torch.set_num_threads(args.threads)
     model = tficon.load_model(args.model)

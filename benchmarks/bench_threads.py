@@ -4,7 +4,7 @@ Each run is a fresh interpreter (OpenMP reads its wait policy only when torch lo
 embedded toy model and composes the demo sample. Configurations, interleaved so that a change in the
 machine's load hits all of them alike:
 
-- ``tficon default``: what the CLI does (``tficon.threads``: passive OpenMP wait policy, torch threads
+- ``tficon default``: what the CLI does (``tficon.core.threads``: passive OpenMP wait policy, torch threads
   capped to the free cores);
 - ``1 thread``: ``--threads 1``;
 - ``torch default``: neither (one spinning OpenMP thread per core).
@@ -31,17 +31,17 @@ CONFIGS = ("tficon default", "1 thread", "torch default")
 
 def _child(config: str, steps: int) -> None:
     """One composition in this process, under ``config``; prints one JSON line."""
-    from tficon import threads
+    from tficon.core import threads
 
     if config != "torch default":
         threads.prepare_environment()
     import torch
 
     settings = threads.apply_threads(1 if config == "1 thread" else None) if config != "torch default" else None
-    from tficon.config import CompositionConfig
-    from tficon.models import load_model
-    from tficon.samples import demo_sample
-    from tficon.session import Session
+    from tficon.composition.session import Session
+    from tficon.core.config import CompositionConfig
+    from tficon.model.loading import load_model
+    from tficon.toy.samples import demo_sample
 
     model = load_model("toy", device="cpu")
     s = demo_sample()
@@ -99,7 +99,7 @@ def main() -> None:
         load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     except (AttributeError, OSError):
         load = "n/a"
-    from tficon.threads import usable_cores
+    from tficon.core.threads import usable_cores
 
     print(f"toy model, demo sample, {args.steps} steps, {args.repeats} interleaved repeats; "
           f"{usable_cores()} usable cores, load average at start {load}")

@@ -1,4 +1,4 @@
-"""Throughput of batched compositions (tficon.lockstep) against one at a time: samples and sweep cells per minute.
+"""Throughput of batched compositions (tficon.run.lockstep) against one at a time: samples and sweep cells per minute.
 
     python benchmarks/bench_throughput.py                        # toy model at 64 px, tiny SD 2.x at 256 px
     python benchmarks/bench_throughput.py --steps 20 --repeats 3 --threads 2
@@ -28,7 +28,7 @@ import numpy as np
 
 
 def _samples(image_size: int):
-    from tficon.samples import toy_sample
+    from tficon.toy.samples import toy_sample
 
     out = []
     for background in ("outline", "striped", "pencil", "flat"):
@@ -45,8 +45,8 @@ def _timed(fn):
 
 
 def _one_at_a_time(model, samples, steps, size):
-    from tficon.engine import Engine
-    from tficon.session import Session
+    from tficon.composition.engine import Engine
+    from tficon.composition.session import Session
 
     engine = Engine(model)
     images = []
@@ -58,9 +58,9 @@ def _one_at_a_time(model, samples, steps, size):
 
 
 def _batched(model, samples, steps, size, per_call):
-    from tficon.engine import Engine
-    from tficon.lockstep import MAX_ROWS_PER_CELL, run_lockstep
-    from tficon.session import Session
+    from tficon.composition.engine import Engine
+    from tficon.composition.session import Session
+    from tficon.run.lockstep import MAX_ROWS_PER_CELL, run_lockstep
 
     engine = Engine(model)
     index, images = {}, {}
@@ -151,7 +151,7 @@ def main(argv=None) -> None:
     import torch
 
     import tficon
-    from tficon.tiny import tiny_model
+    from tficon.model.tiny import tiny_model
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)

@@ -26,7 +26,7 @@ import torch
 
 
 def _psnr(a, b) -> float:
-    from tficon.metrics import as_unit_tensor, psnr
+    from tficon.eval.metrics import as_unit_tensor, psnr
 
     return psnr(as_unit_tensor(a), as_unit_tensor(b))
 
@@ -41,7 +41,7 @@ def _synchronize(device: str) -> None:
 
 
 def _session(model, sample, steps: int):
-    from tficon.session import Session
+    from tficon.composition.session import Session
 
     return Session(model, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt,
                    image_size=64, steps=steps)
@@ -54,8 +54,8 @@ def _finite(session) -> bool:
 
 
 def _load(name: str, device: str, dtype: torch.dtype):
-    from tficon.models import load_model
-    from tficon.tiny import tiny_model
+    from tficon.model.loading import load_model
+    from tficon.model.tiny import tiny_model
 
     if name == "toy":
         return load_model("toy", device=device, dtype=dtype)
@@ -63,7 +63,7 @@ def _load(name: str, device: str, dtype: torch.dtype):
 
 
 def check_dtypes(name: str, steps: int, min_psnr: float, device: str) -> bool:
-    from tficon.samples import toy_sample
+    from tficon.toy.samples import toy_sample
 
     sample = toy_sample()
     ok = True
@@ -92,8 +92,8 @@ def check_dtypes(name: str, steps: int, min_psnr: float, device: str) -> bool:
 
 
 def check_lockstep(steps: int, device: str) -> bool:
-    from tficon.lockstep import run_lockstep
-    from tficon.samples import toy_sample
+    from tficon.run.lockstep import run_lockstep
+    from tficon.toy.samples import toy_sample
 
     model = _load("toy", device, torch.float16)
     samples = [toy_sample(shape=s, colour=c, box=b) for s, c, b in

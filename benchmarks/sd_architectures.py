@@ -89,9 +89,9 @@ def loaded_model(name: str, *, device, dtype, seed: int = 0):
 
     The tokenizer is tficon's small offline one (its ids fit the real vocabulary); only sizes matter here.
     """
-    from tficon.clip_tokenizer import build_clip_tokenizer
-    from tficon.models import SD_EXCEPTIONAL_TOKEN_ID, assemble_loaded_model
-    from tficon.tiny import TINY_WORDS
+    from tficon.model.loading import SD_EXCEPTIONAL_TOKEN_ID, assemble_loaded_model
+    from tficon.model.tiny import TINY_WORDS
+    from tficon.model.tokenizer import build_clip_tokenizer
 
     if name not in _TEXT_CONFIGS:
         raise ValueError(f"a full model is built for {sorted(_TEXT_CONFIGS)} only, got {name!r}")

@@ -1,6 +1,6 @@
 """Make docs/compositions.png: the first 8 fresh cross-domain cases of a seed, composed by the embedded model.
 
-Each row (``tficon.report.contact_sheet``): the case and the detector's reading of the result, then background with
+Each row (``tficon.run.report.contact_sheet``): the case and the detector's reading of the result, then background with
 the target box, foreground, pixel cut-and-paste and TF-ICON's result (default settings). The cases are the first 8 that ``tficon.toy.pairs.composition_cases``
 draws from the seed, not a selection; change ``--seed`` to see others.
 
@@ -15,8 +15,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 import tficon
-from tficon.io import to_pil
-from tficon.report import SheetRow, contact_sheet
+from tficon.core.io import to_pil
+from tficon.run.report import SheetRow, contact_sheet
 from tficon.toy.composition_quality import score_composition
 from tficon.toy.pairs import composition_cases
 

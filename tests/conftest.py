@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="module")
 def model():
     """The tiny random SD 2.x-shaped model (one per test module, so inversion caches never cross modules)."""
-    from tficon.tiny import tiny_model
+    from tficon.model.tiny import tiny_model
 
     return tiny_model("sd2")
 
@@ -22,7 +22,8 @@ def model():
 @pytest.fixture(scope="module")
 def sample():
     """The demo's cross-domain sample at the tiny models' working size."""
-    from tficon.samples import toy_sample
     from tiny_setup import SIZE
+
+    from tficon.toy.samples import toy_sample
 
     return toy_sample(image_size=SIZE)

@@ -40,7 +40,7 @@ from typing import Any, Iterator, Mapping, Optional
 import torch
 from torch import Tensor
 
-from tficon.solver import NoiseSchedule, multistep_update, step_order, time_grid, to_data_prediction
+from tficon.core.solver import NoiseSchedule, multistep_update, step_order, time_grid, to_data_prediction
 
 __all__ = [
     "BRANCH_BATCH_OFFICIAL",
@@ -427,7 +427,7 @@ def official_composition(
 
     Args:
         unet: a diffusers ``UNet2DConditionModel`` (its attn1 processors are swapped during the call, then restored).
-        schedule: the continuous-time :class:`tficon.solver.NoiseSchedule`.
+        schedule: the continuous-time :class:`tficon.core.solver.NoiseSchedule`.
         x_bg_T, x_ref_T, start: (1, C, h, w) latents at t = 1 (inverted background, inverted reference, start
             latent of gen).
         e_star, e_uncond, e_cond: (1, L, D) embeddings: exceptional prompt (orig/ref/cross), "" and the prompt (gen).

@@ -8,17 +8,17 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tficon.attention import (
+from tficon.composition.attention import (
     BatchLayout,
-    CompositeSelfAttention,
-    fused_composite_attention,
     CaptureRequest,
+    CompositeSelfAttention,
     InjectionController,
     composite_attention,
     composite_logits,
+    fused_composite_attention,
     self_attention_layers,
 )
-from tficon.placement import RegionIndex
+from tficon.core.placement import RegionIndex
 
 
 def _region(h, w, box, fg, fg_ref, ref_box=None):

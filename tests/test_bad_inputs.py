@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from tficon import io
-from tficon.checks import NonFiniteError
-from tficon.config import CompositionConfig
-from tficon.session import Session
 from tiny_setup import SIZE, new_session
+
+from tficon.composition.session import Session
+from tficon.core import io
+from tficon.core.checks import NonFiniteError
+from tficon.core.config import CompositionConfig
 
 
 def session_of(model, sample, **changes):
@@ -246,7 +246,7 @@ def test_explorer_shows_the_user_box_and_clears_errors(model, sample):
 
 def test_compose_returns_the_backgrounds_own_size_unless_asked_for_the_working_size(model, sample):
     """A background of another size than the working size comes back at its own size (as the CLI saves it)."""
-    from tficon.one_call import compose
+    from tficon.composition.one_call import compose
 
     big = sample.background.resize((SIZE * 2, SIZE * 2))
     scale = (2, 2)
@@ -268,7 +268,7 @@ def test_compose_returns_the_backgrounds_own_size_unless_asked_for_the_working_s
 
 
 def test_paste_back_keeps_the_outside_takes_the_inside_and_ramps_monotonically():
-    from tficon.placement import Box
+    from tficon.core.placement import Box
 
     rng = np.random.default_rng(0)
     original = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
@@ -299,7 +299,7 @@ def test_paste_back_keeps_the_outside_takes_the_inside_and_ramps_monotonically()
 
 
 def test_scale_window_rounds_outwards():
-    from tficon.placement import Box
+    from tficon.core.placement import Box
 
     assert io.scale_window(Box(4, 6, 10, 12), (16, 16), (40, 24)) == Box(10, 9, 25, 18)
     assert io.scale_window(Box(3, 3, 5, 5), (16, 16), (24, 24)) == Box(4, 4, 8, 8)  # 4.5 -> 4, 7.5 -> 8
@@ -307,8 +307,8 @@ def test_scale_window_rounds_outwards():
 
 
 def test_compose_paste_back_keeps_the_background_outside_the_feathered_window(model, sample):
-    from tficon.one_call import compose
-    from tficon.placement import Box
+    from tficon.composition.one_call import compose
+    from tficon.core.placement import Box
 
     big = sample.background.resize((SIZE * 2, SIZE * 2), Image.Resampling.LANCZOS)
     mask = np.zeros((big.height, big.width), bool)
@@ -340,7 +340,7 @@ def test_compose_paste_back_keeps_the_background_outside_the_feathered_window(mo
     ],
 )
 def test_bad_paste_back_options_are_refused_before_any_work(model, sample, options, error, message):
-    from tficon.one_call import compose
+    from tficon.composition.one_call import compose
 
     calls = model.unet.forward
     with pytest.raises(error, match=message):
@@ -534,12 +534,13 @@ def test_cli_refuses_bad_flags_before_the_model_loads(cli_files, capsys, monkeyp
 def test_an_interrupted_single_process_batch_resumes(model, tmp_path, monkeypatch, capsys):
     """Ctrl-C in the UNet of the second sample: `tficon batch` exits 130 naming the resume, keeps the finished
     sample and leaves no partial output; a re-run composes only what is missing and keeps the finished sample."""
-    import tficon.models
     from test_batch import GOOD, OUTPUT_FILES, RECORD_FILE, make_inputs
+
+    import tficon.model.loading
     from tficon.cli import main
 
     inputs, out = make_inputs(tmp_path), tmp_path / "out"
-    monkeypatch.setattr(tficon.models, "load_model", lambda *a, **k: model)  # the batch composes on this instance
+    monkeypatch.setattr(tficon.model.loading, "load_model", lambda *a, **k: model)  # the batch composes on this instance
     results = lambda: sorted(p.parent.relative_to(out).as_posix() for p in out.rglob(OUTPUT_FILES["result"]))  # noqa: E731
 
     def interrupt_after_the_first_sample(module, args):  # a pre-hook on the test's own UNet instance

@@ -17,8 +17,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tficon import io
-from tficon.batch import (
+from tficon.cli import main
+from tficon.core import io
+from tficon.core.config import CompositionConfig
+from tficon.core.placement import compute_placement, prepare_foreground
+from tficon.model.tiny import (
+    save_tiny_clip,  # noqa: E402
+    save_tiny_model,
+)
+from tficon.run.batch import (
     OUTPUT_FILES,
     RECORD_FILE,
     check_sample_files,
@@ -29,14 +36,8 @@ from tficon.batch import (
     role_of,
     run_batch,
 )
-from tficon.cli import main
-from tficon.config import CompositionConfig
-from tficon.placement import compute_placement, prepare_foreground
-from tficon.samples import toy_sample
-from tficon.tiny import save_tiny_model
+from tficon.toy.samples import toy_sample
 from tficon.toy.world import ObjectSpec, render_background, render_object
-
-from tficon.tiny import save_tiny_clip  # noqa: E402
 
 SIZE = 128
 STEPS = 6
@@ -229,7 +230,7 @@ def test_background_inversion_is_reused_between_samples_sharing_it(tree, first_r
     assert same == {"background": False, "reference": False}  # same mode inverts its own cut-and-paste
     assert _record(tree, GOOD[1])["run_index"] == _record(tree, GOOD[0])["run_index"] + 1
     # both images are inverted in one batch and results must not depend on the cache, so a partial hit saves no
-    # UNet work (tficon.engine): the two cross samples spend the same evaluations
+    # UNet work (tficon.composition.engine): the two cross samples spend the same evaluations
     assert _record(tree, GOOD[1])["sample_evals"] == _record(tree, GOOD[0])["sample_evals"]
 
 
@@ -255,7 +256,7 @@ def test_cut_and_paste_metrics_show_the_protocol(tree, first_run):
 
 def test_metrics_in_the_record_match_the_written_files(tree, first_run):
     """The FG MSE recomputed by hand from result.png and the inputs (placement and reference canvas rebuilt with
-    tficon.placement) equals the recorded one: the record describes the files."""
+    tficon.core.placement) equals the recorded one: the record describes the files."""
     record = _record(tree, GOOD[0])
     files = record["files"]
     placement = compute_placement(
@@ -323,7 +324,7 @@ def test_overlay_draws_box_target_and_outline(tree, first_run):
 
 def test_overlay_unit_geometry():
     """A 4x4 object mask pasted into an 8x8 window of a 32x32 image: the outline is the 12 border pixels."""
-    from tficon.placement import compute_placement
+    from tficon.core.placement import compute_placement
 
     place = compute_placement((8, 8, 8, 8), (8, 8), (32, 32), 4, levels=1)
     mpad = np.zeros((32, 32))
@@ -402,7 +403,7 @@ def test_a_folder_name_that_gives_an_empty_prompt_is_skipped_with_the_reason(tmp
 def test_batch_and_session_apply_one_mask_size_rule(tmp_path, model):
     # A user mask of another aspect ratio than its background: the batch and the Session refuse it alike, and a
     # scaled copy (same aspect ratio, twice the size) is accepted by both.
-    from tficon.session import Session
+    from tficon.composition.session import Session
 
     star = toy_sample(image_size=SIZE)
     for name, user_mask, accepted in (

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from tficon.cli import main
-from tficon.samples import toy_sample
-from tficon.tiny import save_tiny_model
+from tficon.model.tiny import save_tiny_model
+from tficon.toy.samples import toy_sample
 
 
 @pytest.fixture(scope="module")

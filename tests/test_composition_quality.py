@@ -40,7 +40,7 @@ def test_small_outline_objects_with_a_hole_read_as_outline():
 def test_cases_are_fresh_balanced_and_placeable():
     """Every ordered domain pair equally often, every shape and colour, some boxes at an edge; other seeds give
     other cases."""
-    from tficon.placement import compute_placement
+    from tficon.core.placement import compute_placement
 
     cases = composition_cases(seed=5, repeats=2)
     assert len(cases) == 24
@@ -60,12 +60,12 @@ def test_cases_are_fresh_balanced_and_placeable():
 def test_offset_is_measured_from_where_the_object_was_placed():
     """A perfect paste scores an offset of about 0 for every shape, also for a triangle, whose centroid lies
     3.7 px below the box centre in the demo's 26 px box (the box-centre reference counted that as drift)."""
-    from tficon import io
-    from tficon.models import load_model
-    from tficon.samples import toy_sample
-    from tficon.session import Session
+    from tficon.composition.session import Session
+    from tficon.core import io
+    from tficon.model.loading import load_model
     from tficon.toy.composition_quality import placed_centroid
     from tficon.toy.detector import detect
+    from tficon.toy.samples import toy_sample
 
     model = load_model("toy")
     for shape in ("triangle", "star", "circle", "square"):
@@ -85,7 +85,7 @@ def test_offset_is_measured_from_where_the_object_was_placed():
 
 @pytest.fixture(scope="module")
 def scores():
-    from tficon.models import load_model
+    from tficon.model.loading import load_model
 
     return composition_scores(load_model("toy"), seed=0, repeats=1)
 
@@ -108,7 +108,7 @@ def test_composition_figures_do_not_regress(scores):
 def test_style_accuracy_through_a_vae_round_trip():
     """``roundtrip`` passes each render through a function first: the identity changes nothing, and the shipped
     VAE keeps the flat and pencil looks (its loss of the stripes is reported in tficon/toy/README.md)."""
-    from tficon.models import load_model
+    from tficon.model.loading import load_model
     from tficon.toy.composition_quality import vae_roundtrip
 
     sizes = (10.0, 14.0)

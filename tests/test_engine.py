@@ -1,4 +1,4 @@
-"""tficon.engine, the one door to the UNet: batched inversion whose results do not depend on the cache,
+"""tficon.composition.engine, the one door to the UNet: batched inversion whose results do not depend on the cache,
 counting, one step from explicit inputs, and no state stuck onto model objects."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 
 import torch
-
-from tficon.engine import Engine
 from tiny_setup import new_session
+
+from tficon.composition.engine import Engine
 
 STEPS = 6
 ROOT = Path(__file__).resolve().parents[1]

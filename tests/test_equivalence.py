@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from official_reference import official_composition
-from tficon.placement import region_indices
-from tficon.samples import toy_sample
-from tficon.session import Session
-from tficon.tiny import tiny_model
 from tiny_setup import SIZE
+
+from tficon.composition.session import Session
+from tficon.core.placement import region_indices
+from tficon.model.tiny import tiny_model
+from tficon.toy.samples import toy_sample
 
 
 def _regions(session):

@@ -1,7 +1,7 @@
 """float16 and bfloat16 models on the CPU: every Session phase, attention capture, update / rewind, ``compose``,
 the CLI's ``--dtype`` and the Explorer's kernel side, on tiny SD 1.x- and 2.x-shaped models.
 
-Only the UNet and the VAE run in half precision (``tficon.engine`` casts at the door); the solver stays
+Only the UNet and the VAE run in half precision (``tficon.composition.engine`` casts at the door); the solver stays
 float32. The decoded result must stay close to the float32 one. Measured on these random tiny models
 (6 steps, guidance 5) in several runs while the attention processor changed: float16 25.5-33.8 dB,
 bfloat16 26.0-29.5 dB; a missing cast or a half-precision solver gives far less (or no image at all).
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_setup import SIZE, check_explorer_kernel_side, new_session
 
 import tficon
-from tficon.tiny import save_tiny_model, tiny_model
-from tiny_setup import SIZE, check_explorer_kernel_side, new_session
+from tficon.model.tiny import save_tiny_model, tiny_model
 
 STEPS = 6
 HALF = (torch.float16, torch.bfloat16)

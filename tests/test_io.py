@@ -7,9 +7,15 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from tficon import io
-from tficon.io import (
-    check_image_size, check_mask_size, image_to_tensor, load_image, load_mask, resize_background, to_pil,
+from tficon.core import io
+from tficon.core.io import (
+    check_image_size,
+    check_mask_size,
+    image_to_tensor,
+    load_image,
+    load_mask,
+    resize_background,
+    to_pil,
 )
 
 

@@ -1,4 +1,4 @@
-"""Several cells in one UNet call (Engine.run_steps, tficon.lockstep) and its uses (tficon.sweep(batch_cells=...),
+"""Several cells in one UNet call (Engine.run_steps, tficon.run.lockstep) and its uses (tficon.sweep(batch_cells=...),
 tficon batch --batch-samples).
 
 Batching changes the batch shape, so kernels round differently: results are compared with each cell's own run to
@@ -16,14 +16,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_setup import SIZE, new_session
 
 import tficon
 from tficon.cli import build_parser
-from tficon.engine import Engine, Track
-from tficon.lockstep import MAX_ROWS_PER_CELL, ROW_CAPS, auto_max_rows, row_bytes, run_lockstep
-from tficon.sweeps import evaluation_order, plan_lanes
-from tficon.tiny import tiny_model
-from tiny_setup import SIZE, new_session
+from tficon.composition.engine import Engine, Track
+from tficon.model.tiny import tiny_model
+from tficon.run.lockstep import MAX_ROWS_PER_CELL, ROW_CAPS, auto_max_rows, row_bytes, run_lockstep
+from tficon.run.sweeps import evaluation_order, plan_lanes
 
 STEPS = 6
 
@@ -119,7 +119,7 @@ def test_helper_rows_that_two_cells_share_run_once(model, sample, solo):
 
 
 def test_multi_cell_calls_refuse_attention_capture_and_mixed_sizes(model, sample, solo):
-    from tficon.attention import CaptureRequest
+    from tficon.composition.attention import CaptureRequest
 
     plan, previous, inputs = _request(solo[0], 1)
     captured = (plan, previous, dataclasses.replace(inputs, capture=CaptureRequest()))
@@ -292,13 +292,13 @@ def test_sweep_with_batched_cells_equals_the_sweep_without(model, sample):
     )
     six = _sweep(model, sample, grid, batch_cells=6)
     assert six.lanes == 6 and [c.first_step for c in six.cells] == [0] * 6
-    assert [c.sample_evals for c in six.cells] == [tficon.sweeps.independent_cost(c.config) for c in six.cells]
+    assert [c.sample_evals for c in six.cells] == [tficon.run.sweeps.independent_cost(c.config) for c in six.cells]
     for a, b in zip(six.cells, plain.cells):
         assert np.abs(np.asarray(a.image, float) - np.asarray(b.image, float)).max() <= 2, a.label()
 
 
 def test_lanes_keep_prefix_sharing_where_it_saves_more(model, sample):
-    from tficon.sweeps import SweepCell
+    from tficon.run.sweeps import SweepCell
 
     base = tficon.CompositionConfig(steps=10)
     cells = [
@@ -326,9 +326,9 @@ def test_sweep_refuses_a_bad_batch_cells(model, sample):
 
 def test_batch_samples_gives_the_same_images(tmp_path, model):
     from PIL import Image
-
     from test_batch import GOOD, make_inputs
-    from tficon.batch import OUTPUT_FILES, run_batch
+
+    from tficon.run.batch import OUTPUT_FILES, run_batch
 
     inputs = make_inputs(tmp_path)
     config = tficon.CompositionConfig(steps=STEPS)
@@ -356,9 +356,10 @@ def test_cli_batch_samples_and_batch_cells(tmp_path, capsys):
     import json
 
     from test_batch import GOOD, make_inputs
-    from tficon.batch import RECORD_FILE
+
     from tficon.cli import main
-    from tficon.tiny import save_tiny_model
+    from tficon.model.tiny import save_tiny_model
+    from tficon.run.batch import RECORD_FILE
 
     inputs = make_inputs(tmp_path)
     model_dir = save_tiny_model(tmp_path / "tiny", "sd2")

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tficon import metrics
-from tficon.metrics import (
+from tficon.core.placement import Box
+from tficon.eval import metrics
+from tficon.eval.metrics import (
     CLIPScorer,
     LPIPSScorer,
     MetricUnavailable,
@@ -27,8 +28,7 @@ from tficon.metrics import (
     psnr,
     ssim,
 )
-from tficon.placement import Box
-from tficon.tiny import save_tiny_clip
+from tficon.model.tiny import save_tiny_clip
 
 C1 = (0.01 * 1.0) ** 2
 C2 = (0.03 * 1.0) ** 2
@@ -305,15 +305,15 @@ def test_clip_not_cached_fails_fast_with_a_clear_message(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from tficon.tiny import tiny_model
+    from tficon.model.tiny import tiny_model
 
     return tiny_model("sd2")
 
 
 def test_inversion_metrics_reconstruct_and_measure(tiny):
-    from tficon import solver
-    from tficon.engine import Engine, noise_schedule
-    from tficon.samples import toy_sample
+    from tficon.composition.engine import Engine, noise_schedule
+    from tficon.core import solver
+    from tficon.toy.samples import toy_sample
 
     image = toy_sample().background  # 64 x 64
     engine = Engine(tiny)

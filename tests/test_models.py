@@ -1,4 +1,4 @@
-"""Model loading (tficon.models) on tiny random SD-shaped folders, the toy model, and the offline errors."""
+"""Model loading (tficon.model.loading) on tiny random SD-shaped folders, the toy model, and the offline errors."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from tficon import models
-from tficon.models import CheckpointFileError, ModelNotAvailableError, identify_model, load_model
-from tficon.tiny import save_tiny_model, tiny_components, tiny_model
+from tficon.model import loading as models
+from tficon.model.loading import CheckpointFileError, ModelNotAvailableError, identify_model, load_model
+from tficon.model.tiny import save_tiny_model, tiny_components, tiny_model
 
 NO_SUCH_HUB_ID = "tficon-tests/no-such-model-7f3a9c"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -141,7 +141,7 @@ def test_encode_and_decode_reject_bad_input(sd2):
 
 
 def test_prompt_and_exceptional_embeddings_are_cached(sd2):
-    from tficon.text import encode_prompt, exceptional_embedding
+    from tficon.model.text import encode_prompt, exceptional_embedding
 
     first = sd2.encode_prompt("a photo of a dog")
     assert sd2.encode_prompt("a photo of a dog") is first
@@ -253,7 +253,7 @@ def test_hub_ids_without_hf_hub_offline_use_the_cache_or_fail_at_once(tmp_path):
         import json, os, time
         from diffusers import StableDiffusionPipeline  # import time is not the network wait being measured
         from huggingface_hub import constants
-        from tficon.models import load_model
+        from tficon.model.loading import load_model
         assert not constants.HF_HUB_OFFLINE
 
         def attempt(spec):
@@ -354,9 +354,8 @@ CHECKPOINT_FILES = {"sd1": (".ckpt", False), "sd2": (".safetensors", True), "sd2
 @pytest.fixture(scope="module")
 def checkpoints(saved, tmp_path_factory):
     """family -> a single-file checkpoint in the original (LDM) layout holding the weights of saved[family]."""
-    from safetensors.torch import save_file
-
     from ldm_checkpoint import check_round_trip, to_ldm_checkpoint
+    from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("checkpoints")
     files = {}
@@ -408,8 +407,8 @@ def test_single_file_checkpoint_in_the_original_layout_gives_the_folder_models_o
 def test_v_prediction_checkpoint_composes_end_to_end(saved, checkpoints, tmp_path):
     """The prediction type read with a checkpoint drives the whole composition: the same weights read as
     an epsilon model compose something else."""
-    from tficon.one_call import compose
-    from tficon.samples import toy_sample
+    from tficon.composition.one_call import compose
+    from tficon.toy.samples import toy_sample
 
     sample = toy_sample(image_size=64)
     args = (sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt)
@@ -459,8 +458,8 @@ def lora_file(tmp_path_factory):
 
 
 def test_lora_weights_load_through_diffusers_and_change_the_unet_as_trained(saved, lora_file):
-    from tficon.samples import toy_sample
-    from tficon.session import Session
+    from tficon.composition.session import Session
+    from tficon.toy.samples import toy_sample
 
     path, expected, (x, context) = lora_file
     base = load_model(saved["sd2"], device="cpu")

@@ -9,10 +9,6 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-
-from tficon.placement import Box, RegionIndex
-from tficon.solver import NoiseSchedule, sample
-
 from official_reference import (
     BranchRecorder,
     OracleController,
@@ -21,6 +17,9 @@ from official_reference import (
     official_flags,
     oracle_processors,
 )
+
+from tficon.core.placement import Box, RegionIndex
+from tficon.core.solver import NoiseSchedule, sample
 
 LATENT = 8
 TEXT_LEN, TEXT_DIM = 7, 32

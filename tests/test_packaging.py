@@ -28,3 +28,6 @@ def test_wheel_contains_widgets_toy_model_and_cli(tmp_path):
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "tficon = tficon.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
     assert not any(n.startswith(("tests/", "notebooks/", "widgets/")) for n in names)
+    # every package folder of the source tree is in the wheel (pyproject lists them by hand)
+    for init in (ROOT / "tficon").rglob("__init__.py"):
+        assert str(init.relative_to(ROOT)) in names, init

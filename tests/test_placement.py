@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from tficon.placement import (
+from tficon.core.placement import (
     Box,
     Placement,
     bbox_from_mask,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tficon.plan import composition_plan, step_plan
-from tficon.schedule import injection_schedule
+from tficon.core.plan import composition_plan, step_plan
+from tficon.core.schedule import injection_schedule
 
 
 def _plans(steps=20, order=2, tau_a=0.4, tau_b=0.8, tau_bg=0.4, align=False, lag=True):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tficon import io, load_model
-from tficon.preview import fit_latent_rgb_map, latent_to_rgb
+from tficon import load_model
+from tficon.composition.preview import fit_latent_rgb_map, latent_to_rgb
+from tficon.core import io
 from tficon.toy.world import render_scene
 
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from tficon.schedule import InjectionSchedule, injection_schedule
+from tficon.core.schedule import InjectionSchedule, injection_schedule
 
 
 def span(a: int, b: int) -> tuple[int, ...]:

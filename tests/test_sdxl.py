@@ -1,4 +1,4 @@
-"""TF-ICON on SDXL-shaped models (docs/algorithm.md §15), on the tiny random ``"sdxl"`` model of tficon.tiny.
+"""TF-ICON on SDXL-shaped models (docs/algorithm.md §15), on the tiny random ``"sdxl"`` model of tficon.model.tiny.
 
 SDXL's UNet has three levels, no self-attention at the highest resolution, transformer depths 2 and 10, and
 takes two text encoders' penultimate hidden states plus a pooled embedding and six added time ids. These tests
@@ -17,18 +17,18 @@ import shutil
 
 import pytest
 import torch
-
-import tficon
 from official_reference import official_composition
 from test_attention import _naive_layer
-from tficon.attention import BatchLayout, CompositeSelfAttention, InjectionController, self_attention_layers
-from tficon.engine import Engine
-from tficon.models import load_model
-from tficon.placement import region_indices
-from tficon.session import Session
-from tficon.text import Conditioning, sdxl_time_ids
-from tficon.tiny import save_tiny_model, tiny_components, tiny_model
 from tiny_setup import SIZE, check_explorer_kernel_side, new_session
+
+import tficon
+from tficon.composition.attention import BatchLayout, CompositeSelfAttention, InjectionController, self_attention_layers
+from tficon.composition.engine import Engine
+from tficon.composition.session import Session
+from tficon.core.placement import region_indices
+from tficon.model.loading import load_model
+from tficon.model.text import Conditioning, sdxl_time_ids
+from tficon.model.tiny import save_tiny_model, tiny_components, tiny_model
 
 STEPS = 6
 
@@ -378,7 +378,7 @@ def test_sdxl_checkpoint_files_pass_the_family_check(tmp_path, monkeypatch):
     from diffusers.loaders.single_file_utils import CHECKPOINT_KEY_NAMES as KEYS
     from safetensors.torch import save_file
 
-    from tficon.models import CheckpointFileError, ModelNotAvailableError
+    from tficon.model.loading import CheckpointFileError, ModelNotAvailableError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     unet = "model.diffusion_model."
@@ -400,9 +400,8 @@ def test_sdxl_single_file_in_the_original_layout_gives_the_folder_models_outputs
     conditioner.embedders.1.model.) loads offline with config= and runs as the folder model does. Its second encoder
     has 2 blocks, so diffusers' own type check (a tensor of block 9) says "v1": tficon reads the SDXL layout instead."""
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
-    from safetensors.torch import save_file
-
     from ldm_checkpoint import SDXL_CLIP_PREFIX, SDXL_OPEN_CLIP_PREFIX, check_round_trip, to_ldm_checkpoint
+    from safetensors.torch import save_file
 
     parts = tiny_components("sdxl")  # the weights save_tiny_model wrote to xl_folder
     modules = (parts["vae"], parts["unet"], parts["text_encoder"])

@@ -7,11 +7,11 @@ import dataclasses
 
 import pytest
 import torch
-
-from tficon import solver
-from tficon.engine import noise_schedule
-from tficon.session import Session
 from tiny_setup import SIZE, new_session
+
+from tficon.composition.engine import noise_schedule
+from tficon.composition.session import Session
+from tficon.core import solver
 
 STEPS = 10  # S=10, k=2: fg injection at evals 0-2, bg 0-2, blends after steps 2-6
 
@@ -28,7 +28,7 @@ def finished(model, sample):
 def _box_and_object(session):
     place = session.placement
     P, Q = place.latent_target_box, place.latent_ref_box
-    from tficon.placement import segmentation_at
+    from tficon.core.placement import segmentation_at
 
     seg = torch.from_numpy(segmentation_at(session.inputs.object_mask, model_factor(session), place.geometry))[Q.slices()].bool()
     return P, Q, seg
@@ -291,9 +291,9 @@ def test_the_toy_model_says_once_that_it_knows_only_its_world(monkeypatch):
     """A prompt outside the toy world runs (CLIP's tokenizer takes it) and gets one plain notice per process."""
     import warnings
 
-    from tficon import session as session_module
-    from tficon.models import load_model
-    from tficon.samples import demo_sample
+    from tficon.composition import session as session_module
+    from tficon.model.loading import load_model
+    from tficon.toy.samples import demo_sample
 
     monkeypatch.setitem(session_module._TOY_WORLD_NOTICE, "given", False)
     model, s = load_model("toy"), demo_sample()
@@ -307,6 +307,6 @@ def test_the_toy_model_says_once_that_it_knows_only_its_world(monkeypatch):
     assert len(notices) == 1 and "'meadow'" in notices[0] and "'photograph'" in notices[0], notices
     # The notice follows the model's vocabulary: the toy model carries its caption words, Stable Diffusion none.
     assert {"red", "star", "striped", "style"} <= model.vocabulary and "meadow" not in model.vocabulary
-    from tficon.tiny import tiny_model
+    from tficon.model.tiny import tiny_model
 
     assert tiny_model().vocabulary is None

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tficon.solver import (
+from tficon.core.solver import (
     NoiseSchedule,
     SolverState,
     invert,

@@ -2,7 +2,7 @@
 
 Sweeps run on the tiny random SD 2.x-shaped model (128 px, few steps); every expectation is computed
 independently: cell images against fresh Sessions, the work against the prefix tree of the cells' step plans built
-here from tficon.plan, metrics against tficon.metrics called directly. The multi-process batch runs the toy model
+here from tficon.core.plan, metrics against tficon.eval.metrics called directly. The multi-process batch runs the toy model
 on 4 small samples through accelerate's launcher with 2 CPU processes.
 """
 
@@ -20,16 +20,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_setup import SIZE, new_session
 
 import tficon
-from tficon import io
 from tficon.cli import main
-from tficon.engine import Engine
-from tficon.metrics import composition_metrics
-from tficon.plan import composition_plan
-from tficon.schedule import injection_schedule
-from tficon.sweeps import GridError, SweepResult, evaluation_order, parse_grid_option, run_sweep
-from tiny_setup import SIZE, new_session
+from tficon.composition.engine import Engine
+from tficon.core import io
+from tficon.core.plan import composition_plan
+from tficon.core.schedule import injection_schedule
+from tficon.eval.metrics import composition_metrics
+from tficon.run.sweeps import GridError, SweepResult, evaluation_order, parse_grid_option, run_sweep
 
 STEPS = 6
 
@@ -58,10 +58,10 @@ def _prefix_tree_cost(configs) -> int:
 
 def test_tficon_sweep_and_compose_stay_functions_after_their_modules_are_imported():
     """Importing a submodule sets it on the package; no submodule may carry an exported function's name."""
-    import tficon.one_call
-    import tficon.sweeps  # noqa: F401
+    import tficon.composition.one_call
+    import tficon.run.sweeps  # noqa: F401
 
-    assert tficon.sweep is run_sweep and tficon.compose is tficon.one_call.compose
+    assert tficon.sweep is run_sweep and tficon.compose is tficon.composition.one_call.compose
 
 
 def test_cells_equal_fresh_sessions_and_each_shared_prefix_runs_once(taus, model, sample):
@@ -120,7 +120,7 @@ def test_metrics_table_and_files(taus, tmp_path):
 
 
 def test_grid_image_places_each_cell_under_its_labels(taus):
-    from tficon.report import thumbnail
+    from tficon.run.report import thumbnail
 
     thumb = 40
     image = np.asarray(taus.grid_image(thumb=thumb, metrics=False))
@@ -241,7 +241,7 @@ BATCH_STEPS = 6
 
 def _make_batch_inputs(root: Path) -> Path:
     """4 cross-domain toy samples (two share a background) in the official layout, 64 px."""
-    from tficon.samples import toy_sample
+    from tficon.toy.samples import toy_sample
 
     specs = [
         ("outline", "flat", "star", "red", (36, 18, 26, 26)),

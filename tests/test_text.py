@@ -1,6 +1,6 @@
 """Prompt encoding and the exceptional prompt e* (docs/algorithm.md §3 and 14 item 6).
 
-Everything runs on the tiny random SD-shaped text encoders of ``tficon.tiny`` (CPU, float32). The main
+Everything runs on the tiny random SD-shaped text encoders of ``tficon.model.tiny`` (CPU, float32). The main
 oracle is a hand-written CLIP text transformer (layer norms, causal multi-head attention, MLP) that reads
 the model's weights but none of its forward code.
 """
@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 from transformers import CLIPTextModelWithProjection
 
-from tficon.text import encode_prompt, exceptional_embedding, text_transformer
-from tficon.tiny import tiny_components
+from tficon.model.text import encode_prompt, exceptional_embedding, text_transformer
+from tficon.model.tiny import tiny_components
 
 PROMPT = "a watercolor painting of a cat"
 
@@ -182,8 +182,8 @@ def test_encode_prompt_rejects_prompts_longer_than_the_window(parts):
 
 def test_tiny_tokenizers_number_their_words_the_same_in_every_build():
     """Two builds of one vocabulary give every token the same id (the BPE trainer alone numbers ties at random)."""
-    from tficon.clip_tokenizer import build_clip_tokenizer
-    from tficon.tiny import TINY_WORDS
+    from tficon.model.tiny import TINY_WORDS
+    from tficon.model.tokenizer import build_clip_tokenizer
 
     builds = [build_clip_tokenizer(TINY_WORDS, model_max_length=77) for _ in range(3)]
     assert builds[0].get_vocab() == builds[1].get_vocab() == builds[2].get_vocab()

@@ -1,4 +1,4 @@
-"""tficon.threads: the CPU threading default of the CLI, and explicit counts."""
+"""tficon.core.threads: the CPU threading default of the CLI, and explicit counts."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tficon import threads
+from tficon.core import threads
 
 ROOT = Path(__file__).resolve().parents[1]
 

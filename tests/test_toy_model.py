@@ -14,7 +14,13 @@ import torch
 
 from tficon.toy import COLOURS, DOMAINS, MODEL_DIR, SHAPES, caption_words
 from tficon.toy.quality import (
-    held_out_images, inversion_scores, prompt_text, single_object_scores, two_object_prompts, two_object_scores, vae_psnr,
+    held_out_images,
+    inversion_scores,
+    prompt_text,
+    single_object_scores,
+    two_object_prompts,
+    two_object_scores,
+    vae_psnr,
 )
 
 # The shipped model reaches (this test's inputs): VAE 37.6 dB on 8 held-out images; on the 16 prompts below,

@@ -148,7 +148,7 @@ def test_bad_input_raises_clear_errors():
 
 def test_training_tokenizer_is_clips_own_bpe(tmp_path_factory):
     """The training script rebuilds CLIP's vocabulary from the open_clip wheel (fetched by pip, no model hub)."""
-    from tficon.clip_tokenizer import download_clip_bpe
+    from tficon.model.tokenizer import download_clip_bpe
     from tficon.toy.train import EXCEPTIONAL_TOKEN_ID, MAX_TOKENS, build_tokenizer
 
     tokenizer = build_tokenizer(download_clip_bpe(tmp_path_factory.mktemp("bpe")))

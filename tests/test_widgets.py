@@ -19,13 +19,14 @@ pytest.importorskip("ipywidgets")
 pytest.importorskip("anywidget")
 pytest.importorskip("matplotlib")
 
-from tficon.io import to_pil  # noqa: E402
-from tficon.placement import nearest_resize  # noqa: E402
 from tficon.widgets import Explorer, figures, maps, render  # noqa: E402
 from tficon.widgets.masks import mask_at_original_size, painting_grid, window_mask_on_grid  # noqa: E402
 from tficon.widgets.views import AttentionMapView, StepStrip  # noqa: E402
 from tficon.widgets.worker import Worker  # noqa: E402
 from tiny_setup import SIZE, new_session  # noqa: E402
+
+from tficon.core.io import to_pil  # noqa: E402
+from tficon.core.placement import nearest_resize  # noqa: E402
 
 STEPS = 8
 
@@ -472,7 +473,7 @@ def test_core_never_imports_the_widgets_and_figures_need_no_ipywidgets():
     import sys
 
     script = (
-        "import sys, tficon, tficon.session, tficon.one_call, tficon.sweeps, tficon.cli\n"
+        "import sys, tficon, tficon.composition.session, tficon.composition.one_call, tficon.run.sweeps, tficon.cli\n"
         "assert not [m for m in sys.modules if m.startswith('tficon.widgets') or m in ('ipywidgets', 'anywidget')]\n"
         "import tficon.widgets.figures\n"
         "assert 'ipywidgets' not in sys.modules and 'anywidget' not in sys.modules\n"

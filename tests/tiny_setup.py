@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from tficon.session import Session
+from tficon.composition.session import Session
 
 SIZE = 128  # tiny models: 16x16 latents, attention at 16, 8 and 4
 
 
 def new_session(model, sample, *, steps: int, **config) -> Session:
-    """A Session on ``sample`` (a tficon.samples.Sample) at the tiny models' working size."""
+    """A Session on ``sample`` (a tficon.toy.samples.Sample) at the tiny models' working size."""
     return Session(
         model, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt,
         image_size=SIZE, steps=steps, **config,

@@ -1,39 +1,40 @@
 """tficon: TF-ICON training-free cross-domain image composition on diffusers.
 
-The core is importable without any Jupyter package; the UI lives in ``tficon.widgets``.
-Heavy submodules are imported lazily so that ``import tficon`` stays fast. No submodule shares the name of a
-function exported here: importing it would replace the function on the package (``tficon.compose`` and
-``tficon.sweep`` live in ``tficon.one_call`` and ``tficon.sweeps``).
+The package is layered; each folder may import only the folders below it (``docs/architecture.md``):
+
+- ``tficon.core``: settings, schedules, the solver, placement geometry, image and mask loading (pure, no model);
+- ``tficon.model``: identifying and loading models, text and the exceptional prompt, tiny random models;
+- ``tficon.composition``: the engine (the door to the denoiser and the VAE), attention processors, the ``Session``;
+- ``tficon.run``: running many compositions (the lockstep runner, batches, sweeps) and their reports;
+- ``tficon.eval``: metrics;
+- ``tficon.toy``: the embedded toy world and model.
+
+The UI lives in ``tficon.widgets`` (nothing in the core imports it). Heavy submodules are imported lazily so that
+``import tficon`` stays fast. No submodule shares the name of a function exported here: importing it would replace
+the function on the package (so the composition layer is ``tficon.composition``, not ``tficon.compose``).
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 
-# The UI sources live in the checkout's top-level widgets/ folder and are installed as
-# tficon/widgets. When tficon is imported from a source checkout (an editable install, or
-# the checkout on sys.path), there is no tficon/widgets folder: add the checkout root to this
-# package's search path so that ``tficon.widgets`` resolves exactly as in an installed copy.
-_package_dir = os.path.dirname(os.path.abspath(__file__))
-if not os.path.isdir(os.path.join(_package_dir, "widgets")) and os.path.isfile(
-    os.path.join(os.path.dirname(_package_dir), "widgets", "__init__.py")
-):
-    __path__.append(os.path.dirname(_package_dir))
+from tficon import _moved
 
 __version__ = "0.1.0"
 
 # public name -> submodule that defines it
 _EXPORTS = {
-    "load_model": "tficon.models",
-    "LoadedModel": "tficon.models",
-    "CompositionConfig": "tficon.config",
-    "Session": "tficon.session",
-    "compose": "tficon.one_call",
-    "sweep": "tficon.sweeps",
+    "load_model": "tficon.model.loading",
+    "LoadedModel": "tficon.model.loading",
+    "CompositionConfig": "tficon.core.config",
+    "Session": "tficon.composition.session",
+    "compose": "tficon.composition.one_call",
+    "sweep": "tficon.run.sweeps",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
+
+_moved.install()
 
 
 def __getattr__(name: str):

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .config import CompositionConfig
+from tficon.core.config import CompositionConfig
 
 EXIT_RUN_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -115,7 +115,7 @@ def _config(args, mode: str) -> CompositionConfig:
 
 
 def _load(spec: str, dtype: str | None = None):
-    from .models import load_model
+    from tficon.model.loading import load_model
 
     return load_model(spec, dtype=dtype)
 
@@ -181,12 +181,12 @@ def _write_outputs(
     """The result (at ``background_size`` = PIL (W, H) when given, else the working size; with ``paste_back`` = a
     feather in pixels, the composed window pasted onto the original background), the JSON summary and
     ``more`` = [(path, image)], all or nothing."""
-    from tficon import io
+    from tficon.core import io
 
     result = session.result
     pasted = {}
     if paste_back is not None:
-        from .one_call import result_at_background_size
+        from tficon.composition.one_call import result_at_background_size
 
         result = result_at_background_size(session, paste_back=True, feather=paste_back)
         w = io.scale_window(session.placement.target_window, session.image_size, (result.height, result.width))
@@ -241,8 +241,8 @@ def _target_from_box(box: tuple[int, int, int, int], background):
 
 
 def cmd_compose(args) -> int:
-    from . import io
-    from .session import Session
+    from tficon.composition.session import Session
+    from tficon.core import io
 
     started = time.perf_counter()
     if (args.mask is None) == (args.box is None):
@@ -289,9 +289,9 @@ def cmd_compose(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .samples import demo_sample, side_by_side
-    from .session import Session
-    from . import io
+    from tficon.composition.session import Session
+    from tficon.core import io
+    from tficon.toy.samples import demo_sample, side_by_side
 
     started = time.perf_counter()
     config = _config(args, demo_sample().mode)
@@ -326,7 +326,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_batch(args) -> int:
-    from .batch import run_batch
+    from tficon.run.batch import run_batch
 
     # --mode here also takes "auto"; the shared settings are built without it and each sample gets its own mode.
     base = _config(argparse.Namespace(**{**vars(args), "mode": None}), "cross")
@@ -389,7 +389,7 @@ def _launch_processes(processes: int, argv: list[str]) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweeps import GridError
+    from tficon.run.sweeps import GridError
 
     try:
         return _sweep(args)
@@ -399,9 +399,9 @@ def cmd_sweep(args) -> int:
 
 
 def _sweep(args) -> int:
-    from . import io
-    from .samples import demo_sample
-    from .sweeps import GridError, run_sweep, parse_grid_option
+    from tficon.core import io
+    from tficon.run.sweeps import GridError, parse_grid_option, run_sweep
+    from tficon.toy.samples import demo_sample
 
     grid: dict = {}
     for option in args.grid or []:
@@ -594,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
-    from .threads import apply_threads, prepare_environment
+    from tficon.core.threads import apply_threads, prepare_environment
 
     prepare_environment()  # before anything imports torch: OpenMP reads its wait policy only then
     args = build_parser().parse_args(argv)
@@ -610,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, TypeError) as error:
         print(f"{where}: error: {flag_message(str(error))}", file=sys.stderr)
         return EXIT_USAGE
-    except FloatingPointError as error:  # tficon.checks.NonFiniteError: the run itself went wrong
+    except FloatingPointError as error:  # tficon.core.checks.NonFiniteError: the run itself went wrong
         print(f"{where}: the run failed: {flag_message(str(error))}", file=sys.stderr)
         return EXIT_RUN_FAILED
 

@@ -520,7 +520,7 @@ class Explorer(widgets.VBox):
         if step >= s.step_index:
             self._set_status(f"step {step} is not computed yet", error=True)
             return
-        from tficon.io import to_pil
+        from tficon.core.io import to_pil
 
         images, captions = [], []
         decoded = {}

@@ -18,7 +18,7 @@ __all__ = ["SweepGrid"]
 
 
 class SweepGrid(widgets.VBox):
-    """Show a ``tficon.sweeps.SweepResult``; ``open_cell(cell)`` (or a click on a cell's button) opens it in an Explorer.
+    """Show a ``tficon.run.sweeps.SweepResult``; ``open_cell(cell)`` (or a click on a cell's button) opens it in an Explorer.
 
     Args:
         result: what ``tficon.sweep(...)`` returned.
@@ -42,7 +42,7 @@ class SweepGrid(widgets.VBox):
         self.children = [self.status, *self._panels(), self.explorer_box]
 
     def _panels(self) -> list[widgets.Widget]:
-        from tficon.sweeps import _panels, _metric_caption
+        from tficon.run.sweeps import _metric_caption, _panels
 
         r = self.result
         names = r.names

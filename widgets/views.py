@@ -18,9 +18,8 @@ import ipywidgets as widgets
 import numpy as np
 import traitlets
 
+from . import _compat, render
 from . import maps as maps_mod
-from . import render
-from . import _compat
 
 __all__ = ["ImageRow", "AttentionMapView", "StepStrip", "image_widget"]
 

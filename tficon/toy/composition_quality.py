@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tficon.metrics import psnr
+from tficon.eval.metrics import psnr
 from tficon.toy.detector import FOREGROUND_DISTANCE, DetectedObject, detect
 from tficon.toy.pairs import composition_cases
 from tficon.toy.world import COLOURS, DOMAINS, SHAPES, ObjectSpec, render_object, render_spec
@@ -120,7 +120,7 @@ class PairResult:
 
 def background_reconstruction(session) -> torch.Tensor:
     """Decode of the background's exceptional-prompt inversion sampled back (what blending keeps)."""
-    from tficon import solver
+    from tficon.core import solver
 
     engine, model = session.engine, session.model
     x_bg, _ = session.invert()
@@ -152,7 +152,7 @@ def placed_centroid(session, size: tuple[int, int]) -> tuple[float, float]:
 
 def evaluate_case(model, case, *, tau_a_effect: bool = True, **config) -> PairResult:
     """Compose one ``tficon.toy.pairs.CompositionCase`` and score it (see the module docstring)."""
-    from tficon.session import Session
+    from tficon.composition.session import Session
 
     sample = case.sample
     session = Session(model, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt,
@@ -163,7 +163,7 @@ def evaluate_case(model, case, *, tau_a_effect: bool = True, **config) -> PairRe
 def score_composition(session, case, *, tau_a_effect: bool = True) -> PairResult:
     """Score the composition of ``case`` that ``session`` (built on the case's sample) makes; with ``tau_a_effect``
     the Session is then updated to the second tau_a of ``TAU_A_CHANGE`` to measure how much that changes."""
-    from tficon import io
+    from tficon.core import io
 
     sample = case.sample
     result = session.result
@@ -245,7 +245,7 @@ def style_accuracy(sizes=STYLE_CHECK_SIZES, seed: int = 0, roundtrip=None) -> di
 
 def vae_roundtrip(model):
     """A function PIL image -> PIL image: encode with ``model``'s VAE (posterior mean) and decode."""
-    from tficon import io
+    from tficon.core import io
 
     vae = model.vae
 
@@ -267,7 +267,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    from tficon.models import load_model
+    from tficon.model.loading import load_model
 
     model = load_model(args.model)
     accuracy = style_accuracy()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tficon.samples import Sample
+from tficon.toy.samples import Sample
 from tficon.toy.world import COLOURS, DOMAINS, SHAPES, ObjectSpec, render_background, render_foreground
 
 BOX_SIDES = (20, 34)  # range of the target box side, 64-px units

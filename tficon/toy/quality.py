@@ -12,7 +12,7 @@ Prints, each on a fixed, seeded input set:
    colour and dominant shape match the prompt. Single-object prompts: every colour x shape in
    every domain (64). Two-object prompts (16): count right, and both objects right left to right.
    And whether the prompt, not the starting noise's channel means, sets the background's domain.
-4. **Inversion**: ``tficon.solver`` DPM-Solver++ (order 2, 20 steps) inversion to t = 1, then
+4. **Inversion**: ``tficon.core.solver`` DPM-Solver++ (order 2, 20 steps) inversion to t = 1, then
    sampling back, unguided, conditioned on the exceptional prompt, the empty prompt or the
    caption; latent MSE and PSNR of the decoded result against the VAE reconstruction (which
    isolates the inversion error) and against the original image.
@@ -205,10 +205,10 @@ def inversion_scores(pipe, exceptional_token_id: int, images: torch.Tensor, capt
 
     Returns ``{conditioning: {"latent_mse", "psnr_vs_vae", "psnr_vs_original"}}`` plus ``"vae_psnr"``.
     """
-    from tficon.engine import Engine
-    from tficon.models import assemble_loaded_model
-    from tficon.solver import invert, sample
-    from tficon.text import encode_prompt, exceptional_embedding
+    from tficon.composition.engine import Engine
+    from tficon.core.solver import invert, sample
+    from tficon.model.loading import assemble_loaded_model
+    from tficon.model.text import encode_prompt, exceptional_embedding
 
     # the pipeline's modules behind tficon's one door to the UNet (dtype, device and counting in one place)
     engine = Engine(assemble_loaded_model(
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     try:
         figures["inversion"] = inversion_scores(pipe, meta["exceptional_token_id"], images[:16], captions[:16])
-    except ImportError as error:  # tficon.solver / tficon.text missing in a partial checkout
+    except ImportError as error:  # tficon.core.solver / tficon.model.text missing in a partial checkout
         print(f"4. inversion: skipped ({error})")
     else:
         inv = figures["inversion"]

@@ -21,7 +21,7 @@ Stages, all with fixed seeds and step-count (not time) schedules so a rerun repr
 
 1. Data: ``--images`` examples at 64 px. Example i uses ``numpy.random.default_rng([seed, i])``; a fraction
    ``--canvas-fraction`` of them are **reference canvases**: one tightly cropped object of any domain,
-   resized and centred on black exactly as ``tficon.placement.prepare_foreground`` builds TF-ICON's
+   resized and centred on black exactly as ``tficon.core.placement.prepare_foreground`` builds TF-ICON's
    reference image, captioned "a red star cutout on black, flat style" (words no normal prompt uses).
    The rest are toy-world scenes with 0-3 objects (more pairs than the world's default, for binding).
 2. VAE (``AutoencoderKL``, f=2 by default, 32x32 latents, or the previous model's f=4 with ``--latent-factor 4``,
@@ -229,7 +229,7 @@ def progress(total: int, initial: int, desc: str):
 def reference_canvas(rng: np.random.Generator, image_size: int = IMAGE_SIZE, latent_factor: int = LATENT_FACTOR) -> tuple[np.ndarray, str]:
     """One reference canvas as the pipeline makes it for a model of ``latent_factor``: a tightly cropped object
     resized and centred on black."""
-    from tficon.placement import compute_placement, prepare_foreground
+    from tficon.core.placement import compute_placement, prepare_foreground
 
     domain = DOMAINS[rng.integers(len(DOMAINS))]
     shape = SHAPES[rng.integers(len(SHAPES))]
@@ -543,7 +543,7 @@ def build_tokenizer(clip_bpe: str | None = None, tokenizer_from: Path | None = N
     shipped toy model, which needs no network), or rebuilt from the merge list in the open_clip wheel."""
     from transformers import CLIPTokenizer
 
-    from tficon.clip_tokenizer import build_real_clip_tokenizer
+    from tficon.model.tokenizer import build_real_clip_tokenizer
 
     if tokenizer_from is not None:
         tokenizer = CLIPTokenizer.from_pretrained(Path(tokenizer_from) / "tokenizer")

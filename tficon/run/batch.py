@@ -23,7 +23,7 @@ last, so it marks the sample finished). Over all samples: ``summary.csv``, ``sum
 
 Resuming: a sample whose ``sample.json`` records the same fingerprint (settings, model, working size and the
 content of its four input files) is not composed again unless ``force``. Samples that share a background run
-one after another, so the background inversion is found in the batch's inversion cache (``tficon.engine``);
+one after another, so the background inversion is found in the batch's inversion cache (``tficon.composition.engine``);
 ``sample.json`` records the hits. Both images of a sample are inverted in one batch, and a result must not depend
 on what was cached, so a hit saves UNet work only when both inversions of a sample are cached.
 
@@ -38,7 +38,7 @@ writes no summaries; the re-run composes what is missing and merges everything.
 
 Batched samples (``batch_samples`` / ``--batch-samples N``, off by default): samples share nothing but the model
 and the working size, so up to N of them advance together, each step of all of them in one UNet call
-(``tficon.lockstep``); their inversions are batched too, a background shared by several samples inverted once.
+(``tficon.run.lockstep``); their inversions are batched too, a background shared by several samples inverted once.
 Results equal the one-at-a-time results to float tolerance, not bitwise. Each sample is still written as soon
 as it is finished, with the same resume rules; a killed run loses the samples in flight (up to N).
 """
@@ -61,9 +61,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from . import io
-from .config import CompositionConfig
-from .engine import Engine
+from tficon.composition.engine import Engine
+from tficon.core import io
+from tficon.core.config import CompositionConfig
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -227,7 +227,7 @@ def check_sample_files(sample: BatchSample, image_size: int | tuple[int, int] | 
     """Check a sample's files without a model; raise ValueError / FileNotFoundError naming the problem.
 
     Checks: every role present once; every file readable; both masks binary and not empty; both masks sized by
-    the library's one rule (``tficon.io.check_mask_size``, the same check the Session makes): the foreground
+    the library's one rule (``tficon.core.io.check_mask_size``, the same check the Session makes): the foreground
     mask with the foreground's aspect ratio, the user mask with the background's or the working image's (masks
     are read in fractions of their own size, like the official code's 512-px masks). ``image_size`` is the
     working size (None: the model's square native size).
@@ -276,7 +276,7 @@ def placement_overlay(background: Image.Image, placement, object_mask: np.ndarra
 
     Args:
         background: RGB PIL image of the working size ``placement.image_size``.
-        placement: a ``tficon.placement.Placement``.
+        placement: a ``tficon.core.placement.Placement``.
         object_mask: ``(H, W)`` padded object mask ``Mpad`` (``Session.inputs.object_mask``).
     """
     image = background.convert("RGB").copy()
@@ -425,7 +425,7 @@ class _Scorers:
     def load(self) -> "_Scorers":
         if self.loaded or not self.enabled:
             return self
-        from .metrics import CLIPScorer, LPIPSScorer, MetricUnavailable
+        from tficon.eval.metrics import CLIPScorer, LPIPSScorer, MetricUnavailable
 
         lpips_weights, clip_model, allow = self.options
         try:
@@ -446,7 +446,7 @@ def _open_session(sample: BatchSample, engine, config: CompositionConfig, image_
     """The sample's Session; raises ValueError / TypeError / FileNotFoundError for bad input (box off the
     image, a prompt longer than the text encoder's window, ...), before anything runs or is written. ``engine``
     is the batch's one engine, so that samples share its inversion cache."""
-    from .session import Session
+    from tficon.composition.session import Session
 
     files = sample.files
     return Session(
@@ -460,7 +460,7 @@ def _compose_sample(
 ) -> dict:
     """Run a prepared Session (``batched``: already run in shared UNet calls, with ``--batch-samples`` of that
     value), write the sample's images, and return its record (without status/fingerprint)."""
-    from .metrics import composition_metrics
+    from tficon.eval.metrics import composition_metrics
 
     prepared = time.perf_counter()
     started = prepared - prepare_seconds
@@ -609,11 +609,11 @@ def run_batch(
             with the same settings still appear in the summaries.
         progress: a tqdm bar over the samples.
         perceptual: try LPIPS (VGG) and CLIP; each runs only with local weights unless ``allow_downloads``.
-        lpips_weights / clip_model: see ``tficon.metrics.LPIPSScorer.load`` / ``CLIPScorer.load``.
+        lpips_weights / clip_model: see ``tficon.eval.metrics.LPIPSScorer.load`` / ``CLIPScorer.load``.
         log: where messages go (default ``tqdm.write``).
         dtype: the precision a model spec is loaded in (``load_model``'s dtype).
         batch_samples: None (default): one sample at a time, each bitwise what ``tficon compose`` gives. N: up to
-            N samples advance together, one UNet call per step for all of them (``tficon.lockstep``; results equal
+            N samples advance together, one UNet call per step for all of them (``tficon.run.lockstep``; results equal
             to float tolerance); ``"auto"``: as many as the memory budget holds. A killed run then loses the
             samples in flight (up to N), not just one.
 
@@ -629,7 +629,7 @@ def run_batch(
         raise ValueError(f"limit must be a positive integer, got {limit!r}")
     if config is not None and not isinstance(config, CompositionConfig):
         raise TypeError(f"config must be a tficon.CompositionConfig or None, got {type(config).__name__}")
-    from .lockstep import check_count
+    from tficon.run.lockstep import check_count
 
     check_count(batch_samples, "batch_samples", auto=True, none=True)
     log = log or tqdm.write
@@ -693,7 +693,7 @@ def run_batch(
                 problem = str(error)
             if problem is None:
                 if loaded is None:  # only now: a batch with nothing to compose never loads the model
-                    from .models import load_model
+                    from tficon.model.loading import load_model
 
                     # a model that cannot load, or a working size it cannot use, ends the batch: no sample could run
                     device = None if state is None else state.device
@@ -733,7 +733,7 @@ def run_batch(
         for item in opened():
             compose(*item)
     else:
-        from .lockstep import MAX_ROWS_PER_CELL, run_lockstep
+        from tficon.run.lockstep import MAX_ROWS_PER_CELL, run_lockstep
 
         waiting: dict[int, tuple] = {}
 
@@ -920,7 +920,7 @@ def _summary(report: BatchReport, base: CompositionConfig, model_spec: str, imag
 
 def _write_visual_report(report: BatchReport, summary: dict, sheet_path: Path, html_path: Path) -> None:
     """The contact sheet (one row per composed sample) and the self-contained HTML page."""
-    from .report import SheetRow, contact_sheet, html_report
+    from tficon.run.report import SheetRow, contact_sheet, html_report
 
     records = [o.record for o in report.outcomes]
     groups = _groups(records)

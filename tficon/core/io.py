@@ -19,7 +19,7 @@ goes through these loaders):
   the message says how to flatten it, or to pass the alpha as the object mask). CMYK, 16-bit and float images
   are refused (no exact 8-bit RGB).
 - **Sizes.** An image or mask with no pixels (0 x N) is refused. Images and masks larger than
-  ``MAX_IMAGE_PIXELS`` (pixels, configurable: assign ``tficon.io.MAX_IMAGE_PIXELS``) are refused before any
+  ``MAX_IMAGE_PIXELS`` (pixels, configurable: assign ``tficon.core.io.MAX_IMAGE_PIXELS``) are refused before any
   pixel is copied; PIL's own decompression-bomb error is reported the same way, naming the argument.
 - **Masks of another size.** Masks are read in fractions of their own size (the official code's rule for its
   512-px masks), so a mask of another size than its image is accepted when the aspect ratios agree within
@@ -48,7 +48,7 @@ _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 #: Largest image or mask accepted, in pixels (H x W). 64 megapixels covers photographs from any current camera
 #: and costs about 200 MB as RGB; a 20000 x 20000 input (1.2 GB) is refused before it is copied. Raise it
-#: (``tficon.io.MAX_IMAGE_PIXELS = ...``) for bigger inputs, or downscale them first: the working size is small.
+#: (``tficon.core.io.MAX_IMAGE_PIXELS = ...``) for bigger inputs, or downscale them first: the working size is small.
 MAX_IMAGE_PIXELS = 64 * 2**20
 
 #: Relative aspect-ratio difference up to which a mask of another size counts as a scaled copy of its image.
@@ -64,7 +64,7 @@ def _check_pixels(width: int, height: int, name: str, max_pixels: int | None) ->
         raise ValueError(
             f"{name} is {width}x{height} pixels (W x H), more than the limit of {limit} pixels "
             f"({width * height / 2**20:.0f} vs {limit / 2**20:.0f} megapixels); downscale it first (the composition "
-            "runs at the model's working size anyway) or raise tficon.io.MAX_IMAGE_PIXELS"
+            "runs at the model's working size anyway) or raise tficon.core.io.MAX_IMAGE_PIXELS"
         )
 
 
@@ -408,7 +408,7 @@ def scale_window(window, from_size: tuple[int, int], to_size: tuple[int, int]):
     original one touches."""
     import math
 
-    from .placement import Box
+    from tficon.core.placement import Box
 
     fy, fx = to_size[0] / from_size[0], to_size[1] / from_size[1]
     return Box(

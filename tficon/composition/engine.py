@@ -17,12 +17,12 @@ evaluations, the notebooks), so dtype, device and counting rules live in one pla
   batch always has one row per latent, at that latent's position, and a row whose result is cached is
   filled with a copy of a latent still to be inverted. Each row then sees exactly the shapes a fresh run
   sees, and its result is bitwise the same. The price: a partial hit saves no UNet work, only a full hit does.
-- **One step.** :meth:`Engine.run_step` runs one planned composition step (``tficon.plan``) from explicit
+- **One step.** :meth:`Engine.run_step` runs one planned composition step (``tficon.core.plan``) from explicit
   inputs and returns the new :class:`StepRecord`; it changes nothing but the engine's counters. It is the
   one-cell case of :meth:`Engine.run_steps`, which advances several cells (Sessions' steps) with one UNet call
-  holding all their rows (``tficon.lockstep``; equal to the one-cell steps to float tolerance, not bitwise).
+  holding all their rows (``tficon.run.lockstep``; equal to the one-cell steps to float tolerance, not bitwise).
 
-SDXL (docs/algorithm.md §15): an embedding may be a ``tficon.text.Conditioning`` (hidden states, pooled
+SDXL (docs/algorithm.md §15): an embedding may be a ``tficon.model.text.Conditioning`` (hidden states, pooled
 embedding, added time ids) instead of a tensor; :meth:`Engine.unet` passes its pooled embedding and time ids as
 ``added_cond_kwargs``. A composition step attaches each branch's time ids to its rows (``StepInputs.time_ids``).
 
@@ -42,10 +42,10 @@ from typing import Sequence
 
 import torch
 
-from . import solver
-from .attention import BatchLayout, CaptureRequest, InjectionController, composite_attention
-from .plan import StepPlan
-from .text import Conditioning, cat_conditioning, conditioning_digest
+from tficon.composition.attention import BatchLayout, CaptureRequest, InjectionController, composite_attention
+from tficon.core import solver
+from tficon.core.plan import StepPlan
+from tficon.model.text import Conditioning, cat_conditioning, conditioning_digest
 
 __all__ = ["Engine", "InversionCache", "StepInputs", "StepRecord", "Track", "noise_schedule"]
 
@@ -206,7 +206,7 @@ class Engine:
             added = {"added_cond_kwargs": {"text_embeds": embeddings.pooled, "time_ids": embeddings.time_ids}}
             embeddings = embeddings.hidden
         elif getattr(unet.config, "addition_embed_type", None) == "text_time":
-            raise TypeError("an SDXL UNet needs a tficon.text.Conditioning (pooled embedding, time ids), not a tensor")
+            raise TypeError("an SDXL UNet needs a tficon.model.text.Conditioning (pooled embedding, time ids), not a tensor")
         else:
             embeddings = embeddings.to(self.device, self.dtype)
         if embeddings.shape[0] == 1 and x.shape[0] > 1:
@@ -227,7 +227,7 @@ class Engine:
     def model_fn(
         self, cond: torch.Tensor, uncond: torch.Tensor | None = None, guidance: float = 1.0
     ) -> solver.ModelFn:
-        """A ``model_fn(x, model_t)`` for ``tficon.solver.sample`` / ``invert``: conditioned on ``cond``, or
+        """A ``model_fn(x, model_t)`` for ``tficon.core.solver.sample`` / ``invert``: conditioned on ``cond``, or
         classifier-free guided ``uncond + guidance * (cond - uncond)`` in one call of twice the batch."""
         if uncond is None:
             return lambda x, model_t: self.unet(x, model_t, cond.expand(x.shape[0], -1, -1))
@@ -307,7 +307,7 @@ class Engine:
         """Invert the latents of several later :meth:`invert` calls (``requests``: each call's latents, SDXL: its
         ``time_ids``) in one batch, once per distinct latent, and keep each result for the call that asks for it.
 
-        For ``tficon.lockstep``: Sessions joining a lockstep run invert together. Results equal their own
+        For ``tficon.run.lockstep``: Sessions joining a lockstep run invert together. Results equal their own
         inversions to float tolerance, not bitwise (another batch shape), so they never enter the bitwise cache
         :attr:`inversions`; they wait in a hand-over store (emptied by :meth:`drop_prepared_inversions`) and in a small
         cache of batched inversions keyed by latent content alone, so a background shared by samples of later

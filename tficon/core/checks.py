@@ -85,9 +85,9 @@ def check_names(given: Iterable[str] | None, available: Iterable[str], *, name: 
 
 
 def check_mask_sizes(images: dict, object_mask, mask_or_box, working_size: tuple[int, int]) -> None:
-    """Apply ``tficon.io.check_mask_size`` to the object mask (against the foreground) and to the user mask
+    """Apply ``tficon.core.io.check_mask_size`` to the object mask (against the foreground) and to the user mask
     (against the background, or the working size) of a Session's inputs. Boxes are not masks: skipped."""
-    from . import io
+    from tficon.core import io
 
     foreground, background = images["foreground"], images["background"]
     shape = io.mask_shape(object_mask)

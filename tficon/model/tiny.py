@@ -34,8 +34,8 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from tficon.clip_tokenizer import build_clip_tokenizer
-from tficon.models import SD_EXCEPTIONAL_TOKEN_ID, TFICON_JSON, LoadedModel, assemble_loaded_model
+from tficon.model.loading import SD_EXCEPTIONAL_TOKEN_ID, TFICON_JSON, LoadedModel, assemble_loaded_model
+from tficon.model.tokenizer import build_clip_tokenizer
 
 __all__ = ["TINY_FAMILIES", "TINY_IMAGE_SIZE", "TINY_WORDS", "tiny_components", "tiny_model", "save_tiny_model"]
 
@@ -135,7 +135,7 @@ def _tiny_text_encoder(family: str, width: int | None = None, projection_dim: in
         max_position_embeddings=77,
         hidden_act=_TEXT_ACT[base],
         layer_norm_eps=1e-5,
-        # ids of tficon.clip_tokenizer: <|startoftext|> = 0, <|endoftext|> = 1 (also the padding)
+        # ids of tficon.model.tokenizer: <|startoftext|> = 0, <|endoftext|> = 1 (also the padding)
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=1,
@@ -272,7 +272,7 @@ def save_tiny_model(directory: str | os.PathLike, family: str = "sd2", seed: int
 def save_tiny_clip(directory) -> str:
     """A random CLIP (32-px images, 16-d projections) with an offline tokenizer, saved as a transformers folder.
 
-    A stand-in for the CLIP weights that ``tficon.metrics.CLIPScorer`` loads, for tests and offline demos.
+    A stand-in for the CLIP weights that ``tficon.eval.metrics.CLIPScorer`` loads, for tests and offline demos.
     """
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
 

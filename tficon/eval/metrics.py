@@ -22,7 +22,7 @@ Both raise :class:`MetricUnavailable` with a message that says what is missing a
 
 Image conventions: metric functions take PIL images, uint8 arrays ``(H, W, 3)`` or float tensors ``(3, H, W)``
 in [-1, 1] (the package convention) and compare them on the [0, 1] scale (``data_range = 1``), so PSNR is the
-same as on 8-bit pixels with peak 255. Boxes are ``tficon.placement.Box`` (half-open rows/cols in pixels).
+same as on 8-bit pixels with peak 255. Boxes are ``tficon.core.placement.Box`` (half-open rows/cols in pixels).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import io
-from .placement import Box
+from tficon.core import io
+from tficon.core.placement import Box
 
 __all__ = [
     "SSIM_WINDOW",
@@ -224,7 +224,7 @@ def pixel_metrics(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0) 
 def _check_box(box: Box, height: int, width: int, name: str) -> Box:
     if not isinstance(box, Box):
         raise TypeError(
-            f"{name} must be a tficon.placement.Box (e.g. session.placement.target_window), got {type(box).__name__}"
+            f"{name} must be a tficon.core.placement.Box (e.g. session.placement.target_window), got {type(box).__name__}"
         )
     if not box.inside(height, width):
         raise ValueError(f"{name} {box} must lie inside the {height}x{width} image")
@@ -482,7 +482,7 @@ class CLIPScorer:
                     f"CLIP scores need a CLIP model: {spec!r} is not a local folder and not in the local Hugging Face "
                     f"cache; pass a folder (--clip-model / model=), set ${CLIP_MODEL_ENV}, or allow downloads"
                 )
-            from .models import _hub_reachable  # the package's bounded probe: no hang on a silent network
+            from tficon.model.loading import _hub_reachable  # the package's bounded probe: no hang on a silent network
 
             if not _hub_reachable():
                 raise MetricUnavailable(f"CLIP model {spec!r} is not cached and the Hugging Face hub cannot be reached")
@@ -554,10 +554,10 @@ def inversion_metrics(
     """Invert an image to t = 1 and reconstruct it; how close does it come back?
 
     The image is resized like a background (LANCZOS to the working size), encoded to a VAE posterior sample
-    (generator seeded ``seed``, as in a composition), inverted with the DPM-Solver++ of ``tficon.solver``
+    (generator seeded ``seed``, as in a composition), inverted with the DPM-Solver++ of ``tficon.core.solver``
     (``steps``, ``order``) and sampled back with the same solver and conditioning, unguided: one evaluation
     per step. ``prompt`` is ``"exceptional"`` (TF-ICON's exceptional prompt e*), ``""`` (the empty prompt) or
-    any text. The UNet runs through ``engine`` (a ``tficon.engine.Engine``; default a new one for ``model``),
+    any text. The UNet runs through ``engine`` (a ``tficon.composition.engine.Engine``; default a new one for ``model``),
     whose inversion cache keeps the result.
 
     Returns:
@@ -568,11 +568,11 @@ def inversion_metrics(
         the input, the floor no inversion can beat. With ``return_tensors`` also ``"tensors"``: ``z0``, ``x_T``,
         ``z_rec`` (latents) and ``input``, ``reconstruction``, ``vae_reconstruction`` (``(3, H, W)`` in [0, 1]).
     """
-    from . import solver
-    from .engine import Engine
+    from tficon.composition.engine import Engine
+    from tficon.core import solver
 
     if isinstance(model, (str, os.PathLike)):
-        from .models import load_model
+        from tficon.model.loading import load_model
 
         model = load_model(model)
     if not isinstance(prompt, str):

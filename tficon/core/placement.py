@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tficon.io import check_image_size, image_to_tensor
+from tficon.core.io import check_image_size, image_to_tensor
 
 BOX_RULES = ("first", "largest", "union")
 
@@ -203,7 +203,7 @@ def _binarise(mask: MaskLike, name: str) -> np.ndarray:
     if mask.dtype == np.uint8:
         return mask > 127
     raise TypeError(
-        f"{name} must be a bool or uint8 mask, got {mask.dtype}; load it with tficon.io.load_mask first"
+        f"{name} must be a bool or uint8 mask, got {mask.dtype}; load it with tficon.core.io.load_mask first"
     )
 
 
@@ -736,7 +736,7 @@ def _object_mask_bits(object_mask: Image.Image | np.ndarray) -> np.ndarray:
             return object_mask
         if object_mask.dtype != np.uint8:
             raise TypeError(
-                f"object_mask must be bool or uint8, got {object_mask.dtype}; load it with tficon.io.load_mask"
+                f"object_mask must be bool or uint8, got {object_mask.dtype}; load it with tficon.core.io.load_mask"
             )
         object_mask = Image.fromarray(np.ascontiguousarray(object_mask))  # 2-D uint8 -> mode "L"
     if not isinstance(object_mask, Image.Image):
@@ -758,9 +758,9 @@ def prepare_foreground(
         window); mpad ``(H, W)`` float64 with values 0/1 (zeros outside).
     """
     if not isinstance(foreground, Image.Image):
-        raise TypeError(f"foreground must be a PIL image (see tficon.io.load_image), got {type(foreground).__name__}")
+        raise TypeError(f"foreground must be a PIL image (see tficon.core.io.load_image), got {type(foreground).__name__}")
     if foreground.mode not in {"RGB", "L"}:
-        raise ValueError(f"foreground has mode {foreground.mode}; load it with tficon.io.load_image first")
+        raise ValueError(f"foreground has mode {foreground.mode}; load it with tficon.core.io.load_image first")
     if tuple(foreground.size) != tuple(placement.foreground_size):
         raise ValueError(
             f"foreground is {foreground.size[0]}x{foreground.size[1]} (W x H) but the placement was computed for "

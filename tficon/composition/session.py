@@ -12,7 +12,7 @@ Phases, in order (each runs the ones before it when needed):
 3. ``invert()``       exceptional-prompt DPM-Solver++ inversion of both latents (cached);
 4. ``compose_start()`` the start latent (noise incorporation, docs/algorithm.md §7), the next generator draws;
 5. ``step()``         steps 0..S: step s leaves the generation branch at grid index s (see
-                      ``tficon.plan``), each one batched UNet call over the active rows with the
+                      ``tficon.core.plan``), each one batched UNet call over the active rows with the
                       composite self-attention;
 6. ``decode()`` / ``result``.
 
@@ -23,12 +23,12 @@ attention logits are injected), ``reference`` reconstructs the inverted referenc
 injected); ``pseudo_cross`` names the pseudo-cross row of a batched call and its attention maps.
 
 The Session keeps the inputs, decides what ``update`` invalidates, holds the records and rewinds them;
-the work itself goes through its ``tficon.engine.Engine``, the only code that calls the UNet: the batched
+the work itself goes through its ``tficon.composition.engine.Engine``, the only code that calls the UNet: the batched
 inversion (cached in the engine: pass ``engine=`` to share inversions between Sessions) and each planned
 step, computed from explicit inputs. The solver's arithmetic is float32 in every model dtype; only the
 UNet (and the VAE) run in the model's dtype, so float16 and bfloat16 models work as they are.
 
-On SDXL (docs/algorithm.md §15) the text conditioning of every row is a ``tficon.text.Conditioning`` and each
+On SDXL (docs/algorithm.md §15) the text conditioning of every row is a ``tficon.model.text.Conditioning`` and each
 branch gets its own added time ids (``Session.time_ids``); nothing else changes.
 
 Records are immutable (tensors are never modified in place), so ``rewind`` is a truncation and a
@@ -48,13 +48,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import checks, io, placement as placement_mod, solver
-from .attention import CaptureRequest, InjectionController, self_attention_layers
-from .config import CompositionConfig
-from .engine import Engine, StepInputs, StepRecord, Track
-from .plan import StepPlan, step_plan
-from .schedule import InjectionSchedule, injection_schedule
-from .threads import torch_threads
+from tficon.composition.attention import CaptureRequest, InjectionController, self_attention_layers
+from tficon.composition.engine import Engine, StepInputs, StepRecord, Track
+from tficon.core import checks, io, solver
+from tficon.core import placement as placement_mod
+from tficon.core.config import CompositionConfig
+from tficon.core.plan import StepPlan, step_plan
+from tficon.core.schedule import InjectionSchedule, injection_schedule
+from tficon.core.threads import torch_threads
 
 BRANCHES = ("generation", "background", "reference")
 
@@ -81,7 +82,7 @@ class Session:
     the target box, as officially) or a box (x, y, w, h) in working-image pixels. Keyword arguments
     not consumed here are configuration fields (see ``CompositionConfig``).
 
-    ``engine``: the ``tficon.engine.Engine`` to run on (default: a new one for ``model``); Sessions that
+    ``engine``: the ``tficon.composition.engine.Engine`` to run on (default: a new one for ``model``); Sessions that
     share an engine share its inversion cache. ``threads``: torch's CPU thread count while this Session
     works (restored afterwards); None leaves torch's setting as it is.
     """
@@ -105,7 +106,7 @@ class Session:
         if engine is not None and model is not engine.model:
             raise ValueError("engine belongs to another model: pass engine.model as model, or no engine")
         if isinstance(model, str) or hasattr(model, "__fspath__"):
-            from .models import load_model
+            from tficon.model.loading import load_model
 
             model = load_model(model)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -438,7 +439,7 @@ class Session:
         """What the engine needs to compute the next step: ``(plan, previous record, inputs)``.
 
         ``Engine.run_step(*session.step_request())`` is the record :meth:`step` would compute; ``Engine.run_steps``
-        takes several Sessions' requests into one UNet call (``tficon.lockstep``). Hand the record back with
+        takes several Sessions' requests into one UNet call (``tficon.run.lockstep``). Hand the record back with
         :meth:`accept_step`. Step 0's request inverts and composes the start latent first if needed.
         """
         if self.done:
@@ -568,8 +569,8 @@ class Session:
 
     def preview(self, step: int | None = None) -> dict[str, torch.Tensor]:
         """Cheap RGB previews (3, h, w) in [0, 1] of each branch's x0 estimate at ``step``, through the
-        model's fitted linear latent-to-RGB map (``tficon.preview``); use ``decode`` for full images."""
-        from .preview import fit_latent_rgb_map, latent_to_rgb
+        model's fitted linear latent-to-RGB map (``tficon.composition.preview``); use ``decode`` for full images."""
+        from tficon.composition.preview import fit_latent_rgb_map, latent_to_rgb
 
         if self._preview_map is None:
             inputs = self.inputs
@@ -655,7 +656,7 @@ def _notice_words_outside_the_toy_world(prompt: str, known: frozenset) -> None:
 
 def _official_mask_source(mask):
     """The object mask as the official pipeline binarises it: a greyscale image for PIL's dithering
-    ``convert("1")`` (tficon.placement.prepare_foreground); arrays other than uint8 stay as validated.
+    ``convert("1")`` (tficon.core.placement.prepare_foreground); arrays other than uint8 stay as validated.
     Validates first (clear errors for empty, non-binary or unreadable masks)."""
     from PIL import Image
 

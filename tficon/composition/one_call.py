@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config import CompositionConfig
+from tficon.core.config import CompositionConfig
 
 
 def compose(
@@ -28,11 +28,11 @@ def compose(
     returns the result at the background's own size (as the CLI saves it); ``"working"`` at the size the model
     worked at. ``paste_back=True`` (with the background's size only) keeps the original background's pixels
     outside the object's window (scaled to the background's size) grown by ``feather`` pixels, the composed
-    pixels inside the window and a linear ramp between (``tficon.io.paste_back``). For inspection, rewinding and
+    pixels inside the window and a linear ramp between (``tficon.core.io.paste_back``). For inspection, rewinding and
     re-running, use ``tficon.Session`` directly.
     """
-    from . import io
-    from .session import Session
+    from tficon.composition.session import Session
+    from tficon.core import io
 
     if output_size not in ("background", "working"):
         raise ValueError(f'output_size must be "background" or "working", got {output_size!r}')
@@ -53,7 +53,7 @@ def result_at_background_size(session, *, paste_back: bool = False, feather: int
     """``session.result`` at the background's own size (``io.resize_result``); with ``paste_back``, only the
     object's window of it (``placement.target_window`` scaled to that size), feathered by ``feather`` pixels,
     pasted onto the original background (``io.paste_back``)."""
-    from . import io
+    from tficon.core import io
 
     original = session.images["background"]
     result = io.resize_result(session.result, original.size)

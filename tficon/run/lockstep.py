@@ -2,7 +2,7 @@
 
 Why: one composition step is a UNet call of only 2-5 rows, too small to keep a GPU busy and below the batch size at
 which CPU kernels reach their per-row speed. Samples of a batch and independent cells of a sweep share nothing but
-the model and the latent size, so their steps can share calls (:meth:`tficon.engine.Engine.run_steps`).
+the model and the latent size, so their steps can share calls (:meth:`tficon.composition.engine.Engine.run_steps`).
 
 How: :func:`run_lockstep` keeps up to ``max_cells`` Sessions active. Each round it asks every active Session for
 its next step's inputs (``Session.step_request``), computes all those steps with one ``run_steps`` call per
@@ -10,7 +10,7 @@ its next step's inputs (``Session.step_request``), computes all those steps with
 (``Session.accept_step``, so each Session stores, counts and checks its own step, exactly as when it runs alone). A Session that finishes frees its slot for the
 next one. Sessions may be at different steps with different settings, boxes and prompts: each row carries its
 own time and embedding and each cell's composite reads its own geometry. The inversions of Sessions joining in the
-same round are batched too (:meth:`~tficon.engine.Engine.prepare_inversions`; equal latents, e.g. a background
+same round are batched too (:meth:`~tficon.composition.engine.Engine.prepare_inversions`; equal latents, e.g. a background
 shared by several samples, are inverted once).
 
 Results: equal to each Session's own run to float tolerance, not bitwise, because kernels round differently for
@@ -29,7 +29,7 @@ CPU the time per row stops falling at about 20 rows; measured with the toy model
 
 Lanes: a lane is an iterable of Sessions run one after another in one slot; the next one is taken only when the
 one before has finished and ``on_finished`` has seen it. A sweep uses this to move one Session through a chain of
-cells that share prefixes of steps (``tficon.sweeps``). Passing ``sessions`` instead makes every slot take the next
+cells that share prefixes of steps (``tficon.run.sweeps``). Passing ``sessions`` instead makes every slot take the next
 Session from the one iterable (a queue).
 """
 
@@ -42,7 +42,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from .threads import torch_threads
+from tficon.core.threads import torch_threads
 
 __all__ = ["CPU_BUDGET_BYTES", "ROW_CAPS", "LockstepStats", "auto_max_rows", "row_bytes", "run_lockstep"]
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from .toy.world import ObjectSpec, render_background, render_foreground
+from tficon.toy.world import ObjectSpec, render_background, render_foreground
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .schedule import InjectionSchedule
-from .solver import step_order
+from tficon.core.schedule import InjectionSchedule
+from tficon.core.solver import step_order
 
 
 @dataclass(frozen=True)

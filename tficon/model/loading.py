@@ -77,7 +77,7 @@ SDXL_TIME_IDS = 6  # original size (h, w), crop top-left (top, left), target siz
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 SD_EXCEPTIONAL_TOKEN_ID = 7788  # "rian</w>" in CLIP's BPE; the official TF-ICON choice
 TFICON_JSON = "tficon.json"
-TOY_MODEL_DIR = Path(__file__).resolve().parent / "toy" / "model"
+TOY_MODEL_DIR = Path(__file__).resolve().parents[1] / "toy" / "model"
 HUB_PROBE_TIMEOUT_S = 3.0
 PROMPT_CACHE_SIZE = 16
 CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors")
@@ -321,12 +321,12 @@ class LoadedModel:
         return self.image_size // self.vae_scale_factor
 
     def encode_prompt(self, prompt: str) -> torch.Tensor:
-        """``(1, 77, D)`` prompt embedding (see ``tficon.text.encode_prompt``), cached per prompt string.
-        SDXL: a ``tficon.text.Conditioning`` (``tficon.text.encode_prompt_sdxl``) with no time ids.
+        """``(1, 77, D)`` prompt embedding (see ``tficon.model.text.encode_prompt``), cached per prompt string.
+        SDXL: a ``tficon.model.text.Conditioning`` (``tficon.model.text.encode_prompt_sdxl``) with no time ids.
 
         The returned tensor is shared with the cache: do not modify it in place.
         """
-        from tficon.text import encode_prompt, encode_prompt_sdxl
+        from tficon.model.text import encode_prompt, encode_prompt_sdxl
 
         cached = self._prompt_cache.get(prompt)
         if cached is None:
@@ -344,12 +344,12 @@ class LoadedModel:
         return cached
 
     def exceptional_embedding(self) -> torch.Tensor:
-        """``(1, 77, D)`` exceptional prompt e* (see ``tficon.text.exceptional_embedding``), cached.
-        SDXL: a ``Conditioning`` from both encoders (``tficon.text.exceptional_embedding_sdxl``).
+        """``(1, 77, D)`` exceptional prompt e* (see ``tficon.model.text.exceptional_embedding``), cached.
+        SDXL: a ``Conditioning`` from both encoders (``tficon.model.text.exceptional_embedding_sdxl``).
 
         The returned tensor is shared with the cache: do not modify it in place.
         """
-        from tficon.text import exceptional_embedding, exceptional_embedding_sdxl
+        from tficon.model.text import exceptional_embedding, exceptional_embedding_sdxl
 
         if self._exceptional is None:
             window = int(self.tokenizer.model_max_length)
@@ -366,14 +366,14 @@ class LoadedModel:
         classifier-free guidance without a negative prompt (docs/algorithm.md §15.1)."""
         empty = self.encode_prompt("")
         if self.is_sdxl and self.force_zeros_for_empty_prompt:
-            from tficon.text import Conditioning
+            from tficon.model.text import Conditioning
 
             return Conditioning(torch.zeros_like(empty.hidden), torch.zeros_like(empty.pooled))
         return empty
 
     def time_ids(self, image_size: int | tuple[int, int] | None = None) -> torch.Tensor | None:
         """SDXL's (1, 6) added time ids for a working size (default: the native size); None for SD models."""
-        from tficon.text import sdxl_time_ids
+        from tficon.model.text import sdxl_time_ids
 
         return sdxl_time_ids(self.image_size if image_size is None else image_size) if self.is_sdxl else None
 
@@ -953,7 +953,7 @@ def _check_checkpoint(layout: dict, spec: str) -> str | None:
         kind = None
     if kind == "v1" and CHECKPOINT_KEY_NAMES["open_clip_sdxl"] in layout:
         # diffusers types SDXL base by a tensor of its second text encoder's 10th block and otherwise falls back to
-        # "v1"; a file with fewer blocks there (tficon.tiny's "sdxl") still has SDXL base's layout, whose second
+        # "v1"; a file with fewer blocks there (tficon.model.tiny's "sdxl") still has SDXL base's layout, whose second
         # encoder diffusers' loader recognizes by this key. Loaded as SD it would lose that encoder.
         kind = "xl_base"
     family = _CHECKPOINT_FAMILIES.get(kind) if kind else None

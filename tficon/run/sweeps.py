@@ -3,9 +3,9 @@
 A sweep is a grid over any of ``tau_a``, ``tau_b``, ``tau_bg``, ``guidance``, ``seed``, ``steps`` and ``box``
 (a full Cartesian product of the values given). It is evaluated so that no work is done twice:
 
-- **Inversions once.** Every cell runs on one :class:`tficon.engine.Engine`, whose inversion cache is keyed by
+- **Inversions once.** Every cell runs on one :class:`tficon.composition.engine.Engine`, whose inversion cache is keyed by
   content: cells that share ``seed``, ``steps`` (and, in cross mode, the box's size) share both inversions.
-- **Common prefixes of steps once.** A cell's steps are a pure function of its step plans (``tficon.plan``) once
+- **Common prefixes of steps once.** A cell's steps are a pure function of its step plans (``tficon.core.plan``) once
   the inputs, the seed, the steps, the guidance and the box are fixed, which is how ``Session.update`` decides
   what to keep. Cells of one such group are evaluated in lexicographic order of their plan sequences, i.e. in
   depth-first order of the prefix tree of those sequences. In that order, the longest prefix a cell shares with
@@ -19,7 +19,7 @@ The result of every cell is bitwise the result of a fresh Session with the cell'
 it).
 
 **Batched cells** (``batch_cells``, off by default): cells that share no steps can share UNet calls instead
-(``tficon.lockstep``). The evaluation order is cut into *lanes*, contiguous runs of cells that one Session walks
+(``tficon.run.lockstep``). The evaluation order is cut into *lanes*, contiguous runs of cells that one Session walks
 through with ``update`` as above, and the lanes advance together, one call per round holding a step of each
 (:func:`plan_lanes`). A cut before a cell costs the steps it shares with the cell before (its lane recomputes them),
 so ``"auto"`` cuts only where that is nothing (a new seed, guidance or box, or a tau that already changes step 0)
@@ -32,7 +32,7 @@ Outputs (:meth:`SweepResult.save`): ``grid.png`` (rows and columns labelled by t
 dimensions as stacked panels), ``cells.csv`` / ``cells.json`` (settings, metrics, work per cell) and a
 self-contained ``index.html``; cell images under ``cells/``.
 
-Metrics per cell (``tficon.metrics.composition_metrics``, docs/evaluation.md): background MSE/PSNR/SSIM with the
+Metrics per cell (``tficon.eval.metrics.composition_metrics``, docs/evaluation.md): background MSE/PSNR/SSIM with the
 target window blanked, foreground MSE/PSNR/SSIM of the window against the reference crop; the cut-and-paste's
 values for comparison.
 """
@@ -57,11 +57,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from . import io
-from .config import CompositionConfig
-from .engine import Engine
-from .plan import composition_plan
-from .schedule import injection_schedule
+from tficon.composition.engine import Engine
+from tficon.core import io
+from tficon.core.config import CompositionConfig
+from tficon.core.plan import composition_plan
+from tficon.core.schedule import injection_schedule
 
 __all__ = [
     "PARAMETERS", "GridError", "SweepCell", "SweepResult", "run_sweep", "parse_grid_option", "evaluation_order",
@@ -370,7 +370,7 @@ class SweepResult:
     def session(self, cell: SweepCell | int, *, progress: bool = False):
         """A fresh Session with the cell's settings on the sweep's engine (its inversions come from the cache);
         run it, or open it in ``tficon.widgets.Explorer``."""
-        from .session import Session
+        from tficon.composition.session import Session
 
         cell = self.cells[cell] if isinstance(cell, int) else cell
         i = self.inputs
@@ -478,18 +478,18 @@ def run_sweep(
         config / config_changes: the settings of every cell besides the grid's.
         engine: the Engine to run on (default: a new one for ``model``); pass one to share its inversion cache.
         out: a folder to write the outputs into (see :meth:`SweepResult.save`).
-        metrics: compute per-cell metrics (pixel metrics of ``tficon.metrics``).
+        metrics: compute per-cell metrics (pixel metrics of ``tficon.eval.metrics``).
         value_labels: names shown for a parameter's values instead of the values themselves (e.g. for masks).
         progress: a tqdm bar over the cells.
         batch_cells: None (default): one cell at a time, each bitwise a fresh Session's result. N: up to N lanes
             of cells share UNet calls; ``"auto"``: as many lanes as cost no shared steps and fit the memory budget
-            (module docstring, :func:`plan_lanes`, ``tficon.lockstep``). Results equal the unbatched ones to float
+            (module docstring, :func:`plan_lanes`, ``tficon.run.lockstep``). Results equal the unbatched ones to float
             tolerance.
 
     Returns:
         a :class:`SweepResult`.
     """
-    from .session import Session
+    from tficon.composition.session import Session
 
     checked = _check_grid(grid)
     labels = {}
@@ -498,13 +498,13 @@ def run_sweep(
             raise GridError(f"value_labels[{name!r}] must name each of the grid's {name} values")
         labels[name] = [str(n) for n in names]
     if isinstance(model, str) or hasattr(model, "__fspath__"):
-        from .models import load_model
+        from tficon.model.loading import load_model
 
         model = load_model(model)
     if engine is not None and engine.model is not model:
         raise ValueError("engine belongs to another model: pass engine.model as model, or no engine")
     base = (config or CompositionConfig()).replace(**config_changes)
-    from .lockstep import check_count
+    from tficon.run.lockstep import check_count
 
     check_count(batch_cells, "batch_cells", auto=True, none=True)
 
@@ -582,7 +582,7 @@ def run_sweep(
 
     lanes = [order]
     if batch_cells is not None:
-        from .lockstep import MAX_ROWS_PER_CELL, auto_max_rows
+        from tficon.run.lockstep import MAX_ROWS_PER_CELL, auto_max_rows
 
         if batch_cells == "auto":
             latent = tuple(v // model.vae_scale_factor for v in session.image_size)
@@ -622,9 +622,9 @@ def run_sweep(
 
 
 def _run_lanes(lanes, session, begin, finish, *, threads, new_session) -> None:
-    """Run the lanes of cells together (``tficon.lockstep``): lane 0 on ``session``, the others each on a Session of
+    """Run the lanes of cells together (``tficon.run.lockstep``): lane 0 on ``session``, the others each on a Session of
     its own made by ``new_session`` (their inversions come from the engine's cache or are batched)."""
-    from .lockstep import MAX_ROWS_PER_CELL, run_lockstep
+    from tficon.run.lockstep import MAX_ROWS_PER_CELL, run_lockstep
 
     current: dict[int, tuple] = {}
 
@@ -651,7 +651,7 @@ def _cell_text(values: Mapping[str, Any]) -> str:
 
 def _measure(session, image: Image.Image, have_cut_and_paste: bool):
     """(the cell's metrics, the cut-and-paste's {"image", "metrics"} or None when ``have_cut_and_paste``)."""
-    from .metrics import composition_metrics
+    from tficon.eval.metrics import composition_metrics
 
     inputs, place = session.inputs, session.placement
     background, reference = io.to_pil(inputs.background), io.to_pil(inputs.reference)
@@ -676,7 +676,7 @@ _GAP = 4
 
 
 def _thumb(image: Image.Image, side: int) -> Image.Image:
-    from .report import thumbnail
+    from tficon.run.report import thumbnail
 
     return thumbnail(image, side)
 

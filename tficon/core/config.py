@@ -1,0 +1,216 @@
+"""The one configuration object of a composition, and the one list of its settings.
+
+Defaults reproduce the official TF-ICON code (docs/algorithm.md §10). Every deviation from
+the official behaviour is a named switch that is off by default.
+
+Each field carries its metadata (:func:`setting`): a help line, its range or choices, what a change invalidates,
+its command-line flag, whether it can be a sweep axis and which Explorer control shows it. Everything that lists
+settings (the CLI, the sweep axes, ``Session.update``, the Explorer) loops over :data:`SETTINGS` instead of
+re-typing field names, so a new field appears everywhere by being declared here once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+#: What a change of a setting makes stale, from the most to the least work (``Session.update``):
+#: ``inputs``: the placement and the prepared images (and everything after them);
+#: ``latents``: the encoded latents, both inversions and the start latent (placement kept);
+#: ``all_steps``: every denoising step (inversions and start latent kept);
+#: ``plans``: the denoising steps from the first whose plan (``tficon.core.plan``) differs.
+INVALIDATES = ("inputs", "latents", "all_steps", "plans")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The metadata of one ``CompositionConfig`` field (see :func:`setting`)."""
+
+    name: str
+    default: Any
+    help: str
+    invalidates: str
+    range: tuple[float, float] | None = None
+    choices: tuple | None = None
+    cli: str | None = None  # the command-line flag; None: derived from the name
+    sweep: bool = False  # can be an axis of ``tficon.sweep``
+    control: str | None = None  # the Explorer control: "slider", "int", "dropdown", "checkbox" or None (not shown)
+    step: float | None = None  # the slider's step
+    switch: bool = False  # a parity switch (bool, off = the official behaviour)
+
+    @property
+    def flag(self) -> str:
+        return self.cli or "--" + self.name.replace("_", "-")
+
+
+def setting(default, *, help: str, invalidates: str, **meta) -> Any:
+    """A ``CompositionConfig`` field with its :class:`Setting` metadata (keyword arguments as in ``Setting``)."""
+    if invalidates not in INVALIDATES:
+        raise ValueError(f"invalidates must be one of {INVALIDATES}, got {invalidates!r}")
+    return field(default=default, metadata={"tficon": dict(help=help, invalidates=invalidates, **meta)})
+
+MODES = ("cross", "same")
+
+# The official script ignores --scale and forces these per domain (docs/algorithm.md §8.1).
+OFFICIAL_GUIDANCE = {"cross": 5.0, "same": 2.5}
+
+#: Accepted ranges of the step fractions. tau_a and tau_bg are fractions in [0, 1]. tau_b may exceed 1 on
+#: purpose: the official bound int(tau_b * S + 1 - order) reaches the last steps only for tau_b >= (S + order) / S
+#: (e.g. 1.1 pins the background outside the box on every step), and (S + order) / S <= 2 for every S >= order.
+#: (The ranges are declared on the fields below; this table is derived from them after the class.)
+TAU_RANGES: dict[str, float] = {}
+
+#: Seeds go to ``torch.Generator.manual_seed``, which takes a signed 64-bit integer; negative ones wrap, so we
+#: accept exactly the non-negative range and say so instead of torch's "Overflow when unpacking long long".
+SEED_RANGE = (0, 2**63)
+
+
+def _is_number(value) -> bool:
+    # bool is an int subclass, but tau_a=True is a mistake, not 1.0
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class CompositionConfig:
+    """Settings of one TF-ICON composition.
+
+    mode:      "cross" (the object comes from another domain: the start latent holds the inverted
+               reference inside the object) or "same" (the pixel cut-and-paste is inverted as a whole).
+    steps:     DPM-Solver++ steps, for inversion and for sampling (official 20).
+    order:     solver order 1, 2 or 3 (official 2).
+    guidance:  classifier-free guidance of the generation branch, finite and >= 0; None = official 5.0 (cross) /
+               2.5 (same).
+    tau_a:     fraction of steps with foreground (composite self-attention) injection (official 0.4), in [0, 1].
+    tau_b:     fraction of steps after which the background latent is blended in (official 0.8), in [0, 2]
+               (values above 1 extend the blending to the last steps, see TAU_RANGES).
+    tau_bg:    fraction of steps with background-logit injection; hard-coded 0.4 in the official code; in [0, 1].
+    seed:      seeds the one generator of all random draws (VAE posterior samples, then box noises); in [0, 2**63).
+
+    Every field is checked at construction (and by ``replace``), so a bad value fails before any model work.
+
+    Parity switches (all False = the official behaviour):
+    align_warmup:  the generation branch's warm-up evaluations see the maps of their own time instead of those at t_{k-1}.
+    no_cross_lag:  the pseudo-cross pass uses the reference latent at t_s instead of t_{s-1}.
+    background_queries: the pseudo-cross logits injected into the composite use the background
+                   branch's queries against the reference's object keys, our reading of the
+                   paper, instead of the reference's own queries as the official code does (docs/algorithm.md §8.3).
+    largest_contour: the target box is the bbox of the largest mask contour instead of OpenCV's first one.
+    clip_box:      boxes that leave the image are moved inside instead of raising an error.
+    """
+
+    mode: str = setting(
+        "cross", help="cross: the object comes from another domain; same: the cut-and-paste is inverted whole",
+        invalidates="inputs", choices=MODES, control="dropdown",
+    )  # fmt: skip
+    steps: int = setting(
+        20, help="DPM-Solver++ steps, for inversion and sampling", invalidates="latents", range=(1, 1000),
+        sweep=True, control="int",
+    )  # fmt: skip
+    order: int = setting(2, help="solver order", invalidates="latents", choices=(1, 2, 3))
+    guidance: float | None = setting(
+        None, help="classifier-free guidance; default 5.0 cross, 2.5 same (official)", invalidates="all_steps",
+        range=(0.0, 20.0), sweep=True, control="slider", step=0.5,
+    )  # fmt: skip
+    tau_a: float = setting(
+        0.4, help="fraction of steps with foreground (composite) injection", invalidates="plans", range=(0.0, 1.0),
+        sweep=True, control="slider", step=0.05,
+    )  # fmt: skip
+    tau_b: float = setting(
+        0.8, help="fraction of steps after which the background is blended in (above 1: also the last steps)",
+        invalidates="plans", range=(0.0, 2.0), sweep=True, control="slider", step=0.05,
+    )  # fmt: skip
+    tau_bg: float = setting(
+        0.4, help="fraction of steps with background-logit injection", invalidates="plans", range=(0.0, 1.0),
+        sweep=True, control="slider", step=0.05,
+    )  # fmt: skip
+    seed: int = setting(
+        3407, help="seeds the VAE posterior samples and the box noises", invalidates="latents",
+        range=(0, 2**63 - 1), sweep=True, control="int",
+    )  # fmt: skip
+    align_warmup: bool = setting(
+        False, help="warm-up evaluations see the maps of their own time (official: those at t_{k-1})",
+        invalidates="plans", switch=True, control="checkbox",
+    )  # fmt: skip
+    no_cross_lag: bool = setting(
+        False, help="the pseudo-cross pass uses the reference latent at t_s (official: at t_{s-1})",
+        invalidates="plans", switch=True, control="checkbox",
+    )  # fmt: skip
+    background_queries: bool = setting(
+        False, help="pseudo-cross logits use the background branch's queries (official: the reference's own)",
+        invalidates="plans", switch=True, control="checkbox",
+    )  # fmt: skip
+    largest_contour: bool = setting(
+        False, help="the target box is the bbox of the largest mask contour (official: OpenCV's first)",
+        invalidates="inputs", switch=True, control="checkbox",
+    )  # fmt: skip
+    clip_box: bool = setting(
+        False, help="move boxes that leave the image inside instead of raising an error", invalidates="inputs",
+        switch=True, control="checkbox",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+        if self.order not in (1, 2, 3):
+            raise ValueError(f"order must be 1, 2 or 3, got {self.order!r}")
+        for name, high in TAU_RANGES.items():
+            value = getattr(self, name)
+            # Fractions of the steps: past the range they mean nothing more, and NaN compares false everywhere.
+            if not _is_number(value) or not math.isfinite(value) or not 0 <= value <= high:
+                extra = " (above 1: blending also on the last steps)" if high > 1 else ""
+                raise ValueError(
+                    f"{name} must be a finite number in [0, {high:g}]{extra}, a fraction of the steps; "
+                    f"got {value!r} (official value {getattr(CompositionConfig, name)})"
+                )
+        if self.guidance is not None and (
+            not _is_number(self.guidance) or not math.isfinite(self.guidance) or self.guidance < 0
+        ):
+            # A NaN or infinite guidance turns every generation latent into NaN from step 0 on.
+            raise ValueError(
+                f"guidance must be a finite number >= 0, or None for the official per-mode value "
+                f"{OFFICIAL_GUIDANCE}, got {self.guidance!r}"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        if not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:
+            raise ValueError(
+                f"seed must be in [0, 2**63) (torch generators take a signed 64-bit seed), got {self.seed}; "
+                "e.g. seed % 2**63"
+            )
+
+    @property
+    def effective_guidance(self) -> float:
+        """The guidance scale actually used (the official per-mode value when ``guidance`` is None)."""
+        return float(OFFICIAL_GUIDANCE[self.mode] if self.guidance is None else self.guidance)
+
+    @property
+    def box_rule(self) -> str:
+        return "largest" if self.largest_contour else "first"
+
+    def replace(self, **changes) -> "CompositionConfig":
+        """A copy with ``changes`` applied (validated); unknown names raise a TypeError listing the valid ones."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise TypeError(f"unknown config field(s) {unknown}; valid fields: {sorted(names)}")
+        return dataclasses.replace(self, **changes)
+
+
+#: Every setting of ``CompositionConfig``, in declaration order: the one list the CLI, the sweep axes,
+#: ``Session.update`` and the Explorer loop over.
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(name=f.name, default=f.default, **f.metadata["tficon"]) for f in dataclasses.fields(CompositionConfig)
+)
+SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+TAU_RANGES.update({name: SETTINGS_BY_NAME[name].range[1] for name in ("tau_a", "tau_b", "tau_bg")})
+
+
+def settings_invalidating(level: str) -> frozenset[str]:
+    """Names of the settings whose change invalidates ``level`` (one of :data:`INVALIDATES`)."""
+    if level not in INVALIDATES:
+        raise ValueError(f"level must be one of {INVALIDATES}, got {level!r}")
+    return frozenset(s.name for s in SETTINGS if s.invalidates == level)
