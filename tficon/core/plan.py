@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tficon.core.schedule import InjectionSchedule
+from tficon.core.schedule import InjectionSchedule, injection_schedule
 from tficon.core.solver import step_order
 
 
@@ -119,6 +119,14 @@ def step_plan(
         history_blend=s == k - 1,
         blend=blend,
     )
+
+
+def plans_for(config) -> tuple[StepPlan, ...]:
+    """Plans of all steps 0..steps of a ``CompositionConfig``: the one place the config becomes plans."""
+    schedule = injection_schedule(
+        config.steps, config.order, config.tau_a, config.tau_b, config.tau_bg, align_warmup=config.align_warmup
+    )
+    return composition_plan(schedule, cross_lag=not config.no_cross_lag, background_queries=config.background_queries)
 
 
 def composition_plan(

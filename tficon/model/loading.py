@@ -320,6 +320,17 @@ class LoadedModel:
         """Latent side length at the native image size (64 for SD at 512)."""
         return self.image_size // self.vae_scale_factor
 
+    @property
+    def size_multiple(self) -> int:
+        """Working image sides must be multiples of this: the VAE's factor times the UNet's downsampling (64 for SD),
+        so that every attention level has a whole grid."""
+        levels = len(self.unet.config.block_out_channels)
+        return self.vae_scale_factor * 2 ** (levels - 1)
+
+    def latent_shape(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """The latent grid (h, w) of a working image of ``image_size`` = (H, W) pixels."""
+        return (image_size[0] // self.vae_scale_factor, image_size[1] // self.vae_scale_factor)
+
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """``(1, 77, D)`` prompt embedding (see ``tficon.model.text.encode_prompt``), cached per prompt string.
         SDXL: a ``tficon.model.text.Conditioning`` (``tficon.model.text.encode_prompt_sdxl``) with no time ids.
