@@ -151,13 +151,11 @@ def compute(folder: Path) -> dict[str, np.ndarray]:
     sdxl16 = tficon.load_model(str(folder / "models" / "sdxl"), dtype="float16")
     put("tiny_sdxl_fp16", _finals(_session(sdxl16, tiny, image_size=TINY_SIZE, steps=6)))
 
-    runs = folder / "runs"
+    import tempfile
+
+    runs = Path(tempfile.mkdtemp(prefix="golden-runs-"))  # outputs of this run only (several may run at once)
     for case, extra in (("batch", []), ("lockstep", ["--batch-samples", "2"])):
         target = runs / case
-        if target.exists():
-            import shutil
-
-            shutil.rmtree(target)
         code = main(["batch", str(folder / "inputs"), "--out", str(target), "--model", "toy", "--steps", "6",
                      "--quiet", "--pixel-metrics-only", *extra])
         assert code == 0, f"tficon batch exited {code}"
@@ -173,6 +171,9 @@ def compute(folder: Path) -> dict[str, np.ndarray]:
                           demo["prompt"], {"tau_a": [0.2, 0.5], "tau_b": [0.6, 0.9]}, steps=6, progress=False,
                           out=runs / "sweep")
     put("sweep", _images(runs / "sweep"))
+    import shutil
+
+    shutil.rmtree(runs)
     return out
 
 
