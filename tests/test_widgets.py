@@ -8,6 +8,8 @@ path of the real models runs. Expectations are computed independently from the S
 
 from __future__ import annotations
 
+import base64
+import io
 import threading
 import time
 
@@ -19,7 +21,9 @@ pytest.importorskip("ipywidgets")
 pytest.importorskip("anywidget")
 pytest.importorskip("matplotlib")
 
-from tficon.widgets import Explorer, figures, maps, render  # noqa: E402
+from tficon.core.config import SETTINGS  # noqa: E402
+from tficon.widgets import Explorer, _compat, figures, maps, render  # noqa: E402
+from tficon.widgets.attention_panel import source_picture  # noqa: E402
 from tficon.widgets.masks import mask_at_original_size, painting_grid, window_mask_on_grid  # noqa: E402
 from tficon.widgets.views import AttentionMapView, StepStrip  # noqa: E402
 from tficon.widgets.worker import Worker  # noqa: E402
@@ -33,6 +37,34 @@ STEPS = 8
 
 def make_session(model, sample, **config):
     return new_session(model, sample, steps=config.pop("steps", STEPS), **config)
+
+
+# What the views show, read from the widgets' own values (the PNG an image widget holds, the data URL a canvas draws).
+def png_picture(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def shown(view) -> np.ndarray:
+    """The picture an ``ipywidgets.Image`` (or a canvas, through its ``src`` data URL) shows."""
+    if hasattr(view, "src"):
+        return png_picture(base64.b64decode(view.src.split(",", 1)[1]))
+    return png_picture(view.value)
+
+
+def row_pictures(row) -> list[np.ndarray]:
+    """The pictures of an ``ImageRow``, in order."""
+    return [shown(cell.children[0]) for cell in row.children]
+
+
+def shows(view, image, size: int) -> bool:
+    """Whether ``view`` shows ``image`` (drawn ``size`` px wide, as the views enlarge it)."""
+    return np.array_equal(shown(view), render.enlarge_to(render.as_rgb(image), size))
+
+
+def shown_result(ex) -> np.ndarray:
+    return shown(ex.result_view)
 
 
 @pytest.fixture
@@ -57,7 +89,7 @@ def finished(model, sample):
 def test_tau_b_change_recomputes_only_the_affected_suffix(explorer, model, sample):
     s = explorer.session
     old_plans, old_records = s.plans, s.records
-    old_result = explorer.shown["result"].copy()
+    old_result = shown_result(explorer)
     evals_before = s.stats["sample_evals"]
 
     explorer.controls["tau_b"].value = 0.5  # what the browser does when the slider moves
@@ -75,8 +107,8 @@ def test_tau_b_change_recomputes_only_the_affected_suffix(explorer, model, sampl
     assert s.stats["sample_evals"] - evals_before == sum(p.sample_evals for p in new_plans[first:])
     # the shown result is the new composition, bitwise equal to a fresh run with tau_b = 0.5
     fresh = np.asarray(make_session(model, sample, tau_b=0.5).result)
-    assert np.array_equal(explorer.shown["result"], fresh)
-    assert not np.array_equal(explorer.shown["result"], old_result)
+    assert shows(explorer.result_view, fresh, explorer.image_px)
+    assert not np.array_equal(shown_result(explorer), old_result)
     assert explorer.progress.value == STEPS + 1 and len(explorer.strip) == STEPS + 1
     assert f"steps {first}..{STEPS} computed" in explorer.status.value
     assert "tau_b=0.50" in explorer.result_caption.value
@@ -95,6 +127,60 @@ def test_guidance_seed_prompt_and_steps_controls_reach_the_session(explorer):
     assert explorer.wait(120)
     assert s.steps == 6 and s.done and len(s.records) == 7
     assert explorer.scrubber.max == 6 and explorer.progress.max == 7 and len(explorer.strip) == 7
+
+
+def test_every_setting_with_a_control_has_its_widget_with_the_declared_range(finished):
+    """The settings controls come from tficon.core.config.SETTINGS: one widget per Setting with a control, of that
+    kind, over its declared range or choices, with its help as hover text and its CSS class."""
+    import ipywidgets as widgets
+
+    controls, config = finished.controls, finished.session.config
+    declared = [setting for setting in SETTINGS if setting.control is not None]
+    assert set(controls) == {"prompt"} | {setting.name for setting in declared}
+    assert "order" not in controls  # declared without a control
+    kinds = {"slider": widgets.FloatSlider, "int": widgets.BoundedIntText, "dropdown": widgets.Dropdown, "checkbox": widgets.Checkbox}
+    for setting in declared:
+        control = controls[setting.name]
+        assert isinstance(control, kinds[setting.control]), setting.name
+        assert f"tficon-{setting.name.replace('_', '-')}" in control._dom_classes
+        assert _compat.help_of(control) == setting.help
+        if setting.control in ("slider", "int"):
+            assert (control.min, control.max) == setting.range, setting.name
+        if setting.control == "slider":
+            assert control.step == setting.step
+        if setting.control == "dropdown":
+            assert tuple(control.options) == setting.choices
+        expected = config.effective_guidance if setting.name == "guidance" else getattr(config, setting.name)
+        assert control.value == expected, setting.name
+    assert controls["tau_b"].max == 2.0  # tau_b may exceed 1 (blending on the last steps too)
+    switches = [controls[setting.name] for setting in declared if setting.switch]
+    assert len(switches) == 5 and not any(c.value for c in switches)  # all off: the official code
+    accordion = finished.settings_panel.switches
+    assert accordion.selected_index is None and list(accordion.children[0].children) == switches  # collapsed
+
+
+def test_a_parity_switch_reaches_the_session_and_recomputes_from_its_first_effect(model, sample):
+    ex = Explorer(make_session(model, sample), threaded=False)
+    s = ex.session
+    try:
+        ex.run()
+        evals_before = s.stats["sample_evals"]
+        ex.controls["background_queries"].value = True  # what a click on the checkbox sends
+        assert ex.last_error is None and s.config.background_queries is True and s.done
+        first = ex.history[-1]["first"]
+        assert ex.history[-1]["changes"] == {"background_queries": True} and first is not None
+        assert s.stats["sample_evals"] - evals_before == sum(p.sample_evals for p in s.plans[first:])
+        fresh = make_session(model, sample, background_queries=True).run()
+        assert np.array_equal(np.asarray(s.result), np.asarray(fresh.result))
+        assert shows(ex.result_view, fresh.result, ex.image_px)
+        # a rejected value leaves the Session as it was and the control showing the Session's value
+        ex.update(tau_b=2.5)
+        assert isinstance(ex.last_error, ValueError) and "tau_b must be" in ex.status.value
+        assert s.config.tau_b == 0.8 and ex.controls["tau_b"].value == 0.8
+        ex.controls["background_queries"].value = False
+        assert ex.last_error is None and s.config.background_queries is False
+    finally:
+        ex.close()
 
 
 def test_rejected_change_leaves_everything_as_it_was(explorer):
@@ -142,7 +228,7 @@ def test_inline_mode_computes_in_the_calling_thread(model, sample):
 # ---------------------------------------------------------------------------------------------- inputs
 def test_drawing_a_box_moves_the_object(explorer):
     s = explorer.session
-    old_cut = explorer.shown["cut_and_paste"].copy()
+    old_cut = shown(explorer.cut_and_paste_view)
     explorer.box_drawer.set_state({"box": [10, 12, 40, 40]})  # the message the front end sends at the end of a drag
     assert explorer.wait(120)
     assert explorer.last_error is None
@@ -152,9 +238,9 @@ def test_drawing_a_box_moves_the_object(explorer):
     assert "(10, 12, 40, 40)" in explorer.box_label.value
     assert [f.value for f in explorer.box_fields] == [10, 12, 40, 40]
     expected_cut = render.as_rgb(s.inputs.cut_and_paste, value_range=(-1, 1))
-    assert np.array_equal(explorer.shown["cut_and_paste"], expected_cut)
-    assert not np.array_equal(expected_cut, old_cut)
-    assert s.done and np.array_equal(explorer.shown["result"], np.asarray(s.result))
+    assert shows(explorer.cut_and_paste_view, expected_cut, explorer.inputs_panel.small_px)
+    assert not np.array_equal(shown(explorer.cut_and_paste_view), old_cut)
+    assert s.done and shows(explorer.result_view, s.result, explorer.image_px)
 
 
 def test_painting_the_mask_sets_exactly_the_painted_object_mask(explorer):
@@ -192,63 +278,89 @@ def test_painted_masks_reach_the_session_exactly(window, original):
 # ---------------------------------------------------------------------------------------------- views
 def test_scrubber_shows_that_steps_latents_previews_and_decodes(finished):
     s = finished.session
+    def captions(row) -> list[str]:
+        return [cell.children[1].value for cell in row.children]
+
     finished.scrubber.value = 2
     assert finished.wait(60)
-    assert finished.shown["step"] == 2 and finished.strip.selected == 2
+    assert finished.strip.selected == 2 and "after step 2:" in finished.step_title.value
     latents, previews = s.latents(2), s.preview(2)
-    assert set(finished.shown["latents"]) == set(latents) and {"generation", "background"} <= set(latents)
-    assert all(torch.equal(finished.shown["latents"][b], latents[b]) for b in latents)
-    assert all(torch.equal(finished.shown["previews"][b], previews[b]) for b in previews)
-    assert len(finished.channel_rows.children) == len(latents)
-    assert np.array_equal(finished.channel_rows.arrays[0], render.enlarge_to(render.channel_strip(latents["generation"]), finished.channel_rows.size))
+    assert {"generation", "background"} <= set(latents)
+    assert len(finished.channel_rows.children) == len(latents) and len(finished.preview_row.children) == len(previews)
+    for branch, picture, caption in zip(latents, row_pictures(finished.channel_rows), captions(finished.channel_rows)):
+        assert f"{branch} latent" in caption
+        assert np.array_equal(picture, render.enlarge_to(render.channel_strip(latents[branch]), finished.channel_rows.size))
+    for branch, picture, caption in zip(previews, row_pictures(finished.preview_row), captions(finished.preview_row)):
+        assert f"{branch} x0 preview" in caption
+        assert np.array_equal(picture, render.enlarge_to(render.as_rgb(previews[branch]), finished.preview_row.size))
     finished.decode_step()
     assert finished.wait(60)
-    step, decoded = finished.shown["decoded"]
-    assert step == 2 and set(decoded) == set(s.x0(2))
-    assert np.array_equal(decoded["generation"], np.asarray(to_pil(s.decode(s.x0(2)["generation"])[0])))
+    x0 = s.x0(2)
+    assert len(finished.decoded_row.children) == len(x0)
+    for branch, picture, caption in zip(x0, row_pictures(finished.decoded_row), captions(finished.decoded_row)):
+        decoded = np.asarray(to_pil(s.decode(x0[branch])[0]))
+        assert f"{branch} x0, decoded" in caption
+        assert np.array_equal(picture, render.enlarge_to(decoded, finished.decoded_row.size))
     finished.strip.selected = 5  # a click on a thumbnail moves the scrubber
     assert finished.wait(60)
-    assert finished.scrubber.value == 5 and finished.shown["step"] == 5
+    assert finished.scrubber.value == 5 and "after step 5:" in finished.step_title.value
+    assert len(finished.decoded_row.children) == 0  # the decodes of step 2 no longer describe the step shown
 
 
 def test_query_click_shows_that_row_of_the_captured_maps(finished):
     s = finished.session
+    panel = finished.attention
     finished.scrubber.value = 1
     assert finished.wait(60)
-    shown = finished.shown["attention"]
-    assert finished.shown["attention_step"] == 1 and shown["grid"] == (16, 16) and shown["kind"] == "composite"
+    assert "step 1's UNet call" in panel.title.value
+    grid, layers, kind = panel.selected()
+    assert grid == (16, 16) and kind == "composite"
     captured = s.capture_attention(1)  # independent capture of the same step
     finest = [layer for (layer, kind), m in captured.items() if kind == "composite" and m.shape[0] == 256]
     expected = torch.stack([captured[(layer, "composite")] for layer in finest]).mean(0)
-    assert sorted(shown["layers"]) == sorted(finest)
-    torch.testing.assert_close(shown["map"], expected)
+    assert sorted(layers) == sorted(finest)
+    torch.testing.assert_close(finished.picker.attention, expected)
 
     before = finished.picker.heatmap.clone()
     finished.picker.canvas.set_state({"point": [20, 100]})  # the message a click sends
     assert finished.wait(60)
     q = (100 * 16 // SIZE) * 16 + 20 * 16 // SIZE
-    assert finished.picker.query == (20, 100) and finished.shown["sources"]["query"] == q
+    assert finished.picker.query == (20, 100) and finished.picker.query_index == q
     torch.testing.assert_close(finished.picker.heatmap, expected[q].reshape(16, 16))
     assert not torch.equal(finished.picker.heatmap, before)
-    heats = finished.shown["sources"]["heatmaps"]
-    assert set(heats) == {"composite", "generation", "background", "reference", "pseudo_cross"}  # step 1 injects
-    for kind, heat in heats.items():
+    kinds = [k for k in maps.KINDS if any((layer, k) in captured for layer in finest)]
+    assert set(kinds) == {"composite", "generation", "background", "reference", "pseudo_cross"}  # step 1 injects
+    pictures = row_pictures(finished.sources_row)
+    assert len(pictures) == 5
+    for kind, picture in zip(kinds, pictures):  # each source: that kind's mean map's row q, over its picture
         layers = [layer for layer in finest if (layer, kind) in captured]
-        torch.testing.assert_close(heat, torch.stack([captured[(l, kind)] for l in layers]).mean(0)[q].reshape(16, 16))
-    assert len(finished.sources_row.children) == 5
+        heat = torch.stack([captured[(l, kind)] for l in layers]).mean(0)[q].reshape(16, 16)
+        expected_picture = source_picture(panel.frame_for(kind), heat, (20, 100), size=finished.sources_row.size, width=SIZE)
+        assert np.array_equal(picture, render.enlarge_to(expected_picture, finished.sources_row.size)), kind
 
     # one layer and one kind
     layer = finest[0]
     finished.layer_choice.value = layer
     finished.kind_choice.value = "pseudo_cross"
     assert finished.wait(60)
-    torch.testing.assert_close(finished.shown["attention"]["map"], captured[(layer, "pseudo_cross")])
+    assert panel.selected() == ((16, 16), [layer], "pseudo_cross")
+    torch.testing.assert_close(finished.picker.attention, captured[(layer, "pseudo_cross")])
     torch.testing.assert_close(finished.picker.heatmap, captured[(layer, "pseudo_cross")][q].reshape(16, 16))
     regions = s.region_masks(16, 16)
-    assert all(torch.equal(finished.shown["regions"][n], regions[n]) for n in regions)
-    share, components = finished.shown["svd"]
+    cut_and_paste = render.as_rgb(s.inputs.cut_and_paste, value_range=(-1, 1))
+    reference = render.as_rgb(s.inputs.reference, value_range=(-1, 1))
+    region_names = [n for n in ("box", "object", "background", "reference_object") if n in regions]
+    for name, picture in zip(region_names, row_pictures(panel.region_row), strict=True):
+        frame = reference if name == "reference_object" else cut_and_paste
+        assert np.array_equal(picture, render.enlarge_to(render.tint(frame, regions[name].numpy()), panel.region_row.size)), name
     ref_share, ref_components = maps.svd_components(captured[(layer, "pseudo_cross")], (16, 16), k=4)
-    torch.testing.assert_close(components, ref_components)
+    svd_pictures = row_pictures(panel.svd_row)
+    assert len(svd_pictures) == 4
+    for component, picture in zip(ref_components, svd_pictures):
+        high = float(component.abs().max())
+        colours = render.colourise(component.numpy(), cmap="RdBu_r", vmin=-high, vmax=high)
+        assert np.array_equal(picture, render.enlarge_to(colours, panel.svd_row.size))
+    assert [f"{100 * float(v):.0f}%" in c.children[1].value for v, c in zip(ref_share, panel.svd_row.children)] == [True] * 4
     finished.layer_choice.value = "grid:16x16"
     finished.kind_choice.value = "composite"
     assert finished.wait(60)
@@ -264,7 +376,8 @@ def test_attention_map_view_on_plain_tensors():
     view.canvas.point = [59, 39]  # bottom-right cell
     assert view.query == (59, 39) and view.query_index == 23 and seen == [(5, 5), (59, 39)]
     torch.testing.assert_close(view.heatmap, attention[23].reshape(4, 6))
-    assert view.rendered.shape[1] == 60 * (256 // 60)
+    expected = render.heat_overlay(image, attention[23].reshape(4, 6).numpy(), size=256)
+    assert expected.shape[1] == 60 * (256 // 60) and np.array_equal(shown(view.canvas), expected)
     with pytest.raises(ValueError, match="outside"):
         view.set_query(60, 0)
 
@@ -329,7 +442,7 @@ def test_200_rapid_slider_changes_coalesce_to_the_last_setting_with_flat_memory(
         fresh = make_session(model, sample, tau_b=values[-1]).run()
         assert s.config == fresh.config
         assert np.array_equal(np.asarray(s.result), np.asarray(fresh.result))
-        assert np.array_equal(ex.shown["result"], np.asarray(fresh.result))
+        assert shows(ex.result_view, fresh.result, ex.image_px)
     finally:
         ex.close()
 
@@ -459,7 +572,12 @@ def test_explorer_degrades_to_plain_widgets_without_anywidget(model, sample, mon
         assert ex.box_drawer is None and ex.mask_painter is None and not ex.picker.uses_canvas
         ex.picker.query_x.value = 5  # the query sliders stand in for a click
         assert ex.wait(60) and ex.picker.query[0] == 5
-        assert ex.shown["sources"]["query"] == maps.query_token(*ex.picker.query, (SIZE, SIZE), (16, 16))
+        grid, layers, _kind = ex.attention.selected()
+        q = maps.query_token(*ex.picker.query, (SIZE, SIZE), grid)
+        heat = maps.query_heatmap(maps.mean_map(ex.attention.maps, layers, "composite"), q, grid)
+        size = ex.sources_row.size  # the side-by-side follows the slider's query
+        expected = source_picture(ex.attention.frame_for("composite"), heat, ex.picker.query, size=size, width=SIZE)
+        assert np.array_equal(row_pictures(ex.sources_row)[0], render.enlarge_to(expected, size))
         for field, value in zip(ex.box_fields, (10, 10, 40, 40)):  # typed box, then "set box"
             field.value = value
         ex.update(mask_or_box=tuple(f.value for f in ex.box_fields))
@@ -488,12 +606,13 @@ def test_explorer_on_an_already_run_session_shows_its_steps_and_updates(model, s
     ex = Explorer(session)
     try:
         assert ex.wait(60) and ex.last_error is None
-        assert len(ex.strip.items) == session.steps + 1 and "result" in ex.shown
-        before = ex.shown["result"].copy()
+        assert len(ex.strip.items) == session.steps + 1 and shows(ex.result_view, session.result, ex.image_px)
+        before = shown_result(ex)
         ex.update(tau_b=0.95)
         assert ex.wait(120) and ex.last_error is None
         assert session.done and len(ex.strip.items) == session.steps + 1
-        assert not np.array_equal(ex.shown["result"], before)
+        assert not np.array_equal(shown_result(ex), before)
+        assert shows(ex.result_view, session.result, ex.image_px)
     finally:
         ex.close()
 
@@ -508,12 +627,12 @@ def test_step_tags_legend_composite_label_and_colour_bars(finished):
     labels = dict((value, label) for label, value in finished.kind_choice.options)
     assert labels["composite"] == "composite (injected)"
     captions = [cell.children[1].value for cell in finished.sources_row.children]
-    heats = finished.shown["sources"]["heatmaps"]
     assert all("linear-gradient" in c for c in captions)
-    assert f"{float(heats['composite'].max()):.3f}" in captions[0]
+    assert finished.attention.selected()[2] == "composite"  # so the picker's heatmap is the composite's row
+    assert f"{float(finished.picker.heatmap.max()):.3f}" in captions[0]
     plain = max(k for k, plan in enumerate(s.plans) if plan.evaluate and not (plan.fg or plan.bg))
     finished.show_step(plain)
-    assert finished.wait(60) and finished.shown["attention_step"] == plain
+    assert finished.wait(60) and f"step {plain}'s UNet call" in finished.attention.title.value
     labels = dict((value, label) for label, value in finished.kind_choice.options)
     assert labels["composite"].startswith("composite (no injection")
     finished.show_step(1)

@@ -1,6 +1,7 @@
 """Jupyter views of TF-ICON (imported as ``tficon.widgets``; the core never imports this package).
 
-- ``Explorer(session)``: run, inspect and tune one ``tficon.Session`` in a notebook.
+- ``Explorer(session)``: run, inspect and tune one ``tficon.Session`` in a notebook; a column of panels
+  (``panel.Panel``: ``status_panel``, ``inputs_panel``, ``settings_panel``, ``steps_panel``, ``live_attention``).
 - ``SweepGrid(tficon.sweep(...))``: a parameter sweep as a clickable grid; a click opens the cell in an Explorer.
 - Building blocks over plain tensors: ``AttentionMapView`` (click a query, see its attention),
   ``AttentionPanel`` (every view of one step's captured maps), ``StepStrip`` (one thumbnail per
@@ -36,7 +37,10 @@ _EXPORTS = {
     "MaskPainter": "canvas",
     "SweepGrid": "sweep",
 }
-_SUBMODULES = ("figures", "maps", "render", "masks", "views", "canvas", "attention_panel", "explorer", "worker", "sweep")
+_SUBMODULES = (
+    "figures", "maps", "render", "masks", "views", "canvas", "attention_panel", "panel", "status_panel", "inputs_panel",
+    "settings_panel", "steps_panel", "live_attention", "explorer", "worker", "sweep",
+)
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 

@@ -24,7 +24,7 @@ from . import maps as maps_mod
 from . import render
 from .views import AttentionMapView, ImageRow
 
-__all__ = ["AttentionPanel", "short_layer_name"]
+__all__ = ["AttentionPanel", "short_layer_name", "source_picture"]
 
 REGION_NAMES = ("box", "object", "background", "reference_object")
 
@@ -40,6 +40,14 @@ def short_layer_name(name: str) -> str:
         return name
 
 
+def source_picture(frame: np.ndarray, heat: torch.Tensor, query: tuple[int, int], *, size: int, width: int | None = None) -> np.ndarray:
+    """One picture of the side-by-side: the query's heatmap ``heat`` over ``frame``, ``size`` px wide, with the
+    query pixel ``(x, y)`` marked (in the pixels of an image ``width`` wide; default: ``frame``'s width)."""
+    picture = render.heat_overlay(frame, heat.numpy(), size=size)
+    scale = picture.shape[1] / (frame.shape[1] if width is None else width)
+    return render.draw_marker(picture, (query[0] + 0.5) * scale, (query[1] + 0.5) * scale)
+
+
 class AttentionPanel(widgets.VBox):
     """Views of one set of captured maps.
 
@@ -48,9 +56,10 @@ class AttentionPanel(widgets.VBox):
         dispatch: runs the work a click or a menu choice causes (default: at once); the Explorer passes
             its worker's ``submit``.
         extra_controls: widgets placed after the layer and kind menus (e.g. the Explorer's Capture button).
-        shown: a dict the panel records what it shows into (arrays and tensors, for tests and notebooks).
 
-    ``show(...)`` sets new maps; ``query`` is the query pixel ``(x, y)`` in image pixels.
+    ``show(...)`` sets new maps; ``query`` is the query pixel ``(x, y)`` in image pixels; ``selected()`` the
+    grid, layers and kind shown; ``picker`` the map view (its ``attention`` is the shown map, ``heatmap`` the
+    query's row); ``svd_row``, ``region_row`` and ``sources_row`` the pictures around it.
     """
 
     def __init__(
@@ -59,12 +68,10 @@ class AttentionPanel(widgets.VBox):
         picker_px: int = 256,
         dispatch: Callable[[Callable[[], None]], None] | None = None,
         extra_controls: tuple[widgets.Widget, ...] = (),
-        shown: dict | None = None,
     ):
         super().__init__()
         self._dispatch = dispatch if dispatch is not None else (lambda job: job())
         self._local = threading.local()
-        self.shown = shown if shown is not None else {}
         self.maps: Mapping[tuple[str, str], torch.Tensor] | None = None
         self.grids: dict[tuple[int, int], list[str]] = {}
         self.query: tuple[int, int] | None = None
@@ -219,13 +226,11 @@ class AttentionPanel(widgets.VBox):
         self.query = query
         drawn = self._sources_drawn
         self.picker.set_map(attention, base, grid=grid, query=query)  # draws the side-by-side when the query moved
-        self.shown["attention"] = {"grid": grid, "layers": list(layers), "kind": kind, "map": attention}
         share, components = maps_mod.svd_components(attention, grid, k=4)
         self.svd_row.set(
             [render.colourise(c.numpy(), cmap="RdBu_r", vmin=-float(c.abs().max()), vmax=float(c.abs().max())) for c in components],
             [f"#{i + 1} &middot; {100 * float(v):.0f}%" for i, v in enumerate(share)],
         )
-        self.shown["svd"] = (share, components)
         region_masks = self._context["region_masks"]
         if region_masks is not None:
             regions = region_masks(*grid)
@@ -235,7 +240,6 @@ class AttentionPanel(widgets.VBox):
                 [render.tint(frames["reference" if n == "reference_object" else "target"], np.asarray(regions[n])) for n in names],
                 [n.replace("_", " ") for n in names],
             )
-            self.shown["regions"] = {n: torch.as_tensor(regions[n]).clone() for n in names}
         if self._sources_drawn == drawn:
             self._render_sources()
 
@@ -245,17 +249,13 @@ class AttentionPanel(widgets.VBox):
         grid, layers, _kind = self.selected()
         height, width = self._context["frames"]["target"].shape[:2]
         query = maps_mod.query_token(self.query[0], self.query[1], (height, width), grid)
-        images, captions, heats = [], [], {}
+        images, captions = [], []
         for kind in maps_mod.KINDS:
             attention = maps_mod.mean_map(self.maps, layers, kind)
             if attention is None:
                 continue
             heat = maps_mod.query_heatmap(attention, query, grid)
-            heats[kind] = heat
-            picture = render.heat_overlay(self.frame_for(kind), heat.numpy(), size=self.sources_row.size)
-            scale = picture.shape[1] / width
-            images.append(render.draw_marker(picture, (self.query[0] + 0.5) * scale, (self.query[1] + 0.5) * scale))
+            images.append(source_picture(self.frame_for(kind), heat, self.query, size=self.sources_row.size, width=width))
             captions.append(f"{html.escape(self._label(kind))}{render.colour_bar_html(float(heat.max()))}")
         self.sources_row.set(images, captions)
         self._sources_drawn += 1
-        self.shown["sources"] = {"query": query, "grid": grid, "heatmaps": heats}

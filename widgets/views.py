@@ -51,7 +51,6 @@ class ImageRow(widgets.HBox):
         kwargs.setdefault("layout", widgets.Layout(flex_flow="row wrap", align_items="flex-start"))
         super().__init__(**kwargs)
         self.size = size
-        self.arrays: list[np.ndarray] = []
         self.set(images, captions)
 
     def set(self, images: Sequence[Any], captions: Sequence[str] | None = None) -> None:
@@ -73,10 +72,9 @@ class ImageRow(widgets.HBox):
             view = image_widget(size=self.size)
             label = widgets.HTML("")
             cells.append(widgets.VBox([view, label], layout=widgets.Layout(margin="0 6px 4px 0")))
-        self.arrays = []
         for cell, image, caption in zip(cells, images, captions):
             view, label = cell.children
-            self.arrays.append(set_image(view, image, size=self.size))
+            set_image(view, image, size=self.size)
             label.value = f"<div style='font-size:11px;line-height:1.2;max-width:{self.size}px'>{caption}</div>"
         self.children = tuple(cells)
 
@@ -120,7 +118,6 @@ class AttentionMapView(widgets.VBox):
         self.grid: tuple[int, int] | None = None
         self.base = render.blank(16, 16)
         self.heatmap = None
-        self.rendered: np.ndarray | None = None
         self._callbacks: list[Callable[[tuple[int, int]], None]] = [on_query] if on_query else []
         self.title = widgets.HTML(f"<b>{title}</b>" if title else "")
         self.caption = widgets.HTML("")
@@ -209,7 +206,6 @@ class AttentionMapView(widgets.VBox):
         self.heatmap = maps_mod.query_heatmap(self.attention, index, self.grid)
         heat = self.heatmap.numpy()
         picture = render.heat_overlay(self.base, heat, size=self.size, cmap=self.cmap)
-        self.rendered = picture
         if self.uses_canvas:
             with self.canvas.hold_sync():
                 self.canvas.set_image(picture, natural_size=self.image_size)
