@@ -224,7 +224,7 @@ def test_explorer_shows_the_user_box_and_clears_errors(model, sample):
         ex.run(until=2)
         ex.wait(120)
         records = s.records
-        ex._apply_box_fields()  # "set box" with the fields as shown
+        ex.set_box_button.click()  # "set box" with the fields as shown
         ex.wait(60)
         assert s.records == records and s.mask_or_box == sample.box and "unchanged" in ex.status.value
         # a NaN fault in the worker: shown in the header, the Session kept at its last good step

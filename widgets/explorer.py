@@ -62,7 +62,7 @@ class Explorer(widgets.VBox):
 
     ``panels`` are the parts (``status_panel``, ``inputs_panel``, ``settings_panel``, ``steps_panel``,
     ``attention_panel``); their main widgets are also attributes of the Explorer: ``controls`` (the prompt and one
-    widget per setting), ``status``, ``progress``, ``box_drawer``, ``mask_painter``, ``box_fields``,
+    widget per setting), ``status``, ``progress``, ``box_drawer``, ``mask_painter``, ``box_fields``, ``set_box_button``,
     ``cut_and_paste_view``, ``result_view``, ``result_caption``, ``scrubber``, ``strip``, ``channel_rows``,
     ``preview_row``, ``decoded_row``, ``attention`` (the ``AttentionPanel``), ``picker``, ``sources_row``...
     """
@@ -113,8 +113,14 @@ class Explorer(widgets.VBox):
         """The panels' widgets as attributes of the Explorer (its API for notebooks and tests)."""
         status, inputs, settings, steps, attention = self.panels
         self.status, self.progress = status.status, status.progress
-        for name in ("box_drawer", "mask_painter", "box_fields", "box_label", "cut_and_paste_view", "result_view", "result_caption"):
+        for name in (
+            "box_drawer", "mask_painter", "box_fields", "set_box_button", "box_label", "cut_and_paste_view", "result_view",
+            "result_caption",
+        ):
             setattr(self, name, getattr(inputs, name))
+        for name in ("brush", "erase", "background_view", "foreground_view"):  # with anywidget the first two, else the others
+            if hasattr(inputs, name):
+                setattr(self, name, getattr(inputs, name))
         for name in ("controls", "prompt", "buttons", "auto_run", "change_label"):
             setattr(self, name, getattr(settings, name))
         for name in ("scrubber", "strip", "step_title", "plan_label", "channel_rows", "preview_row", "decode_button", "decoded_row"):

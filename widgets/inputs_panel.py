@@ -34,7 +34,7 @@ INPUT_CHANGES = frozenset({"mask_or_box", "background", "foreground", "foregroun
 
 class InputsPanel(Panel):
     """``box_drawer`` and ``mask_painter`` (None without anywidget: then ``background_view`` and
-    ``foreground_view`` show the pictures), ``box_fields`` (x, y, w, h), ``box_label``, ``cut_and_paste_view``,
+    ``foreground_view`` show the pictures), ``box_fields`` (x, y, w, h) and ``set_box_button``, ``box_label``, ``cut_and_paste_view``,
     ``result_view`` and ``result_caption``."""
 
     def build(self) -> widgets.Widget:
@@ -68,8 +68,8 @@ class InputsPanel(Panel):
             widgets.IntText(description=name, style={"description_width": "14px"}, layout=widgets.Layout(width="78px"))
             for name in ("x", "y", "w", "h")
         ]
-        apply_box = widgets.Button(description="set box", layout=widgets.Layout(width="70px"))
-        apply_box.on_click(lambda _b: self._apply_box_fields())
+        self.set_box_button = widgets.Button(description="set box", layout=widgets.Layout(width="70px"))
+        self.set_box_button.on_click(lambda _b: self._apply_box_fields())
         self.small_px = 2 * px // 3  # four columns fit a notebook's output width (about 850 px in JupyterLab)
         self.cut_and_paste_view = image_widget(size=self.small_px, css_class="tficon-cut-and-paste")
         self.result_view = image_widget(render.blank(8, 8), size=px, css_class="tficon-result")
@@ -82,7 +82,7 @@ class InputsPanel(Panel):
         return widgets.HBox(
             [
                 column("background &middot; drag a box", background_view, self.box_label,
-                       widgets.HBox(self.box_fields[:2]), widgets.HBox([*self.box_fields[2:]]), apply_box),
+                       widgets.HBox(self.box_fields[:2]), widgets.HBox([*self.box_fields[2:]]), self.set_box_button),
                 column("foreground &middot; paint the mask", *foreground_tools),
                 column("cut-and-paste", self.cut_and_paste_view, width=self.small_px),
                 column("result", self.result_view, self.result_caption),
