@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 import tficon
 from tficon.core.io import to_pil
 from tficon.run.report import SheetRow, contact_sheet
-from tficon.toy.composition_quality import score_composition
+from tficon.toy.reading import score_composition
 from tficon.toy.pairs import composition_cases
 
 THUMB = 192  # 64 px images drawn at 192 px, nearest neighbour (contact_sheet's thumbnails), so the pixels stay visible

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tficon.toy.composition_quality import composition_scores, style_accuracy
 from tficon.toy.pairs import composition_cases
+from training.toy.composition_quality import composition_scores, style_accuracy
 
 
 def test_object_style_classifier_on_ground_truth():
@@ -23,8 +23,8 @@ def test_object_style_classifier_on_ground_truth():
 def test_small_outline_objects_with_a_hole_read_as_outline():
     """A small outline circle or square has a hole of bare paper; a fixed two-pixel erosion left it mostly edge
     stroke and it read as striped. The reader looks at the deeper half of the silhouette instead."""
-    from tficon.toy.composition_quality import object_style
     from tficon.toy.detector import detect
+    from tficon.toy.reading import object_style
     from tficon.toy.world import COLOURS, ObjectSpec, render_spec
 
     small = style_accuracy(sizes=(7.0, 8.0, 9.0), seed=3)
@@ -63,8 +63,8 @@ def test_offset_is_measured_from_where_the_object_was_placed():
     from tficon.composition.session import Session
     from tficon.core import io
     from tficon.model.loading import load_model
-    from tficon.toy.composition_quality import placed_centroid
     from tficon.toy.detector import detect
+    from tficon.toy.reading import placed_centroid
     from tficon.toy.samples import toy_sample
 
     model = load_model("toy")
@@ -109,7 +109,7 @@ def test_style_accuracy_through_a_vae_round_trip():
     """``roundtrip`` passes each render through a function first: the identity changes nothing, and the shipped
     VAE keeps the flat and pencil looks (its loss of the stripes is reported in tficon/toy/README.md)."""
     from tficon.model.loading import load_model
-    from tficon.toy.composition_quality import vae_roundtrip
+    from training.toy.composition_quality import vae_roundtrip
 
     sizes = (10.0, 14.0)
     assert style_accuracy(sizes=sizes, seed=1, roundtrip=lambda image: image) == style_accuracy(sizes=sizes, seed=1)

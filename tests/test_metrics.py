@@ -21,17 +21,18 @@ from tficon.eval.metrics import (
     blank_box,
     composition_metrics,
     foreground_metrics,
-    gaussian_window,
     inversion_metrics,
     lpips_backbone_state,
     mse,
     psnr,
     ssim,
+    ssim_sigma,
 )
 from tficon.model.tiny import save_tiny_clip
 
 C1 = (0.01 * 1.0) ** 2
 C2 = (0.03 * 1.0) ** 2
+PSNR_REL = 1e-6  # torchmetrics computes PSNR's logarithms in float32
 
 
 def _reference_ssim(x: np.ndarray, y: np.ndarray, data_range: float = 1.0) -> float:
@@ -59,9 +60,10 @@ def test_psnr_of_a_known_uniform_error():
     x = torch.full((3, 8, 8), 0.3, dtype=torch.float64)
     y = x + 0.1
     assert mse(x, y) == pytest.approx(0.01, rel=1e-12)
-    assert psnr(x, y) == pytest.approx(20.0, rel=1e-12)  # 10 log10(1 / 0.01)
+    # torchmetrics takes PSNR's logarithms in float32: a relative error of about 1e-7
+    assert psnr(x, y) == pytest.approx(20.0, rel=PSNR_REL)  # 10 log10(1 / 0.01)
     a = np.full((4, 4), 100.0)
-    assert psnr(a, a + 10, data_range=255) == pytest.approx(20 * math.log10(25.5), rel=1e-12)
+    assert psnr(a, a + 10, data_range=255) == pytest.approx(20 * math.log10(25.5), rel=PSNR_REL)
     assert psnr(x, x) == math.inf
     with pytest.raises(ValueError, match="same shape"):
         mse(x, y[:, :4])
@@ -70,16 +72,6 @@ def test_psnr_of_a_known_uniform_error():
 
 
 # ------------------------------------------------------------------------------------------------ SSIM
-
-
-def test_gaussian_window():
-    w = gaussian_window(11, 1.5)
-    g = np.exp(-np.arange(-5, 6) ** 2 / 4.5)
-    g /= g.sum()
-    assert w.shape == (11, 11) and float(w.sum()) == pytest.approx(1.0, abs=1e-15)
-    assert np.allclose(w.numpy(), np.outer(g, g), rtol=0, atol=1e-16)
-    with pytest.raises(ValueError, match="odd"):
-        gaussian_window(10)
 
 
 def test_ssim_of_identical_images_is_one():
@@ -138,6 +130,79 @@ def test_ssim_rejects_images_smaller_than_the_window():
     assert ssim(np.ones((3, 7, 7)) * 0.5, np.ones((3, 7, 7)) * 0.5, window_size=7) == pytest.approx(1.0)
 
 
+def test_ssim_windows_below_eleven_keep_the_gaussian_scaled_and_match_scikit_image():
+    """torchmetrics and scikit-image both derive the window from sigma (2 int(3.5 sigma + 0.5) + 1 taps): a smaller
+    window, for small latents, takes sigma 1.5 scaled to it, and scikit-image with that sigma agrees."""
+    skimage_metrics = pytest.importorskip("skimage.metrics")
+    for window in (1, 3, 5, 7, 9, 11):
+        assert 2 * int(3.5 * ssim_sigma(window) + 0.5) + 1 == window
+    assert ssim_sigma(11) == 1.5
+    with pytest.raises(ValueError, match="odd"):
+        ssim_sigma(8)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((4, 8, 8))
+    y = x + 0.3 * rng.standard_normal(x.shape)
+    value_range = float(x.max() - x.min())
+    expected = skimage_metrics.structural_similarity(
+        x, y, data_range=value_range, channel_axis=0, gaussian_weights=True, sigma=ssim_sigma(7),
+        use_sample_covariance=False,
+    )
+    assert ssim(x, y, data_range=value_range, window_size=7) == pytest.approx(expected, abs=1e-10)
+
+
+# The hand-written formulas tficon used before PSNR and SSIM came from torchmetrics, frozen here (tests only) so
+# that the library's numbers are checked against them on fresh inputs.
+
+
+def _frozen_psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> float:
+    error = float(((a - b) ** 2).mean())
+    return math.inf if error == 0 else 10.0 * math.log10(data_range * data_range / error)
+
+
+def _frozen_ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, size: int = 11, sigma: float = 1.5) -> float:
+    offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(offsets**2) / (2 * sigma * sigma))
+    g = g / g.sum()
+    channels = a.shape[0]
+    weights = torch.outer(g, g)[None, None].expand(channels, 1, -1, -1)
+    mean = lambda t: torch.nn.functional.conv2d(t[None], weights, groups=channels)[0]  # noqa: E731
+    mu_a, mu_b = mean(a), mean(b)
+    var_a, var_b, cov = mean(a * a) - mu_a * mu_a, mean(b * b) - mu_b * mu_b, mean(a * b) - mu_a * mu_b
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    ratio = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2))
+    return float(ratio.mean())
+
+
+def _random_box(rng, height: int, width: int) -> Box:
+    top, left = int(rng.integers(0, height - 12)), int(rng.integers(0, width - 12))
+    return Box(top, left, int(rng.integers(top + 11, height + 1)), int(rng.integers(left + 11, width + 1)))
+
+
+def test_torchmetrics_psnr_and_ssim_agree_with_the_former_formulas_on_fresh_pairs_and_boxes():
+    rng = np.random.default_rng(2027)
+    for _ in range(12):
+        height, width = (int(v) for v in rng.integers(16, 72, 2))
+        background = rng.integers(0, 256, (height, width, 3))
+        noise = rng.integers(-40, 41, (height, width, 3)) * (rng.random((height, width, 1)) < rng.random())
+        composite = np.clip(background + noise, 0, 255)
+        box = _random_box(rng, height, width)
+        a, b = metrics.as_unit_tensor(_uint8_image(composite)), metrics.as_unit_tensor(_uint8_image(background))
+        bg = background_metrics(_uint8_image(composite), _uint8_image(background), box)
+        blank_a, blank_b = blank_box(a, box), blank_box(b, box)
+        assert bg["psnr"] == pytest.approx(_frozen_psnr(blank_a, blank_b), abs=1e-4)
+        assert bg["ssim"] == pytest.approx(_frozen_ssim(blank_a, blank_b), abs=1e-4)
+        fg = foreground_metrics(_uint8_image(composite), box, _uint8_image(background), box)
+        crop_a, crop_b = metrics.crop_box(a, box), metrics.crop_box(b, box)
+        assert fg["psnr"] == pytest.approx(_frozen_psnr(crop_a, crop_b), abs=1e-4)
+        assert fg["ssim"] == pytest.approx(_frozen_ssim(crop_a, crop_b), abs=1e-4)
+        # latent-like values on another range, at the full window
+        x = torch.from_numpy(rng.standard_normal((4, height, width)))
+        y = x + float(rng.uniform(0.05, 1.0)) * torch.from_numpy(rng.standard_normal(x.shape))
+        value_range = float(x.max() - x.min())
+        assert psnr(x, y, data_range=value_range) == pytest.approx(_frozen_psnr(x, y, value_range), abs=1e-4)
+        assert ssim(x, y, data_range=value_range) == pytest.approx(_frozen_ssim(x, y, value_range), abs=1e-4)
+
+
 # ------------------------------------------------------------------------------------------------ protocol
 
 
@@ -159,7 +224,7 @@ def test_background_blanking_excludes_the_box():
     expected = float(((changed / 255.0) ** 2).sum() / (3 * 32 * 48))
     result = background_metrics(_uint8_image(composite), _uint8_image(background), box)
     assert result["mse"] == pytest.approx(expected, rel=1e-12)
-    assert result["psnr"] == pytest.approx(-10 * math.log10(expected), rel=1e-12)
+    assert result["psnr"] == pytest.approx(-10 * math.log10(expected), rel=PSNR_REL)
     # without blanking, the inside counts
     whole = mse(metrics.as_unit_tensor(_uint8_image(composite)), metrics.as_unit_tensor(_uint8_image(background)))
     assert whole > 10 * expected
@@ -334,7 +399,7 @@ def test_inversion_metrics_reconstruct_and_measure(tiny):
     z0, zr = t["z0"][0].double(), t["z_rec"][0].double()
     value_range = float(z0.max() - z0.min())
     assert out["latent"]["mse"] == pytest.approx(float(((z0 - zr) ** 2).mean()), rel=1e-12)
-    assert out["latent"]["psnr"] == pytest.approx(10 * math.log10(value_range**2 / out["latent"]["mse"]), rel=1e-12)
+    assert out["latent"]["psnr"] == pytest.approx(10 * math.log10(value_range**2 / out["latent"]["mse"]), rel=PSNR_REL)
     assert out["latent_ssim_window"] == 7  # 8x8 latents: the largest odd window that fits
     assert out["latent"]["ssim"] == pytest.approx(ssim(z0, zr, data_range=value_range, window_size=7), rel=1e-12)
     assert out["image"]["mse"] == pytest.approx(mse(t["reconstruction"], t["input"]), rel=1e-12)

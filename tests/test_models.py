@@ -327,7 +327,7 @@ def test_toy_model_loads():
 
 def test_missing_toy_model_says_how_to_train_it(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "TOY_MODEL_DIR", tmp_path / "model")
-    with pytest.raises(ModelNotAvailableError, match=r"toy model is not installed .*python -m tficon.toy.train --out"):
+    with pytest.raises(ModelNotAvailableError, match=r"toy model is not installed .*python -m training.toy.train --out"):
         load_model("toy", device="cpu")
 
 

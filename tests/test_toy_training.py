@@ -1,7 +1,7 @@
 """The toy model's training script survives interruptions: a run stopped early (``--stop-after``) and resumed
 (``--resume``) ends with exactly the weights of an uninterrupted run, and the export says how far it got.
 
-A real (tiny) run of ``python -m tficon.toy.train``: 48 examples, 3 VAE steps, 4 UNet steps, the shipped
+A real (tiny) run of ``python -m training.toy.train``: 48 examples, 3 VAE steps, 4 UNet steps, the shipped
 architecture (f = 2).
 """
 
@@ -13,7 +13,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tficon.toy import MODEL_DIR
-from tficon.toy.train import main as train
+from training.toy.train import main as train
 
 TINY = ["--images", "48", "--vae-steps", "3", "--unet-steps", "4", "--seed", "5", "--threads", "2", "--latent-factor", "2",
         "--checkpoint-every", "2", "--export-every", "4", "--no-gates", "--tokenizer-from", str(MODEL_DIR)]

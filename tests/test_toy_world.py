@@ -149,7 +149,7 @@ def test_bad_input_raises_clear_errors():
 def test_training_tokenizer_is_clips_own_bpe(tmp_path_factory):
     """The training script rebuilds CLIP's vocabulary from the open_clip wheel (fetched by pip, no model hub)."""
     from tficon.model.tokenizer import download_clip_bpe
-    from tficon.toy.train import EXCEPTIONAL_TOKEN_ID, MAX_TOKENS, build_tokenizer
+    from training.toy.train import EXCEPTIONAL_TOKEN_ID, MAX_TOKENS, build_tokenizer
 
     tokenizer = build_tokenizer(download_clip_bpe(tmp_path_factory.mktemp("bpe")))
     assert len(tokenizer) == 49408 and MAX_TOKENS == 77
@@ -205,12 +205,15 @@ def test_training_configs_by_latent_factor():
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from tficon.toy import MODEL_DIR
-    from tficon.toy.train import reference_canvas, unet_config, vae_config
+    from tficon.toy.data import UNET_LEVELS, reference_canvas
+    from training.toy.train import UNET_CONFIGS, unet_config, vae_config
 
     for part, config in (("vae", vae_config(2)), ("unet", unet_config(2))):
         shipped = json.loads((MODEL_DIR / part / "config.json").read_text())
         assert {k: shipped[k] for k in config} == {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
+    # the data set places its reference canvases on the grid of the UNet that trains on them
+    assert UNET_LEVELS == {f: len(c["block_out_channels"]) for f, c in UNET_CONFIGS.items()}
     for factor in (2, 4):
         vae = AutoencoderKL(**vae_config(factor)).eval()
         unet = UNet2DConditionModel(**unet_config(factor)).eval()

@@ -647,7 +647,7 @@ def _notice_words_outside_the_toy_world(prompt: str, known: frozenset) -> None:
     _TOY_WORLD_NOTICE["given"] = True
     shown = ", ".join(repr(w) for w in unknown[:6]) + (", ..." if len(unknown) > 6 else "")
     warnings.warn(
-        f"the embedded toy model knows only its toy world (4 shapes, 4 colours, 4 styles: python -m tficon.toy.quality "
+        f"the embedded toy model knows only its toy world (4 shapes, 4 colours, 4 styles: python -m training.toy.quality "
         f"shows it); the prompt's words {shown} mean nothing to it. Real photos and open prompts need Stable "
         "Diffusion (tficon.load_model with a hub id or a local folder). Said once per process.",
         stacklevel=4,

@@ -667,7 +667,7 @@ def _load(text: str, device, dtype, local_files_only, config) -> LoadedModel:
         if not (TOY_MODEL_DIR / "model_index.json").is_file():
             raise ModelNotAvailableError(
                 f"the embedded toy model is not installed (no {TOY_MODEL_DIR}/model_index.json). Train it with "
-                f"`python -m tficon.toy.train --out {TOY_MODEL_DIR}`, or reinstall tficon."
+                f"`python -m training.toy.train --out {TOY_MODEL_DIR}` in a tficon checkout, or reinstall tficon."
             )
         return _load_folder(TOY_MODEL_DIR, "toy", device, dtype)
     if re.match(r"^[a-z][a-z0-9+.-]*://", text):

@@ -1,7 +1,9 @@
 """The embedded toy model: a procedural toy world and a tiny text-to-image model trained on it.
 
 ``MODEL_DIR`` is the shipped diffusers ``StableDiffusionPipeline`` folder (with ``tficon.json``);
-the world API renders scenes, single objects and backgrounds in four visual domains.
+the world API renders scenes, single objects and backgrounds in four visual domains. ``tficon.toy.data`` renders
+the model's data set, ``tficon.toy.detector`` and ``tficon.toy.reading`` read toy images back; the training and
+evaluation pipeline is a tool of the repository (``python -m training.toy.train|quality|composition_quality``).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ so it can score what the toy model generates or composes without another learned
 5. **Shape** from the silhouette: solidity (area / convex-hull area) separates the non-convex
    star; extent (area / bounding-box area) then orders square (~1), circle (~0.79), triangle (~0.5).
 
-Validated on rendered ground truth by ``python -m tficon.toy.quality`` (figures in the toy README).
+Validated on rendered ground truth by ``python -m training.toy.quality`` (figures in the toy README).
 """
 
 from __future__ import annotations

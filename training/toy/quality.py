@@ -1,4 +1,4 @@
-"""Quality figures of the shipped toy model: ``python -m tficon.toy.quality [--model DIR] [--json FILE]``.
+"""Quality figures of the shipped toy model: ``python -m training.toy.quality [--model DIR] [--json FILE]``.
 
 Prints, each on a fixed, seeded input set:
 
@@ -21,7 +21,6 @@ Prints, each on a fixed, seeded input set:
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from tficon.toy.data import held_out_images
 from tficon.toy.detector import detect
 from tficon.toy.world import COLOURS, DOMAINS, SHAPES, make_caption, random_scene, render_spec
 
@@ -92,26 +92,6 @@ def detector_accuracy(count: int = 400, seed: int = 123) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- 2. VAE
-
-
-def held_out_images(count: int = 64, seed: int = 0, canvases: bool = False) -> tuple[torch.Tensor, list[str]]:
-    """Held-out examples of the training script as (count, 3, 64, 64) in [-1, 1], and their captions.
-
-    Scenes by default; ``canvases=True`` gives reference canvases (objects centred on black) instead.
-    """
-    from tficon.toy.train import to_tensor
-
-    images, captions, is_canvas = _held_out_render(4 * count, seed)
-    chosen = np.flatnonzero(is_canvas == canvases)[:count]
-    return to_tensor(images[chosen]), [captions[i] for i in chosen]
-
-
-@functools.lru_cache(maxsize=4)
-def _held_out_render(count: int, seed: int):
-    """The held-out examples, half scenes and half canvases, rendered once for both kinds (callers copy)."""
-    from tficon.toy.train import HELD_OUT_OFFSET, render_dataset
-
-    return render_dataset(count, seed, offset=HELD_OUT_OFFSET, canvas_fraction=0.5)
 
 
 def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -2,9 +2,9 @@
 
 Usage::
 
-    python -m tficon.toy.train --out DIR [--work DIR] [--resume] [--images 20000] [--vae-steps 3000]
-                               [--unet-steps 10000] [--stop-after N] [--seed 0] [--threads 2]
-                               [--latent-factor 2] [--offset-noise 0.0] [--init-from DIR]
+    python -m training.toy.train --out DIR [--work DIR] [--resume] [--images 20000] [--vae-steps 3000]
+                                 [--unet-steps 10000] [--stop-after N] [--seed 0] [--threads 2]
+                                 [--latent-factor 2] [--offset-noise 0.0] [--init-from DIR]
 
 Writes a diffusers ``StableDiffusionPipeline`` folder (fp16 safetensors) plus ``tficon.json``. The run is
 built to take hours on two CPU cores and to survive interruptions:
@@ -19,7 +19,7 @@ built to take hours on two CPU cores and to survive interruptions:
 
 Stages, all with fixed seeds and step-count (not time) schedules so a rerun reproduces them:
 
-1. Data: ``--images`` examples at 64 px. Example i uses ``numpy.random.default_rng([seed, i])``; a fraction
+1. Data (rendered by ``tficon.toy.data``): ``--images`` examples at 64 px. Example i uses ``numpy.random.default_rng([seed, i])``; a fraction
    ``--canvas-fraction`` of them are **reference canvases**: one tightly cropped object of any domain,
    resized and centred on black exactly as ``tficon.core.placement.prepare_foreground`` builds TF-ICON's
    reference image, captioned "a red star cutout on black, flat style" (words no normal prompt uses).
@@ -68,25 +68,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from tficon.toy.world import (  # noqa: E402
-    COLOURS,
-    DOMAINS,
-    SHAPES,
-    canvas_caption,
-    render_foreground,
-    render_scene,
+from tficon.toy.data import (  # noqa: E402  (the data set lives with the toy world: notebooks read it too)
+    HELD_OUT_OFFSET,
+    IMAGE_SIZE,
+    LATENT_FACTOR,
+    render_dataset,
+    to_tensor,
 )
 
-IMAGE_SIZE = 64
 MAX_TOKENS = 77
 EXCEPTIONAL_TOKEN_ID = 7788  # "rian</w>" in CLIP's vocabulary, the official exceptional-prompt token
-HELD_OUT_OFFSET = 10_000_000  # held-out example i is example HELD_OUT_OFFSET + i of the same seed
-#: Probabilities of 0-3 objects in a training scene: more pairs than the world's default, for binding.
-COUNT_PROBS = (0.03, 0.45, 0.42, 0.10)
-CANVAS_BOX_RANGE = (14, 48)  # longer side (px) of the box a training canvas is placed for
 CANVAS_VAE_SHARE = 0.25  # share of VAE crops taken from canvases
-
-LATENT_FACTOR = 2  # the shipped model's (v3): 32x32 latents for 64 px images
 
 #: Model configurations by the VAE's downsampling factor (``--latent-factor``). f = 4 was the previous
 #: model (v2): 16 x 16 latents, attention at 16, 8 and the 4 x 4 mid block. f = 2, the shipped model (v3),
@@ -206,11 +198,6 @@ def cosine_lr_lambda(total_steps: int, warmup: int, floor: float):
     return factor
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean PSNR (dB) of images in [-1, 1] over a batch."""
     mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).flatten(1).mean(1)
@@ -221,51 +208,6 @@ def progress(total: int, initial: int, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, mininterval=10.0, dynamic_ncols=True)
-
-
-# ----------------------------------------------------------------------------------------------- data
-
-
-def reference_canvas(rng: np.random.Generator, image_size: int = IMAGE_SIZE, latent_factor: int = LATENT_FACTOR) -> tuple[np.ndarray, str]:
-    """One reference canvas as the pipeline makes it for a model of ``latent_factor``: a tightly cropped object
-    resized and centred on black."""
-    from tficon.core.placement import compute_placement, prepare_foreground
-
-    domain = DOMAINS[rng.integers(len(DOMAINS))]
-    shape = SHAPES[rng.integers(len(SHAPES))]
-    colour = COLOURS[rng.integers(len(COLOURS))]
-    foreground, mask = render_foreground(
-        shape, colour, domain, size=float(rng.uniform(12.0, 20.0)), margin=int(rng.integers(0, 4)), image_size=image_size
-    )
-    side = int(rng.integers(CANVAS_BOX_RANGE[0], CANVAS_BOX_RANGE[1] + 1)) * image_size // IMAGE_SIZE
-    corner = (image_size - side) // 2
-    placement = compute_placement(
-        (corner, corner, side, side), foreground.size, (image_size, image_size), latent_factor=latent_factor,
-        levels=len(UNET_CONFIGS[latent_factor]["block_out_channels"]), clip=True
-    )
-    reference, _ = prepare_foreground(foreground, mask, placement)
-    pixels = reference.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    return pixels, canvas_caption(shape, colour, domain)
-
-
-def render_example(seed: int, index: int, canvas_fraction: float, latent_factor: int = LATENT_FACTOR) -> tuple[np.ndarray, str, bool]:
-    """Example ``index`` of the data set: (uint8 image (64, 64, 3), caption, is it a reference canvas)."""
-    rng = np.random.default_rng([seed, index])
-    if rng.random() < canvas_fraction:
-        pixels, caption = reference_canvas(rng, latent_factor=latent_factor)
-        return pixels, caption, True
-    image, caption, _ = render_scene(rng, image_size=IMAGE_SIZE, count_probs=COUNT_PROBS)
-    return np.asarray(image), caption, False
-
-
-def render_dataset(count: int, seed: int, offset: int = 0, canvas_fraction: float = 0.1, latent_factor: int = LATENT_FACTOR):
-    """``count`` examples -> (uint8 images (count, 64, 64, 3), captions, bool is_canvas (count,))."""
-    images = np.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    captions, canvas = [], np.zeros(count, dtype=bool)
-    for i in range(count):
-        images[i], caption, canvas[i] = render_example(seed, offset + i, canvas_fraction, latent_factor)
-        captions.append(caption)
-    return images, captions, canvas
 
 
 # ----------------------------------------------------------------------------------------------- VAE
@@ -528,7 +470,7 @@ def export(out: Path, vae, unet, text_encoder, tokenizer, meta: dict):
 
 def text_to_image_gates(pipe) -> dict[str, float]:
     """Single-object (all of domain / colour / shape) and two-object (both objects) accuracy on 32 + 16 prompts."""
-    from tficon.toy import quality
+    from training.toy import quality
 
     rng = np.random.default_rng(7)
     singles = quality.single_object_prompts()
@@ -651,7 +593,7 @@ def main(argv: list[str] | None = None) -> None:
             given.pop(0) if given else None
         elif arg not in ("--resume", "--export-only") and not arg.startswith(("--clip-bpe=", "--tokenizer-from=")):
             recorded.append(arg)
-    command = "python -m tficon.toy.train " + " ".join(shlex.quote(a) for a in recorded)
+    command = "python -m training.toy.train " + " ".join(shlex.quote(a) for a in recorded)
     log = RunLog(args.work)
     log(f"{'resuming' if args.resume else 'starting'}: {command}")
 
