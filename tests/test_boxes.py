@@ -103,3 +103,13 @@ def test_box_lives_in_boxes_and_is_still_importable_from_placement():
     box = Box(1, 2, 5, 8)
     assert (box.height, box.width, box.inside(5, 8), box.inside(4, 8)) == (4, 6, True, False)
     assert box.slices() == (slice(1, 5), slice(2, 8))
+
+
+def test_box_mask_draws_the_box_on_an_image_of_its_size():
+    mask = boxes.box_mask((2, 1, 3, 2), (6, 4))  # size (W, H), like PIL's
+    assert mask.shape == (4, 6) and mask.dtype == bool and mask.sum() == 6
+    assert mask[1:3, 2:5].all()
+    assert boxes.box_mask((0, 0, 6, 4), (6, 4)).all()  # the whole image: ending at the edge is inside
+    for box, reason in [((4, 0, 3, 2), "lie inside the 6x4 background"), ((0, 0, 0, 2), "positive size")]:
+        with pytest.raises(ValueError, match=rf"^--box x,y,w,h = {','.join(map(str, box))} must .*{reason}"):
+            boxes.box_mask(box, (6, 4), name="--box")

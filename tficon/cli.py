@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tficon.core.boxes import parse_box_text
+from tficon.core.boxes import box_mask, parse_box_text
 from tficon.core.config import SETTINGS, CompositionConfig
 
 EXIT_RUN_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -79,26 +79,20 @@ def _size(text: str) -> int | tuple[int, int]:
 def _setting_help(setting, override: str | None = None) -> str:
     """A setting's help line with its type, range and default, as ``--help`` shows it."""
     text = override or setting.help
-    if setting.switch:  # off (the default) is the official behaviour, as the group's title says
-        return text.replace("%", "%%")
     if setting.range is not None:
         kind = "integer" if isinstance(setting.default, int) else "number"
         low, high = (str(v) if isinstance(v, int) else f"{v:g}" for v in setting.range)
         text += f" [{kind} in {low}..{high}]"
     if setting.name == "mode":
         text += " (default: cross; demo: the sample's)"
-    elif setting.default is not None:
+    elif setting.default is not None and not setting.switch:  # switches: off is official, as the group says
         text += f" (default: {setting.default})"
     return text.replace("%", "%%")  # argparse formats help strings with %
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, **help_overrides: str) -> None:
-    """One flag per ``CompositionConfig`` setting (``tficon.core.config.SETTINGS``), then --threads and --dtype.
-
-    Numbers take their field's type; settings with choices (mode, order) list them; parity switches are
-    ``store_true`` flags; ``--mode`` and ``--guidance`` default to None (the command's mode, the official
-    guidance of the mode). ``help_overrides`` replaces a setting's help line for one command (by field name).
-    """
+    """One flag per setting (``tficon.core.config.SETTINGS``: numbers of their field's type, choices, parity
+    switches as ``store_true``), then --threads and --dtype. ``help_overrides``: {field name: this command's help}."""
     group = parser.add_argument_group("composition settings (defaults reproduce the official code)")
     for setting in SETTINGS:
         help_text = _setting_help(setting, help_overrides.get(setting.name))
@@ -232,27 +226,6 @@ def _write_outputs(
     )
 
 
-def _target_from_box(box: tuple[int, int, int, int], background):
-    """``--box`` in the background's own pixels -> a user mask of the background's size holding that rectangle.
-
-    The Session reads a mask in fractions of its own size (the official rule), so this maps the box to the
-    working size exactly as the same rectangle drawn in a ``--mask`` file would be; with a background already at
-    the working size it equals passing the box itself.
-    """
-    import numpy as np
-
-    x, y, w, h = box
-    width, height = background.size
-    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width or y + h > height:
-        raise ValueError(
-            f"--box x,y,w,h = {x},{y},{w},{h} must have a positive size and lie inside the {width}x{height} "
-            "background (the box is in the background's own pixels)"
-        )
-    mask = np.zeros((height, width), dtype=bool)
-    mask[y : y + h, x : x + w] = True
-    return mask
-
-
 def cmd_compose(args) -> int:
     from tficon.composition.session import Session
     from tficon.core import io
@@ -276,7 +249,7 @@ def cmd_compose(args) -> int:
     if args.mask is not None:
         target = io.load_mask(args.mask, name="--mask")
     else:
-        target = _target_from_box(args.box, background)
+        target = box_mask(args.box, background.size, name="--box")
     model = _load(args.model, args.dtype)
     session = Session(
         model,
@@ -440,12 +413,13 @@ def _sweep(args) -> int:
         foreground = io.load_image(args.foreground, name="--foreground")
         io.load_mask(args.foreground_mask, name="--foreground-mask")
         object_mask, prompt, mode = args.foreground_mask, args.prompt, "cross"
-        target = io.load_mask(args.mask, name="--mask") if args.mask is not None else _target_from_box(args.box, background)
+        boxed = args.box is not None
+        target = box_mask(args.box, background.size, name="--box") if boxed else io.load_mask(args.mask, name="--mask")
     labels = None
     if "box" in grid:  # boxes in the background's own pixels, mapped like --box
         labels = {"box": [",".join(map(str, b)) for b in grid["box"]]}
         try:
-            grid["box"] = [_target_from_box(b, background) for b in grid["box"]]
+            grid["box"] = [box_mask(b, background.size, name="--box") for b in grid["box"]]
         except ValueError as error:
             raise GridError(f"--grid box: {error}") from None
     config = config_from_args(args, mode)

@@ -4,7 +4,8 @@ A user gives the target either as a mask (its bbox is the target box, as officia
 ``(x, y, w, h)`` in working-image pixels. Every entry point (``Session``, ``compute_placement``, the CLI's
 ``--box``) reads a box through :func:`as_user_box` or :func:`parse_box_text`, so they all accept and refuse the
 same values: four integers (Python or numpy), never ``True``/``False`` (a bool is an int to Python, but
-``(True, 0, 5, 5)`` is a mistake, not a box), with a positive width and height.
+``(True, 0, 5, 5)`` is a mistake, not a box), with a positive width and height. :func:`box_mask` draws a box given
+in an image's own pixels as a mask, :func:`same_box` tells whether two targets (boxes or masks) are the same.
 """
 
 from __future__ import annotations
@@ -89,6 +90,26 @@ def parse_box_text(text: str, *, name: str = "box", unit: str = "pixels") -> Use
     if len(values) != 4:
         raise ValueError(f"{name} must be four integers x,y,w,h in {unit}, got {text!r}")
     return values  # type: ignore[return-value]
+
+
+def box_mask(box: UserBox, size: tuple[int, int], *, name: str = "box", image: str = "background") -> np.ndarray:
+    """A box ``(x, y, w, h)`` in an image's own pixels -> a bool mask of that image's ``size = (W, H)`` holding
+    that rectangle (the CLI's ``--box``: in the background's pixels).
+
+    The Session reads a mask in fractions of its own size (the official rule), so the box maps to the working size
+    exactly as the same rectangle drawn in a mask file would; on an image already at the working size it equals
+    passing the box itself. A box that is empty or leaves the image raises a ValueError naming ``name``.
+    """
+    x, y, w, h = box
+    width, height = size
+    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width or y + h > height:
+        raise ValueError(
+            f"{name} x,y,w,h = {x},{y},{w},{h} must have a positive size and lie inside the {width}x{height} "
+            f"{image} (the box is in the {image}'s own pixels)"
+        )
+    mask = np.zeros((height, width), dtype=bool)
+    mask[y : y + h, x : x + w] = True
+    return mask
 
 
 def same_box(a, b) -> bool:
