@@ -52,6 +52,16 @@ def test_compose_with_mask_writes_image_and_json(files, capsys):
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(out_box)))
 
 
+def test_compose_passes_the_parity_switches_to_the_session(files):
+    root, model_dir, sample = files
+    stats = root / "switches.json"
+    argv = _args(root, model_dir, sample, "--mask", str(root / "mask.png"), "--out", str(root / "switches.png"))
+    assert main([*argv, "--json", str(stats), "--background-queries", "--largest-contour", "--tau-bg", "0.3"]) == 0
+    config = json.loads(stats.read_text())["config"]
+    assert config["background_queries"] and config["largest_contour"] and config["tau_bg"] == 0.3
+    assert not (config["align_warmup"] or config["no_cross_lag"] or config["clip_box"])
+
+
 def test_compose_reports_bad_input_clearly(files, capsys):
     root, model_dir, sample = files
     code = main(_args(root, model_dir, sample, "--box", "120,120,60,60", "--out", str(root / "x.png")))

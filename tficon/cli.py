@@ -23,11 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from tficon.core.config import CompositionConfig
+from tficon.core.boxes import box_mask, parse_box_text
+from tficon.core.config import SETTINGS, CompositionConfig
 
 EXIT_RUN_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
-# Python names in library messages -> the flags a CLI user typed (longest first: "tau_bg" before "tau_b").
+# Python names in library messages -> the flags a CLI user typed: first the phrases and arguments that are not
+# settings, then every setting whose name has an underscore (longest first: "tau_bg" before "tau_b").
 _FLAG_NAMES = {
     "pass clip_box=True to shift it inside (a CompositionConfig field; --clip-box on the command line)":
         "pass --clip-box to shift it inside",
@@ -38,33 +40,28 @@ _FLAG_NAMES = {
     "image_size": "--size",
     "clip_box=True": "--clip-box",
     "clip=True": "--clip-box",
-    "tau_bg": "--tau-bg",
-    "tau_a": "--tau-a",
-    "tau_b": "--tau-b",
+    **{s.name: s.flag for s in sorted(SETTINGS, key=lambda s: -len(s.name)) if "_" in s.name},
 }
-_CONFIG_FLAGS = ("mode", "steps", "order", "guidance", "seed")
+# Settings named by a plain word ("steps", "mode"): that word occurs in other senses inside messages ("a fraction
+# of the steps"), so it becomes a flag only where it opens a message ("steps must be ..." -> "--steps must be ...").
+_CONFIG_FLAGS = {s.name: s.flag for s in SETTINGS if "_" not in s.name}
 
 
 def flag_message(message: str) -> str:
     """A library message with its Python argument names replaced by the CLI's flag names."""
     for name, flag in _FLAG_NAMES.items():
         message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w])", flag, message)
-    for name in _CONFIG_FLAGS:
+    for name, flag in _CONFIG_FLAGS.items():
         if message.startswith(f"{name} "):
-            message = f"--{message}"
+            message = flag + message[len(name) :]
     return message
 
 
 def _box(text: str) -> tuple[int, int, int, int]:
     try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError(
-            f"--box must be four integers x,y,w,h in the background's pixels, got {text!r}"
-        )
-    return values
+        return parse_box_text(text, name="--box", unit="the background's pixels")
+    except ValueError as error:  # argparse reports an ArgumentTypeError's own words
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _size(text: str) -> int | tuple[int, int]:
@@ -79,17 +76,35 @@ def _size(text: str) -> int | tuple[int, int]:
     return values[0] if len(values) == 1 else (values[1], values[0])
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    defaults = CompositionConfig()
+def _setting_help(setting, override: str | None = None) -> str:
+    """A setting's help line with its type, range and default, as ``--help`` shows it."""
+    text = override or setting.help
+    if setting.range is not None:
+        kind = "integer" if isinstance(setting.default, int) else "number"
+        low, high = (str(v) if isinstance(v, int) else f"{v:g}" for v in setting.range)
+        text += f" [{kind} in {low}..{high}]"
+    if setting.name == "mode":
+        text += " (default: cross; demo: the sample's)"
+    elif setting.default is not None and not setting.switch:  # switches: off is official, as the group says
+        text += f" (default: {setting.default})"
+    return text.replace("%", "%%")  # argparse formats help strings with %
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, **help_overrides: str) -> None:
+    """One flag per setting (``tficon.core.config.SETTINGS``: numbers of their field's type, choices, parity
+    switches as ``store_true``), then --threads and --dtype. ``help_overrides``: {field name: this command's help}."""
     group = parser.add_argument_group("composition settings (defaults reproduce the official code)")
-    group.add_argument("--mode", choices=("cross", "same"), default=None, help="default: cross (demo: from the sample)")
-    group.add_argument("--steps", type=int, default=defaults.steps)
-    group.add_argument("--order", type=int, choices=(1, 2, 3), default=defaults.order)
-    group.add_argument("--tau-a", type=float, default=defaults.tau_a, help="foreground injection fraction")
-    group.add_argument("--tau-b", type=float, default=defaults.tau_b, help="background blending fraction")
-    group.add_argument("--tau-bg", type=float, default=defaults.tau_bg, help="background injection fraction")
-    group.add_argument("--guidance", type=float, default=None, help="default: 5.0 cross, 2.5 same (official)")
-    group.add_argument("--seed", type=int, default=defaults.seed)
+    for setting in SETTINGS:
+        help_text = _setting_help(setting, help_overrides.get(setting.name))
+        if setting.switch:
+            group.add_argument(setting.flag, dest=setting.name, action="store_true", help=help_text)
+            continue
+        # mode: None = the command's own (cross; the demo's sample; batch: per folder); guidance: None = official
+        default = None if setting.name == "mode" else setting.default
+        kind = float if setting.name == "guidance" else type(setting.default)
+        group.add_argument(
+            setting.flag, dest=setting.name, type=kind, choices=setting.choices, default=default, help=help_text
+        )
     parser.add_argument(
         "--threads", type=int, default=None,
         help="CPU threads for torch (default: the free cores, at most one per core; see tficon/threads.py)",
@@ -100,18 +115,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _config(args, mode: str) -> CompositionConfig:
-    return CompositionConfig(
-        mode=args.mode or mode,
-        steps=args.steps,
-        order=args.order,
-        guidance=args.guidance,
-        tau_a=args.tau_a,
-        tau_b=args.tau_b,
-        tau_bg=args.tau_bg,
-        seed=args.seed,
-        clip_box=getattr(args, "clip_box", False),
-    )
+def config_from_args(args, mode: str) -> CompositionConfig:
+    """The ``CompositionConfig`` of parsed flags (one per setting); ``mode`` when --mode was not given."""
+    values = {setting.name: getattr(args, setting.name) for setting in SETTINGS}
+    return CompositionConfig(**{**values, "mode": values["mode"] or mode})
 
 
 def _load(spec: str, dtype: str | None = None):
@@ -219,27 +226,6 @@ def _write_outputs(
     )
 
 
-def _target_from_box(box: tuple[int, int, int, int], background):
-    """``--box`` in the background's own pixels -> a user mask of the background's size holding that rectangle.
-
-    The Session reads a mask in fractions of its own size (the official rule), so this maps the box to the
-    working size exactly as the same rectangle drawn in a ``--mask`` file would be; with a background already at
-    the working size it equals passing the box itself.
-    """
-    import numpy as np
-
-    x, y, w, h = box
-    width, height = background.size
-    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width or y + h > height:
-        raise ValueError(
-            f"--box x,y,w,h = {x},{y},{w},{h} must have a positive size and lie inside the {width}x{height} "
-            "background (the box is in the background's own pixels)"
-        )
-    mask = np.zeros((height, width), dtype=bool)
-    mask[y : y + h, x : x + w] = True
-    return mask
-
-
 def cmd_compose(args) -> int:
     from tficon.composition.session import Session
     from tficon.core import io
@@ -248,7 +234,7 @@ def cmd_compose(args) -> int:
     if (args.mask is None) == (args.box is None):
         raise ValueError("give exactly one of --mask (a mask image) or --box x,y,w,h")
     # Everything the user typed is checked before the model loads (seconds to minutes for SD).
-    config = _config(args, "cross")
+    config = config_from_args(args, "cross")
     if args.feather is not None and not args.paste_back:
         raise ValueError("--feather sets the ramp of --paste-back; add --paste-back (or drop --feather)")
     if args.paste_back and args.output_size == "working":
@@ -263,7 +249,7 @@ def cmd_compose(args) -> int:
     if args.mask is not None:
         target = io.load_mask(args.mask, name="--mask")
     else:
-        target = _target_from_box(args.box, background)
+        target = box_mask(args.box, background.size, name="--box")
     model = _load(args.model, args.dtype)
     session = Session(
         model,
@@ -294,7 +280,7 @@ def cmd_demo(args) -> int:
     from tficon.toy.samples import demo_sample, side_by_side
 
     started = time.perf_counter()
-    config = _config(args, demo_sample().mode)
+    config = config_from_args(args, demo_sample().mode)
     out = _check_output_path(args.out, "--out", image=True)
     json_path = _check_output_path(args.json, "--json", image=False)
     model = _load(args.model, args.dtype)
@@ -329,7 +315,7 @@ def cmd_batch(args) -> int:
     from tficon.run.batch import run_batch
 
     # --mode here also takes "auto"; the shared settings are built without it and each sample gets its own mode.
-    base = _config(argparse.Namespace(**{**vars(args), "mode": None}), "cross")
+    base = config_from_args(argparse.Namespace(**{**vars(args), "mode": None}), "cross")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out: {str(out)!r} is a file; the batch writes a folder (one sub-folder per sample)")
@@ -427,15 +413,16 @@ def _sweep(args) -> int:
         foreground = io.load_image(args.foreground, name="--foreground")
         io.load_mask(args.foreground_mask, name="--foreground-mask")
         object_mask, prompt, mode = args.foreground_mask, args.prompt, "cross"
-        target = io.load_mask(args.mask, name="--mask") if args.mask is not None else _target_from_box(args.box, background)
+        boxed = args.box is not None
+        target = box_mask(args.box, background.size, name="--box") if boxed else io.load_mask(args.mask, name="--mask")
     labels = None
     if "box" in grid:  # boxes in the background's own pixels, mapped like --box
         labels = {"box": [",".join(map(str, b)) for b in grid["box"]]}
         try:
-            grid["box"] = [_target_from_box(b, background) for b in grid["box"]]
+            grid["box"] = [box_mask(b, background.size, name="--box") for b in grid["box"]]
         except ValueError as error:
             raise GridError(f"--grid box: {error}") from None
-    config = _config(args, mode)
+    config = config_from_args(args, mode)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out: {str(out)!r} is a file; the sweep writes a folder")
@@ -506,13 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --paste-back: width of the linear ramp around the window, in the background's own pixels "
         "(default 8; 0: a hard edge); beyond it the background is untouched",
     )  # fmt: skip
-    comp.add_argument(
-        "--clip-box", action="store_true", help="move a box whose object would leave the image inside instead of failing"
-    )
     comp.add_argument("--out", required=True)
     comp.add_argument("--json", default=None, help="write settings, timings and counts as JSON")
     comp.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_config_flags(comp)
+    _add_config_flags(comp, clip_box="move a box whose object would leave the image inside instead of failing")
     comp.set_defaults(func=cmd_compose)
 
     # conflict_handler="resolve": the batch's own --mode (with "auto") replaces the one of _add_config_flags.
@@ -534,9 +518,6 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--force", action="store_true", help="compose finished samples again")
     batch.add_argument("--limit", type=int, default=None, help="only the first N sample folders (sorted by path)")
     batch.add_argument("--quiet", action="store_true", help="no progress bar")
-    batch.add_argument(
-        "--clip-box", action="store_true", help="move boxes that leave the image inside (else those samples are skipped)"
-    )
     batch.add_argument("--lpips-weights", default=None, help="torchvision VGG16 weights file for LPIPS (VGG)")
     batch.add_argument("--clip-model", default=None, help="CLIP folder or cached hub id for the CLIP scores")
     batch.add_argument("--allow-downloads", action="store_true", help="let LPIPS/CLIP download missing weights")
@@ -552,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
         "memory estimate allows); faster, results equal to float tolerance instead of bitwise; a killed run "
         "loses the samples in flight (default: one sample at a time)",
     )  # fmt: skip
-    _add_config_flags(batch)
+    _add_config_flags(batch, clip_box="move boxes that leave the image inside (else those samples are skipped)")
     batch.add_argument(
         "--mode",
         choices=("auto", "cross", "same"),

@@ -52,15 +52,19 @@ from tficon.composition.attention import CaptureRequest, InjectionController, se
 from tficon.composition.engine import Engine, StepInputs, StepRecord, Track
 from tficon.core import checks, io, solver
 from tficon.core import placement as placement_mod
-from tficon.core.config import CompositionConfig
-from tficon.core.plan import StepPlan, step_plan
-from tficon.core.schedule import InjectionSchedule, injection_schedule
+from tficon.core.boxes import as_user_box, same_box
+from tficon.core.config import CompositionConfig, settings_invalidating
+from tficon.core.plan import StepPlan, injection_for, plans_for
+from tficon.core.schedule import InjectionSchedule
 from tficon.core.threads import torch_threads
 
 BRANCHES = ("generation", "background", "reference")
 
-# Settings whose change keeps the prepared inputs, both latents and both inversions.
-_SAMPLING_FIELDS = {"tau_a", "tau_b", "tau_bg", "align_warmup", "no_cross_lag", "background_queries", "guidance"}
+# What a change of each setting makes stale (its declared ``invalidates`` level, tficon.core.config); settings of
+# the "plans" level drop the steps from the first whose plan differs.
+_NEW_INPUTS = settings_invalidating("inputs")
+_NEW_LATENTS = settings_invalidating("latents")
+_ALL_STEPS = settings_invalidating("all_steps")
 
 
 @dataclass(frozen=True)
@@ -164,8 +168,8 @@ class Session:
 
     @property
     def injection(self) -> InjectionSchedule:
-        c = self._config
-        return injection_schedule(c.steps, c.order, c.tau_a, c.tau_b, c.tau_bg, align_warmup=c.align_warmup)
+        """The injection schedule of the current settings (``tficon.core.plan.injection_for``)."""
+        return injection_for(self._config)
 
     @property
     def plans(self) -> tuple[StepPlan, ...]:
@@ -175,17 +179,8 @@ class Session:
     def _plans_for(self, config: CompositionConfig) -> tuple[StepPlan, ...]:
         # Plans depend on the frozen config only; steps look them up on every call, so keep them.
         if self._plan_cache.get("config") != config:
-            self._plan_cache = {"config": config, "plans": self._build_plans(config)}
+            self._plan_cache = {"config": config, "plans": plans_for(config)}
         return self._plan_cache["plans"]
-
-    def _build_plans(self, config: CompositionConfig) -> tuple[StepPlan, ...]:
-        sched = injection_schedule(
-            config.steps, config.order, config.tau_a, config.tau_b, config.tau_bg, align_warmup=config.align_warmup
-        )
-        return tuple(
-            step_plan(sched, s, cross_lag=not config.no_cross_lag, background_queries=config.background_queries)
-            for s in range(config.steps + 1)
-        )
 
     def _size_multiple(self) -> int:
         levels = len(self.model.unet.config.block_out_channels)
@@ -206,11 +201,9 @@ class Session:
 
     @staticmethod
     def _load_box(mask_or_box):
-        if isinstance(mask_or_box, (tuple, list)) and len(mask_or_box) == 4:
-            if not all(isinstance(v, (int, np.integer)) for v in mask_or_box):
-                raise ValueError(f"a box must be 4 integers (x, y, w, h) in pixels, got {mask_or_box!r}")
-            return tuple(int(v) for v in mask_or_box)
-        return io.load_mask(mask_or_box, name="mask")
+        """The target as a box ``(x, y, w, h)`` of Python ints (``tficon.core.boxes``) or a bool mask."""
+        box = as_user_box(mask_or_box, name="mask")
+        return box if box is not None else io.load_mask(mask_or_box, name="mask")
 
     def update(self, **changes) -> int | None:
         """Apply new settings; returns the first step whose result changes (None: nothing changes).
@@ -233,13 +226,13 @@ class Session:
         new_config = self._config.replace(**changes)
         self._check_steps(new_config)
         prompt_changed = new_prompt != self._prompt
-        box_changed = not _same_box(new_box, self._mask_or_box)
+        box_changed = not same_box(new_box, self._mask_or_box)
         changed_fields = {
             name for name in new_config.__dataclass_fields__ if getattr(new_config, name) != getattr(self._config, name)
         }
         old_plans = self.plans
         new_inputs = None
-        if images_changed or box_changed or changed_fields & {"mode", "largest_contour", "clip_box"}:
+        if images_changed or box_changed or changed_fields & _NEW_INPUTS:
             # raises before anything changes
             new_inputs = self._prepare_inputs(new_config, new_box, new_images, new_mask)
         self._config, self._prompt, self._mask_or_box = new_config, new_prompt, new_box
@@ -249,10 +242,10 @@ class Session:
             self._reset(inputs=True)
             self._inputs = new_inputs
             return 0
-        if changed_fields - _SAMPLING_FIELDS:  # steps, order, seed: new latents and inversions
+        if changed_fields & _NEW_LATENTS:  # steps, order, seed: new latents and inversions
             self._reset(inputs=False)
             return 0
-        if prompt_changed or "guidance" in changed_fields:
+        if prompt_changed or changed_fields & _ALL_STEPS:  # the prompt and guidance enter every step
             first = 0
         else:
             new_plans = self.plans
@@ -670,8 +663,3 @@ def _official_mask_source(mask):
         return mask
     return io.load_mask(mask, name="foreground_mask")
 
-
-def _same_box(a, b) -> bool:
-    if isinstance(a, tuple) or isinstance(b, tuple):
-        return a == b
-    return a.shape == b.shape and bool(np.array_equal(a, b))

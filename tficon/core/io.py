@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from tficon.core.boxes import Box, as_user_box
+
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 #: Fraction of mask pixels that must lie within ``MASK_TOLERANCE`` of 0 or 255 (JPEG-like noise allowed).
@@ -186,11 +188,9 @@ def load_image(image: ImageLike, *, name: str, max_pixels: int | None = None) ->
 def _mask_values(mask: ImageLike, name: str) -> np.ndarray:
     """The mask as a 2-D array: bool (already binary) or float64 on the 0..255 scale."""
     if isinstance(mask, (tuple, list)):
-        # a box of the wrong length lands here; say so instead of "must be a path, an image or an array"
-        raise ValueError(
-            f"{name}: a box must be 4 integers (x, y, w, h) in pixels, got {len(mask)} value(s) {tuple(mask)!r}; "
-            "or pass a mask image"
-        )
+        # a malformed box lands here: as_user_box says what is wrong with it, instead of "must be a path, ..."
+        as_user_box(mask, name=name)
+        raise ValueError(f"{name} must be a mask (a path, a PIL image or an array) here, not the box {tuple(mask)!r}")
     if isinstance(mask, (str, os.PathLike)):
         mask = _open(mask, name)
     if isinstance(mask, Image.Image):
@@ -403,12 +403,10 @@ def resize_result(result: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 
 def scale_window(window, from_size: tuple[int, int], to_size: tuple[int, int]):
-    """``window`` (a ``placement.Box`` on an image of ``from_size = (H, W)``) on an image of ``to_size = (H, W)``,
+    """``window`` (a ``tficon.core.boxes.Box`` on an image of ``from_size = (H, W)``) on an image of ``to_size = (H, W)``,
     rounded outwards (floor for top/left, ceil for bottom/right) so the scaled window covers every pixel the
     original one touches."""
     import math
-
-    from tficon.core.placement import Box
 
     fy, fx = to_size[0] / from_size[0], to_size[1] / from_size[1]
     return Box(
@@ -440,7 +438,7 @@ def paste_weights(size: tuple[int, int], window, feather: int) -> np.ndarray:
 
 
 def paste_back(original, result, window, feather: int = 8) -> Image.Image:
-    """Paste ``window`` of ``result`` onto ``original`` (both RGB, the same size; ``window`` a ``placement.Box``
+    """Paste ``window`` of ``result`` onto ``original`` (both RGB, the same size; ``window`` a ``tficon.core.boxes.Box``
     in their pixels) with a feathered edge ``feather`` pixels wide (``paste_weights``).
 
     Outside the window grown by ``feather`` the pixels are ``original``'s, bit for bit; inside the window they

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tficon.core.boxes import Box, as_user_box
 from tficon.core.io import check_image_size, image_to_tensor
 
 BOX_RULES = ("first", "largest", "union")
@@ -47,38 +48,8 @@ MaskLike = Union[np.ndarray, Image.Image]
 BoxLike = Sequence[int]
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Boxes
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Box:
-    """A half-open integer box ``rows [top, bottom) x cols [left, right)`` on some grid."""
-
-    top: int
-    left: int
-    bottom: int
-    right: int
-
-    @property
-    def height(self) -> int:
-        return self.bottom - self.top
-
-    @property
-    def width(self) -> int:
-        return self.right - self.left
-
-    def slices(self) -> tuple[slice, slice]:
-        """``(row slice, column slice)`` for indexing an array ``[..., rows, cols]``."""
-        return slice(self.top, self.bottom), slice(self.left, self.right)
-
-    def inside(self, height: int, width: int) -> bool:
-        """True if the box is non-empty and lies in ``[0, height) x [0, width)`` (ending at the edge is inside)."""
-        return 0 <= self.top < self.bottom <= height and 0 <= self.left < self.right <= width
-
-    def __str__(self) -> str:
-        return f"rows [{self.top}, {self.bottom}) x cols [{self.left}, {self.right})"
+# ``Box`` (the half-open grid box) lives in tficon.core.boxes beside the user-box parser; it is imported above,
+# so ``from tficon.core.placement import Box`` keeps working.
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -584,18 +555,8 @@ def _scale_from_bbox(w_box: int, h_box: int, base: float) -> float:
 
 
 def _as_box(value: object) -> tuple[int, int, int, int] | None:
-    """``(x, y, w, h)`` if ``value`` is a sequence of four integers, else None."""
-    if isinstance(value, (np.ndarray, Image.Image, str, bytes)):
-        return None
-    try:
-        items = list(value)  # type: ignore[call-overload]
-    except TypeError:
-        return None
-    if len(items) != 4:
-        return None
-    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in items):
-        raise ValueError(f"mask_or_box as a box must be four integers (x, y, w, h) in pixels, got {value!r}")
-    return tuple(int(v) for v in items)  # type: ignore[return-value]
+    """``(x, y, w, h)`` if ``value`` is a box (``tficon.core.boxes.as_user_box``), else None (a mask)."""
+    return as_user_box(value, name="mask_or_box")
 
 
 def compute_placement(
@@ -639,8 +600,6 @@ def compute_placement(
     box = _as_box(mask_or_box)
     if box is not None:
         x, y, w_box, h_box = box
-        if w_box <= 0 or h_box <= 0:
-            raise ValueError(f"box (x, y, w, h) = {box} must have positive width and height")
         mask_height, mask_width = check_image_size(image_size, 1, name="image_size")
     else:
         binary = _binarise(mask_or_box, "mask_or_box")  # type: ignore[arg-type]

@@ -121,12 +121,18 @@ def step_plan(
     )
 
 
-def plans_for(config) -> tuple[StepPlan, ...]:
-    """Plans of all steps 0..steps of a ``CompositionConfig``: the one place the config becomes plans."""
-    schedule = injection_schedule(
+def injection_for(config) -> InjectionSchedule:
+    """The injection schedule of a ``CompositionConfig`` (its steps, order, fractions and warm-up switch)."""
+    return injection_schedule(
         config.steps, config.order, config.tau_a, config.tau_b, config.tau_bg, align_warmup=config.align_warmup
     )
-    return composition_plan(schedule, cross_lag=not config.no_cross_lag, background_queries=config.background_queries)
+
+
+def plans_for(config) -> tuple[StepPlan, ...]:
+    """Plans of all steps 0..steps of a ``CompositionConfig``: the one place the config becomes plans."""
+    return composition_plan(
+        injection_for(config), cross_lag=not config.no_cross_lag, background_queries=config.background_queries
+    )
 
 
 def composition_plan(
