@@ -72,7 +72,7 @@ from tficon.run.batch_compose import (
     open_session,
     placement_overlay,
 )
-from tficon.run.batch_samples import (
+from tficon.run.batch_samples import (  # noqa: F401 - names of the batch, importable from here as before
     ASPECT_TOLERANCE,
     DOMAIN_MODES,
     IMAGE_SUFFIXES,
@@ -88,7 +88,13 @@ from tficon.run.batch_samples import (
     prompt_from_folder,
     role_of,
 )
-from tficon.run.batch_summary import METRIC_COLUMNS, SUMMARY_FILES, BatchReport, SampleOutcome, write_summaries
+from tficon.run.batch_summary import (  # noqa: F401 - METRIC_COLUMNS, SUMMARY_FILES: importable from here as before
+    METRIC_COLUMNS,
+    SUMMARY_FILES,
+    BatchReport,
+    SampleOutcome,
+    write_summaries,
+)
 from tficon.run.runner import MAX_ROWS_PER_CELL, check_count, run_tasks
 
 __all__ = [
@@ -110,7 +116,6 @@ __all__ = [
     "run_batch",
     "process_state",
 ]
-_REEXPORTED = (ASPECT_TOLERANCE, METRIC_COLUMNS, SUMMARY_FILES)  # still importable from here
 
 
 def process_state():

@@ -66,7 +66,6 @@ __all__ = [
     "PARAMETERS", "GridError", "SweepCell", "SweepResult", "run_sweep", "parse_grid_option", "evaluation_order",
     "plan_lanes",
 ]  # fmt: skip
-_REEXPORTED = (independent_cost,)  # still importable from here
 
 
 def run_sweep(
