@@ -39,9 +39,9 @@ writes no summaries; the re-run composes what is missing and merges everything.
 Batched samples (``batch_samples`` / ``--batch-samples N``, off by default): samples share nothing but the model
 and the working size, so up to N of them advance together, each step of all of them in one UNet call
 (``tficon.run.runner``); their inversions are batched too, a background shared by several samples inverted once.
-Results equal the one-at-a-time results to float tolerance, not bitwise. One at a time is the same runner with one
-sample per call. Each sample is still written as soon
-as it is finished, with the same resume rules; a killed run loses the samples in flight (up to N).
+Results equal the one-at-a-time results to float tolerance, not bitwise (one at a time is the same runner with one
+sample per call). Each sample is still written as soon as it is finished, with the same resume rules; a killed run
+loses the samples in flight (up to N).
 
 Modules: :mod:`tficon.run.batch_samples` (discovery, fingerprints, order), :mod:`tficon.run.batch_compose` (one
 sample's Session, images, metrics and record), :mod:`tficon.run.batch_summary` (summaries and the visual report);
