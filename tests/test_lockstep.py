@@ -23,6 +23,7 @@ from tficon.cli import build_parser
 from tficon.composition.engine import Engine, Track
 from tficon.model.tiny import tiny_model
 from tficon.run.lockstep import MAX_ROWS_PER_CELL, ROW_CAPS, auto_max_rows, row_bytes, run_lockstep
+from tficon.run.runner import Task, run_tasks
 from tficon.run.sweeps import evaluation_order, plan_lanes
 
 STEPS = 6
@@ -183,6 +184,32 @@ def test_one_session_per_call_is_bitwise_the_solo_path(model, sample, solo):
     assert stats.max_cells == 1
     for together, alone in zip(sessions, solo):
         assert all(torch.equal(a.generation.x, b.generation.x) for a, b in zip(together.records, alone.records))
+
+
+def test_session_run_is_the_runners_one_session_case_and_tasks_carry_their_context(model, sample):
+    """Session.run goes through the runner; it is bitwise the Session's own step() repeated. Tasks come back to the
+    callbacks as the objects the caller made (its context on them), and stop at their own ``until``."""
+    by_steps = new_session(model, sample, steps=STEPS)
+    by_steps.compose_start()
+    while not by_steps.done:
+        by_steps.step()
+    ran = new_session(model, sample, steps=STEPS).run()
+    assert all(torch.equal(a.generation.x, b.generation.x) for a, b in zip(ran.records, by_steps.records))
+    assert ran.stats == by_steps.stats
+
+    @dataclasses.dataclass(eq=False, kw_only=True)
+    class Labelled(Task):
+        label: str
+
+    engine = Engine(model)
+    tasks = [Labelled(session=new_session(model, sample, steps=STEPS, engine=engine, seed=seed), label=f"seed {seed}",
+                      until=until) for seed, until in ((1, None), (2, 3))]  # fmt: skip
+    finished, stepped = [], []
+    stats = run_tasks(iter(tasks), max_rows=2 * MAX_ROWS_PER_CELL, on_finished=finished.append,
+                      on_step=lambda task: stepped.append(task.label))  # fmt: skip
+    assert finished == [tasks[1], tasks[0]] and stats.finished == 2 and stats.max_cells == 2
+    assert [t.session.step_index for t in tasks] == [STEPS + 1, 3]
+    assert stepped.count("seed 1") == STEPS + 1 and stepped.count("seed 2") == 3
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
@@ -347,6 +374,13 @@ def test_batch_samples_gives_the_same_images(tmp_path, model):
         assert record["sample_evals"] == alone["sample_evals"]  # each sample counts its own work as if alone
         psnr = alone["metrics"]["result"]["bg"]["psnr"]
         assert record["metrics"]["result"]["bg"]["psnr"] == pytest.approx(psnr, abs=0.5)
+    # one sample per call is the unbatched path itself: the same images, bit for bit
+    single = run_batch(inputs, tmp_path / "single", batch_samples=1, **common)
+    for sample_id in GOOD:
+        a = np.asarray(Image.open(tmp_path / "one" / sample_id / OUTPUT_FILES["result"]))
+        b = np.asarray(Image.open(tmp_path / "single" / sample_id / OUTPUT_FILES["result"]))
+        assert np.array_equal(a, b), sample_id
+    assert [o.record.get("sample_evals") for o in single.outcomes] == [o.record.get("sample_evals") for o in one.outcomes]
     # a re-run with batching finds everything finished (same fingerprints)
     again = run_batch(inputs, tmp_path / "two", batch_samples="auto", **common)
     assert all(o.action in ("done", "skipped") for o in again.outcomes)

@@ -204,7 +204,7 @@ def test_cli_sweep_writes_the_outputs_and_rejects_bad_grids(tmp_path, capsys):
     ]  # fmt: skip
     assert all(float(r["bg_psnr"]) > 0 for r in rows) and (out / "grid.png").is_file()
     assert main(["sweep", "--demo", "--grid", "tau_q=1", "--out", str(tmp_path / "x")]) == 2
-    assert "unknown sweep parameter 'tau_q'; a sweep can vary tau_b, tau_a" in capsys.readouterr().err
+    assert "unknown sweep parameter 'tau_q'; a sweep can vary tau_a, tau_b, tau_bg" in capsys.readouterr().err
     assert main(["sweep", "--demo", "--out", str(tmp_path / "x")]) == 2
     assert "give at least one --grid" in capsys.readouterr().err
 

@@ -42,14 +42,14 @@ class SweepGrid(widgets.VBox):
         self.children = [self.status, *self._panels(), self.explorer_box]
 
     def _panels(self) -> list[widgets.Widget]:
-        from tficon.run.sweeps import _metric_caption, _panels
+        from tficon.run.report import metric_caption, panels
 
         r = self.result
         names = r.names
         row_name, col_name = names[0], (names[1] if len(names) > 1 else None)
         n_rows, n_cols = len(r.grid[row_name]), (len(r.grid[col_name]) if col_name else 1)
         out: list[widgets.Widget] = []
-        for heading, cells in _panels(r):
+        for heading, cells in panels(r):
             if heading:
                 out.append(widgets.HTML(f"<b>{html.escape(heading)}</b>"))
             header = [widgets.HTML(html.escape(f"{row_name} \\ {col_name or ''}"))]
@@ -62,7 +62,7 @@ class SweepGrid(widgets.VBox):
                 items.append(widgets.HTML(f"<b>{html.escape(f'{row_name}={r.label_of(row_name, row)}')}</b>"))
                 for col in range(n_cols):
                     cell = cells.get((row, col))
-                    items.append(self._cell_widget(cell, _metric_caption(cell)) if cell else widgets.HTML(""))
+                    items.append(self._cell_widget(cell, metric_caption(cell)) if cell else widgets.HTML(""))
             out.append(
                 widgets.GridBox(
                     items,

@@ -464,9 +464,12 @@ class Session:
         if not 0 <= target <= self.steps + 1:
             raise ValueError(f"until must be in 0..{self.steps + 1}, got {until}")
         self.compose_start()
-        remaining = range(len(self._records), target)
-        for _ in tqdm(remaining, desc="compose", disable=not self.progress or not remaining, leave=False):
-            self.step()
+        remaining = target - len(self._records)
+        if remaining > 0:  # the runner's one-Session case: bitwise self.step() repeated
+            from tficon.run.runner import run_alone
+
+            with tqdm(total=remaining, desc="compose", disable=not self.progress, leave=False) as bar:
+                run_alone(self, until=target, threads=self.threads, on_step=lambda task: bar.update(1))
         return self
 
     def rewind(self, step: int) -> None:

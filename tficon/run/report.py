@@ -1,8 +1,13 @@
-"""Visual batch reports: a contact sheet (PNG) and a small self-contained HTML page.
+"""Every report writer of the run layer: thumbnails, data URIs, JSON-safe values, the batch's contact sheet and
+HTML page, and the sweep's labelled grid and HTML page.
 
-One row per sample: background, foreground, cut-and-paste, result, under a caption (the sample id and its
+Batch: one row per sample: background, foreground, cut-and-paste, result, under a caption (the sample id and its
 metrics). The HTML page embeds its thumbnails as base64 JPEG, so it is one file that can be mailed or attached
 to an issue; it also lists the samples that were skipped and why.
+
+Sweep (:func:`sweep_grid_image`, :func:`sweep_html`): the first grid parameter down the rows, the second across the
+columns, further parameters as stacked panels (:func:`panels`), each cell captioned with its background and
+foreground PSNR (:func:`metric_caption`); the HTML page embeds its thumbnails as base64 PNG.
 """
 
 from __future__ import annotations
@@ -10,12 +15,19 @@ from __future__ import annotations
 import base64
 import html
 import io as _io
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping, Sequence
+
+import numpy as np
 
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["COLUMNS", "SheetRow", "thumbnail", "contact_sheet", "html_report"]
+__all__ = [
+    "COLUMNS", "SheetRow", "thumbnail", "data_uri", "jsonable", "contact_sheet", "html_report", "panels",
+    "metric_caption", "sweep_grid_image", "sweep_html",
+]  # fmt: skip
 
 COLUMNS = ("background", "foreground", "cut-and-paste", "result")
 _LINE = 12  # pixel height of one caption line with PIL's default bitmap font
@@ -52,6 +64,31 @@ def thumbnail(image: Image.Image | None, side: int) -> Image.Image:
     scaled = image.resize(size, resample)
     cell.paste(scaled, ((side - size[0]) // 2, (side - size[1]) // 2))
     return cell
+
+
+def data_uri(image: Image.Image | None, side: int, *, format: str = "JPEG") -> str:
+    """A ``data:`` URI of ``image``'s :func:`thumbnail`: JPEG at quality 85 (the batch's page) or PNG (the sweep's)."""
+    buffer = _io.BytesIO()
+    if format == "JPEG":
+        thumbnail(image, side).save(buffer, format="JPEG", quality=85)
+    else:
+        thumbnail(image, side).save(buffer, format=format)
+    return f"data:image/{format.lower()};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def jsonable(value):
+    """JSON-safe copy: tuples to lists, paths to strings, numpy scalars to Python, inf/nan to "inf"/"-inf"/"nan"."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else "-inf" if value < 0 else "nan"
+    return value
 
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, width: int) -> str:
@@ -91,12 +128,6 @@ def contact_sheet(rows: Sequence[SheetRow], *, thumb: int = 128, columns: Sequen
             sheet.paste(thumbnail(image, thumb), (c * (thumb + _GAP), y + caption_h))
         y += row_h
     return sheet
-
-
-def _data_uri(image: Image.Image | None, side: int) -> str:
-    buffer = _io.BytesIO()
-    thumbnail(image, side).save(buffer, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 _STYLE = """
@@ -142,7 +173,7 @@ def html_report(
         parts.append(f"<table><tr><th>sample</th>{heads}<th>metrics</th></tr>")
         for row in rows:
             cells = "".join(
-                f'<td class="img"><img src="{_data_uri(row.images[c] if c < len(row.images) else None, thumb)}" '
+                f'<td class="img"><img src="{data_uri(row.images[c] if c < len(row.images) else None, thumb)}" '
                 f'width="{thumb}" height="{thumb}" alt="{e(columns[c])}"></td>'
                 for c in range(len(columns))
             )
@@ -157,3 +188,143 @@ def html_report(
         parts.append("</table>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The sweep's grid and page
+# --------------------------------------------------------------------------------------------------------------
+
+
+def panels(result):
+    """[(heading, {(row, col): cell})] over the parameters after the first two."""
+    names = result.names
+    extra = names[2:]
+    by_key: dict[tuple, dict] = {}
+    for cell in result.cells:
+        key = cell.position[2:]
+        rc = (cell.position[0], cell.position[1] if len(names) > 1 else 0)
+        by_key.setdefault(key, {})[rc] = cell
+    out = []
+    for key, cells in by_key.items():
+        heading = ", ".join(f"{n}={result.label_of(n, i)}" for n, i in zip(extra, key))
+        out.append((heading, cells))
+    return out
+
+
+def metric_caption(cell) -> str:
+    bg, fg = cell.metrics.get("bg", {}), cell.metrics.get("fg", {})
+    if not bg:
+        return ""
+    return f"bg {bg.get('psnr', float('nan')):.1f}  fg {fg.get('psnr', float('nan')):.1f} dB"
+
+
+def sweep_grid_image(result, *, thumb: int, metrics: bool) -> Image.Image:
+    names = result.names
+    row_name = names[0]
+    col_name = names[1] if len(names) > 1 else None
+    n_rows = len(result.grid[row_name])
+    n_cols = len(result.grid[col_name]) if col_name else 1
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    row_labels = [f"{row_name}={result.label_of(row_name, i)}" for i in range(n_rows)]
+    label_w = int(max(probe.textlength(t, font=_FONT) for t in row_labels)) + 8
+    caption_h = _LINE + 2 if metrics else 0
+    cell_w, cell_h = thumb + _GAP, thumb + caption_h + _GAP
+    stacked = panels(result)
+    header_h = _LINE + 4
+    panel_h = (_LINE + 4 if len(names) > 2 else 0) + header_h + n_rows * cell_h
+    inputs_h = thumb + _LINE + 8
+    width = max(label_w + n_cols * cell_w, 4 * cell_w)
+    title_h = 2 * _LINE + 4
+    sheet = Image.new("RGB", (width, title_h + inputs_h + len(stacked) * (panel_h + _GAP)), "white")
+    draw = ImageDraw.Draw(sheet)
+    title = f"tficon sweep: {result.inputs['prompt']}"
+    draw.text((2, 1), title, fill="black", font=_FONT)
+    axes = f"rows: {row_name}" + (f"; columns: {col_name}" if col_name else "")
+    work = (f"{result.sample_evals} UNet sample-evals ({100 * result.shared_fraction:.0f} % of "
+            f"{result.independent_sample_evals} run one by one)")  # fmt: skip
+    draw.text((2, 1 + _LINE), f"{axes}; {work}", fill=(70, 70, 70), font=_FONT)
+    y = title_h
+    cp = next(iter(result.cut_and_paste.values()), {}).get("image")
+    strip = [("background", result.inputs["background"]), ("foreground", result.inputs["foreground"]),
+             ("cut-and-paste", cp)]  # fmt: skip
+    for i, (name, image) in enumerate(strip):
+        draw.text((i * cell_w + 2, y), name, fill="black", font=_FONT)
+        sheet.paste(thumbnail(image, thumb), (i * cell_w, y + _LINE + 2))
+    y += inputs_h
+    for heading, cells in stacked:
+        if heading:
+            draw.text((2, y + 2), heading, fill=(150, 30, 30), font=_FONT)
+            y += _LINE + 4
+        for c in range(n_cols):
+            text = f"{col_name}={result.label_of(col_name, c)}" if col_name else ""
+            draw.text((label_w + c * cell_w + 2, y + 1), text, fill="black", font=_FONT)
+        y += header_h
+        for r in range(n_rows):
+            top = y + r * cell_h
+            draw.text((2, top + thumb // 2 - _LINE // 2), row_labels[r], fill="black", font=_FONT)
+            for c in range(n_cols):
+                cell = cells.get((r, c))
+                if cell is None:
+                    continue
+                left = label_w + c * cell_w
+                sheet.paste(thumbnail(cell.image, thumb), (left, top))
+                if metrics:
+                    draw.text((left + 1, top + thumb + 1), metric_caption(cell), fill=(70, 70, 70), font=_FONT)
+        y += n_rows * cell_h + _GAP
+    return sheet
+
+
+def sweep_html(result, *, thumb: int) -> str:
+    e = html.escape
+    names = result.names
+    row_name, col_name = names[0], (names[1] if len(names) > 1 else None)
+    n_cols = len(result.grid[col_name]) if col_name else 1
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>tficon sweep: {e(result.inputs['prompt'])}</title>",
+        "<style>body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;"
+        "margin:.8em 0}th,td{border:1px solid #ccc;padding:4px 6px;font-size:13px;vertical-align:top}"
+        "th{background:#f2f2f2}img{display:block;image-rendering:pixelated}.m{color:#555;font-size:12px}</style>",
+        "</head><body>",
+        f"<h1>tficon sweep: {e(result.inputs['prompt'])}</h1>",
+        f"<p>{e(result.describe())}. Metrics: background MSE/PSNR/SSIM with the target window blanked, foreground "
+        "MSE/PSNR/SSIM of the window against the reference crop (PSNR in dB on [0, 1] images).</p>",
+        "<table><tr>",
+    ]
+    strip = [("background", result.inputs["background"]), ("foreground", result.inputs["foreground"])]
+    strip += [(f"cut-and-paste (box {k})", v["image"]) for k, v in result.cut_and_paste.items()]
+    parts += [f"<td>{e(n)}<img src='{data_uri(im, thumb, format='PNG')}' width='{thumb}' alt='{e(n)}'></td>" for n, im in strip]
+    parts.append("</tr></table>")
+    for heading, cells in panels(result):
+        if heading:
+            parts.append(f"<h2>{e(heading)}</h2>")
+        heads = "".join(f"<th>{e(f'{col_name}={result.label_of(col_name, c)}') if col_name else ''}</th>" for c in range(n_cols))
+        parts.append(f"<table><tr><th>{e(row_name)} \\ {e(col_name or '')}</th>{heads}</tr>")
+        for r in range(len(result.grid[row_name])):
+            parts.append(f"<tr><th>{e(f'{row_name}={result.label_of(row_name, r)}')}</th>")
+            for c in range(n_cols):
+                cell = cells.get((r, c))
+                if cell is None:
+                    parts.append("<td></td>")
+                    continue
+                parts.append(
+                    f"<td><img src='{data_uri(cell.image, thumb, format='PNG')}' width='{thumb}' alt='{e(cell.label())}'>"
+                    f"<div class='m'>{e(metric_caption(cell))}<br>{cell.sample_evals} evals, from step "
+                    f"{cell.first_step}</div></td>"
+                )
+            parts.append("</tr>")
+        parts.append("</table>")
+    rows = result.table()
+    parts.append("<h2>Table</h2><table><tr>" + "".join(f"<th>{e(k)}</th>" for k in rows[0]) + "</tr>")
+    for row in rows:
+        parts.append("<tr>" + "".join(f"<td>{e(_cell_value(v))}</td>" for v in row.values()) + "</tr>")
+    parts.append("</table></body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _cell_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
