@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from tficon.composition.attention import CaptureRequest, InjectionController, self_attention_layers
 from tficon.composition.engine import Engine, StepInputs, StepRecord, Track
+from tficon.composition.runner import run_alone
 from tficon.core import checks, io, solver
 from tficon.core import placement as placement_mod
 from tficon.core.boxes import as_user_box, same_box
@@ -466,8 +467,6 @@ class Session:
         self.compose_start()
         remaining = target - len(self._records)
         if remaining > 0:  # the runner's one-Session case: bitwise self.step() repeated
-            from tficon.run.runner import run_alone
-
             with tqdm(total=remaining, desc="compose", disable=not self.progress, leave=False) as bar:
                 run_alone(self, until=target, threads=self.threads, on_step=lambda task: bar.update(1))
         return self

@@ -38,7 +38,7 @@ writes no summaries; the re-run composes what is missing and merges everything.
 
 Batched samples (``batch_samples`` / ``--batch-samples N``, off by default): samples share nothing but the model
 and the working size, so up to N of them advance together, each step of all of them in one UNet call
-(``tficon.run.runner``); their inversions are batched too, a background shared by several samples inverted once.
+(``tficon.composition.runner``); their inversions are batched too, a background shared by several samples inverted once.
 Results equal the one-at-a-time results to float tolerance, not bitwise (one at a time is the same runner with one
 sample per call). Each sample is still written as soon as it is finished, with the same resume rules; a killed run
 loses the samples in flight (up to N).
@@ -95,7 +95,7 @@ from tficon.run.batch_summary import (  # noqa: F401 - METRIC_COLUMNS, SUMMARY_F
     SampleOutcome,
     write_summaries,
 )
-from tficon.run.runner import MAX_ROWS_PER_CELL, check_count, run_tasks
+from tficon.composition.runner import MAX_ROWS_PER_CELL, check_count, run_tasks
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -167,7 +167,7 @@ def run_batch(
         log: where messages go (default ``tqdm.write``).
         dtype: the precision a model spec is loaded in (``load_model``'s dtype).
         batch_samples: None (default): one sample at a time, each bitwise what ``tficon compose`` gives. N: up to
-            N samples advance together, one UNet call per step for all of them (``tficon.run.runner``; results equal
+            N samples advance together, one UNet call per step for all of them (``tficon.composition.runner``; results equal
             to float tolerance); ``"auto"``: as many as the memory budget holds. A killed run then loses the
             samples in flight (up to N), not just one.
 

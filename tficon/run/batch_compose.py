@@ -17,7 +17,7 @@ from tficon.core.config import CompositionConfig
 from tficon.run.batch_samples import OUTPUT_FILES, RECORD_FILE, BatchSample
 from tficon.run.batch_summary import SampleOutcome
 from tficon.run.boxes import _box_list
-from tficon.run.runner import Task
+from tficon.composition.runner import Task
 
 __all__ = ["SampleTask", "placement_overlay", "compose_sample", "earlier_outcome", "open_session"]
 

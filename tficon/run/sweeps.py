@@ -20,7 +20,7 @@ The result of every cell is bitwise the result of a fresh Session with the cell'
 it).
 
 **Batched cells** (``batch_cells``, off by default): cells that share no steps can share UNet calls instead
-(``tficon.run.runner``). The evaluation order is cut into *lanes*, contiguous runs of cells that one Session walks
+(``tficon.composition.runner``). The evaluation order is cut into *lanes*, contiguous runs of cells that one Session walks
 through with ``update`` as above, and the lanes advance together, one call per round holding a step of each
 (:func:`plan_lanes`). A cut before a cell costs the steps it shares with the cell before (its lane recomputes them),
 so ``"auto"`` cuts only where that is nothing (a new seed, guidance or box, or a tau that already changes step 0)
@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 from tficon.composition.engine import Engine
 from tficon.core import io
 from tficon.core.config import CompositionConfig
-from tficon.run.runner import MAX_ROWS_PER_CELL, Task, auto_max_rows, check_count, run_tasks
+from tficon.composition.runner import MAX_ROWS_PER_CELL, Task, auto_max_rows, check_count, run_tasks
 from tficon.run.sweep_grid import PARAMETERS, GridError, SweepCell, _check_grid, _label, grid_cells, parse_grid_option
 from tficon.run.sweep_order import evaluation_order, independent_cost, plan_lanes
 from tficon.run.sweep_result import SweepResult
@@ -103,7 +103,7 @@ def run_sweep(
         progress: a tqdm bar over the cells.
         batch_cells: None (default): one cell at a time, each bitwise a fresh Session's result. N: up to N lanes
             of cells share UNet calls; ``"auto"``: as many lanes as cost no shared steps and fit the memory budget
-            (module docstring, :func:`plan_lanes`, ``tficon.run.runner``). Results equal the unbatched ones to float
+            (module docstring, :func:`plan_lanes`, ``tficon.composition.runner``). Results equal the unbatched ones to float
             tolerance.
 
     Returns:
