@@ -44,9 +44,8 @@ from typing import Sequence
 
 import torch
 
-from tficon.composition import phases
 from tficon.composition.attention import BatchLayout, CaptureRequest, InjectionController, composite_attention
-from tficon.composition.phases import StepPhases, StepState
+from tficon.composition.phases import Rows, StepPhases, StepState, add_rows, warm_up_rows, warm_up_update
 from tficon.core import solver
 from tficon.core.plan import StepPlan
 from tficon.model.text import Conditioning, cat_conditioning, conditioning_digest
@@ -400,20 +399,20 @@ class Engine:
                 # warm_up: one call per pre-evaluation depth, background and reference rows only
                 for depth in range(max(len(w.plan.pre_evals) for w in states)):
                     active = [w for w in states if depth < len(w.plan.pre_evals)]
-                    batch = phases.Rows(dedupe=multi)
-                    at = [phases.warm_up_rows(w, depth, batch) for w in active]
+                    batch = Rows(dedupe=multi)
+                    at = [warm_up_rows(w, depth, batch) for w in active]
                     controller.layout = BatchLayout()
                     out = self.evaluate(batch.rows)
                     for w, rows in zip(active, at):
                         w.calls, w.evals = w.calls + 1, w.evals + 2
-                        phases.warm_up_update(w, depth, out, rows, self)
+                        warm_up_update(w, depth, out, rows, self)
                 for w in states:
                     self.phases.run("before_denoiser", w, self)
                 main = [w for w in states if w.plan.evaluate]
                 if main:
                     # rows, then the denoiser
-                    batch = phases.Rows(dedupe=multi)
-                    layouts = [phases.add_rows(w, batch, geometry=w.inputs.controller if multi else None) for w in main]
+                    batch = Rows(dedupe=multi)
+                    layouts = [add_rows(w, batch, geometry=w.inputs.controller if multi else None) for w in main]
                     controller.layout = layouts[0] if not multi else tuple(layouts)
                     controller.capture, controller.dropped = states[0].inputs.capture, 0
                     out = self.evaluate(batch.rows)

@@ -2,21 +2,16 @@
 what happens after it. The denoiser call itself stays in the engine (``tficon.composition.engine``, the one door to
 the UNet), which drives the phases in this order for each cell (one Session's step):
 
-======================  =================================================================================  ==========
-phase                   what it does (and the ``StepPlan`` flags it reads)                                  where
-======================  =================================================================================  ==========
-``warm_up``             background and reference evaluated on their own and moved one grid point ahead,    here
-                        one denoiser call per depth (``plan.pre_evals``; step 0 of the official warm-up)
-``before_denoiser``     :data:`StepPhases.before_denoiser`, default ``(advance,)``: the solver update        here
-                        moving each branch from t_{s-1} to t_s (``plan.advance_*``)
-``rows``                :func:`add_rows`: the rows of the batched call and the composite-attention layout   here
-                        (``plan.background_row``, ``reference_row``, ``pseudo_cross_row``, ``fg``, ``bg``)
-``denoiser``            one batched UNet call holding every cell's rows (``plan.evaluate``)                the engine
-``after_denoiser``      :data:`StepPhases.after_denoiser`, default ``(record_evaluations, guidance,          here
-                        history_blend, blend)``: read the helper rows, combine the CFG rows into the
-                        generation branch's evaluation, then the two blends (``plan.history_blend``,
-                        ``plan.blend``)
-======================  =================================================================================  ==========
+1. ``warm_up``: background and reference evaluated on their own and moved one grid point ahead, one denoiser call
+   per depth (``plan.pre_evals``: step 0 of the official warm-up). :func:`warm_up_rows`, :func:`warm_up_update`.
+2. ``before_denoiser``: the operations of :attr:`StepPhases.before_denoiser`, by default ``(advance,)``, the solver
+   update moving each branch the plan names from t_{s-1} to t_s (``plan.advance_*``).
+3. ``rows``: :func:`add_rows`, the rows of the batched call and the composite-attention layout
+   (``plan.background_row``, ``reference_row``, ``pseudo_cross_row``, ``fg``, ``bg``, ``background_queries``).
+4. ``denoiser``: one batched UNet call holding every cell's rows (``plan.evaluate``). In the engine, not here.
+5. ``after_denoiser``: the operations of :attr:`StepPhases.after_denoiser`, by default ``(record_evaluations,
+   guidance, history_blend, blend)``: keep the helper rows' evaluations, combine the CFG rows into the generation
+   branch's evaluation, then the two blends (``plan.history_blend``, ``plan.blend``).
 
 :data:`STEP_ORDER` names this order; ``Engine.run_steps`` follows it. The solver update comes first because a plan's
 step ``s`` leaves the generation branch at grid index ``s`` (``tficon.core.plan``): it starts by moving to ``t_s``
@@ -61,6 +56,8 @@ if TYPE_CHECKING:  # annotations only: the engine imports this module
 
 __all__ = [
     "STEP_ORDER",
+    "Door",
+    "Operation",
     "Rows",
     "StepPhases",
     "StepState",
@@ -70,6 +67,8 @@ __all__ = [
     "guidance",
     "history_blend",
     "record_evaluations",
+    "warm_up_rows",
+    "warm_up_update",
     "with_history",
     "with_latent",
 ]
