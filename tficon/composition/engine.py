@@ -21,6 +21,8 @@ evaluations, the notebooks), so dtype, device and counting rules live in one pla
   inputs and returns the new :class:`StepRecord`; it changes nothing but the engine's counters. It is the
   one-cell case of :meth:`Engine.run_steps`, which advances several cells (Sessions' steps) with one UNet call
   holding all their rows (``tficon.run.lockstep``; equal to the one-cell steps to float tolerance, not bitwise).
+  The step's work before and after the UNet call (solver updates, rows, guidance, blends) is named phases in
+  ``tficon.composition.phases``; the engine makes the call and runs the phases in their order.
 
 SDXL (docs/algorithm.md §15): an embedding may be a ``tficon.model.text.Conditioning`` (hidden states, pooled
 embedding, added time ids) instead of a tensor; :meth:`Engine.unet` passes its pooled embedding and time ids as
@@ -43,6 +45,7 @@ from typing import Sequence
 import torch
 
 from tficon.composition.attention import BatchLayout, CaptureRequest, InjectionController, composite_attention
+from tficon.composition.phases import Rows, StepPhases, StepState, add_rows, warm_up_rows, warm_up_update
 from tficon.core import solver
 from tficon.core.plan import StepPlan
 from tficon.model.text import Conditioning, cat_conditioning, conditioning_digest
@@ -347,6 +350,10 @@ class Engine:
         self._prepared.clear()
 
     # ------------------------------------------------------------------ composition steps
+    #: The operations of the step's open phases (``tficon.composition.phases``); an engine or a subclass may be given
+    #: others, e.g. ``Engine.phases.with_operation("after_denoiser", op)`` to try a composition strategy.
+    phases: StepPhases = StepPhases()
+
     def run_step(self, plan: StepPlan, previous: StepRecord | None, inputs: StepInputs) -> StepRecord:
         """The record of step ``plan.s`` from the record before it (``None`` for step 0, which starts from
         ``inputs.start``). Pure apart from the engine's counters: nothing passed in is modified.
@@ -357,12 +364,13 @@ class Engine:
     def run_steps(self, cells: Sequence[tuple[StepPlan, "StepRecord | None", StepInputs]]) -> list[StepRecord]:
         """Advance several cells (each a Session's ``(plan, previous record, inputs)``) by one step together.
 
-        Three phases: each cell's rows are prepared (:class:`_StepWork`), every cell's rows go through one UNet
-        call (one per pre-evaluation depth, then one main call, with one ``BatchLayout`` per cell at its row
-        offset carrying the cell's own geometry), then each cell finishes on its own slice of the output
-        (solver updates, blends). Cells may be at different steps, with different plans, boxes, prompts and
-        grids; they must share the latent size. With one cell this is exactly the single step: same rows, same
-        layout, same calls, so its result is bitwise what it always was.
+        Each cell runs the step's phases in the order of ``tficon.composition.phases.STEP_ORDER``: the warm-up
+        pre-evaluations, ``before_denoiser`` (the solver update), ``rows`` (each cell's rows of the call), the
+        ``denoiser`` (one UNet call holding every cell's rows, with one ``BatchLayout`` per cell at its row offset
+        carrying the cell's own geometry) and ``after_denoiser`` (guidance, the blends), each cell on its own slice
+        of the output. Cells may be at different steps, with different plans, boxes, prompts and grids; they must
+        share the latent size. With one cell this is exactly the single step: same rows, same layout, same calls,
+        so its result is bitwise what it always was.
 
         With several cells the results equal each cell's own step to float tolerance, not bitwise (kernels round
         differently for another batch shape). Helper rows that are identical in two cells (a background or
@@ -377,211 +385,89 @@ class Engine:
         if not cells:
             return []
         started = time.perf_counter()
-        works = [_StepWork.begin(plan, previous, inputs) for plan, previous, inputs in cells]
-        multi = len(works) > 1
+        states = [_begin(plan, previous, inputs) for plan, previous, inputs in cells]
+        multi = len(states) > 1
         if multi:
-            if any(w.inputs.capture is not None for w in works):
+            if any(w.inputs.capture is not None for w in states):
                 raise ValueError("attention capture needs a one-cell step; capture each Session's step on its own")
-            shapes = {tuple(w.generation.x.shape) for w in works}
+            shapes = {tuple(w.generation.x.shape) for w in states}
             if len(shapes) > 1:
                 raise ValueError(f"cells of one call must share the latent shape, got {sorted(shapes)}")
-        controller = works[0].inputs.controller
+        controller = states[0].inputs.controller
         with composite_attention(self.model.unet, controller):
             try:
-                for depth in range(max(len(w.plan.pre_evals) for w in works)):
-                    active = [w for w in works if depth < len(w.plan.pre_evals)]
-                    batch = _Rows(dedupe=multi)
-                    at = [w.pre_rows(depth, batch) for w in active]
+                # warm_up: one call per pre-evaluation depth, background and reference rows only
+                for depth in range(max(len(w.plan.pre_evals) for w in states)):
+                    active = [w for w in states if depth < len(w.plan.pre_evals)]
+                    batch = Rows(dedupe=multi)
+                    at = [warm_up_rows(w, depth, batch) for w in active]
                     controller.layout = BatchLayout()
                     out = self.evaluate(batch.rows)
                     for w, rows in zip(active, at):
-                        w.finish_pre(depth, out, rows, self)
-                for w in works:
-                    w.advance(self.schedule)
-                main = [w for w in works if w.plan.evaluate]
+                        w.calls, w.evals = w.calls + 1, w.evals + 2
+                        warm_up_update(w, depth, out, rows, self)
+                for w in states:
+                    self.phases.run("before_denoiser", w, self)
+                main = [w for w in states if w.plan.evaluate]
                 if main:
-                    batch = _Rows(dedupe=multi)
-                    layouts = [w.main_rows(batch, geometry=w.inputs.controller if multi else None) for w in main]
+                    # rows, then the denoiser
+                    batch = Rows(dedupe=multi)
+                    layouts = [add_rows(w, batch, geometry=w.inputs.controller if multi else None) for w in main]
                     controller.layout = layouts[0] if not multi else tuple(layouts)
-                    controller.capture, controller.dropped = works[0].inputs.capture, 0
+                    controller.capture, controller.dropped = states[0].inputs.capture, 0
                     out = self.evaluate(batch.rows)
-                    if not multi and works[0].inputs.capture is not None:
-                        works[0].keep_capture(controller)
-                    for w, layout in zip(main, layouts):
-                        w.finish_main(out, layout, self)
+                    if not multi and states[0].inputs.capture is not None:
+                        _keep_capture(states[0], controller)
+                    for w in main:
+                        w.output, w.calls, w.evals = out, w.calls + 1, w.evals + w.plan.batch_size
             finally:
                 controller.layout = None
                 controller.capture = None
                 controller.captured = {}
+        for w in states:
+            self.phases.run("after_denoiser", w, self)
         seconds = time.perf_counter() - started
-        own_rows = [w.evals for w in works]
+        own_rows = [w.evals for w in states]
         total = sum(own_rows)
-        shares = [r / total if total else 1 / len(works) for r in own_rows]
-        return [w.record(seconds * share) for w, share in zip(works, shares)]
+        shares = [r / total if total else 1 / len(states) for r in own_rows]
+        return [_record(w, seconds * share) for w, share in zip(states, shares)]
 
 
-class _Rows:
-    """The rows of one batched call being assembled; with ``dedupe``, a helper row identical to an earlier one
-    (same latent values, time and embedding) is not added again and its index is returned instead."""
-
-    def __init__(self, dedupe: bool):
-        self.rows: list[Row] = []
-        self.dedupe = dedupe
-        self._helpers: list[int] = []  # indices of rows that may be shared
-
-    def add(self, row: Row, *, shareable: bool = False) -> int:
-        if self.dedupe and shareable:
-            for i in self._helpers:
-                if _same_row(self.rows[i], row):
-                    return i
-        self.rows.append(row)
-        if shareable:
-            self._helpers.append(len(self.rows) - 1)
-        return len(self.rows) - 1
+def _begin(plan: StepPlan, previous: StepRecord | None, inputs: StepInputs) -> StepState:
+    """A cell's step state from the record before it (step 0: from ``inputs.start``)."""
+    if previous is None:
+        if inputs.start is None:
+            raise ValueError("step 0 needs StepInputs.start")
+        grid = inputs.grid
+        make = lambda x: Track(0, solver.SolverState(x=x, t=grid[0]))  # noqa: E731
+        generation, background, reference = (make(x) for x in inputs.start)
+        return StepState(plan, inputs, generation, background, reference, (inputs.start[2],))
+    return StepState(
+        plan, inputs, previous.generation, previous.background, previous.reference, previous.reference_latents
+    )
 
 
-def _same_row(a: Row, b: Row) -> bool:
-    """Whether two rows are the same evaluation: equal latents, times and embeddings (by value)."""
-    if a[0].shape != b[0].shape or float(a[1]) != float(b[1]):
-        return False
-    if not (a[0] is b[0] or torch.equal(a[0], b[0])):
-        return False
-    return a[2] is b[2] or conditioning_digest(a[2]) == conditioning_digest(b[2])
-
-
-@dataclass
-class _StepWork:
-    """One cell's step in progress inside :meth:`Engine.run_steps`: its branches' trajectories as the phases move
-    them (prepare rows, read the evaluated rows, blend), and the work counted for its record."""
-
-    plan: StepPlan
-    inputs: StepInputs
-    generation: Track
-    background: Track
-    reference: Track
-    reference_latents: tuple[torch.Tensor, ...]
-    calls: int = 0
-    evals: int = 0
-    attention: dict = field(default_factory=dict)
-
-    @classmethod
-    def begin(cls, plan: StepPlan, previous: StepRecord | None, inputs: StepInputs) -> "_StepWork":
-        if previous is None:
-            if inputs.start is None:
-                raise ValueError("step 0 needs StepInputs.start")
-            grid = inputs.grid
-            make = lambda x: Track(0, solver.SolverState(x=x, t=grid[0]))  # noqa: E731
-            generation, background, reference = (make(x) for x in inputs.start)
-            return cls(plan, inputs, generation, background, reference, (inputs.start[2],))
-        return cls(
-            plan, inputs, previous.generation, previous.background, previous.reference, previous.reference_latents
+def _keep_capture(state: StepState, controller: InjectionController) -> None:
+    state.attention = dict(controller.captured)
+    if controller.dropped:
+        warnings.warn(
+            f"attention capture of step {state.plan.s}: {controller.dropped} maps left out to stay within "
+            f"max_bytes={state.inputs.capture.max_bytes}; lower max_tokens or ask for fewer layers or kinds",
+            stacklevel=6,
         )
 
-    # -- pre-evaluations: background and reference on their own, ahead of generation (plan.pre_evals)
-    def pre_rows(self, depth: int, batch: _Rows) -> tuple[int, int]:
-        j, e_star, grid = self.plan.pre_evals[depth], self.inputs.exceptional, self.inputs.grid
-        b = batch.add((self.background.x, grid[j], self.inputs.conditioning(e_star, "background")), shareable=True)
-        r = batch.add((self.reference.x, grid[j], self.inputs.conditioning(e_star, "reference")), shareable=True)
-        return b, r
 
-    def finish_pre(self, depth: int, out: torch.Tensor, rows: tuple[int, int], engine: "Engine") -> None:
-        j, grid, schedule = self.plan.pre_evals[depth], self.inputs.grid, engine.schedule
-        b, r = rows
-        self.calls, self.evals = self.calls + 1, self.evals + 2
-        background = self.background.with_evaluation(engine.data_prediction(out[b : b + 1], self.background.x, grid[j]))
-        reference = self.reference.with_evaluation(engine.data_prediction(out[r : r + 1], self.reference.x, grid[j]))
-        order = solver.step_order(j + 1, self.inputs.steps, self.inputs.order)
-        self.background = background.advance(j + 1, order, schedule, grid)
-        self.reference = reference.advance(j + 1, order, schedule, grid)
-        self.reference_latents = self.reference_latents + (self.reference.x,)
-
-    # -- the moves from t_{s-1} to t_s
-    def advance(self, schedule) -> None:
-        plan, grid, s = self.plan, self.inputs.grid, self.plan.s
-        if plan.advance_generation:
-            self.generation = self.generation.advance(s, plan.order, schedule, grid)
-        if plan.advance_background:
-            self.background = self.background.advance(s, plan.order, schedule, grid)
-        if plan.advance_reference:
-            self.reference = self.reference.advance(s, plan.order, schedule, grid)
-            self.reference_latents = self.reference_latents + (self.reference.x,)
-
-    # -- the main call
-    def main_rows(self, batch: _Rows, *, geometry: InjectionController | None) -> BatchLayout:
-        """Add this cell's rows (plan order: background, reference, pseudo_cross, uncond, cond) to ``batch``;
-        returns its layout with absolute row indices."""
-        plan, inputs, grid = self.plan, self.inputs, self.inputs.grid
-        e_star, s, m = inputs.exceptional, plan.s, plan.map_index
-        at = {}
-        if plan.background_row:
-            row = (self.background.x, grid[self.background.index], inputs.conditioning(e_star, "background"))
-            at["background"] = batch.add(row, shareable=True)
-        if plan.reference_row:
-            at["reference"] = batch.add(
-                (self.reference.x, grid[m], inputs.conditioning(e_star, "reference")), shareable=True
-            )
-        if plan.pseudo_cross_row:
-            e_pseudo = inputs.conditioning(e_star, "pseudo_cross")
-            at["pseudo_cross"] = batch.add((self.reference_latents[plan.pseudo_latent], grid[m], e_pseudo))
-        at["uncond"] = batch.add((self.generation.x, grid[s], inputs.conditioning(inputs.uncond, "generation")))
-        at["cond"] = batch.add((self.generation.x, grid[s], inputs.conditioning(inputs.cond, "generation")))
-        return BatchLayout(
-            **at, fg=plan.fg, bg=plan.bg, background_queries=plan.background_queries, geometry=geometry
-        )
-
-    def keep_capture(self, controller: InjectionController) -> None:
-        self.attention = dict(controller.captured)
-        if controller.dropped:
-            warnings.warn(
-                f"attention capture of step {self.plan.s}: {controller.dropped} maps left out to stay within "
-                f"max_bytes={self.inputs.capture.max_bytes}; lower max_tokens or ask for fewer layers or kinds",
-                stacklevel=6,
-            )
-
-    def finish_main(self, out: torch.Tensor, layout: BatchLayout, engine: "Engine") -> None:
-        plan, grid, s = self.plan, self.inputs.grid, self.plan.s
-        self.calls, self.evals = self.calls + 1, self.evals + plan.batch_size
-        if plan.background_row and not self.background.evaluated:
-            b, x = layout.background, self.background.x
-            d = engine.data_prediction(out[b : b + 1], x, grid[self.background.index])
-            self.background = self.background.with_evaluation(d)
-        if plan.reference_row and not self.reference.evaluated:
-            r, x = layout.reference, self.reference.x
-            d = engine.data_prediction(out[r : r + 1], x, grid[self.reference.index])
-            self.reference = self.reference.with_evaluation(d)
-        u, c = layout.uncond, layout.cond
-        guided = out[u : u + 1] + self.inputs.guidance * (out[c : c + 1] - out[u : u + 1])
-        self.generation = self.generation.with_evaluation(engine.data_prediction(guided, self.generation.x, grid[s]))
-
-    # -- the blends, and the record
-    def record(self, seconds: float) -> StepRecord:
-        plan, inside, k, s = self.plan, self.inputs.inside, self.inputs.order, self.plan.s
-        generation, background = self.generation, self.background
-        if plan.history_blend:
-            blended = tuple(
-                torch.where(inside, d_gen, d_bg)
-                for d_gen, d_bg in zip(generation.state.d_hist[-k:], background.state.d_hist[-k:])
-            )
-            state = generation.state
-            history = state.d_hist[:-k] + blended
-            generation = Track(generation.index, solver.SolverState(state.x, state.t, state.t_hist, history), True)
-        if plan.blend:
-            if background.index != s:
-                raise RuntimeError(f"internal: background is at grid index {background.index}, blending at {s}")
-            state = generation.state
-            x = torch.where(inside, generation.x, background.x)
-            generation = Track(
-                generation.index, solver.SolverState(x, state.t, state.t_hist, state.d_hist), generation.evaluated
-            )
-        return StepRecord(
-            s=s,
-            plan=plan,
-            generation=generation,
-            background=background,
-            reference=self.reference,
-            reference_latents=self.reference_latents,
-            seconds=seconds,
-            unet_calls=self.calls,
-            sample_evals=self.evals,
-            attention=self.attention,
-        )
+def _record(state: StepState, seconds: float) -> StepRecord:
+    """The record of a finished step state."""
+    return StepRecord(
+        s=state.plan.s,
+        plan=state.plan,
+        generation=state.generation,
+        background=state.background,
+        reference=state.reference,
+        reference_latents=state.reference_latents,
+        seconds=seconds,
+        unet_calls=state.calls,
+        sample_evals=state.evals,
+        attention=state.attention,
+    )
