@@ -115,7 +115,7 @@ def _config(args, mode: str) -> CompositionConfig:
 
 
 def _load(spec: str, dtype: str | None = None):
-    from tficon.model.loading import load_model
+    from tficon.model import load_model
 
     return load_model(spec, dtype=dtype)
 

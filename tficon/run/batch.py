@@ -693,7 +693,7 @@ def run_batch(
                 problem = str(error)
             if problem is None:
                 if loaded is None:  # only now: a batch with nothing to compose never loads the model
-                    from tficon.model.loading import load_model
+                    from tficon.model import load_model
 
                     # a model that cannot load, or a working size it cannot use, ends the batch: no sample could run
                     device = None if state is None else state.device

@@ -498,7 +498,7 @@ def run_sweep(
             raise GridError(f"value_labels[{name!r}] must name each of the grid's {name} values")
         labels[name] = [str(n) for n in names]
     if isinstance(model, str) or hasattr(model, "__fspath__"):
-        from tficon.model.loading import load_model
+        from tficon.model import load_model
 
         model = load_model(model)
     if engine is not None and engine.model is not model:
