@@ -22,6 +22,7 @@ these a model uses, and how rows of them are concatenated and hashed, is its fam
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+
 import torch
 from torch import nn
 
