@@ -200,7 +200,7 @@ def worker(name: str, dtype_name: str, size: int, repeats: int, threads: int, de
     import sd_architectures as arch
 
     from tficon.composition.attention import BatchLayout, InjectionController, composite_attention
-    from tficon.model.loading import cast_module
+    from tficon.model import cast_module
 
     dtype = getattr(torch, dtype_name)
     memory = PeakMemory(device)

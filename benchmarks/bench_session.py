@@ -60,7 +60,7 @@ def _pin_mmap_threshold() -> None:
 
 def _load(name: str):
     if name == "toy":
-        from tficon.model.loading import load_model
+        from tficon.model import load_model
 
         return load_model("toy")
     from tficon.model.tiny import tiny_model

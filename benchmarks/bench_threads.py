@@ -40,7 +40,7 @@ def _child(config: str, steps: int) -> None:
     settings = threads.apply_threads(1 if config == "1 thread" else None) if config != "torch default" else None
     from tficon.composition.session import Session
     from tficon.core.config import CompositionConfig
-    from tficon.model.loading import load_model
+    from tficon.model import load_model
     from tficon.toy.samples import demo_sample
 
     model = load_model("toy", device="cpu")

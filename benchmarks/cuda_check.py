@@ -54,7 +54,7 @@ def _finite(session) -> bool:
 
 
 def _load(name: str, device: str, dtype: torch.dtype):
-    from tficon.model.loading import load_model
+    from tficon.model import load_model
     from tficon.model.tiny import tiny_model
 
     if name == "toy":

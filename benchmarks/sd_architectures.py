@@ -89,7 +89,7 @@ def loaded_model(name: str, *, device, dtype, seed: int = 0):
 
     The tokenizer is tficon's small offline one (its ids fit the real vocabulary); only sizes matter here.
     """
-    from tficon.model.loading import SD_EXCEPTIONAL_TOKEN_ID, assemble_loaded_model
+    from tficon.model import SD_EXCEPTIONAL_TOKEN_ID, assemble_loaded_model
     from tficon.model.tiny import TINY_WORDS
     from tficon.model.tokenizer import build_clip_tokenizer
 

@@ -536,11 +536,11 @@ def test_an_interrupted_single_process_batch_resumes(model, tmp_path, monkeypatc
     sample and leaves no partial output; a re-run composes only what is missing and keeps the finished sample."""
     from test_batch import GOOD, OUTPUT_FILES, RECORD_FILE, make_inputs
 
-    import tficon.model.loading
+    import tficon.model
     from tficon.cli import main
 
     inputs, out = make_inputs(tmp_path), tmp_path / "out"
-    monkeypatch.setattr(tficon.model.loading, "load_model", lambda *a, **k: model)  # the batch composes on this instance
+    monkeypatch.setattr(tficon.model, "load_model", lambda *a, **k: model)  # the batch composes on this instance
     results = lambda: sorted(p.parent.relative_to(out).as_posix() for p in out.rglob(OUTPUT_FILES["result"]))  # noqa: E731
 
     def interrupt_after_the_first_sample(module, args):  # a pre-hook on the test's own UNet instance

@@ -62,7 +62,7 @@ def test_offset_is_measured_from_where_the_object_was_placed():
     3.7 px below the box centre in the demo's 26 px box (the box-centre reference counted that as drift)."""
     from tficon.composition.session import Session
     from tficon.core import io
-    from tficon.model.loading import load_model
+    from tficon.model import load_model
     from tficon.toy.detector import detect
     from tficon.toy.reading import placed_centroid
     from tficon.toy.samples import toy_sample
@@ -85,7 +85,7 @@ def test_offset_is_measured_from_where_the_object_was_placed():
 
 @pytest.fixture(scope="module")
 def scores():
-    from tficon.model.loading import load_model
+    from tficon.model import load_model
 
     return composition_scores(load_model("toy"), seed=0, repeats=1)
 
@@ -108,7 +108,7 @@ def test_composition_figures_do_not_regress(scores):
 def test_style_accuracy_through_a_vae_round_trip():
     """``roundtrip`` passes each render through a function first: the identity changes nothing, and the shipped
     VAE keeps the flat and pencil looks (its loss of the stripes is reported in tficon/toy/README.md)."""
-    from tficon.model.loading import load_model
+    from tficon.model import load_model
     from training.toy.composition_quality import vae_roundtrip
 
     sizes = (10.0, 14.0)

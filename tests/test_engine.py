@@ -73,10 +73,16 @@ def test_a_step_is_computed_from_explicit_inputs_and_changes_no_session_state(mo
 def test_the_engine_is_the_only_code_that_calls_the_unet_and_nothing_is_stuck_onto_models(model, sample):
     call = re.compile(r"\bunet\s*\(")
     sources = [*ROOT.joinpath("tficon").rglob("*.py"), *ROOT.joinpath("widgets").rglob("*.py")]
-    sources += [*ROOT.joinpath("notebooks").glob("*.ipynb")]  # benchmarks may time the bare UNet on purpose
-    # the toy training script trains the UNet (gradients, noise targets): not an evaluation
+    # benchmarks may time the bare UNet on purpose; the toy training script (training/, outside the package)
+    # trains the UNet (gradients, noise targets): neither is an evaluation
+    sources += [*ROOT.joinpath("notebooks").glob("*.ipynb")]
     callers = {p.relative_to(ROOT).as_posix() for p in sources if call.search(p.read_text())}
-    assert callers <= {"tficon/composition/engine.py", "tficon/toy/train.py"}, callers
+    # a model family makes the call (tficon.model.families: how its UNet takes its conditioning), for the engine only
+    families = {"tficon/model/families/sd.py", "tficon/model/families/sdxl.py"}
+    assert callers <= {"tficon/composition/engine.py", *families}, callers
+    denoise = re.compile(r"\.denoise\s*\(")
+    family_callers = {p.relative_to(ROOT).as_posix() for p in sources if denoise.search(p.read_text())}
+    assert family_callers == {"tficon/composition/engine.py"}, family_callers
     new_session(model, sample, steps=STEPS).run().preview()
     declared = {f.name for f in dataclasses.fields(model)}
     assert set(vars(model)) <= declared, set(vars(model)) - declared  # caches live with their owners

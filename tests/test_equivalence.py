@@ -20,7 +20,7 @@ from tficon.toy.samples import toy_sample
 
 
 def _regions(session):
-    lh, lw = session._latent_size()
+    lh, lw = session.model.latent_shape(session.image_size)
     levels = len(session.model.unet.config.block_out_channels)
     inputs = session.inputs
     return {

@@ -21,9 +21,9 @@ from tiny_setup import SIZE, new_session
 import tficon
 from tficon.cli import build_parser
 from tficon.composition.engine import Engine, Track
+from tficon.composition.runner import Task, run_tasks
 from tficon.model.tiny import tiny_model
 from tficon.run.lockstep import MAX_ROWS_PER_CELL, ROW_CAPS, auto_max_rows, row_bytes, run_lockstep
-from tficon.composition.runner import Task, run_tasks
 from tficon.run.sweeps import evaluation_order, plan_lanes
 
 STEPS = 6

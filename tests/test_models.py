@@ -1,4 +1,4 @@
-"""Model loading (tficon.model.loading) on tiny random SD-shaped folders, the toy model, and the offline errors."""
+"""Model loading (tficon.model: load, identify, single_file, hub, lora) on tiny random SD-shaped folders, the toy model, and the offline errors."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from tficon.model import loading as models
-from tficon.model.loading import CheckpointFileError, ModelNotAvailableError, identify_model, load_model
+from tficon import model as models
+from tficon.model import CheckpointFileError, ModelNotAvailableError, identify_model, load_model
 from tficon.model.tiny import save_tiny_model, tiny_components, tiny_model
 
 NO_SUCH_HUB_ID = "tficon-tests/no-such-model-7f3a9c"
@@ -253,7 +253,7 @@ def test_hub_ids_without_hf_hub_offline_use_the_cache_or_fail_at_once(tmp_path):
         import json, os, time
         from diffusers import StableDiffusionPipeline  # import time is not the network wait being measured
         from huggingface_hub import constants
-        from tficon.model.loading import load_model
+        from tficon.model import load_model
         assert not constants.HF_HUB_OFFLINE
 
         def attempt(spec):
@@ -326,7 +326,7 @@ def test_toy_model_loads():
 
 
 def test_missing_toy_model_says_how_to_train_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "TOY_MODEL_DIR", tmp_path / "model")
+    monkeypatch.setattr(models.load, "TOY_MODEL_DIR", tmp_path / "model")  # where load_model reads it
     with pytest.raises(ModelNotAvailableError, match=r"toy model is not installed .*python -m training.toy.train --out"):
         load_model("toy", device="cpu")
 

@@ -26,7 +26,7 @@ from tficon.composition.attention import BatchLayout, CompositeSelfAttention, In
 from tficon.composition.engine import Engine
 from tficon.composition.session import Session
 from tficon.core.placement import region_indices
-from tficon.model.loading import load_model
+from tficon.model import load_model
 from tficon.model.text import Conditioning, sdxl_time_ids
 from tficon.model.tiny import save_tiny_model, tiny_components, tiny_model
 
@@ -183,7 +183,7 @@ def _oracle(session):
     m = session.model
     x_bg, x_ref = session.invert()
     c = session.config
-    lh, lw = session._latent_size()
+    lh, lw = session.model.latent_shape(session.image_size)
     levels = len(m.unet.config.block_out_channels)
     regions = {
         (lh >> k, lw >> k): region_indices(session.inputs.placement, session.inputs.object_mask, lh >> k, lw >> k)
@@ -378,7 +378,7 @@ def test_sdxl_checkpoint_files_pass_the_family_check(tmp_path, monkeypatch):
     from diffusers.loaders.single_file_utils import CHECKPOINT_KEY_NAMES as KEYS
     from safetensors.torch import save_file
 
-    from tficon.model.loading import CheckpointFileError, ModelNotAvailableError
+    from tficon.model import CheckpointFileError, ModelNotAvailableError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     unet = "model.diffusion_model."

@@ -292,7 +292,7 @@ def test_the_toy_model_says_once_that_it_knows_only_its_world(monkeypatch):
     import warnings
 
     from tficon.composition import session as session_module
-    from tficon.model.loading import load_model
+    from tficon.model import load_model
     from tficon.toy.samples import demo_sample
 
     monkeypatch.setitem(session_module._TOY_WORLD_NOTICE, "given", False)

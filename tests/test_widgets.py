@@ -21,7 +21,6 @@ pytest.importorskip("ipywidgets")
 pytest.importorskip("anywidget")
 pytest.importorskip("matplotlib")
 
-from tficon.core.config import SETTINGS  # noqa: E402
 from tficon.widgets import Explorer, _compat, figures, maps, render  # noqa: E402
 from tficon.widgets.attention_panel import source_picture  # noqa: E402
 from tficon.widgets.masks import mask_at_original_size, painting_grid, window_mask_on_grid  # noqa: E402
@@ -29,6 +28,7 @@ from tficon.widgets.views import AttentionMapView, StepStrip  # noqa: E402
 from tficon.widgets.worker import Worker  # noqa: E402
 from tiny_setup import SIZE, new_session  # noqa: E402
 
+from tficon.core.config import SETTINGS  # noqa: E402
 from tficon.core.io import to_pil  # noqa: E402
 from tficon.core.placement import nearest_resize  # noqa: E402
 

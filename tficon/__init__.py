@@ -24,8 +24,8 @@ __version__ = "0.1.0"
 
 # public name -> submodule that defines it
 _EXPORTS = {
-    "load_model": "tficon.model.loading",
-    "LoadedModel": "tficon.model.loading",
+    "load_model": "tficon.model.load",
+    "LoadedModel": "tficon.model.loaded",
     "CompositionConfig": "tficon.core.config",
     "Session": "tficon.composition.session",
     "compose": "tficon.composition.one_call",

@@ -3,7 +3,7 @@
 Before the package was layered into folders, every module sat directly in ``tficon/``. Code and notebooks written
 then import ``from tficon.samples import demo_sample`` or ``from tficon.placement import Box``. A small finder on
 ``sys.meta_path`` answers those names with the module that now holds them (the same module object, so
-``tficon.models is tficon.model.loading`` and monkeypatching either one patches both). New code imports the new
+``tficon.models is tficon.model`` and monkeypatching either one patches both). New code imports the new
 paths; this table is the only place that knows the old ones.
 """
 
@@ -24,7 +24,7 @@ MOVED = {
     "tficon.threads": "tficon.core.threads",
     "tficon.io": "tficon.core.io",
     "tficon.placement": "tficon.core.placement",
-    "tficon.models": "tficon.model.loading",
+    "tficon.models": "tficon.model",
     "tficon.text": "tficon.model.text",
     "tficon.clip_tokenizer": "tficon.model.tokenizer",
     "tficon.tiny": "tficon.model.tiny",

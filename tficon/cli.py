@@ -122,7 +122,7 @@ def config_from_args(args, mode: str) -> CompositionConfig:
 
 
 def _load(spec: str, dtype: str | None = None):
-    from tficon.model.loading import load_model
+    from tficon.model import load_model
 
     return load_model(spec, dtype=dtype)
 

@@ -17,7 +17,7 @@ import ipywidgets as widgets
 from tficon.core.config import SETTINGS, Setting
 
 from . import _compat
-from .panel import STARTED, SETTINGS_CHANGED, Change, Panel
+from .panel import SETTINGS_CHANGED, STARTED, Change, Panel
 
 __all__ = ["SettingsPanel", "control_for"]
 

@@ -24,9 +24,13 @@ evaluations, the notebooks), so dtype, device and counting rules live in one pla
   The step's work before and after the UNet call (solver updates, rows, guidance, blends) is named phases in
   ``tficon.composition.phases``; the engine makes the call and runs the phases in their order.
 
-SDXL (docs/algorithm.md §15): an embedding may be a ``tficon.model.text.Conditioning`` (hidden states, pooled
-embedding, added time ids) instead of a tensor; :meth:`Engine.unet` passes its pooled embedding and time ids as
-``added_cond_kwargs``. A composition step attaches each branch's time ids to its rows (``StepInputs.time_ids``).
+Model families (``tficon.model.families``): what a row's conditioning is and how the UNet is called with it is the
+model's family's business. The engine asks ``model.family_rules`` to call the UNet (SDXL: hidden states, pooled
+embedding and added time ids, the last two as ``added_cond_kwargs``), to concatenate and hash conditionings, and to
+attach each branch's extra conditioning to its rows in a composition step (``StepInputs.time_ids``).
+
+The VAE has its door here too: :meth:`Engine.encode` and :meth:`Engine.decode` (``tficon.model.vae``), which feed
+the VAE its own dtype (SDXL's stays float32 in a float16 model) and return float32.
 
 Branch names (the same everywhere in tficon): ``generation`` (the composition, with CFG and the composite
 self-attention), ``background`` (the reconstruction of the inverted background) and ``reference`` (the
@@ -48,12 +52,14 @@ from tficon.composition.attention import BatchLayout, CaptureRequest, InjectionC
 from tficon.composition.phases import Rows, StepPhases, StepState, add_rows, warm_up_rows, warm_up_update
 from tficon.core import solver
 from tficon.core.plan import StepPlan
-from tficon.model.text import Conditioning, cat_conditioning, conditioning_digest
+from tficon.model import vae
+from tficon.model.families import Family, conditioning_digest
 
 __all__ = ["Engine", "InversionCache", "StepInputs", "StepRecord", "Track", "noise_schedule"]
 
-# One (latent, continuous time t, embedding) row of a batched evaluation.
-Row = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | Conditioning"]
+# One (latent, continuous time t, embedding) row of a batched evaluation; the embedding is the model family's
+# conditioning (a tensor, or SDXL's tficon.model.text.Conditioning).
+Row = tuple[torch.Tensor, torch.Tensor, object]
 
 
 def noise_schedule(model) -> solver.NoiseSchedule:
@@ -90,7 +96,7 @@ class InversionCache:
 
 
 def _digest(*tensors) -> str:
-    """Content hash of tensors (or SDXL ``Conditioning``s), for the inversion cache's keys."""
+    """Content hash of latents and conditionings (any family's), for the inversion cache's keys."""
     if len(tensors) == 1:
         return conditioning_digest(tensors[0])
     digest = hashlib.sha1()
@@ -156,14 +162,19 @@ class StepInputs:
     controller: InjectionController
     start: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     capture: CaptureRequest | None = None
-    # SDXL: each branch's added time ids (generation, background, reference, pseudo_cross -> (1, 6)); None for SD
+    # each branch's extra conditioning (branch -> SDXL's (1, 6) added time ids); None for families without any (SD)
     time_ids: dict | None = None
+    family: Family | None = None  # the model's family, which attaches time_ids to a row's conditioning
+
+    def __post_init__(self):
+        if self.time_ids is not None and self.family is None:
+            raise ValueError("StepInputs with time_ids needs the model's family (family=model.family_rules)")
 
     def conditioning(self, embedding, branch: str):
-        """``embedding`` with ``branch``'s time ids attached (SDXL); a tensor embedding is returned as it is."""
-        if self.time_ids is None or not isinstance(embedding, Conditioning):
+        """``embedding`` with ``branch``'s extra conditioning attached by the model's family (SDXL: its time ids)."""
+        if self.time_ids is None:
             return embedding
-        return embedding.with_time_ids(self.time_ids[branch])
+        return self.family.with_time_ids(embedding, self.time_ids[branch])
 
 
 class Engine:
@@ -174,6 +185,7 @@ class Engine:
 
     def __init__(self, model, cache: InversionCache | None = None):
         self.model = model
+        self.family: Family = model.family_rules
         self.schedule = noise_schedule(model)
         self.inversions = cache if cache is not None else InversionCache()
         self.unet_calls = 0
@@ -192,40 +204,35 @@ class Engine:
     # ------------------------------------------------------------------ evaluations
     def unet(self, x: torch.Tensor, model_t: torch.Tensor, embeddings) -> torch.Tensor:
         """One UNet call on a batch: ``x`` (B, C, h, w), ``model_t`` (B,) in the model's time units,
-        ``embeddings`` (B, L, D), or on SDXL a ``Conditioning`` of B rows (or 1, repeated). Inputs are cast to
-        the UNet's dtype and device here (and only here); the output comes back as float32.
+        ``embeddings`` B rows (or 1, repeated) of the model family's conditioning: (B, L, D) for SD, a
+        ``Conditioning`` on SDXL. Inputs are cast to the UNet's dtype and device here (and only here); the output
+        comes back as float32.
 
-        SDXL: the pooled embedding and time ids go in as ``added_cond_kwargs``; rows without time ids get the
-        pipeline's default for this latent size: original = target = (h, w) x the VAE factor, crop (0, 0)."""
-        unet = self.model.unet
+        The family makes the call (``tficon.model.families``): SDXL passes the pooled embedding and time ids as
+        ``added_cond_kwargs``, and rows without time ids get the pipeline's default for this latent size: original =
+        target = (h, w) x the VAE factor, crop (0, 0)."""
         x = x.to(self.device, self.dtype)
         model_t = model_t.to(self.device).reshape(-1).expand(x.shape[0])
-        added = {}
-        if isinstance(embeddings, Conditioning):
-            if embeddings.time_ids is None:
-                f = self.model.vae_scale_factor
-                embeddings = embeddings.with_time_ids(self.model.time_ids((x.shape[-2] * f, x.shape[-1] * f)))
-            embeddings = embeddings.to(self.device, self.dtype).expand(x.shape[0])
-            added = {"added_cond_kwargs": {"text_embeds": embeddings.pooled, "time_ids": embeddings.time_ids}}
-            embeddings = embeddings.hidden
-        elif getattr(unet.config, "addition_embed_type", None) == "text_time":
-            raise TypeError("an SDXL UNet needs a tficon.model.text.Conditioning (pooled embedding, time ids), not a tensor")
-        else:
-            embeddings = embeddings.to(self.device, self.dtype)
-        if embeddings.shape[0] == 1 and x.shape[0] > 1:
-            embeddings = embeddings.expand(x.shape[0], -1, -1)
-        with torch.no_grad():
-            out = unet(x, model_t, encoder_hidden_states=embeddings, **added).sample
+        out = self.family.denoise(self.model, x, model_t, embeddings)
         self.unet_calls += 1
         self.sample_evals += x.shape[0]
         return out.float()
+
+    # ------------------------------------------------------------------ the VAE
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """``tficon.model.vae.encode_image``: images in [-1, 1] to scaled float32 latents (None: posterior mean)."""
+        return vae.encode_image(self.model, images, generator)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """``tficon.model.vae.decode_latent``: scaled latents to float32 images in [-1, 1]."""
+        return vae.decode_latent(self.model, latents)
 
     def evaluate(self, rows: Sequence[Row]) -> torch.Tensor:
         """One batched UNet call over (latent (1, C, h, w), continuous time t, embedding (1, L, D)) rows;
         returns the raw float32 outputs in row order."""
         x = torch.cat([r[0] for r in rows])
         t = self.schedule.model_time(torch.stack([torch.as_tensor(r[1]).reshape(()) for r in rows]))
-        return self.unet(x, t, cat_conditioning([r[2] for r in rows]))
+        return self.unet(x, t, self.family.cat_conditioning([r[2] for r in rows]))
 
     def model_fn(
         self, cond: torch.Tensor, uncond: torch.Tensor | None = None, guidance: float = 1.0
@@ -237,7 +244,7 @@ class Engine:
 
         def guided(x, model_t):
             n = x.shape[0]
-            both = cat_conditioning([uncond.expand(n, -1, -1), cond.expand(n, -1, -1)])
+            both = self.family.cat_conditioning([uncond.expand(n, -1, -1), cond.expand(n, -1, -1)])
             out_u, out_c = self.unet(torch.cat([x, x]), torch.cat([model_t, model_t]), both).chunk(2)
             return out_u + guidance * (out_c - out_u)
 
@@ -292,10 +299,12 @@ class Engine:
         """(the embedding of the inversion's batch, the cache key of each latent): content, row, batch size."""
         embedding = self.model.exceptional_embedding() if embedding is None else embedding
         n = len(latents)
-        if time_ids is not None and isinstance(embedding, Conditioning):
+        if time_ids is not None:
             if len(time_ids) != n:
                 raise ValueError(f"time_ids must give one (1, 6) tensor per latent ({n}), got {len(time_ids)}")
-            embedding = cat_conditioning([embedding.with_time_ids(ids) for ids in time_ids])
+            rows = [self.family.with_time_ids(embedding, ids) for ids in time_ids]
+            if any(row is not embedding for row in rows):  # families without time ids leave e* as it is
+                embedding = self.family.cat_conditioning(rows)
         shared = (n, steps, order, _digest(embedding))
         return embedding, [(_digest(z), row) + shared for row, z in enumerate(latents)]
 
@@ -325,8 +334,7 @@ class Engine:
             if all(key in self.inversions for key in keys):
                 continue
             for i, (z, key) in enumerate(zip(latents, keys)):
-                with_ids = ids is not None and isinstance(e_star, Conditioning)
-                embedding = e_star.with_time_ids(ids[i]) if with_ids else e_star
+                embedding = e_star if ids is None else self.family.with_time_ids(e_star, ids[i])
                 row = (_digest(z, embedding), steps, order)
                 rows.setdefault(row, (z, embedding))
                 wanted.append((key, row))
@@ -334,7 +342,7 @@ class Engine:
         evals = 0
         if todo:
             batch = torch.cat([rows[row][0] for row in todo]).float()
-            embedding = cat_conditioning([rows[row][1] for row in todo])
+            embedding = self.family.cat_conditioning([rows[row][1] for row in todo])
             x_T = solver.invert(
                 self.model_fn(embedding), batch, self.schedule, steps, order, prediction_type=self.model.prediction_type
             )

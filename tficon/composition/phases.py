@@ -49,7 +49,7 @@ import torch
 from tficon.composition.attention import BatchLayout, InjectionController
 from tficon.core import solver
 from tficon.core.plan import StepPlan
-from tficon.model.text import conditioning_digest
+from tficon.model.families import conditioning_digest
 
 if TYPE_CHECKING:  # annotations only: the engine imports this module
     from tficon.composition.engine import Row, StepInputs, Track

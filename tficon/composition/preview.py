@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tficon.model.vae import encode_image
+
 
 def _colour_fields(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
     """n images (n, 3, size, size) in [-1, 1]: random low-resolution colour fields, upsampled."""
@@ -32,9 +34,7 @@ def fit_latent_rgb_map(model, images: torch.Tensor | None = None, latent_side: i
     if images is None:
         images = _colour_fields(4, latent_side * factor, torch.Generator().manual_seed(0))
     images = images.float().cpu()
-    with torch.no_grad():
-        dist = model.vae.encode(images.to(model.device, model.vae.dtype)).latent_dist
-        latents = (dist.mean * model.latent_scaling).float().cpu()
+    latents = encode_image(model, images, None).cpu()  # the posterior mean, through the one VAE home
     targets = (F.avg_pool2d(images, factor) + 1) / 2  # (n, 3, side, side) in [0, 1]
     channels = latents.shape[1]
     x = latents.permute(0, 2, 3, 1).reshape(-1, channels)

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tficon.composition.attention import CaptureRequest, InjectionController, self_attention_layers
+from tficon.composition.attention import CaptureRequest, InjectionController
 from tficon.composition.engine import Engine, StepInputs, StepRecord, Track
 from tficon.composition.runner import run_alone
 from tficon.core import checks, io, solver
@@ -111,7 +111,7 @@ class Session:
         if engine is not None and model is not engine.model:
             raise ValueError("engine belongs to another model: pass engine.model as model, or no engine")
         if isinstance(model, str) or hasattr(model, "__fspath__"):
-            from tficon.model.loading import load_model
+            from tficon.model import load_model
 
             model = load_model(model)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -131,7 +131,7 @@ class Session:
         self._prompt = self._check_prompt(prompt)
         size = image_size if image_size is not None else model.image_size
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)
-        io.check_image_size(self.image_size, self._size_multiple(), name="image_size")
+        io.check_image_size(self.image_size, model.size_multiple, name="image_size")
         self.schedule = self.engine.schedule
         self._plan_cache: dict = {}
         self.stats = {"unet_calls": 0, "sample_evals": 0}
@@ -183,9 +183,6 @@ class Session:
             self._plan_cache = {"config": config, "plans": plans_for(config)}
         return self._plan_cache["plans"]
 
-    def _size_multiple(self) -> int:
-        levels = len(self.model.unet.config.block_out_channels)
-        return self.model.vae_scale_factor * 2 ** (levels - 1)
 
     @staticmethod
     def _check_steps(config: CompositionConfig) -> None:
@@ -300,24 +297,25 @@ class Session:
         if self._latents is None:
             started = time.perf_counter()
             inputs = self.inputs
-            device, dtype = self.model.device, self.model.dtype
             generator = torch.Generator().manual_seed(self._config.seed)
             first = inputs.cut_and_paste if self._config.mode == "same" else inputs.background
+            # Through the engine's VAE door, which casts to the VAE's own dtype (float32 for SDXL's in float16)
             with torch.no_grad(), self._threads():
-                z_bg = self.model.encode_image(first[None].to(device, dtype), generator).float()
-                z_ref = self.model.encode_image(inputs.reference[None].to(device, dtype), generator).float()
+                z_bg = self.engine.encode(first[None], generator)
+                z_ref = self.engine.encode(inputs.reference[None], generator)
             self._latents = (z_bg, z_ref, generator.get_state())
             self.timings["encode"] = time.perf_counter() - started
         return self._latents
 
     @property
     def time_ids(self) -> dict[str, torch.Tensor] | None:
-        """SDXL: each branch's added time ids, (1, 6) float32 (original h, w; crop top, left; target h, w); None on
-        SD models. Every branch works on an image at the working size, so all four are ``(H, W, 0, 0, H, W)``,
-        the pipeline's default at that size (docs/algorithm.md §15.3); they travel per branch through the engine."""
-        if not getattr(self.model, "is_sdxl", False):
+        """Each branch's extra conditioning from the model's family: on SDXL the added time ids, (1, 6) float32
+        (original h, w; crop top, left; target h, w); None on SD models. Every branch works on an image at the working
+        size, so all four are ``(H, W, 0, 0, H, W)``, the pipeline's default at that size (docs/algorithm.md §15.3);
+        they travel per branch through the engine."""
+        ids = self.engine.family.time_ids(self.model, self.image_size)
+        if ids is None:
             return None
-        ids = self.model.time_ids(self.image_size)
         return {branch: ids for branch in ("generation", "background", "reference", "pseudo_cross")}
 
     def invert(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -364,13 +362,9 @@ class Session:
 
     def region_masks(self, height: int | None = None, width: int | None = None) -> dict[str, torch.Tensor]:
         """Bool maps of the target box, the object and the background at a resolution (latent by default)."""
-        lh, lw = self._latent_size()
+        lh, lw = self.model.latent_shape(self.image_size)
         regions = placement_mod.region_indices(self.placement, self.inputs.object_mask, height or lh, width or lw)
         return regions.masks()
-
-    def _latent_size(self) -> tuple[int, int]:
-        f = self.model.vae_scale_factor
-        return self.image_size[0] // f, self.image_size[1] // f
 
     # ------------------------------------------------------------------ phase 5: steps
     @property
@@ -409,7 +403,7 @@ class Session:
             regions = lambda h, w: placement_mod.region_indices(  # noqa: E731
                 inputs.placement, inputs.object_mask, h, w
             ).to(device)
-            self._controller = InjectionController(latent_size=self._latent_size(), region_fn=regions)
+            self._controller = InjectionController(latent_size=self.model.latent_shape(self.image_size), region_fn=regions)
         return self._controller
 
     def step(self) -> StepRecord:
@@ -507,6 +501,7 @@ class Session:
             start=start,
             capture=capture,
             time_ids=self.time_ids,
+            family=self.engine.family,
         )
         return self.plans[s], previous, inputs
 
@@ -538,7 +533,7 @@ class Session:
     @property
     def attention_layers(self) -> list[str]:
         """Names of the self-attention layers, in execution order."""
-        return self_attention_layers(self.model.unet)
+        return self.engine.family.attention_layers(self.model.unet)
 
     def latents(self, step: int | None = None) -> dict[str, torch.Tensor]:
         """Latents of the active branches after ``step`` (default: the last completed step)."""
@@ -592,8 +587,8 @@ class Session:
         else:
             what = "decode(latent)"
         checks.check_finite(latent, what, dtype=self.model.dtype)
-        with torch.no_grad(), self._threads():
-            image = self.model.decode_latent(latent.to(self.model.device, self.model.dtype)).float().cpu()
+        with torch.no_grad(), self._threads():  # the engine's VAE door: the latent meets the VAE in the VAE's dtype
+            image = self.engine.decode(latent).cpu()
         checks.check_finite(image, f"the VAE decode of {what}", dtype=self.model.dtype)
         return image
 

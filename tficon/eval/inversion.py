@@ -56,20 +56,18 @@ def inversion_metrics(
     from tficon.core import solver
 
     if isinstance(model, (str, os.PathLike)):
-        from tficon.model.loading import load_model
+        from tficon.model import load_model
 
         model = load_model(model)
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be 'exceptional', '' or a text, got {type(prompt).__name__}")
     size = image_size if image_size is not None else model.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
-    # the UNet halves the latent (levels - 1) times
-    multiple = model.vae_scale_factor * 2 ** (len(model.unet.config.block_out_channels) - 1)
-    io.check_image_size(size, multiple, name="image_size")
+    io.check_image_size(size, model.size_multiple, name="image_size")
     x = io.resize_background(io.load_image(image, name="image"), size)
     generator = torch.Generator().manual_seed(seed)
-    z0 = model.encode_image(x[None], generator).float()
     engine = engine if engine is not None else Engine(model)
+    z0 = engine.encode(x[None], generator)
     embedding = model.exceptional_embedding() if prompt == EXCEPTIONAL else model.encode_prompt(prompt)
     # one row: not the same cache entry as a Session's two-row inversion (the key holds the batch shape)
     (x_t,), _, _ = engine.invert([z0], steps, order, embedding=embedding)
@@ -77,8 +75,8 @@ def inversion_metrics(
         engine.model_fn(embedding), x_t, engine.schedule, steps, order, prediction_type=model.prediction_type
     )
     original = as_unit_tensor(x)
-    reconstruction = as_unit_tensor(model.decode_latent(z_rec)[0].cpu())
-    vae_only = as_unit_tensor(model.decode_latent(z0)[0].cpu())
+    reconstruction = as_unit_tensor(engine.decode(z_rec)[0].cpu())
+    vae_only = as_unit_tensor(engine.decode(z0)[0].cpu())
     latent_a, latent_b = z0[0].cpu().double(), z_rec[0].cpu().double()
     latent_range = float(latent_a.max() - latent_a.min()) or 1.0
     window = _largest_odd_window(*latent_a.shape[-2:])

@@ -202,7 +202,7 @@ class CLIPScorer:
                     f"CLIP scores need a CLIP model: {spec!r} is not a local folder and not in the local Hugging Face "
                     f"cache; pass a folder (--clip-model / model=), set ${CLIP_MODEL_ENV}, or allow downloads"
                 )
-            from tficon.model.loading import _hub_reachable  # the package's bounded probe: no hang on a silent network
+            from tficon.model.hub import _hub_reachable  # the package's bounded probe: no hang on a silent network
 
             if not _hub_reachable():
                 raise MetricUnavailable(f"CLIP model {spec!r} is not cached and the Hugging Face hub cannot be reached")

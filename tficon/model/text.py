@@ -14,22 +14,20 @@ single row on a length-1 sequence (where the causal mask has nothing to hide) an
 SDXL (docs/algorithm.md §15) conditions its UNet on two CLIP encoders: the penultimate hidden states of both,
 concatenated along the width, plus the pooled, projected embedding of the second encoder and six "added time
 ids" (original size, crop corner, target size). Its text conditioning is a :class:`Conditioning`
-(``encode_prompt_sdxl``, ``exceptional_embedding_sdxl``, ``sdxl_time_ids``); SD's stays a plain tensor.
+(``encode_prompt_sdxl``, ``exceptional_embedding_sdxl``, ``sdxl_time_ids``); SD's stays a plain tensor. Which of
+these a model uses, and how rows of them are concatenated and hashed, is its family's business
+(``tficon.model.families``).
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import torch
 from torch import nn
 
 __all__ = [
     "Conditioning",
-    "cat_conditioning",
-    "conditioning_digest",
     "encode_prompt",
     "encode_prompt_sdxl",
     "exceptional_embedding",
@@ -207,34 +205,6 @@ class Conditioning:
         if ids.shape[0] == 1:
             return replace(self, time_ids=ids.expand(rows, -1))
         return replace(self.expand(ids.shape[0]), time_ids=ids)
-
-
-def cat_conditioning(items: Sequence) -> "torch.Tensor | Conditioning":
-    """Concatenate row conditionings along the batch: tensors with ``torch.cat``, :class:`Conditioning` field by
-    field (time ids all given, or all None)."""
-    items = list(items)
-    if not any(isinstance(item, Conditioning) for item in items):
-        return torch.cat(items)
-    if not all(isinstance(item, Conditioning) for item in items):
-        raise TypeError("cannot mix SDXL Conditioning rows with plain embedding tensors in one batch")
-    with_ids = [item.time_ids is not None for item in items]
-    if any(with_ids) and not all(with_ids):
-        raise ValueError("either every row of a batch carries time_ids or none does")
-    ids = torch.cat([item.time_ids for item in items]) if all(with_ids) else None
-    return Conditioning(torch.cat([i.hidden for i in items]), torch.cat([i.pooled for i in items]), ids)
-
-
-def conditioning_digest(embedding) -> str:
-    """A content hash of a tensor or :class:`Conditioning` (shapes, dtypes, values), for cache keys."""
-    digest = hashlib.sha1()
-    parts = [embedding] if isinstance(embedding, torch.Tensor) else [embedding.hidden, embedding.pooled, embedding.time_ids]
-    for tensor in parts:
-        if tensor is None:
-            digest.update(b"none")
-            continue
-        digest.update(str((tuple(tensor.shape), tensor.dtype, tensor.device)).encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def sdxl_time_ids(

@@ -34,7 +34,8 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from tficon.model.loading import SD_EXCEPTIONAL_TOKEN_ID, TFICON_JSON, LoadedModel, assemble_loaded_model
+from tficon.model.identify import SD_EXCEPTIONAL_TOKEN_ID, TFICON_JSON
+from tficon.model.loaded import LoadedModel, assemble_loaded_model
 from tficon.model.tokenizer import build_clip_tokenizer
 
 __all__ = ["TINY_FAMILIES", "TINY_IMAGE_SIZE", "TINY_WORDS", "tiny_components", "tiny_model", "save_tiny_model"]

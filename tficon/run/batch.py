@@ -60,6 +60,7 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from tficon.composition.engine import Engine
+from tficon.composition.runner import MAX_ROWS_PER_CELL, check_count, run_tasks
 from tficon.core.config import CompositionConfig
 from tficon.run.batch_compose import (
     INPUT_ERRORS,
@@ -95,7 +96,6 @@ from tficon.run.batch_summary import (  # noqa: F401 - METRIC_COLUMNS, SUMMARY_F
     SampleOutcome,
     write_summaries,
 )
-from tficon.composition.runner import MAX_ROWS_PER_CELL, check_count, run_tasks
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -315,7 +315,7 @@ class _Batch:
         """Load the model if needed: only now, so that a batch with nothing to compose never loads it. A model that
         cannot load, or a working size it cannot use, ends the batch (no sample could run)."""
         if self.loaded is None:
-            from tficon.model.loading import load_model
+            from tficon.model import load_model
 
             device = None if self.state is None else self.state.device
             self.loaded = checked_model(load_model(self.model_spec, device=device, dtype=self.dtype), self.image_size)

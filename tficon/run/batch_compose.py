@@ -12,12 +12,12 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tficon.composition.runner import Task
 from tficon.core import io
 from tficon.core.config import CompositionConfig
 from tficon.run.batch_samples import OUTPUT_FILES, RECORD_FILE, BatchSample
 from tficon.run.batch_summary import SampleOutcome
 from tficon.run.boxes import _box_list
-from tficon.composition.runner import Task
 
 __all__ = ["SampleTask", "placement_overlay", "compose_sample", "earlier_outcome", "open_session"]
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [

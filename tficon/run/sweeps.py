@@ -55,9 +55,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from tficon.composition.engine import Engine
+from tficon.composition.runner import MAX_ROWS_PER_CELL, Task, auto_max_rows, check_count, run_tasks
 from tficon.core import io
 from tficon.core.config import CompositionConfig
-from tficon.composition.runner import MAX_ROWS_PER_CELL, Task, auto_max_rows, check_count, run_tasks
 from tficon.run.sweep_grid import PARAMETERS, GridError, SweepCell, _check_grid, _label, grid_cells, parse_grid_option
 from tficon.run.sweep_order import evaluation_order, independent_cost, plan_lanes
 from tficon.run.sweep_result import SweepResult
@@ -114,7 +114,7 @@ def run_sweep(
     checked = _check_grid(grid)
     labels = _value_labels(value_labels, checked)
     if isinstance(model, str) or hasattr(model, "__fspath__"):
-        from tficon.model.loading import load_model
+        from tficon.model import load_model
 
         model = load_model(model)
     if engine is not None and engine.model is not model:

@@ -118,7 +118,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    from tficon.model.loading import load_model
+    from tficon.model import load_model
 
     model = load_model(args.model)
     accuracy = style_accuracy()

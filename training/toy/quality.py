@@ -187,7 +187,7 @@ def inversion_scores(pipe, exceptional_token_id: int, images: torch.Tensor, capt
     """
     from tficon.composition.engine import Engine
     from tficon.core.solver import invert, sample
-    from tficon.model.loading import assemble_loaded_model
+    from tficon.model import assemble_loaded_model
     from tficon.model.text import encode_prompt, exceptional_embedding
 
     # the pipeline's modules behind tficon's one door to the UNet (dtype, device and counting in one place)

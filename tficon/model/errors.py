@@ -1,0 +1,25 @@
+"""The errors of model loading, and the sentences their messages share."""
+
+from __future__ import annotations
+
+__all__ = ["CheckpointFileError", "ModelNotAvailableError"]
+
+_ALTERNATIVES = (
+    'Use a local diffusers folder or a .ckpt/.safetensors file, or "toy" for the embedded offline model '
+    '(load_model("toy")).'
+)
+
+
+class ModelNotAvailableError(FileNotFoundError):
+    """The requested model is not on this machine and cannot be fetched (offline, not cached, not installed)."""
+
+
+class CheckpointFileError(ValueError):
+    """A single-file checkpoint that cannot be used: truncated, corrupt, or not a Stable Diffusion checkpoint."""
+
+
+_SUPPORTED = (
+    "TF-ICON runs on Stable Diffusion 1.x and 2.x text-to-image models (a 4-channel UNet, one CLIP text encoder) "
+    "and on SDXL base (two CLIP text encoders, six added time ids)"
+)
+
