@@ -169,6 +169,11 @@ def _with_box(sample, box):
         ({"tau_a": [0.2, 1.5]}, "grid cell tau_a=1.5: tau_a must be a finite number in [0, 1]"),
         ({"steps": [1, 4]}, "steps (1) must be >= order (2)"),
         ({"box": [(0, 0, 10, 10), (120, 120, 40, 40)]}, "grid value box=120,120,40,40"),
+        # a box in a grid is checked as every box is (tficon.core.boxes.as_user_box), before any model work
+        ({"box": [(True, 0, 10, 10)]},
+         "grid['box']: a box must be 4 integers (x, y, w, h) in pixels, got (True, 0, 10, 10) (True/False are not"),
+        ({"box": [(0, 0, 10, 10), (0, 0, 0, 10)]},
+         "grid['box']: the box (x, y, w, h) = (0, 0, 0, 10) must have positive width and height"),
         ({"tau_a": 0.3}, "must be a list of values"),
     ],
 )

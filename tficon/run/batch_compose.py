@@ -17,7 +17,6 @@ from tficon.core import io
 from tficon.core.config import CompositionConfig
 from tficon.run.batch_samples import OUTPUT_FILES, RECORD_FILE, BatchSample
 from tficon.run.batch_summary import SampleOutcome
-from tficon.run.boxes import _box_list
 
 __all__ = ["SampleTask", "placement_overlay", "compose_sample", "earlier_outcome", "open_session"]
 
@@ -179,9 +178,14 @@ def compose_sample(task: SampleTask, scorers: Scorers, batched=None) -> dict:
         "boxes": {
             "user_bbox_xywh": list(place.bbox) if place.bbox is not None else None,
             "user_mask_size_hw": list(place.mask_size) if place.mask_size is not None else None,
-            "target_window_tlbr": _box_list(place.target_window),
-            "reference_window_tlbr": _box_list(place.ref_window),
-            "latent_target_box_tlbr": _box_list(place.latent_target_box),
+            **{
+                f"{key}_tlbr": [box.top, box.left, box.bottom, box.right]
+                for key, box in (
+                    ("target_window", place.target_window),
+                    ("reference_window", place.ref_window),
+                    ("latent_target_box", place.latent_target_box),
+                )
+            },
         },
         "timings": {
             "prepare": prepared - started,

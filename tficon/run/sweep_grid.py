@@ -13,8 +13,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from tficon.core.boxes import as_user_box, parse_box_text
 from tficon.core.config import INVALIDATES, SETTINGS, CompositionConfig
-from tficon.run.boxes import _is_box
 
 __all__ = ["PARAMETERS", "GridError", "SweepCell", "parse_grid_option", "grid_cells"]
 
@@ -45,7 +45,7 @@ def _check_grid(grid: Mapping[str, Sequence]) -> dict[str, list]:
             raise GridError(f"unknown sweep parameter {name!r}; a sweep can vary {', '.join(PARAMETERS)}")
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
             raise GridError(f"grid[{name!r}] must be a list of values, got {values!r}")
-        values = [tuple(int(v) for v in b) if name == "box" and _is_box(b) else b for b in values]
+        values = [_grid_box(b) if name == "box" else b for b in values]
         if not values:
             raise GridError(f"grid[{name!r}] is empty: give at least one value")
         labels = [_label(name, v) for v in values]
@@ -56,9 +56,19 @@ def _check_grid(grid: Mapping[str, Sequence]) -> dict[str, list]:
     return checked
 
 
+def _grid_box(value):
+    """A box of the grid as four Python ints, checked as every box is (``tficon.core.boxes.as_user_box``); a mask
+    as it is (the Session reads it)."""
+    try:
+        box = as_user_box(value, name="grid['box']")
+    except ValueError as error:
+        raise GridError(str(error)) from None
+    return value if box is None else box
+
+
 def _label(name: str, value) -> str:
     if name == "box":
-        if _is_box(value):
+        if as_user_box(value, name="grid['box']") is not None:
             return ",".join(str(int(v)) for v in value)
         rows, cols = np.nonzero(np.asarray(value))
         if not len(rows):
@@ -83,13 +93,7 @@ def parse_grid_option(text: str) -> tuple[str, list]:
     rest = rest.strip()
     try:
         if name == "box":
-            values = []
-            for part in rest.split(";"):
-                numbers = tuple(int(v) for v in part.split(","))
-                if len(numbers) != 4:
-                    raise ValueError
-                values.append(numbers)
-            return name, values
+            return name, [parse_box_text(part, name="--grid box") for part in rest.split(";")]
         kind = int if name in ("seed", "steps") else float
         if ":" in rest:
             start, stop, count = rest.split(":")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from tficon.core.boxes import same_box
 from tficon.core.config import CompositionConfig
 from tficon.core.plan import plans_for
-from tficon.run.boxes import _same_box
 from tficon.run.sweep_grid import SweepCell
 
 __all__ = ["independent_cost", "evaluation_order", "plan_lanes"]
@@ -29,7 +29,7 @@ def evaluation_order(cells: Sequence[SweepCell]) -> list[SweepCell]:
 
     def box_index(box) -> int:
         for i, b in enumerate(boxes):
-            if _same_box(b, box):
+            if same_box(b, box):
                 return i
         boxes.append(box)
         return len(boxes) - 1
@@ -49,7 +49,7 @@ def _shared_steps(previous: SweepCell | None, cell: SweepCell) -> tuple[int, boo
     if previous is None:
         return 0, True
     a, b = previous.config, cell.config
-    new_inversions = (a.steps, a.seed) != (b.steps, b.seed) or not _same_box(previous.box, cell.box)
+    new_inversions = (a.steps, a.seed) != (b.steps, b.seed) or not same_box(previous.box, cell.box)
     if new_inversions or a.effective_guidance != b.effective_guidance:
         return 0, new_inversions
     plans_a, plans_b = plans_for(a), plans_for(b)
