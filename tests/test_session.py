@@ -291,11 +291,11 @@ def test_the_toy_model_says_once_that_it_knows_only_its_world(monkeypatch):
     """A prompt outside the toy world runs (CLIP's tokenizer takes it) and gets one plain notice per process."""
     import warnings
 
-    from tficon.composition import session as session_module
+    from tficon.composition import inputs as inputs_module
     from tficon.model import load_model
     from tficon.toy.samples import demo_sample
 
-    monkeypatch.setitem(session_module._TOY_WORLD_NOTICE, "given", False)
+    monkeypatch.setitem(inputs_module._TOY_WORLD_NOTICE, "given", False)
     model, s = load_model("toy"), demo_sample()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

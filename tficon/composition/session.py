@@ -6,7 +6,8 @@ and re-run; ``update`` changes settings and keeps everything that does not depen
 
 Phases, in order (each runs the ones before it when needed):
 
-1. ``prepare``        images and box -> placement, background / reference / cut-and-paste tensors;
+1. ``prepare``        images and box -> placement, background / reference / cut-and-paste tensors
+                      (``tficon.composition.inputs``);
 2. ``encode``         VAE posterior samples of the background (the cut-and-paste in "same" mode) and of
                       the reference, the first two draws of the seeded generator;
 3. ``invert()``       exceptional-prompt DPM-Solver++ inversion of both latents (cached);
@@ -38,10 +39,7 @@ step that raises leaves the Session exactly as it was.
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
-import warnings
-from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -50,6 +48,7 @@ from tqdm.auto import tqdm
 
 from tficon.composition.attention import CaptureRequest, InjectionController
 from tficon.composition.engine import Engine, StepInputs, StepRecord, Track
+from tficon.composition.inputs import Inputs, notice_words_outside_the_toy_world, official_mask_source, prepare_inputs
 from tficon.composition.runner import run_alone
 from tficon.core import checks, io, solver
 from tficon.core import placement as placement_mod
@@ -66,17 +65,6 @@ BRANCHES = ("generation", "background", "reference")
 _NEW_INPUTS = settings_invalidating("inputs")
 _NEW_LATENTS = settings_invalidating("latents")
 _ALL_STEPS = settings_invalidating("all_steps")
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """Prepared inputs, all at the working size."""
-
-    placement: placement_mod.Placement
-    background: torch.Tensor  # (3, H, W) in [-1, 1], resized background
-    reference: torch.Tensor  # (3, H, W) in [-1, 1], foreground centred on black
-    object_mask: np.ndarray  # (H, W) float64 0/1, the padded object mask (Mpad)
-    cut_and_paste: torch.Tensor  # (3, H, W) pixel composite (docs/algorithm.md §2.5)
 
 
 class Session:
@@ -126,7 +114,7 @@ class Session:
             "background": io.load_image(background, name="background"),
             "foreground": io.load_image(foreground, name="foreground"),
         }
-        self._object_mask = _official_mask_source(foreground_mask)
+        self._object_mask = official_mask_source(foreground_mask)
         self._mask_or_box = self._load_box(mask_or_box)
         self._prompt = self._check_prompt(prompt)
         size = image_size if image_size is not None else model.image_size
@@ -194,7 +182,7 @@ class Session:
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
         self.model.encode_prompt(prompt)  # raises a clear error when it is longer than the encoder window
         if self.model.vocabulary is not None:
-            _notice_words_outside_the_toy_world(prompt, self.model.vocabulary)
+            notice_words_outside_the_toy_world(prompt, self.model.vocabulary)
         return prompt
 
     @staticmethod
@@ -219,7 +207,7 @@ class Session:
         for name in ("background", "foreground"):
             if name in changes:
                 new_images[name] = io.load_image(changes.pop(name), name=name)
-        new_mask = _official_mask_source(changes.pop("foreground_mask")) if "foreground_mask" in changes else self._object_mask
+        new_mask = official_mask_source(changes.pop("foreground_mask")) if "foreground_mask" in changes else self._object_mask
         images_changed = any(new_images[n] is not self._images[n] for n in new_images) or new_mask is not self._object_mask
         new_config = self._config.replace(**changes)
         self._check_steps(new_config)
@@ -273,21 +261,7 @@ class Session:
         return self._inputs
 
     def _prepare_inputs(self, config: CompositionConfig, mask_or_box, images: dict, object_mask) -> Inputs:
-        size = self.image_size
-        checks.check_mask_sizes(images, object_mask, mask_or_box, size)  # masks of another shape: refused
-        place = placement_mod.compute_placement(
-            mask_or_box,
-            images["foreground"].size,
-            size,
-            self.model.vae_scale_factor,
-            box_rule=config.box_rule,
-            clip=config.clip_box,
-            levels=len(self.model.unet.config.block_out_channels),
-        )
-        background = io.resize_background(images["background"], size)
-        reference, mpad = placement_mod.prepare_foreground(images["foreground"], object_mask, place)
-        composite = placement_mod.cut_and_paste(background, reference, mpad, place)
-        return Inputs(place, background, reference, mpad, composite)
+        return prepare_inputs(self.model, config, mask_or_box, images, object_mask, self.image_size)
 
     @property
     def placement(self) -> placement_mod.Placement:
@@ -620,43 +594,3 @@ class Session:
             "unet_calls": self.stats["unet_calls"],
             "sample_evals": self.stats["sample_evals"],
         }
-
-
-_TOY_WORLD_NOTICE = {"given": False}
-
-
-def _notice_words_outside_the_toy_world(prompt: str, known: frozenset) -> None:
-    """Say once per process that the embedded model knows only its toy world, when a prompt leaves it.
-
-    Its tokenizer is CLIP's, so any prompt (an official TF-ICON one included) runs; words it never saw in
-    training simply mean nothing to it. Said once: a batch of such prompts should not repeat it per sample.
-    """
-    unknown = sorted({w for w in re.findall(r"[\w']+|,", prompt.lower()) if w not in known})
-    if not unknown or _TOY_WORLD_NOTICE["given"]:
-        return
-    _TOY_WORLD_NOTICE["given"] = True
-    shown = ", ".join(repr(w) for w in unknown[:6]) + (", ..." if len(unknown) > 6 else "")
-    warnings.warn(
-        f"the embedded toy model knows only its toy world (4 shapes, 4 colours, 4 styles: python -m training.toy.quality "
-        f"shows it); the prompt's words {shown} mean nothing to it. Real photos and open prompts need Stable "
-        "Diffusion (tficon.load_model with a hub id or a local folder). Said once per process.",
-        stacklevel=4,
-    )
-
-
-def _official_mask_source(mask):
-    """The object mask as the official pipeline binarises it: a greyscale image for PIL's dithering
-    ``convert("1")`` (tficon.core.placement.prepare_foreground); arrays other than uint8 stay as validated.
-    Validates first (clear errors for empty, non-binary or unreadable masks)."""
-    from PIL import Image
-
-    io.load_mask(mask, name="foreground_mask")
-    if isinstance(mask, (str,)) or hasattr(mask, "__fspath__"):
-        with Image.open(mask) as opened:
-            mask = opened.convert("L")
-    if isinstance(mask, Image.Image):
-        return mask if mask.mode in ("1", "L") else mask.convert("L")
-    if isinstance(mask, np.ndarray) and mask.dtype == np.uint8 and mask.ndim == 2:
-        return mask
-    return io.load_mask(mask, name="foreground_mask")
-

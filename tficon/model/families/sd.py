@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from tficon.model.families import Family, register
+from tficon.model.families.base import Family, register
 from tficon.model.text import encode_prompt, exceptional_embedding
 
 __all__ = ["StableDiffusion"]

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from tficon.model.families import Family, register
+from tficon.model.families.base import Family, register
 from tficon.model.text import Conditioning, encode_prompt_sdxl, exceptional_embedding_sdxl, sdxl_time_ids
 
 __all__ = ["StableDiffusionXL"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tficon.model.families import register
+from tficon.model.families.base import register
 from tficon.model.families.sd import StableDiffusion
 
 __all__ = ["Toy"]
