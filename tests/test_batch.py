@@ -271,7 +271,7 @@ def test_metrics_in_the_record_match_the_written_files(tree, first_run):
     crop = result[placement.target_window.slices()]
     expected = float(((crop - reference_pixels[placement.ref_window.slices()]) ** 2).mean())
     assert record["metrics"]["result"]["fg"]["mse"] == pytest.approx(expected, rel=1e-12)
-    assert record["metrics"]["result"]["fg"]["psnr"] == pytest.approx(-10 * np.log10(expected), rel=1e-12)
+    assert record["metrics"]["result"]["fg"]["psnr"] == pytest.approx(-10 * np.log10(expected), rel=1e-6)  # torchmetrics takes the log in float32
 
 
 def _box_tlbr(box) -> list[int]:

@@ -107,7 +107,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, **help_overrides: str) ->
         )
     parser.add_argument(
         "--threads", type=int, default=None,
-        help="CPU threads for torch (default: the free cores, at most one per core; see tficon/threads.py)",
+        help="CPU threads for torch (default: the free cores, at most one per core; see tficon/core/threads.py)",
     )  # fmt: skip
     parser.add_argument(
         "--dtype", choices=("float32", "float16", "bfloat16"), default=None,

@@ -97,13 +97,17 @@ class Explorer(widgets.VBox):
         self.settings_panel = SettingsPanel(self, auto_run=auto_run)
         self.steps_panel = StepsPanel(self)
         self.attention_panel = LiveAttentionPanel(self, live=live_attention)
-        self.panels: tuple[Panel, ...] = (self.status_panel, self.inputs_panel, self.settings_panel, self.steps_panel, self.attention_panel)
+        self.panels: tuple[Panel, ...] = (
+            self.status_panel, self.inputs_panel, self.settings_panel, self.steps_panel, self.attention_panel
+        )  # fmt: skip
         with self.lock:
             parts = [panel.build() for panel in self.panels]
             self._expose_widgets()
+            # each panel under its heading, in the order of self.panels: a new panel is one more entry there
             self.children = [
-                parts[0], parts[1], section("settings"), parts[2], section("steps"), parts[3], section("attention"), parts[4]
-            ]
+                widget for panel, part in zip(self.panels, parts)
+                for widget in ([section(panel.heading)] if panel.heading else []) + [part]
+            ]  # fmt: skip
             self._tell(Change(STARTED))
             self.set_status("ready" if not session.step_index else f"{session.step_index} steps already computed")
         if run:

@@ -21,6 +21,8 @@ class LiveAttentionPanel(Panel):
     """``view``: the ``AttentionPanel``; ``live``: capture whenever the scrubbed step changes (otherwise the
     Capture button does it)."""
 
+    heading = "attention"
+
     def __init__(self, explorer, *, live: bool = True):
         super().__init__(explorer)
         self._live = live

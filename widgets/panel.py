@@ -45,7 +45,11 @@ class Change:
 
 
 class Panel:
-    """One part of the Explorer (see the module docstring). Subclasses override what they need."""
+    """One part of the Explorer (see the module docstring). Subclasses override what they need.
+
+    ``heading``: the section title the Explorer shows above the panel (None: no heading)."""
+
+    heading: str | None = None
 
     def __init__(self, explorer: "Explorer"):
         self.explorer = explorer

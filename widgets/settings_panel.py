@@ -63,6 +63,8 @@ class SettingsPanel(Panel):
     """``controls``: ``{"prompt": Text, <setting name>: widget}``; ``buttons``: Step, Run, Rewind, Stop;
     ``auto_run``: run the remaining steps after a change; ``change_label``: what the last change recomputed."""
 
+    heading = "settings"
+
     def __init__(self, explorer, *, auto_run: bool = True):
         super().__init__(explorer)
         self._auto_run = auto_run

@@ -42,6 +42,8 @@ class StepsPanel(Panel):
     While a run goes on the panel follows the newest step, unless the user scrubbed back to an older one.
     """
 
+    heading = "steps"
+
     def build(self) -> widgets.Widget:
         ex = self.explorer
         self.following = True
