@@ -16,9 +16,9 @@ from tficon.composition.attention import (
     composite_attention,
     composite_logits,
     fused_composite_attention,
-    self_attention_layers,
 )
 from tficon.core.placement import RegionIndex
+from tficon.model.families.base import self_attention_layers
 
 
 def _region(h, w, box, fg, fg_ref, ref_box=None):
@@ -201,6 +201,24 @@ def test_context_manager_installs_on_attn1_only_and_restores():
     with pytest.raises(KeyError):
         with composite_attention(unet, controller):
             raise KeyError("boom")
+    assert all(unet.attn_processors[n] is p for n, p in before.items())
+
+
+def test_context_manager_installs_on_the_layers_a_family_names_only():
+    """A family may inject into a subset of the self-attention layers; the others keep their processors."""
+    unet = _tiny_unet()
+    before = dict(unet.attn_processors)
+    controller = InjectionController(latent_size=(8, 8), region_fn=lambda h, w: None)
+    first, *rest = self_attention_layers(unet)
+    assert rest  # the tiny UNet has several
+    with composite_attention(unet, controller, [first]) as installed:
+        assert list(installed) == [first]
+        assert unet.attn_processors[f"{first}.processor"] is installed[first]
+        assert all(unet.attn_processors[f"{name}.processor"] is before[f"{name}.processor"] for name in rest)
+    assert all(unet.attn_processors[n] is p for n, p in before.items())
+    with pytest.raises(ValueError, match="unknown"):
+        with composite_attention(unet, controller, [first.replace("attn1", "attn2")]):
+            pass
     assert all(unet.attn_processors[n] is p for n, p in before.items())
 
 

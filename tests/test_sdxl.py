@@ -22,11 +22,12 @@ from test_attention import _naive_layer
 from tiny_setup import SIZE, check_explorer_kernel_side, new_session
 
 import tficon
-from tficon.composition.attention import BatchLayout, CompositeSelfAttention, InjectionController, self_attention_layers
+from tficon.composition.attention import BatchLayout, CompositeSelfAttention, InjectionController
 from tficon.composition.engine import Engine
 from tficon.composition.session import Session
 from tficon.core.placement import region_indices
 from tficon.model import load_model
+from tficon.model.families.base import self_attention_layers
 from tficon.model.text import Conditioning, sdxl_time_ids
 from tficon.model.tiny import save_tiny_model, tiny_components, tiny_model
 

@@ -29,10 +29,12 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from tficon.model.families.base import self_attention_layers
 
 ROLES = ("background", "reference", "pseudo_cross", "uncond", "cond")
 
@@ -460,23 +462,25 @@ def composite_logits(own, *, query, key, layout: BatchLayout, regions, outside, 
     return logits
 
 
-def self_attention_layers(unet) -> list[str]:
-    """Names (without ``.processor``) of the UNet's self-attention layers, in execution order."""
-    return [name[: -len(".processor")] for name in unet.attn_processors if name.endswith("attn1.processor")]
-
-
 @contextmanager
-def composite_attention(unet, controller: InjectionController) -> Iterator[dict[str, CompositeSelfAttention]]:
-    """Install ``CompositeSelfAttention`` on every ``attn1`` layer for the duration of the block.
+def composite_attention(
+    unet, controller: InjectionController, layers: Sequence[str] | None = None
+) -> Iterator[dict[str, CompositeSelfAttention]]:
+    """Install ``CompositeSelfAttention`` on the self-attention ``layers`` for the duration of the block.
 
-    Cross-attention layers keep whatever processor they had; the original processors are always
-    restored, also when the block raises.
+    ``layers``: the names the model's family lists (``Family.attention_layers``); default every ``attn1`` layer.
+    Every other layer keeps whatever processor it had; the original processors are always restored, also when the
+    block raises.
     """
+    chosen = set(self_attention_layers(unet) if layers is None else layers)
+    unknown = chosen - set(self_attention_layers(unet))
+    if unknown:
+        raise ValueError(f"layers must be self-attention layers of this UNet; unknown: {sorted(unknown)[:3]}")
     original = dict(unet.attn_processors)
     installed = {}
     replacement = {}
     for name, processor in original.items():
-        if name.endswith("attn1.processor"):
+        if name[: -len(".processor")] in chosen:
             installed[name[: -len(".processor")]] = replacement[name] = CompositeSelfAttention(
                 controller, name[: -len(".processor")]
             )

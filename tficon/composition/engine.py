@@ -402,7 +402,7 @@ class Engine:
             if len(shapes) > 1:
                 raise ValueError(f"cells of one call must share the latent shape, got {sorted(shapes)}")
         controller = states[0].inputs.controller
-        with composite_attention(self.model.unet, controller):
+        with composite_attention(self.model.unet, controller, self.family.attention_layers(self.model.unet)):
             try:
                 # warm_up: one call per pre-evaluation depth, background and reference rows only
                 for depth in range(max(len(w.plan.pre_evals) for w in states)):

@@ -72,8 +72,8 @@ class Family:
 
     # ------------------------------------------------------------------ layers
     def attention_layers(self, unet) -> list[str]:
-        """Names (without ``.processor``) of the UNet's self-attention layers, in execution order."""
-        return [name[: -len(".processor")] for name in unet.attn_processors if name.endswith("attn1.processor")]
+        """Names (without ``.processor``) of the self-attention layers that take the composite, in execution order."""
+        return self_attention_layers(unet)
 
     def pipeline(self, model, scheduler):
         """A diffusers pipeline sharing ``model``'s modules (a container for diffusers' LoRA loading)."""
@@ -135,3 +135,9 @@ def family_for(model) -> Family:
 def family_names() -> tuple[str, ...]:
     """Every ``LoadedModel.family`` name a registered family drives, in registration order."""
     return tuple(dict.fromkeys(name for family in _REGISTRY for name in family.names))
+
+
+def self_attention_layers(unet) -> list[str]:
+    """Names (without ``.processor``) of a diffusers UNet's self-attention layers (``attn1``), in execution order:
+    the layers every built-in family injects into."""
+    return [name[: -len(".processor")] for name in unet.attn_processors if name.endswith("attn1.processor")]
