@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 import ipywidgets as widgets
 
+from tficon.composition.runner import run_alone
+
 from .inputs_panel import InputsPanel
 from .live_attention import LiveAttentionPanel
 from .panel import FINISHED, SETTINGS_CHANGED, STARTED, STEP_COMPUTED, STEPS_DROPPED, Change, Panel, section
@@ -286,7 +288,8 @@ class Explorer(widgets.VBox):
             s.compose_start()
             if time.perf_counter() - started > 0.05:
                 self.set_status(f"inversion done in {time.perf_counter() - started:.1f} s")
-        record = s.step()
+        run_alone(s, until=s.step_index + 1, threads=s.threads)  # one step per job: a stop or a change lands between steps
+        record = s.records[-1]
         self.set_status(f"step {record.s}/{s.steps} done ({record.seconds:.2f} s, {record.sample_evals} sample evals)")
         self._tell(Change(STEP_COMPUTED, step=record.s))
         if s.step_index < target and self._worker.is_current(generation):
