@@ -36,7 +36,8 @@ def test_every_setting_is_a_flag_of_every_command(command):
     assert actions["--guidance"].default is None and actions["--guidance"].type is float
     assert actions["--steps"].type is int and actions["--tau-a"].type is float
     flat = " ".join(help_text.split())
-    assert "[number in 0..1] (default: 0.4)" in flat and "[integer in 1..1000] (default: 20)" in flat
+    assert "[number in 0..1] (default: 0.4)" in flat and "[integer >= 1] (default: 20)" in flat
+    assert "[number >= 0]" in flat  # guidance: no upper bound
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -96,6 +97,28 @@ CHANGED = dict(
 #: The settings a Session starts from before the change (the official ones but where noted): the cross lag
 #: only matters on steps with foreground injection past the warm-up, which 4 steps reach with tau_a = 1.
 BEFORE = {"no_cross_lag": {"tau_a": 1.0}}
+
+
+def test_declared_ranges_are_exactly_what_the_config_accepts():
+    """A number setting's ``range`` is its accepted values: both bounds pass, a step past either fails, so the CLI's
+    help and the Explorer never promise what the config refuses."""
+    numbers = [s for s in SETTINGS if s.range is not None]
+    assert {s.name for s in numbers} == {"steps", "guidance", "tau_a", "tau_b", "tau_bg", "seed"}
+    for setting in numbers:
+        low, high = setting.range
+        integer = isinstance(setting.default, int)
+        below = low - 1 if integer else low - 0.01
+        CompositionConfig(**{setting.name: low})
+        with pytest.raises(ValueError, match=setting.name):
+            CompositionConfig(**{setting.name: below})
+        if high is None:
+            CompositionConfig(**{setting.name: 10**6 if integer else 1e6})  # unbounded above
+        else:
+            CompositionConfig(**{setting.name: high})
+            with pytest.raises(ValueError, match=setting.name):
+                CompositionConfig(**{setting.name: high + 1 if integer else high + 0.01})
+        span = setting.control_span
+        assert span[0] >= low and (high is None or span[1] <= high), setting.name
 
 
 def test_every_setting_has_a_level_and_a_changed_value():

@@ -145,7 +145,7 @@ def test_every_setting_with_a_control_has_its_widget_with_the_declared_range(fin
         assert f"tficon-{setting.name.replace('_', '-')}" in control._dom_classes
         assert _compat.help_of(control) == setting.help
         if setting.control in ("slider", "int"):
-            assert (control.min, control.max) == setting.range, setting.name
+            assert (control.min, control.max) == setting.control_span, setting.name
         if setting.control == "slider":
             assert control.step == setting.step
         if setting.control == "dropdown":

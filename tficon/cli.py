@@ -81,8 +81,8 @@ def _setting_help(setting, override: str | None = None) -> str:
     text = override or setting.help
     if setting.range is not None:
         kind = "integer" if isinstance(setting.default, int) else "number"
-        low, high = (str(v) if isinstance(v, int) else f"{v:g}" for v in setting.range)
-        text += f" [{kind} in {low}..{high}]"
+        low, high = (v if v is None or isinstance(v, int) else f"{v:g}" for v in setting.range)
+        text += f" [{kind} >= {low}]" if high is None else f" [{kind} in {low}..{high}]"
     if setting.name == "mode":
         text += " (default: cross; demo: the sample's)"
     elif setting.default is not None and not setting.switch:  # switches: off is official, as the group says

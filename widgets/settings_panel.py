@@ -28,13 +28,13 @@ def control_for(setting: Setting) -> widgets.Widget:
     """The widget of one setting (``setting.control`` says which kind), with its CSS class and hover text."""
     kind = setting.control
     if kind == "slider":
-        low, high = setting.range
+        low, high = setting.control_span
         control = widgets.FloatSlider(
             min=low, max=high, step=setting.step, description=setting.name, continuous_update=False,
             readout_format=".2f", style=_LABEL_STYLE, layout=widgets.Layout(width="300px"),
         )
     elif kind == "int":
-        low, high = setting.range
+        low, high = setting.control_span
         control = widgets.BoundedIntText(
             min=low, max=high, description=setting.name, continuous_update=False, style=_LABEL_STYLE,
             layout=widgets.Layout(width="200px"),

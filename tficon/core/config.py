@@ -32,13 +32,19 @@ class Setting:
     default: Any
     help: str
     invalidates: str
-    range: tuple[float, float] | None = None
+    range: tuple[float, float | None] | None = None  # the accepted values (high None: no upper bound)
+    span: tuple[float, float] | None = None  # the span an Explorer control shows, where it differs from ``range``
     choices: tuple | None = None
     cli: str | None = None  # the command-line flag; None: derived from the name
     sweep: bool = False  # can be an axis of ``tficon.sweep``
     control: str | None = None  # the Explorer control: "slider", "int", "dropdown", "checkbox" or None (not shown)
     step: float | None = None  # the slider's step
     switch: bool = False  # a parity switch (bool, off = the official behaviour)
+
+    @property
+    def control_span(self) -> tuple[float, float] | None:
+        """The (low, high) an Explorer control offers: ``span`` where given, else ``range``."""
+        return self.span if self.span is not None else self.range
 
     @property
     def flag(self) -> str:
@@ -105,13 +111,13 @@ class CompositionConfig:
         invalidates="inputs", choices=MODES, control="dropdown",
     )  # fmt: skip
     steps: int = setting(
-        20, help="DPM-Solver++ steps, for inversion and sampling", invalidates="latents", range=(1, 1000),
-        sweep=True, control="int",
+        20, help="DPM-Solver++ steps, for inversion and sampling", invalidates="latents", range=(1, None),
+        span=(1, 1000), sweep=True, control="int",
     )  # fmt: skip
     order: int = setting(2, help="solver order", invalidates="latents", choices=(1, 2, 3))
     guidance: float | None = setting(
         None, help="classifier-free guidance; default 5.0 cross, 2.5 same (official)", invalidates="all_steps",
-        range=(0.0, 20.0), sweep=True, control="slider", step=0.5,
+        range=(0.0, None), span=(0.0, 20.0), sweep=True, control="slider", step=0.5,
     )  # fmt: skip
     tau_a: float = setting(
         0.4, help="fraction of steps with foreground (composite) injection", invalidates="plans", range=(0.0, 1.0),
