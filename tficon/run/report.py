@@ -211,6 +211,8 @@ def panels(result):
 
 
 def metric_caption(cell) -> str:
+    if cell.error is not None:
+        return "failed"
     bg, fg = cell.metrics.get("bg", {}), cell.metrics.get("fg", {})
     if not bg:
         return ""
@@ -266,7 +268,9 @@ def sweep_grid_image(result, *, thumb: int, metrics: bool) -> Image.Image:
                 if cell is None:
                     continue
                 left = label_w + c * cell_w
-                sheet.paste(thumbnail(cell.image, thumb), (left, top))
+                sheet.paste(thumbnail(cell.image, thumb), (left, top))  # a failed cell: a grey tile, labelled
+                if cell.error is not None:
+                    draw.text((left + 3, top + 3), "failed", fill=(170, 0, 0), font=_FONT)
                 if metrics:
                     draw.text((left + 1, top + thumb + 1), metric_caption(cell), fill=(70, 70, 70), font=_FONT)
         y += n_rows * cell_h + _GAP
@@ -306,6 +310,12 @@ def sweep_html(result, *, thumb: int) -> str:
                 cell = cells.get((r, c))
                 if cell is None:
                     parts.append("<td></td>")
+                    continue
+                if cell.error is not None:
+                    parts.append(
+                        f"<td><img src='{data_uri(None, thumb, format='PNG')}' width='{thumb}' alt='failed'>"
+                        f"<div class='m'><b>failed</b>: {e(cell.error)}</div></td>"
+                    )
                     continue
                 parts.append(
                     f"<td><img src='{data_uri(cell.image, thumb, format='PNG')}' width='{thumb}' alt='{e(cell.label())}'>"

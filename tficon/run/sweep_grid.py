@@ -121,7 +121,8 @@ class SweepCell:
     ``inversions_cached``: it spent nothing on inversions (reused from the cell before or the engine's cache).
     With ``batch_cells``, ``first_step`` and the work are those of its lane (the cell before it in its lane),
     ``sample_evals`` / ``unet_calls`` count its rows and calls as if it had run alone, and ``seconds`` is its share
-    of the shared calls plus its own decode.
+    of the shared calls plus its own decode. ``error``: why the cell failed (one line naming its values; no image
+    then); ``resumed``: the cell was taken from the output folder of an earlier run, not computed by this one.
     """
 
     index: int
@@ -137,6 +138,8 @@ class SweepCell:
     seconds: float = 0.0
     image: Image.Image | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    resumed: bool = False
 
     def label(self, names: Sequence[str] | None = None) -> str:
         names = list(self.values) if names is None else names
@@ -156,7 +159,8 @@ class SweepCell:
             "sample_evals": self.sample_evals,
             "unet_calls": self.unet_calls,
             "seconds": round(self.seconds, 4),
-            "image": f"cells/cell_{self.index:03d}.png",
+            "image": None if self.error else f"cells/cell_{self.index:03d}.png",
+            "resumed": self.resumed,
         }
 
 

@@ -1,11 +1,9 @@
-"""What a sweep returns (:class:`SweepResult`): its cells, totals, a way back to any cell's Session, and its files
-(``grid.png``, ``cells.csv``, ``cells.json``, ``index.html`` and ``cells/cell_NNN.png``, drawn by
-:mod:`tficon.run.report`)."""
+"""What a sweep returns (:class:`SweepResult`): its cells (good, failed or taken from an earlier run's folder),
+totals, a way back to any cell's Session, and its files (``grid.png``, ``cells.csv``, ``cells.json``, ``index.html``
+and ``cells/cell_NNN.png``, drawn by :mod:`tficon.run.report`, written by :mod:`tficon.run.sweep_files`)."""
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +12,7 @@ from typing import Any
 from PIL import Image
 
 from tficon.composition.engine import Engine
-from tficon.run.report import jsonable, sweep_grid_image, sweep_html
+from tficon.run.report import sweep_grid_image, sweep_html
 from tficon.run.sweep_grid import SweepCell, _label
 
 __all__ = ["SweepResult"]
@@ -26,7 +24,9 @@ class SweepResult:
 
     ``sample_evals`` / ``seconds``: the sweep's UNet rows and wall time (inversions, steps and decodes; metrics
     excluded, see ``metrics_seconds``); ``independent_sample_evals``: what the same cells cost run one by one with
-    fresh Sessions (computed from their plans).
+    fresh Sessions (computed from their plans). A cell that failed has ``error`` set and no image
+    (:attr:`failed`); a cell taken from the output folder of an earlier run of the same sweep has ``resumed`` set
+    and its recorded work (this run's totals do not count it).
     """
 
     grid: dict[str, list]
@@ -42,6 +42,17 @@ class SweepResult:
     cut_and_paste: dict[str, Any] = field(default_factory=dict)  # box label -> {"image", "metrics"}
     value_labels: dict[str, list[str]] = field(default_factory=dict)
     lanes: int = 1  # lanes of cells that shared UNet calls (1: one cell at a time; batch_cells)
+    fingerprint: str = ""  # what every cell depends on (tficon.run.sweep_files.inputs_fingerprint)
+
+    @property
+    def failed(self) -> list[SweepCell]:
+        """The cells that failed (each with its one-line ``error``), in grid order."""
+        return [cell for cell in self.cells if cell.error is not None]
+
+    @property
+    def resumed(self) -> list[SweepCell]:
+        """The cells taken from an earlier run's output folder instead of computed."""
+        return [cell for cell in self.cells if cell.resumed]
 
     @property
     def names(self) -> list[str]:
@@ -54,7 +65,7 @@ class SweepResult:
     @property
     def shared_fraction(self) -> float:
         """The sweep's UNet work as a fraction of the independent runs'."""
-        return self.sample_evals / self.independent_sample_evals
+        return self.sample_evals / self.independent_sample_evals if self.independent_sample_evals else 0.0
 
     def label_of(self, name: str, value_index: int) -> str:
         labels = self.value_labels.get(name)
@@ -89,6 +100,8 @@ class SweepResult:
         return {
             "grid": {n: [self.label_of(n, i) for i in range(len(v))] for n, v in self.grid.items()},
             "cells": len(self.cells),
+            "failed": len(self.failed),
+            "resumed": len(self.resumed),
             "image_size": list(self.image_size),
             "prompt": self.inputs["prompt"],
             "model": getattr(self.engine.model, "spec", None),
@@ -103,11 +116,16 @@ class SweepResult:
         }
 
     def describe(self) -> str:
-        return (
+        text = (
             f"{len(self.cells)} cells ({' x '.join(f'{len(v)} {n}' for n, v in self.grid.items())}): "
             f"{self.sample_evals} UNet sample-evaluations in {self.seconds:.1f} s; run independently they would "
             f"cost {self.independent_sample_evals} ({100 * self.shared_fraction:.0f} % of that)"
         )
+        if self.resumed:
+            text += f"; {len(self.resumed)} cells kept from the earlier run in the output folder"
+        if self.failed:
+            text += f"; {len(self.failed)} failed: " + "; ".join(cell.error for cell in self.failed)
+        return text
 
     # ---------------------------------------------------------------------------------------------- outputs
     def grid_image(self, *, thumb: int = 96, metrics: bool = True) -> Image.Image:
@@ -119,21 +137,13 @@ class SweepResult:
         return sweep_html(self, thumb=thumb)
 
     def save(self, out: str | os.PathLike) -> dict[str, Path]:
-        """Write grid.png, cells.csv, cells.json, index.html and cells/cell_NNN.png into the folder ``out``."""
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"out: {str(out)!r} is a file; the sweep writes a folder")
-        (out / "cells").mkdir(parents=True, exist_ok=True)
-        for cell in self.cells:
-            cell.image.save(out / "cells" / f"cell_{cell.index:03d}.png")
-        paths = {"grid": out / "grid.png", "csv": out / "cells.csv", "json": out / "cells.json", "html": out / "index.html"}
-        self.grid_image().save(paths["grid"])
-        rows = self.table()
-        with paths["csv"].open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        paths["json"].write_text(json.dumps(jsonable({"summary": self.summary(), "cells": rows}), indent=2) + "\n")
-        paths["html"].write_text(self.html())
-        return paths
+        """Write cells/cell_NNN.png, grid.png, cells.csv, index.html and then cells.json into the folder ``out``,
+        each atomically; another sweep's files there are replaced whole (:mod:`tficon.run.sweep_files`)."""
+        from tficon.run.sweep_files import SweepFolder
 
+        folder = SweepFolder(out, self.fingerprint)
+        folder.open([])  # keeps nothing: every cell of this result is written again
+        for cell in self.cells:
+            if cell.error is None:
+                folder.save_cell(cell)
+        return folder.finish(self)

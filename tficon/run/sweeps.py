@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -60,10 +61,11 @@ from tficon.core import io
 from tficon.core.config import CompositionConfig
 from tficon.run.sweep_grid import PARAMETERS, GridError, SweepCell, _check_grid, _label, grid_cells, parse_grid_option
 from tficon.run.sweep_order import evaluation_order, independent_cost, plan_lanes
+from tficon.run.sweep_files import SweepFolder, inputs_fingerprint
 from tficon.run.sweep_result import SweepResult
 
 __all__ = [
-    "PARAMETERS", "GridError", "SweepCell", "SweepResult", "run_sweep", "parse_grid_option", "evaluation_order",
+    "PARAMETERS", "GridError", "SweepCell", "SweepInterrupted", "SweepResult", "run_sweep", "parse_grid_option", "evaluation_order",
     "plan_lanes",
 ]  # fmt: skip
 
@@ -133,31 +135,47 @@ def run_sweep(
         image_size=image_size, engine=engine, threads=threads,
     )  # fmt: skip
     _check_boxes(session, checked, labels, first.box)
+    result = SweepResult(
+        grid=checked, cells=cells, inputs=inputs | {"reference": io.to_pil(session.inputs.reference)}, engine=engine,
+        image_size=session.image_size, sample_evals=0, unet_calls=0, seconds=0.0, metrics_seconds=0.0,
+        independent_sample_evals=sum(independent_cost(c.config) for c in cells), value_labels=labels,
+        fingerprint=inputs_fingerprint(model, inputs, mask_or_box, session.image_size, base, checked, labels, metrics),
+    )  # fmt: skip
+    folder = SweepFolder(out, result.fingerprint) if out is not None else None
+    if folder is not None:
+        folder.open(cells)  # cells an earlier run of this sweep saved are kept (resumed), any other sweep removed
+    todo = [cell for cell in order if not cell.resumed]
 
     started = time.perf_counter()
     engine_evals, engine_calls = engine.sample_evals, engine.unet_calls
-    lanes = _lanes(order, batch_cells, session)
-    run = _SweepRun(session, inputs, checked, labels, order, metrics=metrics, progress=progress, threads=threads)
-    run.run(lanes)
-    seconds = time.perf_counter() - started - run.metric_seconds
-    result = SweepResult(
-        grid=checked,
-        cells=cells,
-        inputs=inputs | {"reference": io.to_pil(session.inputs.reference)},
-        engine=engine,
-        image_size=session.image_size,
-        sample_evals=engine.sample_evals - engine_evals,
-        unet_calls=engine.unet_calls - engine_calls,
-        seconds=seconds,
-        metrics_seconds=run.metric_seconds,
-        independent_sample_evals=sum(independent_cost(c.config) for c in cells),
-        cut_and_paste=run.cut_and_paste,
-        value_labels=labels,
-        lanes=len(lanes),
-    )
-    if out is not None:
-        result.save(out)
+    lanes = _lanes(todo, batch_cells, session) if todo else []
+    run = _SweepRun(session, result, folder, order, metrics=metrics, progress=progress, threads=threads)
+    try:
+        run.run(lanes)
+        run.cut_and_paste_of_resumed_boxes()
+    except KeyboardInterrupt:
+        raise SweepInterrupted(_interrupted(folder, len(cells))) from None
+    result.seconds = time.perf_counter() - started - run.metric_seconds
+    result.sample_evals, result.unet_calls = engine.sample_evals - engine_evals, engine.unet_calls - engine_calls
+    result.metrics_seconds, result.lanes = run.metric_seconds, len(lanes)
+    if folder is not None:
+        try:
+            folder.finish(result)
+        except KeyboardInterrupt:
+            raise SweepInterrupted(_interrupted(folder, len(cells))) from None
     return result
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep; its message says what is on disk (how many cells are saved, and that a re-run of the
+    same sweep into the same folder resumes)."""
+
+
+def _interrupted(folder, total: int) -> str:
+    if folder is None:
+        return "interrupted (Ctrl-C); nothing was written (no output folder)"
+    return (f"interrupted (Ctrl-C); {len(folder.saved)} of {total} cells saved in {folder.out}; "
+            "re-run the same sweep into it to resume")  # fmt: skip
 
 
 def _value_labels(value_labels: Mapping[str, Sequence[str]] | None, checked: dict[str, list]) -> dict[str, list[str]]:
@@ -206,38 +224,62 @@ class CellTask(Task):
 
 class _SweepRun:
     """The cells of one sweep run through the runner: lane 0 on the sweep's Session, the others each on a Session of
-    their own (their inversions come from the engine's cache or are batched); each cell measured when it is done."""
+    their own (their inversions come from the engine's cache or are batched); each cell measured and saved when it
+    is done.
 
-    def __init__(self, session, inputs, checked, labels, order, *, metrics: bool, progress: bool, threads):
-        self.session, self.inputs, self.checked, self.labels = session, inputs, checked, labels
+    Failure is per cell: an exception while moving a Session to a cell, composing it (a non-finite step, a failed
+    inversion), decoding, measuring or saving it marks that cell failed with a one-line reason naming its values,
+    and every other cell goes on. The next cell of a failed cell's lane starts on a fresh Session: the failed one
+    kept only good steps, but a fresh one makes the next cell independent of whatever went wrong (it inverts again
+    unless the engine's cache holds good inversions) and keeps ``first_step`` and the work counts true."""
+
+    def __init__(self, session, result: SweepResult, folder, order, *, metrics: bool, progress: bool, threads):
+        self.session, self.result, self.folder = session, result, folder
+        self.checked, self.labels = result.grid, result.value_labels
         self.metrics, self.threads = metrics, threads
         self.position_of = {cell.index: position for position, cell in enumerate(order)}
-        self.cut_and_paste: dict[str, Any] = {}
+        self.cut_and_paste: dict[str, Any] = result.cut_and_paste
         self.metric_seconds = 0.0
         self.shared_calls = False
-        self.bar = tqdm(total=len(order), desc="tficon sweep", unit="cell", disable=not progress)
+        self.warned = False
+        todo = sum(not cell.resumed for cell in order)
+        self.bar = tqdm(total=todo, desc="tficon sweep", unit="cell", disable=not progress)
 
     def run(self, lanes: list[list[SweepCell]]) -> None:
         """One lane: one cell per call (each bitwise a fresh Session's result); several: the lanes share calls."""
         self.shared_calls = len(lanes) > 1
-        run_tasks(
-            lanes=[self.lane(cells, self.session if i == 0 else None) for i, cells in enumerate(lanes)],
-            max_cells=len(lanes), max_rows=MAX_ROWS_PER_CELL * len(lanes), on_finished=self.finish,
-            threads=self.threads,
-        )  # fmt: skip
-        self.bar.close()
+        try:
+            if lanes:
+                run_tasks(
+                    lanes=[self.lane(cells, self.session if i == 0 else None) for i, cells in enumerate(lanes)],
+                    max_cells=len(lanes), max_rows=MAX_ROWS_PER_CELL * len(lanes), on_finished=self.finish,
+                    on_error=lambda task, error: self.fail(task.cell, error), threads=self.threads,
+                )  # fmt: skip
+        finally:
+            self.bar.close()
 
     def lane(self, cells: list[SweepCell], session):
-        """The lane's cells as tasks, one Session moved from each to the next (made for the first when None)."""
-        for i, cell in enumerate(cells):
-            if session is None:
-                session = self.new_session(cell)
-            yield self.begin(cell, session, first_in_lane=i == 0)
+        """The lane's cells as tasks, one Session moved from each to the next (made for the first when None, and
+        again after a cell that failed: class docstring)."""
+        first = True
+        for cell in cells:
+            try:
+                if session is None:
+                    session, first = self.new_session(cell), True
+                task = self.begin(cell, session, first_in_lane=first)
+            except Exception as error:  # noqa: BLE001 - this cell fails, the lane goes on
+                self.fail(cell, error)
+                session = None
+                continue
+            yield task
+            first = False
+            if cell.error is not None:
+                session = None
 
     def new_session(self, cell: SweepCell):
         from tficon.composition.session import Session
 
-        s, i = self.session, self.inputs
+        s, i = self.session, self.result.inputs
         return Session(
             s.model, i["background"], i["foreground"], i["foreground_mask"], cell.box, i["prompt"], cell.config,
             image_size=s.image_size, engine=s.engine, threads=self.threads,
@@ -255,7 +297,24 @@ class _SweepRun:
         )  # fmt: skip
 
     def finish(self, task: CellTask) -> None:
-        """The cell's Session is done: keep its image and what it cost, and measure it."""
+        """The cell's Session is done: keep its image and what it cost, measure it and save it."""
+        cell = task.cell
+        try:
+            self.keep(task)
+        except Exception as error:  # noqa: BLE001 - e.g. a non-finite decode: this cell fails
+            self.fail(cell, error)
+            return
+        if self.folder is not None:
+            try:
+                self.folder.save_cell(cell)
+            except OSError as error:
+                self.fail(cell, f"could not write {self.folder.image_path(cell)}: {error.strerror or error}")
+                return
+            self.write_record()
+        self.bar.set_postfix_str(cell.label(), refresh=False)
+        self.bar.update(1)
+
+    def keep(self, task: CellTask) -> None:
         cell, session = task.cell, task.session
         decoding = time.perf_counter()
         cell.image = session.result
@@ -271,18 +330,49 @@ class _SweepRun:
             cell.seconds = time.perf_counter() - task.started
         if self.metrics:
             self.measure(cell, session)
-        self.bar.set_postfix_str(cell.label(), refresh=False)
+
+    def fail(self, cell: SweepCell, error: BaseException | str) -> None:
+        """Mark ``cell`` failed with a one-line reason naming its values; drop any image of it."""
+        reason = error if isinstance(error, str) else (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if not isinstance(error, str) and not isinstance(error, (ValueError, FloatingPointError, OSError)):
+            reason = f"{type(error).__name__}: {reason}"
+        cell.error = f"cell {cell.label()}: {reason}"
+        cell.image, cell.metrics = None, {}
+        if cell.order < 0:
+            cell.order = self.position_of[cell.index]
+        if self.folder is not None:
+            self.folder.forget_cell(cell)
+            self.write_record()
         self.bar.update(1)
+
+    def write_record(self) -> None:
+        """cells.json after each cell; if it cannot be written, say so once and go on (the end tries again)."""
+        if not self.folder.write_record(self.result, complete=False) and not self.warned:
+            self.warned = True
+            warnings.warn(f"tficon sweep: {self.folder.record_error}; the sweep goes on", RuntimeWarning, stacklevel=2)
 
     def measure(self, cell: SweepCell, session) -> None:
         measured = time.perf_counter()
-        key = _label("box", cell.box)
-        if "box" in self.labels:
-            key = self.labels["box"][cell.position[list(self.checked).index("box")]]
+        key = self.box_key(cell)
         cell.metrics, cp = _measure(session, cell.image, key in self.cut_and_paste)
         if cp is not None:
             self.cut_and_paste[key] = cp
         self.metric_seconds += time.perf_counter() - measured
+
+    def box_key(self, cell: SweepCell) -> str:
+        if "box" in self.labels:
+            return self.labels["box"][cell.position[list(self.checked).index("box")]]
+        return _label("box", cell.box)
+
+    def cut_and_paste_of_resumed_boxes(self) -> None:
+        """The cut-and-paste of each box whose cells were all taken from the folder (no UNet work)."""
+        if not self.metrics:
+            return
+        for cell in self.result.cells:
+            key = self.box_key(cell)
+            if cell.resumed and key not in self.cut_and_paste:
+                self.session.update(mask_or_box=cell.box)
+                self.cut_and_paste[key] = _measure(self.session, cell.image, False)[1]
 
 
 def _measure(session, image: Image.Image, have_cut_and_paste: bool):
