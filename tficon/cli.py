@@ -375,13 +375,16 @@ def _launch_processes(processes: int, argv: list[str]) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from tficon.run.sweeps import GridError
+    from tficon.run.sweeps import GridError, SweepInterrupted, SweepWriteError
 
     try:
         return _sweep(args)
     except GridError as error:  # its messages name grid parameters (tau_a), not flags: print them as they are
         print(f"tficon sweep: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except (SweepInterrupted, SweepWriteError) as error:  # one line: what is on disk, and that a re-run resumes
+        print(f"\ntficon sweep: {error}", file=sys.stderr)
+        return EXIT_INTERRUPTED if isinstance(error, SweepInterrupted) else EXIT_RUN_FAILED
 
 
 def _sweep(args) -> int:
@@ -401,9 +404,8 @@ def _sweep(args) -> int:
     if args.demo:
         if any(v is not None for v in given) or args.mask is not None or args.box is not None:
             raise ValueError("--demo uses the built-in sample: leave out --background/--foreground/--mask/--box/--prompt")
-        sample = demo_sample()
-        background, foreground, object_mask, prompt = sample.background, sample.foreground, sample.foreground_mask, sample.prompt
-        target, mode = sample.box, sample.mode
+        d = demo_sample()
+        background, foreground, object_mask, prompt, target, mode = d.background, d.foreground, d.foreground_mask, d.prompt, d.box, d.mode
     else:
         if any(v is None for v in given):
             raise ValueError("give --background, --foreground, --foreground-mask and --prompt (or --demo)")
@@ -413,8 +415,7 @@ def _sweep(args) -> int:
         foreground = io.load_image(args.foreground, name="--foreground")
         io.load_mask(args.foreground_mask, name="--foreground-mask")
         object_mask, prompt, mode = args.foreground_mask, args.prompt, "cross"
-        boxed = args.box is not None
-        target = box_mask(args.box, background.size, name="--box") if boxed else io.load_mask(args.mask, name="--mask")
+        target = box_mask(args.box, background.size, name="--box") if args.mask is None else io.load_mask(args.mask, name="--mask")
     labels = None
     if "box" in grid:  # boxes in the background's own pixels, mapped like --box
         labels = {"box": [",".join(map(str, b)) for b in grid["box"]]}
@@ -422,18 +423,17 @@ def _sweep(args) -> int:
             grid["box"] = [box_mask(b, background.size, name="--box") for b in grid["box"]]
         except ValueError as error:
             raise GridError(f"--grid box: {error}") from None
-    config = config_from_args(args, mode)
-    out = Path(args.out)
+    config, out = config_from_args(args, mode), Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out: {str(out)!r} is a file; the sweep writes a folder")
-    model = _load(args.model, args.dtype)
     result = run_sweep(
-        model, background, foreground, object_mask, target, prompt, grid, config=config, image_size=args.size,
-        out=out, value_labels=labels, progress=not args.quiet, batch_cells=args.batch_cells,
+        _load(args.model, args.dtype), background, foreground, object_mask, target, prompt, grid, config=config,
+        image_size=args.size, out=out, value_labels=labels, progress=not args.quiet, batch_cells=args.batch_cells,
     )  # fmt: skip
     print(result.describe())
     print(f"wrote {out / 'grid.png'}, {out / 'cells.csv'}, {out / 'cells.json'}, {out / 'index.html'}")
-    return 0
+    print("".join(f"tficon sweep: failed: {c.error}\n" for c in result.failed), end="", file=sys.stderr)
+    return EXIT_RUN_FAILED if result.failed else 0  # the good cells are saved; a re-run computes the failed ones
 
 
 def _batch_size(text: str):

@@ -3,7 +3,7 @@
 Every writer here writes to a short temporary name in the target's own folder (so the rename stays on one file
 system and the temporary name fits wherever the final name fits), flushes it to disk and ``os.replace``-s it into
 place: a reader sees the old file or the new one, never a mix. On any failure (or interruption) the temporary file
-is removed and the error raised. Files are created with mode 0666 minus the user's umask, as ``open()`` would.
+is removed and the error raised, naming the final path. Files are created with mode 0666 minus the user's umask, as ``open()`` would.
 
 A record that vouches for other files (a sweep's ``cells.json``) is written after them and stores their
 :func:`file_fingerprint`, which a re-run compares before trusting a file.
@@ -27,21 +27,33 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (module docstring); returns the path."""
     path = Path(path)
     temporary = path.parent / f".tmp-{secrets.token_hex(4)}"  # short: any legal final name has room for it
-    # os.open with 0o666 lets the kernel apply the umask (tempfile.mkstemp would make it 0600)
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        # os.open with 0o666 lets the kernel apply the umask (tempfile.mkstemp would make it 0600)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as error:
+        raise _naming(error, path) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         try:
             os.unlink(temporary)
         except OSError:
             pass
+        if isinstance(error, OSError):
+            raise _naming(error, path) from None
         raise
     return path
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """``error`` naming the final path, not the temporary one (OSError(errno, ...) keeps its subclass)."""
+    if error.errno is None:
+        return error
+    return OSError(error.errno, error.strerror or str(error), os.fspath(path))
 
 
 def save_image_atomic(path: str | os.PathLike, image: Image.Image, **options) -> Path:

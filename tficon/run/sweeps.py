@@ -29,9 +29,20 @@ are shared, taking the cuts that make the costliest lane cheapest (a lane is add
 cells equal the unbatched ones to float tolerance, not bitwise (another batch shape rounds differently); without
 batching nothing changes.
 
-Outputs (:meth:`SweepResult.save`): ``grid.png`` (rows and columns labelled by their values, further
+Outputs (``out``, or :meth:`SweepResult.save`): ``grid.png`` (rows and columns labelled by their values, further
 dimensions as stacked panels), ``cells.csv`` / ``cells.json`` (settings, metrics, work per cell) and a
-self-contained ``index.html``; cell images under ``cells/``.
+self-contained ``index.html``; cell images under ``cells/``. With ``out`` each cell is saved as soon as it is done,
+every file atomically, and ``cells.json`` (written after the files it vouches for, with their size and hash) says
+which cells are done, failed or missing.
+
+Faults: failure is per cell. A NaN or any other error in one cell (moving to it, composing, decoding, measuring or
+saving it) marks that cell failed with a one-line reason naming its values (``SweepCell.error``,
+``SweepResult.failed``, a labelled blank tile in the grid, the ``failed`` list of ``cells.json``); the other cells
+go on. A re-run into the same folder with the same sample, model, settings and grid computes only the cells that
+are missing or failed (``SweepCell.resumed`` marks the others); a sweep into a folder holding another sweep replaces
+it whole (:mod:`tficon.run.sweep_files`). Ctrl-C raises :class:`SweepInterrupted`, whose message says how many
+cells are saved; a write the folder refuses at the start or end raises :class:`SweepWriteError` (saving one cell
+that fails only fails that cell).
 
 Metrics per cell (``tficon.eval.metrics.composition_metrics``, docs/evaluation.md): background MSE/PSNR/SSIM with the
 target window blanked, foreground MSE/PSNR/SSIM of the window against the reference crop; the cut-and-paste's
@@ -40,8 +51,8 @@ values for comparison.
 The one-lane case is the same runner with one cell per call, so both paths are one code path.
 
 Modules: :mod:`tficon.run.sweep_grid` (axes, grid, cells), :mod:`tficon.run.sweep_order` (evaluation order and
-lanes), :mod:`tficon.run.sweep_result` (the result and its files, drawn by :mod:`tficon.run.report`); this module
-runs them.
+lanes), :mod:`tficon.run.sweep_result` (the result, drawn by :mod:`tficon.run.report`), :mod:`tficon.run.sweep_files`
+(the output folder: resume, replace, the record); this module runs them.
 """
 
 from __future__ import annotations
@@ -65,7 +76,7 @@ from tficon.run.sweep_files import SweepFolder, inputs_fingerprint
 from tficon.run.sweep_result import SweepResult
 
 __all__ = [
-    "PARAMETERS", "GridError", "SweepCell", "SweepInterrupted", "SweepResult", "run_sweep", "parse_grid_option", "evaluation_order",
+    "PARAMETERS", "GridError", "SweepCell", "SweepInterrupted", "SweepResult", "SweepWriteError", "run_sweep", "parse_grid_option", "evaluation_order",
     "plan_lanes",
 ]  # fmt: skip
 
@@ -99,7 +110,8 @@ def run_sweep(
             or user masks; ``guidance`` None is the official per-mode value.
         config / config_changes: the settings of every cell besides the grid's.
         engine: the Engine to run on (default: a new one for ``model``); pass one to share its inversion cache.
-        out: a folder to write the outputs into (see :meth:`SweepResult.save`).
+        out: a folder to write the outputs into, cell by cell (module docstring); an earlier run of the same sweep
+            there is resumed, another sweep there replaced.
         metrics: compute per-cell metrics (pixel metrics of ``tficon.eval.metrics``).
         value_labels: names shown for a parameter's values instead of the values themselves (e.g. for masks).
         progress: a tqdm bar over the cells.
@@ -143,7 +155,10 @@ def run_sweep(
     )  # fmt: skip
     folder = SweepFolder(out, result.fingerprint) if out is not None else None
     if folder is not None:
-        folder.open(cells)  # cells an earlier run of this sweep saved are kept (resumed), any other sweep removed
+        try:  # cells an earlier run of this sweep saved are kept (resumed), any other sweep's files removed
+            folder.open(cells)
+        except OSError as error:
+            raise SweepWriteError(f"cannot prepare the output folder {folder.out}: {_why(error)}") from None
     todo = [cell for cell in order if not cell.resumed]
 
     started = time.perf_counter()
@@ -163,7 +178,21 @@ def run_sweep(
             folder.finish(result)
         except KeyboardInterrupt:
             raise SweepInterrupted(_interrupted(folder, len(cells))) from None
+        except OSError as error:
+            raise SweepWriteError(
+                f"{_why(error)}; {len(folder.saved)} of {len(cells)} cells are saved in {folder.out}: free space or "
+                "fix the folder, then re-run the same sweep to resume"
+            ) from None
     return result
+
+
+class SweepWriteError(OSError):
+    """The sweep's outputs could not be written (a full disk, a read-only folder); the message names the file and
+    says how many cells are saved (a re-run of the same sweep resumes)."""
+
+
+def _why(error: OSError) -> str:
+    return f"could not write {error.filename}: {error.strerror}" if error.filename else str(error)
 
 
 class SweepInterrupted(KeyboardInterrupt):
