@@ -75,10 +75,12 @@ def assert_record_vouches(out: Path, result: SweepResult) -> None:
 
 
 class NaNOnce:
-    """A forward hook on the test's UNet instance: the ``after``-th call once the first cell is saved returns NaN."""
+    """A forward hook on the test's UNet instance: the ``after``-th call once the first cell is saved returns NaN
+    (in every row, or only in row 0 with ``first_row_only``: one Session of a call shared by several)."""
 
-    def __init__(self, unet, out: Path, after: int = 2):
+    def __init__(self, unet, out: Path, after: int = 2, first_row_only: bool = False):
         self.out, self.after, self.seen, self.fired = out, after, 0, False
+        self.first_row_only = first_row_only
         self.handle = unet.register_forward_hook(self)
 
     def __call__(self, module, args, output):
@@ -88,9 +90,12 @@ class NaNOnce:
         if self.seen < self.after:
             return None
         self.fired = True
-        if isinstance(output, tuple):
-            return (torch.full_like(output[0], math.nan),) + tuple(output[1:])
-        return type(output)(sample=torch.full_like(output.sample, math.nan))
+        sample = (output[0] if isinstance(output, tuple) else output.sample).clone()
+        if self.first_row_only:
+            sample[0] = math.nan
+        else:
+            sample.fill_(math.nan)
+        return (sample,) + tuple(output[1:]) if isinstance(output, tuple) else type(output)(sample=sample)
 
 
 def tile_positions(image: np.ndarray, tile: np.ndarray) -> list[tuple[int, int]]:
@@ -145,6 +150,31 @@ def test_a_nan_in_one_cell_fails_only_that_cell_and_a_rerun_computes_only_it(mod
         assert np.array_equal(np.asarray(rerun.cells[cell.index].image), np.asarray(cell.image))
     assert_record_vouches(out, rerun)
     assert record(out)["failed"] == []
+
+
+def test_a_nan_in_one_cell_of_lanes_sharing_calls_fails_that_cell_and_its_lane_goes_on(model, sample, tmp_path):
+    """batch_cells: two lanes (one per seed) share each UNet call; a NaN in the rows of one lane's cell fails that
+    cell only, the other lane's cell in the same call is kept, and the failed lane's next cell is computed."""
+    out = tmp_path / "sweep"
+    grid = {"seed": [1, 2], "guidance": [3.0, 5.0, 7.0]}  # every cell computes all its steps: 3 per lane
+    fault = NaNOnce(model.unet, out, after=1, first_row_only=True)
+    try:
+        result = sweep(model, sample, out, grid=grid, batch_cells=2)
+    finally:
+        fault.handle.remove()
+    assert fault.fired and result.lanes == 2
+    [bad] = result.failed
+    assert bad.error.startswith(f"cell {bad.label()}: step ") and "NaN" in bad.error
+    lane = [c for c in result.cells if c.values["seed"] == bad.values["seed"]]
+    assert any(c.order > bad.order and c.error is None for c in lane)  # the lane went on past the failure
+    good = [c for c in result.cells if c.error is None]
+    for cell in good:  # batched cells equal fresh Sessions to float tolerance
+        fresh = new_session(model, sample, steps=STEPS, **cell.values).result
+        assert np.abs(np.asarray(fresh, np.int16) - np.asarray(cell.image, np.int16)).max() <= 2, cell.label()
+    assert_record_vouches(out, result)
+    rerun = sweep(model, sample, out, grid=grid)
+    assert [c.index for c in rerun.cells if not c.resumed] == [bad.index] and not rerun.failed
+    assert_fresh(model, sample, [rerun.cells[bad.index]])
 
 
 # ---------------------------------------------------------------------------------------------------------------
