@@ -118,10 +118,14 @@ def run_sweep(
         batch_cells: None (default): one cell at a time, each bitwise a fresh Session's result. N: up to N lanes
             of cells share UNet calls; ``"auto"``: as many lanes as cost no shared steps and fit the memory budget
             (module docstring, :func:`plan_lanes`, ``tficon.composition.runner``). Results equal the unbatched ones to float
-            tolerance.
+            tolerance. It is how cells are computed, not what they are: a re-run with another ``batch_cells`` resumes.
 
     Returns:
-        a :class:`SweepResult`.
+        a :class:`SweepResult` (cells that failed in ``failed``, each with its reason).
+
+    Raises:
+        SweepInterrupted: Ctrl-C; its message says how many cells are saved in ``out``.
+        SweepWriteError: ``out`` could not be prepared or its grid, table, page or record written.
     """
     from tficon.composition.session import Session
 
