@@ -12,7 +12,7 @@ The names below are this package's public surface (``tficon.models``, the old mo
 
 from __future__ import annotations
 
-from tficon.model.errors import CheckpointFileError, ModelNotAvailableError
+from tficon.model.errors import CheckpointFileError, ModelLoadError, ModelNotAvailableError
 from tficon.model.families import Family, family_for
 
 # The private names below were importable from the old tficon.models module (tests and notebooks reach them).
@@ -51,6 +51,7 @@ __all__ = [
     "CheckpointFileError",
     "Family",
     "LoadedModel",
+    "ModelLoadError",
     "ModelIdentity",
     "ModelNotAvailableError",
     "assemble_loaded_model",
