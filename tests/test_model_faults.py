@@ -102,7 +102,8 @@ def test_an_sd_folder_lists_everything_missing_at_once(saved, tmp_path):
 def test_missing_weights_alone_are_named_too(saved, tmp_path):
     folder = copy_of(saved, "sd2", tmp_path)
     (folder / "text_encoder" / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match=r"missing text_encoder/model\.safetensors \(or pytorch_model\.bin\)\. "):
+    missing = r"missing text_encoder/model\.safetensors \(or pytorch_model\.bin\)\. "
+    with pytest.raises(FileNotFoundError, match=missing):
         load_model(folder, device="cpu")
 
 

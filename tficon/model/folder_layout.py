@@ -25,7 +25,9 @@ _DIFFUSERS_WEIGHTS = (
     "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
     "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json",
 )  # fmt: skip
-_TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+_TRANSFORMERS_WEIGHTS = (
+    "model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json",
+)  # fmt: skip
 _DOWNLOAD = "e.g. `hf download <repo id> --local-dir <folder>`"
 
 
@@ -107,7 +109,7 @@ def reading(folder: Path, component: str, names: tuple[str, ...] | None = None):
     file and passes through."""
     try:
         yield
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, PermissionError):  # not a damaged file; a PermissionError names its file
         raise
     except Exception as error:  # noqa: BLE001 - narrowed below: only a file that cannot be read is renamed
         if not isinstance(error, _READ_ERRORS) and type(error).__name__ != "SafetensorError":

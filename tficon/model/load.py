@@ -183,7 +183,9 @@ def _load_folder_components(folder: Path, spec: str, device, dtype) -> LoadedMod
     sdxl_parts = {}
     if sdxl:
         sdxl_parts = dict(
-            text_encoder_2=read("text_encoder_2", lambda: CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2")),
+            text_encoder_2=read(
+                "text_encoder_2", lambda: CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2")
+            ),
             tokenizer_2=read("tokenizer_2", lambda: CLIPTokenizer.from_pretrained(folder / "tokenizer_2")),
             force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)),
         )
