@@ -134,3 +134,13 @@ def test_the_cache_refuses_a_non_finite_latent():
     with pytest.raises(NonFiniteError, match="refusing to cache"):
         cache.put("key", torch.tensor([[0.0, math.inf]]))
     assert len(cache) == 0
+
+
+def test_in_same_mode_the_failed_inversion_is_the_cut_and_paste(samples):
+    model = faulty_model({1: [0]})
+    session = new_session(model, samples[0], steps=STEPS, mode="same")
+    with pytest.raises(NonFiniteError, match=rf"^the cut-and-paste inversion failed: .* inversion step 1 of {STEPS} "):
+        session.run()
+    assert len(session.engine.inversions) == 0
+    session.run()  # the fault was transient: the re-run inverts again and completes
+    assert session.done and finite_cache(session.engine.inversions)
