@@ -17,6 +17,9 @@ evaluations, the notebooks), so dtype, device and counting rules live in one pla
   batch always has one row per latent, at that latent's position, and a row whose result is cached is
   filled with a copy of a latent still to be inverted. Each row then sees exactly the shapes a fresh run
   sees, and its result is bitwise the same. The price: a partial hit saves no UNet work, only a full hit does.
+  A failed inversion is never kept: every inversion step is checked for NaN/inf (one host read per step), and the
+  first non-finite row stops the inversion with a ``NonFiniteError`` naming its image and step, before anything
+  enters a cache (a transient NaN must not fail the next Session that shares the background).
 - **One step.** :meth:`Engine.run_step` runs one planned composition step (``tficon.core.plan``) from explicit
   inputs and returns the new :class:`StepRecord`; it changes nothing but the engine's counters. It is the
   one-cell case of :meth:`Engine.run_steps`, which advances several cells (Sessions' steps) with one UNet call
@@ -50,7 +53,7 @@ import torch
 
 from tficon.composition.attention import BatchLayout, CaptureRequest, InjectionController, composite_attention
 from tficon.composition.phases import Rows, StepPhases, StepState, add_rows, warm_up_rows, warm_up_update
-from tficon.core import solver
+from tficon.core import checks, solver
 from tficon.core.plan import StepPlan
 from tficon.model import vae
 from tficon.model.families import Family, conditioning_digest
@@ -68,7 +71,9 @@ def noise_schedule(model) -> solver.NoiseSchedule:
 
 
 class InversionCache:
-    """A small LRU of inverted latents, keyed by content (latent bytes, steps, order, embedding, row)."""
+    """A small LRU of inverted latents, keyed by content (latent bytes, steps, order, embedding, row).
+
+    Only finite latents are kept: :meth:`put` refuses a NaN/inf value (a failed inversion must fail alone)."""
 
     def __init__(self, size: int = 16):
         self.size = size
@@ -87,12 +92,18 @@ class InversionCache:
         return self._entries[key].clone()
 
     def put(self, key, value: torch.Tensor) -> None:
+        if not bool(torch.isfinite(value).all()):
+            raise checks.NonFiniteError("refusing to cache an inverted latent holding NaN or inf values")
         self._entries[key] = value.clone()
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def values(self) -> list[torch.Tensor]:
+        """Copies of the cached latents, oldest first."""
+        return [value.clone() for value in self._entries.values()]
 
 
 def _digest(*tensors) -> str:
@@ -263,6 +274,7 @@ class Engine:
         embedding: torch.Tensor | None = None,
         time_ids: Sequence[torch.Tensor] | None = None,
         progress: bool = False,
+        names: Sequence[str] | None = None,
     ) -> tuple[list[torch.Tensor], list[bool], int]:
         """Invert clean latents (each (1, C, h, w)) to t = 1 together, one UNet call per step.
 
@@ -274,6 +286,10 @@ class Engine:
         Inversions that :meth:`prepare_inversions` computed for exactly these latents are handed over instead (until
         :meth:`drop_prepared_inversions`): reported as not cached, with the evaluations an inversion of its own would
         have spent.
+
+        ``names`` names each latent's image in errors (the Session: background or cut-and-paste, and reference). A
+        NaN/inf at any inversion step raises ``tficon.core.checks.NonFiniteError`` naming the image and the step; no
+        result of that batch is cached.
         """
         embedding, keys = self._inversion_keys(latents, steps, order, embedding, time_ids)
         if keys and all(key in self._prepared for key in keys):
@@ -286,9 +302,13 @@ class Engine:
             return results, cached, 0
         filler = latents[missing[0]]
         batch = torch.cat([latents[i] if results[i] is None else filler for i in range(n)]).float()
+        names = [f"latent {i}" for i in range(n)] if names is None else list(names)
+        check = checks.inversion_check([names[i if results[i] is None else missing[0]] for i in range(n)], steps,
+                                       dtype=self.dtype)  # fmt: skip
+        check(0, None, batch)
         x_T = solver.invert(
             self.model_fn(embedding), batch, self.schedule, steps, order,
-            prediction_type=self.model.prediction_type, progress=progress,
+            prediction_type=self.model.prediction_type, progress=progress, callback=check,
         )  # fmt: skip
         for i in missing:
             results[i] = x_T[i : i + 1].clone()
@@ -324,7 +344,8 @@ class Engine:
         :attr:`inversions`; they wait in a hand-over store (emptied by :meth:`drop_prepared_inversions`) and in a small
         cache of batched inversions keyed by latent content alone, so a background shared by samples of later
         rounds is not inverted again. Requests already in the bitwise cache are left to it. Returns the
-        sample-evaluations spent."""
+        sample-evaluations spent. A NaN/inf in any row raises ``NonFiniteError`` and keeps nothing of the batch (the
+        runner then lets each Session invert on its own, which names its own failure)."""
         e_star = self.model.exceptional_embedding()
         time_ids = [None] * len(requests) if time_ids is None else list(time_ids)
         rows: dict[str, tuple[torch.Tensor, object]] = {}  # distinct (latent, row embedding) -> inputs
@@ -343,9 +364,12 @@ class Engine:
         if todo:
             batch = torch.cat([rows[row][0] for row in todo]).float()
             embedding = self.family.cat_conditioning([rows[row][1] for row in todo])
+            check = checks.inversion_check(["batched"] * len(todo), steps, dtype=self.dtype)
+            check(0, None, batch)
             x_T = solver.invert(
-                self.model_fn(embedding), batch, self.schedule, steps, order, prediction_type=self.model.prediction_type
-            )
+                self.model_fn(embedding), batch, self.schedule, steps, order,
+                prediction_type=self.model.prediction_type, callback=check,
+            )  # fmt: skip
             for i, row in enumerate(todo):
                 self._batched.put(row, x_T[i : i + 1])
             evals = steps * len(todo)

@@ -302,6 +302,7 @@ class Session:
                 (x_bg, x_ref), cached, evals = self.engine.invert(
                     [z_bg, z_ref], self.steps, self._config.order, progress=self.progress,
                     time_ids=None if ids is None else [ids["background"], ids["reference"]],
+                    names=("cut-and-paste" if self._config.mode == "same" else "background", "reference"),
                 )  # fmt: skip
             self.stats["unet_calls"] += self.steps if evals else 0
             self.stats["sample_evals"] += evals

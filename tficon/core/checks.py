@@ -7,19 +7,27 @@ place. Every error names what failed (step, branch, argument) and what to do abo
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 
-__all__ = ["NonFiniteError", "check_step_finite", "check_finite", "check_names"]
+__all__ = ["NonFiniteError", "check_step_finite", "check_finite", "check_names", "inversion_check"]
+
 
 class NonFiniteError(FloatingPointError):
-    """A latent or image became NaN or infinite. ``step`` and ``branch`` say where (None when unknown)."""
+    """A latent or image became NaN or infinite. ``step`` and ``branch`` say where (None when unknown).
 
-    def __init__(self, message: str, *, step: int | None = None, branch: str | None = None):
+    An inversion's failure has ``step`` None (no composition step ran), ``branch`` the inverted image
+    ("background", "cut-and-paste" or "reference") and ``inversion_step`` the inversion's step (1-based; 0: its
+    input latent)."""
+
+    def __init__(
+        self, message: str, *, step: int | None = None, branch: str | None = None, inversion_step: int | None = None
+    ):
         super().__init__(message)
         self.step = step
         self.branch = branch
+        self.inversion_step = inversion_step
 
 
 def _finite(tensor: torch.Tensor) -> bool:
@@ -70,6 +78,33 @@ def check_finite(tensor: torch.Tensor, what: str, *, step: int | None = None, dt
     if not _finite(tensor):
         where = f" (step {step})" if step is not None else ""
         raise NonFiniteError(f"{what}{where} contains NaN or inf values; {_likely_cause(dtype)}", step=step)
+
+
+def inversion_check(names: Sequence[str], steps: int, *, dtype: torch.dtype | None = None) -> Callable:
+    """A ``tficon.core.solver`` callback for an inversion of a batch whose row ``i`` inverts image ``names[i]``:
+    it raises ``NonFiniteError`` naming the image and the inversion step as soon as a row turns NaN or inf.
+
+    The check is one host read per step (all rows at once); only a failing step looks at rows one by one.
+    Call it once with ``index`` 0 on the input latents to name a non-finite VAE encoding before any UNet work.
+    """
+
+    def check(index: int, t, x: torch.Tensor) -> None:
+        if _finite(x):
+            return
+        bad = (~torch.isfinite(x.flatten(1)).all(dim=1)).tolist()
+        name = names[bad.index(True)]
+        where = (
+            f"its input latent (the VAE encoding of the {name})" if index == 0
+            else f"its latent after inversion step {index} of {steps}"
+        )  # fmt: skip
+        raise NonFiniteError(
+            f"the {name} inversion failed: {where} contains NaN or inf values; nothing was kept in the inversion "
+            f"cache, so a re-run inverts it again. {_likely_cause(dtype)}",
+            branch=name,
+            inversion_step=index,
+        )
+
+    return check
 
 
 def check_names(given: Iterable[str] | None, available: Iterable[str], *, name: str) -> None:

@@ -1,7 +1,8 @@
 """The model layer: identifying and loading models, their families, text conditioning, the VAE, tiny random models.
 
 - ``load`` (``load_model``): the embedded toy model, diffusers folders, hub ids; ``single_file``: .ckpt/.safetensors
-  checkpoints; ``hub``: the hub without hanging; ``lora``: fused LoRA weights;
+  checkpoints; ``hub``: the hub without hanging; ``lora``: fused LoRA weights; ``folder_layout``: what a complete
+  diffusers folder of each family holds, and ``ModelLoadError`` for a damaged file;
 - ``identify`` (``identify_model``): what a model is, from its configs; ``families``: what differs between SD 1.x/2.x,
   SDXL and the toy model at run time;
 - ``loaded`` (``LoadedModel``, ``assemble_loaded_model``); ``vae``: images to latents and back; ``text``: prompt and
@@ -12,7 +13,7 @@ The names below are this package's public surface (``tficon.models``, the old mo
 
 from __future__ import annotations
 
-from tficon.model.errors import CheckpointFileError, ModelNotAvailableError
+from tficon.model.errors import CheckpointFileError, ModelLoadError, ModelNotAvailableError
 from tficon.model.families import Family, family_for
 
 # The private names below were importable from the old tficon.models module (tests and notebooks reach them).
@@ -51,6 +52,7 @@ __all__ = [
     "CheckpointFileError",
     "Family",
     "LoadedModel",
+    "ModelLoadError",
     "ModelIdentity",
     "ModelNotAvailableError",
     "assemble_loaded_model",

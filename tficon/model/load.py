@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from tficon.model import folder_layout
 from tficon.model.errors import _ALTERNATIVES, ModelNotAvailableError
 from tficon.model.hub import _hub_snapshot
 from tficon.model.identify import _component_names, _read_json, _read_overrides, identify_model
@@ -71,6 +72,10 @@ def load_model(
         ModelNotAvailableError: a hub id (or the configs of a checkpoint) neither cached nor reachable, or
             the toy model not installed.
         CheckpointFileError: a checkpoint file that is truncated, corrupt, or not a Stable Diffusion model.
+        ModelLoadError: a file of a diffusers folder (weights, tokenizer) that is truncated or corrupt; it names
+            the file (``CheckpointFileError`` is one too).
+        FileNotFoundError: an incomplete diffusers folder: the message lists what its family needs and what is
+            missing.
         ValueError: an unsupported model family, an unavailable device, LoRA weights that fit no layer of
             the model, or another bad argument.
     """
@@ -152,7 +157,10 @@ def _load_folder_components(folder: Path, spec: str, device, dtype) -> LoadedMod
     component_names = _component_names(index)
     sdxl = "text_encoder_2" in component_names
     # The SDXL refiner has no first text encoder: identify_model names it instead of a missing-file error.
-    text_config = _read_json(folder / "text_encoder" / "config.json") if "text_encoder" in component_names or not sdxl else {}
+    first_encoder = "text_encoder" in component_names or not sdxl
+    # A missing config is named now (with all that is missing); missing weights once the family is one TF-ICON runs.
+    folder_layout.check_complete(folder, spec, sdxl, first_encoder=first_encoder, configs_only=True)
+    text_config = _read_json(folder / "text_encoder" / "config.json") if first_encoder else {}
     identity = identify_model(
         _read_json(folder / "unet" / "config.json"),
         text_config,
@@ -163,21 +171,30 @@ def _load_folder_components(folder: Path, spec: str, device, dtype) -> LoadedMod
         where=repr(spec),
         text_encoder_2_config=_read_json(folder / "text_encoder_2" / "config.json") if sdxl else None,
     )
+    folder_layout.check_complete(folder, spec, sdxl, first_encoder=first_encoder, configs_only=False)
     device = _resolve_device(device)
     dtype = _resolve_dtype(dtype, device)
+
+    def read(component: str, load):  # a truncated or corrupt file: a ModelLoadError naming it
+        names = ("tokenizer.json", "vocab.json") if component.startswith("tokenizer") else None
+        with folder_layout.reading(folder, component, names):
+            return load()
+
     sdxl_parts = {}
     if sdxl:
         sdxl_parts = dict(
-            text_encoder_2=CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2"),
-            tokenizer_2=CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
+            text_encoder_2=read(
+                "text_encoder_2", lambda: CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2")
+            ),
+            tokenizer_2=read("tokenizer_2", lambda: CLIPTokenizer.from_pretrained(folder / "tokenizer_2")),
             force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)),
         )
     return assemble_loaded_model(
         **sdxl_parts,
-        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype),
-        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
-        text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
-        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        vae=read("vae", lambda: AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype)),
+        unet=read("unet", lambda: UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)),
+        text_encoder=read("text_encoder", lambda: CLIPTextModel.from_pretrained(folder / "text_encoder")),
+        tokenizer=read("tokenizer", lambda: CLIPTokenizer.from_pretrained(folder / "tokenizer")),
         scheduler_config=_read_json(folder / "scheduler" / "scheduler_config.json"),
         family=identity.family,
         spec=spec,
