@@ -50,7 +50,6 @@ this module runs them.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import traceback
@@ -96,6 +95,7 @@ from tficon.run.batch_summary import (  # noqa: F401 - METRIC_COLUMNS, SUMMARY_F
     SampleOutcome,
     write_summaries,
 )
+from tficon.run.files import write_json_atomic
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -203,6 +203,12 @@ def run_batch(
     return report
 
 
+def _one_line(error: BaseException) -> str:
+    """``Type: message`` on one line (a message's own line breaks become spaces)."""
+    message = " ".join(str(error).split())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
 def _process_log(log: Callable[[str], None], state) -> Callable[[str], None]:
     """``log``, its messages prefixed with the process's rank under a multi-process launch."""
     if state is None:
@@ -260,7 +266,8 @@ class _Batch:
             rows, cells = MAX_ROWS_PER_CELL * batch_samples, batch_samples
         stats = run_tasks(
             self.tasks(work), max_rows=rows, max_cells=cells,
-            on_finished=lambda task: self.composed(task, batch_samples), on_error=self.failed,
+            on_finished=lambda task: self.composed(task, batch_samples),
+            on_error=lambda task, error: self.failed(task.sample, task.folder, task.record, error),
         )  # fmt: skip
         if batch_samples is not None and stats.unet_calls:
             self.log(f"batched samples: up to {stats.max_cells} per UNet call, {stats.rows_per_call:.1f} rows per call")
@@ -303,10 +310,14 @@ class _Batch:
                 session = open_session(sample, self.engine, config, self.image_size)
             except INPUT_ERRORS as error:
                 problem = str(error)
+            except Exception as error:  # noqa: BLE001 - anything else fails this sample only
+                self.failed(sample, folder, record, error)
+                return None
         if problem is not None:
             record.update(status="skipped", reason=problem)
             self.log(f"skipped {sample.id}: {problem}")
-            self.settle(sample, folder, record, "skipped")
+            self.write_record(sample, folder, record)
+            self.keep(sample, record, "skipped")
             return None
         prepare = time.perf_counter() - started
         return SampleTask(session=session, sample=sample, record=record, folder=folder, prepare_seconds=prepare)
@@ -321,31 +332,44 @@ class _Batch:
             self.loaded = checked_model(load_model(self.model_spec, device=device, dtype=self.dtype), self.image_size)
             self.log(f"model: {self.loaded.describe()}")
 
-    def settle(self, sample: BatchSample, folder: Path, record: dict, action: str) -> None:
-        """Write the sample's record (last: it marks the sample finished) and keep its outcome."""
-        from tficon.run.report import jsonable
-
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / RECORD_FILE).write_text(json.dumps(jsonable(record), indent=2) + "\n")
+    def keep(self, sample: BatchSample, record: dict, action: str) -> None:
+        """Keep the sample's outcome for the summaries (also when its record could not be written)."""
         self.outcomes[sample.id] = SampleOutcome(sample.id, action, record.get("reason"), record)
         self.bar.update(1)
+
+    def write_record(self, sample: BatchSample, folder: Path, record: dict, *, required: bool = False) -> None:
+        """Write the sample's record atomically (last: a "composed" one marks the sample finished). A record that
+        cannot be written is said once, in one line, and the batch goes on; ``required``: raise instead."""
+        from tficon.run.report import jsonable
+
+        try:
+            write_json_atomic(folder / RECORD_FILE, jsonable(record))
+        except Exception as error:  # noqa: BLE001 - a full disk or a read-only folder must not end the batch
+            if required:
+                raise
+            self.log(f"could not write the record of {sample.id} ({_one_line(error)}); a re-run tries it again")
 
     def composed(self, task: SampleTask, batched) -> None:
         """The runner finished the task's Session: write its outputs and record (a failure there fails the sample)."""
         try:
             task.record.update(compose_sample(task, self.scorers, batched))
+            task.record.update(status="composed", reason=None)
+            self.write_record(task.sample, task.folder, task.record, required=True)
         except Exception as error:  # noqa: BLE001 - one sample's failure must not end the batch
-            self.failed(task, error)
+            self.failed(task.sample, task.folder, task.record, error)
             return
-        task.record.update(status="composed", reason=None)
-        self.settle(task.sample, task.folder, task.record, "composed")
+        self.keep(task.sample, task.record, "composed")
 
-    def failed(self, task: SampleTask, error: BaseException) -> None:
-        reason = f"{type(error).__name__}: {error}"
+    def failed(self, sample: BatchSample, folder: Path, record: dict, error: BaseException) -> None:
+        """The sample failed (composing, a NaN, writing its files): record why, in one line, and go on.
+        ``failure`` is ``"write"`` for an output that could not be written (the CLI's exit code 3), else ``"run"``."""
+        reason = _one_line(error)
         trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        task.record.update(status="failed", reason=reason, traceback=trace)
-        self.log(f"FAILED {task.sample.id}: {type(error).__name__}: {error}")
-        self.settle(task.sample, task.folder, task.record, "failed")
+        failure = "write" if isinstance(error, OSError) else "run"
+        record.update(status="failed", reason=reason, failure=failure, traceback=trace)
+        self.log(f"FAILED {sample.id}: {reason}")
+        self.write_record(sample, folder, record)
+        self.keep(sample, record, "failed")
 
     # ------------------------------------------------------------------ after composing
     def gather(self, samples: list[BatchSample]) -> bool:

@@ -85,12 +85,35 @@ class BatchSample:
     problem: str | None = None
 
 
+def _not_utf8(text: str) -> bool:
+    """Whether a name read from the file system was not valid UTF-8 (Python decodes such bytes as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def escaped_name(text: str) -> str:
+    """A file-system name that is not valid UTF-8, its bad bytes written as ``\\xff`` (printable, writable)."""
+    return os.fsencode(text).decode("utf-8", errors="backslashreplace")
+
+
+def _within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
 def discover_samples(root: str | os.PathLike, mode: str = "auto", *, exclude: Iterable[Path] = ()) -> list[BatchSample]:
     """Every sample folder under ``root`` (``root`` itself included), sorted by id.
 
     A folder is a sample when it holds at least one file with a role (``role_of``). ``mode`` is ``"auto"``
     (from a ``cross_domain`` / ``same_domain`` folder above, else ``"cross"``), ``"cross"`` or ``"same"``.
     Folders in ``exclude`` (e.g. the output folder) are not entered.
+
+    Reported as samples with a ``problem`` (so they are skipped with the reason, and the summaries name them):
+    a folder whose name is not valid UTF-8 (its id is the escaped name, ``bad\\xffname``), and a symbolic link
+    to a folder outside ``root`` (not followed). A symbolic link to a folder inside ``root`` is followed, each
+    real folder entered once.
     """
     if mode not in ("auto", "cross", "same"):
         raise ValueError(f"mode must be 'auto', 'cross' or 'same', got {mode!r}")
@@ -98,12 +121,26 @@ def discover_samples(root: str | os.PathLike, mode: str = "auto", *, exclude: It
     if not root.is_dir():
         raise FileNotFoundError(f"batch root {str(root)!r} is not a folder; pass the folder holding the sample folders")
     skip = {Path(p).resolve() for p in exclude}
+    real_root = root.resolve()
+    entered: set[Path] = set()
     samples = []
-    for folder, subfolders, filenames in os.walk(root):
+    for folder, subfolders, filenames in os.walk(root, followlinks=True):
         folder_path = Path(folder)
-        subfolders[:] = sorted(
-            d for d in subfolders if not d.startswith(".") and (folder_path / d).resolve() not in skip
-        )
+        entered.add(folder_path.resolve())
+        kept = []
+        # real folders before links, so a link to a sibling does not take the sibling's place
+        for name in sorted(subfolders, key=lambda n: ((folder_path / n).is_symlink(), n)):
+            target = (folder_path / name).resolve()
+            if name.startswith(".") or target in skip or target in entered:
+                continue
+            if (folder_path / name).is_symlink() and not _within(target, real_root):
+                relative = (folder_path / name).relative_to(root).as_posix()
+                samples.append(_reported(relative, folder_path / name, f"a symbolic link to {str(target)!r}, outside "
+                               "the batch root, is not followed; copy the folder in or run the batch on its parent"))
+                continue
+            entered.add(target)
+            kept.append(name)
+        subfolders[:] = sorted(kept)
         by_role: dict[str, list[str]] = {}
         for name in sorted(filenames):
             role = role_of(name)
@@ -118,6 +155,11 @@ def discover_samples(root: str | os.PathLike, mode: str = "auto", *, exclude: It
                 problems.append(f"missing {ROLE_NAMES[role]} ({ROLE_PATTERNS[role]})")
             elif len(names) > 1:
                 problems.append(f"several {ROLE_NAMES[role]} candidates ({', '.join(names)}); keep one")
+        relative = folder_path.relative_to(root).as_posix()
+        if _not_utf8(relative):
+            samples.append(_reported(escaped_name(relative), folder_path, "the folder name is not valid UTF-8 (the "
+                                     "prompt is the folder name); rename the folder to its prompt in UTF-8"))
+            continue
         prompt = prompt_from_folder(folder_path.resolve().name)
         if not prompt:
             # The official loop would compose with "" without a word; an empty prompt is a naming mistake.
@@ -125,8 +167,7 @@ def discover_samples(root: str | os.PathLike, mode: str = "auto", *, exclude: It
                 f"the folder name {folder_path.resolve().name!r} gives an empty prompt (the prompt is the folder "
                 "name, underscores read as spaces); rename the folder to the prompt"
             )
-        relative = folder_path.relative_to(root).as_posix()
-        sample_id = relative if relative != "." else root.resolve().name
+        sample_id = relative if relative != "." else escaped_name(root.resolve().name)
         if mode == "auto":
             found, source = mode_from_path(folder_path)
             sample_mode = found or "cross"
@@ -146,6 +187,11 @@ def discover_samples(root: str | os.PathLike, mode: str = "auto", *, exclude: It
             )
         )
     return sorted(samples, key=lambda s: s.id)
+
+
+def _reported(sample_id: str, folder: Path, problem: str) -> BatchSample:
+    """A folder that cannot be a sample, kept so that the batch skips it with ``problem`` as the reason."""
+    return BatchSample(id=sample_id, folder=folder, prompt="", mode="cross", mode_source="not read", problem=problem)
 
 
 def check_sample_files(sample: BatchSample, image_size: int | tuple[int, int] | None = None) -> None:
@@ -184,7 +230,11 @@ def check_sample_files(sample: BatchSample, image_size: int | tuple[int, int] | 
 
 
 def file_digest(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()
+    """The sha1 of a file's content; an unreadable file gets a marker (reading it later names the problem)."""
+    try:
+        return hashlib.sha1(path.read_bytes()).hexdigest()
+    except OSError as error:
+        return f"unreadable: {error.strerror}"
 
 
 def fingerprint(sample: BatchSample, config: CompositionConfig, model_spec: str, image_size) -> str:
