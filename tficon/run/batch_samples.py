@@ -112,8 +112,8 @@ def discover_samples(root: str | os.PathLike, mode: str = "auto", *, exclude: It
 
     Reported as samples with a ``problem`` (so they are skipped with the reason, and the summaries name them):
     a folder whose name is not valid UTF-8 (its id is the escaped name, ``bad\\xffname``), and a symbolic link
-    to a folder outside ``root`` (not followed). A symbolic link to a folder inside ``root`` is followed, each
-    real folder entered once.
+    to a folder, which is not followed: one leading out of ``root`` is not the batch's to read, and one inside it
+    leads to a folder that is composed under its own name (following it would compose it twice, or loop).
     """
     if mode not in ("auto", "cross", "same"):
         raise ValueError(f"mode must be 'auto', 'cross' or 'same', got {mode!r}")
@@ -122,25 +122,19 @@ def discover_samples(root: str | os.PathLike, mode: str = "auto", *, exclude: It
         raise FileNotFoundError(f"batch root {str(root)!r} is not a folder; pass the folder holding the sample folders")
     skip = {Path(p).resolve() for p in exclude}
     real_root = root.resolve()
-    entered: set[Path] = set()
     samples = []
-    for folder, subfolders, filenames in os.walk(root, followlinks=True):
+    for folder, subfolders, filenames in os.walk(root):
         folder_path = Path(folder)
-        entered.add(folder_path.resolve())
         kept = []
-        # real folders before links, so a link to a sibling does not take the sibling's place
-        for name in sorted(subfolders, key=lambda n: ((folder_path / n).is_symlink(), n)):
-            target = (folder_path / name).resolve()
-            if name.startswith(".") or target in skip or target in entered:
+        for name in sorted(subfolders):
+            path = folder_path / name
+            if name.startswith(".") or path.resolve() in skip:
                 continue
-            if (folder_path / name).is_symlink() and not _within(target, real_root):
-                relative = (folder_path / name).relative_to(root).as_posix()
-                samples.append(_reported(relative, folder_path / name, f"a symbolic link to {str(target)!r}, outside "
-                               "the batch root, is not followed; copy the folder in or run the batch on its parent"))
+            if path.is_symlink():
+                samples.append(_linked_folder(path, root, real_root))
                 continue
-            entered.add(target)
             kept.append(name)
-        subfolders[:] = sorted(kept)
+        subfolders[:] = kept
         by_role: dict[str, list[str]] = {}
         for name in sorted(filenames):
             role = role_of(name)
@@ -187,6 +181,21 @@ def discover_samples(root: str | os.PathLike, mode: str = "auto", *, exclude: It
             )
         )
     return sorted(samples, key=lambda s: s.id)
+
+
+def _linked_folder(path: Path, root: Path, real_root: Path) -> BatchSample:
+    """A symbolic link to a folder, reported (not followed; see ``discover_samples``)."""
+    target = path.resolve()
+    relative = escaped_name(path.relative_to(root).as_posix())
+    if _within(target, real_root):
+        inside = escaped_name(target.relative_to(real_root).as_posix())
+        where = "the batch root" if inside == "." else repr(inside)
+        problem = (f"a symbolic link to {where}, inside the batch root: not followed (that folder is composed under "
+                   "its own name)")
+    else:
+        problem = (f"a symbolic link to {escaped_name(str(target))!r}, outside the batch root: not followed; copy the "
+                   "folder in or run the batch on its parent")
+    return _reported(relative, path, problem)
 
 
 def _reported(sample_id: str, folder: Path, problem: str) -> BatchSample:

@@ -31,6 +31,9 @@ TEMP_PREFIX = ".tficon-"
 class WriteError(OSError):
     """An output file could not be written; its message names the final path, the reason and the fix."""
 
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno 28]" in front
+        return str(self.strerror)
+
 
 def write_error_hint(code: int | None) -> str:
     """What to do about an ``errno``, for messages."""
