@@ -340,12 +340,21 @@ def _launch_processes(processes: int, argv: list[str]) -> int:
         "-m", "tficon", *argv,
     ]  # fmt: skip
     print(f"tficon batch: {processes} processes via accelerate launch", flush=True)
-    child = subprocess.Popen(command)
+    # The processes stay quiet on Ctrl-C (they get it too): this command says it once.
+    child = subprocess.Popen(command, env={**os.environ, _LAUNCHED: "1"})
     try:
-        return child.wait()
-    except KeyboardInterrupt:  # the processes got the Ctrl-C too; let them stop, then report
+        code = child.wait()
+    except KeyboardInterrupt:  # let the processes stop, then report
         child.wait()
         raise
+    if code not in (0, EXIT_INTERRUPTED):  # a failed sample, or a process that died (its error is above)
+        print(f"tficon batch: the processes ended with exit code {code}; finished samples are kept and a re-run "
+              "resumes", file=sys.stderr)  # fmt: skip
+    return code
+
+
+#: Set in the environment of the processes that ``--processes N`` starts.
+_LAUNCHED = "TFICON_LAUNCHED_BY_PROCESSES"
 
 
 def cmd_sweep(args) -> int:
@@ -424,7 +433,11 @@ def _batch_size(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tficon", description="TF-ICON training-free image composition on diffusers")
+    parser = argparse.ArgumentParser(
+        prog="tficon", description="TF-ICON training-free image composition on diffusers",
+        epilog="exit codes: 0 done; 1 numerical failure (a batch: some sample failed); 2 bad input or usage; 3 an "
+        "output could not be written (full disk, read-only folder, name too long); 130 interrupted (Ctrl-C)",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="compose the built-in cross-domain sample with the embedded toy model")
@@ -560,7 +573,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         note = "finished samples are kept; a re-run resumes" if args.command == "batch" else "nothing was written"
-        print(f"\n{where}: interrupted (Ctrl-C); {note}", file=sys.stderr)
+        if not os.environ.get(_LAUNCHED):  # one of --processes N's processes: the launching command says it
+            print(f"\n{where}: interrupted (Ctrl-C); {note}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ValueError, FileNotFoundError, TypeError) as error:
         print(f"{where}: error: {flag_message(str(error))}", file=sys.stderr)

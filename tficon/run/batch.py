@@ -17,12 +17,19 @@ the reason and skipped (the official loop silently reuses the previous folder's 
 
 Output (``out/<sample id>/``): ``result.png``, ``cut_and_paste.png`` (the pixel composite of docs/algorithm.md §2.5),
 ``overlay.png`` (the working-size background with the user box in yellow, the target window in red and the
-object outline in green) and ``sample.json`` (settings, placement, timings, inversion-cache hits, metrics; written
-last, so it marks the sample finished). Over all samples: ``summary.csv``, ``summary.json``,
-``contact_sheet.png`` and ``report.html``.
+object outline in green) and ``sample.json`` (settings, placement, timings, inversion-cache hits, metrics, and the
+size and sha256 of each image; written last, so it marks the sample finished). Over all samples: ``summary.csv``,
+``summary.json``, ``contact_sheet.png`` and ``report.html``. Every file is written atomically
+(``tficon.run.files``), and a sample's old ``sample.json`` is removed before any of its images is rewritten.
+
+Faults: a sample that fails (a non-finite step, any error while composing, a file that cannot be written) is
+recorded as failed with a one-line reason and the batch goes on; a record that cannot be written is said once in
+the log. Each summary that cannot be written is named in ``BatchReport.unwritten``; the others are still written.
+Folders whose names are not valid UTF-8 and symbolic links to folders are reported as skipped samples.
 
 Resuming: a sample whose ``sample.json`` records the same fingerprint (settings, model, working size and the
-content of its four input files) is not composed again unless ``force``. Samples that share a background run
+content of its four input files), and whose images still match the sizes and hashes it records, is not composed
+again unless ``force``. Samples that share a background run
 one after another, so the background inversion is found in the batch's inversion cache (``tficon.composition.engine``);
 ``sample.json`` records the hits. Both images of a sample are inverted in one batch, and a result must not depend
 on what was cached, so a hit saves UNet work only when both inversions of a sample are cached.
@@ -167,8 +174,8 @@ def run_batch(
         log: where messages go (default ``tqdm.write``).
         dtype: the precision a model spec is loaded in (``load_model``'s dtype).
         batch_samples: None (default): one sample at a time, each bitwise what ``tficon compose`` gives. N: up to
-            N samples advance together, one UNet call per step for all of them (``tficon.composition.runner``; results equal
-            to float tolerance); ``"auto"``: as many as the memory budget holds. A killed run then loses the
+            N samples advance together, one UNet call per step for all of them (``tficon.composition.runner``;
+            results equal to float tolerance); ``"auto"``: as many as the memory budget holds. A killed run then loses the
             samples in flight (up to N), not just one.
 
     Under a multi-process launch (``process_state``), each process composes its share of the samples still to
