@@ -406,3 +406,69 @@ def test_a_pipe_or_device_as_an_input_is_not_a_regular_file(world, tmp_path, cap
     err = capsys.readouterr().err
     assert "--background:" in err and "not a regular file" in err and "Traceback" not in err
     assert not (tmp_path / "never.png").exists()
+
+
+# ------------------------------------------------------------------------------------------ --processes N
+
+
+def _sharded(world, tmp_path) -> tuple[list[str], dict, Path]:
+    """A 2-process batch on the embedded toy model over 12 copies of the first sample (long enough to signal)."""
+    import sys
+
+    inputs = tmp_path / "inputs"
+    for index in range(12):
+        shutil.copytree(world["inputs"] / FIRST, inputs / f"a red star and a blue square {index}")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "tficon", "batch", str(inputs), "--out", str(out), "--steps", "30",
+               "--pixel-metrics-only", "--quiet", "--threads", "1", "--processes", "2"]  # fmt: skip
+    return command, {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, out
+
+
+def _wait_for_a_record(out: Path, process) -> None:
+    import time
+
+    deadline = time.monotonic() + 300
+    while not list(out.glob("*/sample.json")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, "the batch ended before it could be signalled"
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_signalled_sharded_batch_stops_its_processes_and_says_so_once(world, tmp_path, signal_name):
+    """Ctrl-C at a terminal (SIGINT to the whole process group) or a kill of the command (SIGTERM to it alone):
+    the command ends, no process of the batch is left running, Ctrl-C is reported once with exit 130, and a
+    re-run resumes."""
+    import signal
+    import subprocess
+
+    import psutil
+
+    command, env, out = _sharded(world, tmp_path)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # fmt: skip
+    try:
+        _wait_for_a_record(out, process)
+        family = psutil.Process(process.pid).children(recursive=True)
+        assert len(family) >= 3  # the launcher and its two processes
+        if signal_name == "SIGINT":
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+        gone, alive = psutil.wait_procs(family, timeout=30)
+        assert alive == []
+        assert not (out / "summary.json").exists()  # stopped, not left to finish on their own
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    if signal_name == "SIGINT":
+        assert process.returncode == EXIT_INTERRUPTED, stderr[-3000:]
+        assert stderr.count("interrupted (Ctrl-C)") == 1 and "a re-run resumes" in stderr
+    else:
+        assert process.returncode != 0 and "a re-run resumes" in stderr
+    finished = len(list(out.glob("*/sample.json")))
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = json.loads((out / "summary.json").read_text())["counts"]
+    assert counts["already_done"] >= finished >= 1 and counts["already_done"] + counts["composed_now"] == 12

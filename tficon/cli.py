@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -341,12 +342,17 @@ def _launch_processes(processes: int, argv: list[str]) -> int:
     ]  # fmt: skip
     print(f"tficon batch: {processes} processes via accelerate launch", flush=True)
     # The processes stay quiet on Ctrl-C (they get it too): this command says it once.
-    child = subprocess.Popen(command, env={**os.environ, _LAUNCHED: "1"})
+    child = subprocess.Popen(command, env={**os.environ, _LAUNCHED: "1"}, preexec_fn=_end_with_parent)
+    # A kill of this command (SIGTERM, a closed terminal) reaches the launcher, which stops its processes.
+    forward = {sig: signal.signal(sig, lambda signum, _: child.send_signal(signum)) for sig in _FORWARDED}
     try:
         code = child.wait()
     except KeyboardInterrupt:  # let the processes stop, then report
         child.wait()
         raise
+    finally:
+        for sig, handler in forward.items():
+            signal.signal(sig, handler)
     if code not in (0, EXIT_INTERRUPTED):  # a failed sample, or a process that died (its error is above)
         print(f"tficon batch: the processes ended with exit code {code}; finished samples are kept and a re-run "
               "resumes", file=sys.stderr)  # fmt: skip
@@ -355,6 +361,18 @@ def _launch_processes(processes: int, argv: list[str]) -> int:
 
 #: Set in the environment of the processes that ``--processes N`` starts.
 _LAUNCHED = "TFICON_LAUNCHED_BY_PROCESSES"
+_FORWARDED = (signal.SIGTERM, signal.SIGHUP) if hasattr(signal, "SIGHUP") else (signal.SIGTERM,)
+
+
+def _end_with_parent() -> None:
+    """In the launcher, before it starts: on Linux, get SIGTERM when this command dies (even by ``kill -9``), so
+    that the launcher and its processes never outlive it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: a kill -9 of this command leaves the processes to finish
+        pass
 
 
 def cmd_sweep(args) -> int:
