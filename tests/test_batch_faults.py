@@ -324,7 +324,7 @@ def test_a_folder_name_that_is_not_utf8_is_skipped_by_its_escaped_name(tmp_path,
     assert "skipped bad\\xffname: the folder name is not valid UTF-8" in captured.out + captured.err
     summary = json.loads((out / "summary.json").read_text())
     by_id = {s["id"]: s for s in summary["samples"]}
-    assert by_id["bad\\xffname"]["status"] == "skipped" and "rename the folder" in by_id["bad\\xffname"]["reason"]
+    assert by_id["bad\\xffname"]["status"] == "skipped" and "rename it to its prompt" in by_id["bad\\xffname"]["reason"]
     assert "bad\\xffname" in (out / "summary.csv").read_text(encoding="utf-8")
     assert (out / "report.html").read_text(encoding="utf-8") and (out / "contact_sheet.png").is_file()
     assert main(args) == 0  # the re-run finds the record and writes the summaries again
@@ -406,6 +406,18 @@ def test_a_pipe_or_device_as_an_input_is_not_a_regular_file(world, tmp_path, cap
     err = capsys.readouterr().err
     assert "--background:" in err and "not a regular file" in err and "Traceback" not in err
     assert not (tmp_path / "never.png").exists()
+
+
+def test_a_pipe_in_a_sample_folder_skips_that_sample_with_the_reason(tmp_path):
+    inputs = tmp_path / "inputs"
+    star = toy_sample(image_size=SIZE)
+    _write_sample(inputs / "a star", star.background, star.foreground, star.foreground_mask, None)
+    os.mkfifo(inputs / "a star" / "mask_bg_fg.png")  # reading it would block the batch for ever
+    report = run_batch(inputs, tmp_path / "out", "no model is loaded", progress=False, perceptual=False,
+                       log=lambda message: None)  # fmt: skip
+    assert _actions(report) == {"a star": "skipped"}
+    assert "is not a regular file" in report.outcomes[0].reason
+    assert (tmp_path / "out" / "summary.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------ --processes N

@@ -175,8 +175,8 @@ def run_batch(
         dtype: the precision a model spec is loaded in (``load_model``'s dtype).
         batch_samples: None (default): one sample at a time, each bitwise what ``tficon compose`` gives. N: up to
             N samples advance together, one UNet call per step for all of them (``tficon.composition.runner``;
-            results equal to float tolerance); ``"auto"``: as many as the memory budget holds. A killed run then loses the
-            samples in flight (up to N), not just one.
+            results equal to float tolerance); ``"auto"``: as many as the memory budget holds. A killed run then
+            loses the samples in flight (up to N), not just one.
 
     Under a multi-process launch (``process_state``), each process composes its share of the samples still to
     compose, and the main process writes the summaries after all have finished (module docstring).

@@ -150,9 +150,10 @@ def discover_samples(root: str | os.PathLike, mode: str = "auto", *, exclude: It
             elif len(names) > 1:
                 problems.append(f"several {ROLE_NAMES[role]} candidates ({', '.join(names)}); keep one")
         relative = folder_path.relative_to(root).as_posix()
-        if _not_utf8(relative):
-            samples.append(_reported(escaped_name(relative), folder_path, "the folder name is not valid UTF-8 (the "
-                                     "prompt is the folder name); rename the folder to its prompt in UTF-8"))
+        if _not_utf8(relative) or _not_utf8(folder_path.resolve().name):
+            shown = escaped_name(relative if relative != "." else folder_path.resolve().name)
+            problem = "the folder name is not valid UTF-8 (the prompt is the folder name); rename it to its prompt"
+            samples.append(_reported(shown, folder_path, problem + " in UTF-8"))
             continue
         prompt = prompt_from_folder(folder_path.resolve().name)
         if not prompt:

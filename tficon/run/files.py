@@ -151,6 +151,8 @@ class AtomicFiles:
             self._pending.append((temp, target))
             with os.fdopen(handle, "wb") as stream:
                 stream.write(data)
+                stream.flush()
+                os.fsync(stream.fileno())
         except OSError as error:
             raise _write_error(target, error) from error
 
