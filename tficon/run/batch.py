@@ -200,8 +200,13 @@ def run_batch(
         scorers=Scorers(perceptual, lpips_weights, clip_model, allow_downloads, log),
     )  # fmt: skip
     batch.compose_all(batch.share(composition_order(samples)), batch_samples, progress)
-    if state is not None and not batch.gather(samples):
-        return BatchReport(root, out, list(batch.outcomes.values()), {}, dict(batch.scorers.unavailable))
+    if state is not None:
+        main_process = batch.gather(samples)
+        # The last collective is done: leave the group now rather than in the interpreter's teardown, where a
+        # process that ends while another still writes summaries could abort.
+        state.destroy_process_group()
+        if not main_process:
+            return BatchReport(root, out, list(batch.outcomes.values()), {}, dict(batch.scorers.unavailable))
     # Samples beyond --limit that an earlier run finished with these settings stay in the summaries.
     batch.add_earlier(discovered[len(samples) :])
     ordered = [batch.outcomes[s.id] for s in discovered if s.id in batch.outcomes]
