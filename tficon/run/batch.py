@@ -102,7 +102,7 @@ from tficon.run.batch_summary import (  # noqa: F401 - METRIC_COLUMNS, SUMMARY_F
     SampleOutcome,
     write_summaries,
 )
-from tficon.run.files import write_json_atomic
+from tficon.run.files import WriteError, write_json_atomic
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -377,7 +377,7 @@ class _Batch:
         ``failure`` is ``"write"`` for an output that could not be written (the CLI's exit code 3), else ``"run"``."""
         reason = _one_line(error)
         trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        failure = "write" if isinstance(error, OSError) else "run"
+        failure = "write" if isinstance(error, WriteError) else "run"
         record.update(status="failed", reason=reason, failure=failure, traceback=trace)
         self.log(f"FAILED {sample.id}: {reason}")
         self.write_record(sample, folder, record)
