@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 from tficon.core.boxes import box_mask, parse_box_text
 from tficon.core.config import SETTINGS, CompositionConfig
 from tficon.run.files import AtomicFiles, WriteError
+from tficon.run.processes import launched_by_processes
 
 EXIT_RUN_FAILED, EXIT_USAGE, EXIT_WRITE_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
@@ -300,7 +300,9 @@ def cmd_batch(args) -> int:
     if args.processes is not None and args.processes < 1:
         raise ValueError(f"--processes must be a positive integer, got {args.processes}")
     if args.processes is not None and args.processes > 1 and not os.environ.get("WORLD_SIZE"):
-        return _launch_processes(args.processes, args.argv)
+        from tficon.run.processes import launch_processes
+
+        return launch_processes(args.processes, args.argv)
     report = run_batch(
         args.root,
         args.out,
@@ -323,56 +325,6 @@ def cmd_batch(args) -> int:
     if report.write_failed:
         return EXIT_WRITE_FAILED
     return EXIT_RUN_FAILED if report.failed else 0
-
-
-def _launch_processes(processes: int, argv: list[str]) -> int:
-    """Run this very command under accelerate's launcher with ``processes`` processes on this machine (one per GPU
-    when there are GPUs; CPU processes in a gloo group otherwise); the processes skip this step
-    (torchrun sets WORLD_SIZE). Returns the launcher's exit code."""
-    import socket
-    import subprocess
-
-    with socket.socket() as probe:  # a free port for the process group's rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-        "-m", "tficon", *argv,
-    ]  # fmt: skip
-    print(f"tficon batch: {processes} processes via accelerate launch", flush=True)
-    # The processes stay quiet on Ctrl-C (they get it too): this command says it once.
-    child = subprocess.Popen(command, env={**os.environ, _LAUNCHED: "1"}, preexec_fn=_end_with_parent)
-    # A kill of this command (SIGTERM, a closed terminal) reaches the launcher, which stops its processes.
-    forward = {sig: signal.signal(sig, lambda signum, _: child.send_signal(signum)) for sig in _FORWARDED}
-    try:
-        code = child.wait()
-    except KeyboardInterrupt:  # let the processes stop, then report
-        child.wait()
-        raise
-    finally:
-        for sig, handler in forward.items():
-            signal.signal(sig, handler)
-    if code not in (0, EXIT_INTERRUPTED):  # a failed sample, or a process that died (its error is above)
-        print(f"tficon batch: the processes ended with exit code {code}; finished samples are kept and a re-run "
-              "resumes", file=sys.stderr)  # fmt: skip
-    return code
-
-
-#: Set in the environment of the processes that ``--processes N`` starts.
-_LAUNCHED = "TFICON_LAUNCHED_BY_PROCESSES"
-_FORWARDED = (signal.SIGTERM, signal.SIGHUP) if hasattr(signal, "SIGHUP") else (signal.SIGTERM,)
-
-
-def _end_with_parent() -> None:
-    """In the launcher, before it starts: on Linux, get SIGTERM when this command dies (even by ``kill -9``), so
-    that the launcher and its processes never outlive it."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: a kill -9 of this command leaves the processes to finish
-        pass
 
 
 def cmd_sweep(args) -> int:
@@ -591,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         note = "finished samples are kept; a re-run resumes" if args.command == "batch" else "nothing was written"
-        if not os.environ.get(_LAUNCHED):  # one of --processes N's processes: the launching command says it
+        if not launched_by_processes():  # one of --processes N's processes: the launching command says it
             print(f"\n{where}: interrupted (Ctrl-C); {note}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ValueError, FileNotFoundError, TypeError) as error:
