@@ -378,6 +378,14 @@ def test_compose_writes_a_legal_255_byte_name_with_the_umask(world, tmp_path, ca
         assert image.size == world["sample"].background.size
 
 
+def test_compose_refuses_a_name_past_the_systems_limit_before_any_work(world, tmp_path, capsys):
+    out = tmp_path / ("a" * 300 + ".png")
+    assert main(_compose_args(world, out)) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--out:" in err and "shorten the name" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_compose_into_a_full_disk_is_one_line_with_exit_3_and_leaves_nothing(world, tmp_path, monkeypatch, capsys):
     _failing_temp(monkeypatch, errno.ENOSPC, lambda folder: True)
     out = tmp_path / "result.png"

@@ -137,6 +137,10 @@ def _check_output_path(path: str | None, flag: str, *, image: bool) -> Path | No
     from PIL import Image
 
     target = Path(path)
+    try:
+        target.exists()  # a name or path past the system's limits raises here
+    except OSError as error:
+        raise ValueError(f"{flag}: {str(target)!r} cannot be used ({error.strerror}); shorten the name") from None
     if target.is_dir():
         raise ValueError(f"{flag}: {str(target)!r} is a folder; give a file name inside it (e.g. {str(target / 'out.png')!r})")
     for parent in target.parents:
