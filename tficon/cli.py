@@ -1,8 +1,9 @@
 """The ``tficon`` command line: ``demo``, ``compose``, ``batch`` and ``sweep``.
 
-Exit codes: 0 success; 1 the run failed (a batch with failed samples, a numerical failure); 2 a usage or input
-error (a bad flag value, a missing or unreadable file, a box that does not fit), reported in one paragraph on
-stderr without a traceback; 130 interrupted (Ctrl-C).
+Exit codes: 0 success; 1 the run failed (a numerical failure; a batch with failed samples); 2 a usage or input
+error (a bad flag value, a missing or unreadable file, a box that does not fit); 3 an output could not be written
+(a full disk, a read-only folder, a name too long; a batch: some sample's or summary's files); 130 interrupted
+(Ctrl-C). Errors are reported in one paragraph on stderr without a traceback.
 
 Coordinates and sizes: ``--box x,y,w,h`` is in the background's own pixels (like ``--mask``, which is drawn on
 the background); the composition runs at the working size (``--size``, default the model's) and the result is
@@ -19,14 +20,15 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from tficon.core.boxes import box_mask, parse_box_text
 from tficon.core.config import SETTINGS, CompositionConfig
+from tficon.run.files import AtomicFiles, WriteError
+from tficon.run.processes import launched_by_processes
 
-EXIT_RUN_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_RUN_FAILED, EXIT_USAGE, EXIT_WRITE_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 # Python names in library messages -> the flags a CLI user typed: first the phrases and arguments that are not
 # settings, then every setting whose name has an underscore (longest first: "tau_bg" before "tau_b").
@@ -135,6 +137,10 @@ def _check_output_path(path: str | None, flag: str, *, image: bool) -> Path | No
     from PIL import Image
 
     target = Path(path)
+    try:
+        target.exists()  # a name or path past the system's limits raises here
+    except OSError as error:
+        raise ValueError(f"{flag}: {str(target)!r} cannot be used ({error.strerror}); shorten the name") from None
     if target.is_dir():
         raise ValueError(f"{flag}: {str(target)!r} is a folder; give a file name inside it (e.g. {str(target / 'out.png')!r})")
     for parent in target.parents:
@@ -149,37 +155,8 @@ def _check_output_path(path: str | None, flag: str, *, image: bool) -> Path | No
     return target
 
 
-class _AtomicOutputs:
-    """Outputs written to temporary files beside their targets and renamed into place together at the end;
-    on an error (or Ctrl-C) the temporary files are removed, so no partial output is ever left behind."""
-
-    def __init__(self) -> None:
-        self._pending: list[tuple[Path, Path]] = []
-
-    def _temp(self, target: Path) -> Path:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
-        os.close(handle)
-        self._pending.append((Path(name), target))
-        return Path(name)
-
-    def image(self, target: Path, image) -> None:
-        from PIL import Image
-
-        image.save(self._temp(target), format=Image.registered_extensions()[target.suffix.lower()])
-
-    def text(self, target: Path, text: str) -> None:
-        self._temp(target).write_text(text)
-
-    def commit(self) -> None:
-        for temp, target in self._pending:
-            os.replace(temp, target)
-        self._pending = []
-
-    def discard(self) -> None:
-        for temp, _ in self._pending:
-            temp.unlink(missing_ok=True)
-        self._pending = []
+# Outputs written all or nothing (temporary files renamed into place together); the name tests patch.
+_AtomicOutputs = AtomicFiles
 
 
 def _write_outputs(
@@ -327,7 +304,9 @@ def cmd_batch(args) -> int:
     if args.processes is not None and args.processes < 1:
         raise ValueError(f"--processes must be a positive integer, got {args.processes}")
     if args.processes is not None and args.processes > 1 and not os.environ.get("WORLD_SIZE"):
-        return _launch_processes(args.processes, args.argv)
+        from tficon.run.processes import launch_processes
+
+        return launch_processes(args.processes, args.argv)
     report = run_batch(
         args.root,
         args.out,
@@ -345,33 +324,11 @@ def cmd_batch(args) -> int:
         allow_downloads=args.allow_downloads,
         batch_samples=args.batch_samples,
     )
-    if report.paths:  # under several processes only the main one merges and reports
+    if report.paths or report.unwritten:  # under several processes only the main one merges and reports
         print(report.describe())
-    return 1 if report.failed else 0
-
-
-def _launch_processes(processes: int, argv: list[str]) -> int:
-    """Run this very command under accelerate's launcher with ``processes`` processes on this machine (one per GPU
-    when there are GPUs; CPU processes in a gloo group otherwise); the processes skip this step
-    (torchrun sets WORLD_SIZE). Returns the launcher's exit code."""
-    import socket
-    import subprocess
-
-    with socket.socket() as probe:  # a free port for the process group's rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-        "-m", "tficon", *argv,
-    ]  # fmt: skip
-    print(f"tficon batch: {processes} processes via accelerate launch", flush=True)
-    child = subprocess.Popen(command)
-    try:
-        return child.wait()
-    except KeyboardInterrupt:  # the processes got the Ctrl-C too; let them stop, then report
-        child.wait()
-        raise
+    if report.write_failed:
+        return EXIT_WRITE_FAILED
+    return EXIT_RUN_FAILED if report.failed else 0
 
 
 def cmd_sweep(args) -> int:
@@ -450,7 +407,11 @@ def _batch_size(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tficon", description="TF-ICON training-free image composition on diffusers")
+    parser = argparse.ArgumentParser(
+        prog="tficon", description="TF-ICON training-free image composition on diffusers",
+        epilog="exit codes: 0 done; 1 numerical failure (a batch: some sample failed); 2 bad input or usage; 3 an "
+        "output could not be written (full disk, read-only folder, name too long); 130 interrupted (Ctrl-C)",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="compose the built-in cross-domain sample with the embedded toy model")
@@ -586,11 +547,16 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         note = "finished samples are kept; a re-run resumes" if args.command == "batch" else "nothing was written"
-        print(f"\n{where}: interrupted (Ctrl-C); {note}", file=sys.stderr)
+        if not launched_by_processes():  # one of --processes N's processes: the launching command says it
+            print(f"\n{where}: interrupted (Ctrl-C); {note}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ValueError, FileNotFoundError, TypeError) as error:
         print(f"{where}: error: {flag_message(str(error))}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as error:  # tficon.run.files.WriteError names the file and the fix; others: an I/O failure
+        message = str(error) if isinstance(error, WriteError) else f"input/output failure: {error}"
+        print(f"{where}: error: {message}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
     except FloatingPointError as error:  # tficon.core.checks.NonFiniteError: the run itself went wrong
         print(f"{where}: the run failed: {flag_message(str(error))}", file=sys.stderr)
         return EXIT_RUN_FAILED

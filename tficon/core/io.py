@@ -79,6 +79,8 @@ def _open(path: str | os.PathLike, name: str, max_pixels: int | None = None) -> 
     if not path.is_file():
         if path.is_dir():
             raise ValueError(f"{name}: {str(path)!r} is a folder, not an image file; pass the image's path")
+        if path.exists():  # a FIFO, a device (/dev/zero), a socket: reading it could block or never end
+            raise ValueError(f"{name}: {str(path)!r} is not a regular file (a pipe, device or socket); pass an image")
         raise FileNotFoundError(f"{name}: no such file {str(path)!r}; check the path")
     try:
         with Image.open(path) as image:

@@ -17,12 +17,19 @@ the reason and skipped (the official loop silently reuses the previous folder's 
 
 Output (``out/<sample id>/``): ``result.png``, ``cut_and_paste.png`` (the pixel composite of docs/algorithm.md §2.5),
 ``overlay.png`` (the working-size background with the user box in yellow, the target window in red and the
-object outline in green) and ``sample.json`` (settings, placement, timings, inversion-cache hits, metrics; written
-last, so it marks the sample finished). Over all samples: ``summary.csv``, ``summary.json``,
-``contact_sheet.png`` and ``report.html``.
+object outline in green) and ``sample.json`` (settings, placement, timings, inversion-cache hits, metrics, and the
+size and sha256 of each image; written last, so it marks the sample finished). Over all samples: ``summary.csv``,
+``summary.json``, ``contact_sheet.png`` and ``report.html``. Every file is written atomically
+(``tficon.run.files``), and a sample's old ``sample.json`` is removed before any of its images is rewritten.
+
+Faults: a sample that fails (a non-finite step, any error while composing, a file that cannot be written) is
+recorded as failed with a one-line reason and the batch goes on; a record that cannot be written is said once in
+the log. Each summary that cannot be written is named in ``BatchReport.unwritten``; the others are still written.
+Folders whose names are not valid UTF-8 and symbolic links to folders are reported as skipped samples.
 
 Resuming: a sample whose ``sample.json`` records the same fingerprint (settings, model, working size and the
-content of its four input files) is not composed again unless ``force``. Samples that share a background run
+content of its four input files), and whose images still match the sizes and hashes it records, is not composed
+again unless ``force``. Samples that share a background run
 one after another, so the background inversion is found in the batch's inversion cache (``tficon.composition.engine``);
 ``sample.json`` records the hits. Both images of a sample are inverted in one batch, and a result must not depend
 on what was cached, so a hit saves UNet work only when both inversions of a sample are cached.
@@ -50,7 +57,6 @@ this module runs them.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import traceback
@@ -96,6 +102,7 @@ from tficon.run.batch_summary import (  # noqa: F401 - METRIC_COLUMNS, SUMMARY_F
     SampleOutcome,
     write_summaries,
 )
+from tficon.run.files import WriteError, write_json_atomic
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -167,9 +174,9 @@ def run_batch(
         log: where messages go (default ``tqdm.write``).
         dtype: the precision a model spec is loaded in (``load_model``'s dtype).
         batch_samples: None (default): one sample at a time, each bitwise what ``tficon compose`` gives. N: up to
-            N samples advance together, one UNet call per step for all of them (``tficon.composition.runner``; results equal
-            to float tolerance); ``"auto"``: as many as the memory budget holds. A killed run then loses the
-            samples in flight (up to N), not just one.
+            N samples advance together, one UNet call per step for all of them (``tficon.composition.runner``;
+            results equal to float tolerance); ``"auto"``: as many as the memory budget holds. A killed run then
+            loses the samples in flight (up to N), not just one.
 
     Under a multi-process launch (``process_state``), each process composes its share of the samples still to
     compose, and the main process writes the summaries after all have finished (module docstring).
@@ -193,14 +200,25 @@ def run_batch(
         scorers=Scorers(perceptual, lpips_weights, clip_model, allow_downloads, log),
     )  # fmt: skip
     batch.compose_all(batch.share(composition_order(samples)), batch_samples, progress)
-    if state is not None and not batch.gather(samples):
-        return BatchReport(root, out, list(batch.outcomes.values()), {}, dict(batch.scorers.unavailable))
+    if state is not None:
+        main_process = batch.gather(samples)
+        # The last collective is done: leave the group now rather than in the interpreter's teardown, where a
+        # process that ends while another still writes summaries could abort.
+        state.destroy_process_group()
+        if not main_process:
+            return BatchReport(root, out, list(batch.outcomes.values()), {}, dict(batch.scorers.unavailable))
     # Samples beyond --limit that an earlier run finished with these settings stay in the summaries.
     batch.add_earlier(discovered[len(samples) :])
     ordered = [batch.outcomes[s.id] for s in discovered if s.id in batch.outcomes]
     report = BatchReport(root, out, ordered, {}, dict(batch.scorers.unavailable))
     report.paths = write_summaries(report, batch.base, batch.model_spec, image_size, mode)
     return report
+
+
+def _one_line(error: BaseException) -> str:
+    """``Type: message`` on one line (a message's own line breaks become spaces)."""
+    message = " ".join(str(error).split())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 def _process_log(log: Callable[[str], None], state) -> Callable[[str], None]:
@@ -260,7 +278,8 @@ class _Batch:
             rows, cells = MAX_ROWS_PER_CELL * batch_samples, batch_samples
         stats = run_tasks(
             self.tasks(work), max_rows=rows, max_cells=cells,
-            on_finished=lambda task: self.composed(task, batch_samples), on_error=self.failed,
+            on_finished=lambda task: self.composed(task, batch_samples),
+            on_error=lambda task, error: self.failed(task.sample, task.folder, task.record, error),
         )  # fmt: skip
         if batch_samples is not None and stats.unet_calls:
             self.log(f"batched samples: up to {stats.max_cells} per UNet call, {stats.rows_per_call:.1f} rows per call")
@@ -303,10 +322,14 @@ class _Batch:
                 session = open_session(sample, self.engine, config, self.image_size)
             except INPUT_ERRORS as error:
                 problem = str(error)
+            except Exception as error:  # noqa: BLE001 - anything else fails this sample only
+                self.failed(sample, folder, record, error)
+                return None
         if problem is not None:
             record.update(status="skipped", reason=problem)
             self.log(f"skipped {sample.id}: {problem}")
-            self.settle(sample, folder, record, "skipped")
+            self.write_record(sample, folder, record)
+            self.keep(sample, record, "skipped")
             return None
         prepare = time.perf_counter() - started
         return SampleTask(session=session, sample=sample, record=record, folder=folder, prepare_seconds=prepare)
@@ -321,31 +344,44 @@ class _Batch:
             self.loaded = checked_model(load_model(self.model_spec, device=device, dtype=self.dtype), self.image_size)
             self.log(f"model: {self.loaded.describe()}")
 
-    def settle(self, sample: BatchSample, folder: Path, record: dict, action: str) -> None:
-        """Write the sample's record (last: it marks the sample finished) and keep its outcome."""
-        from tficon.run.report import jsonable
-
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / RECORD_FILE).write_text(json.dumps(jsonable(record), indent=2) + "\n")
+    def keep(self, sample: BatchSample, record: dict, action: str) -> None:
+        """Keep the sample's outcome for the summaries (also when its record could not be written)."""
         self.outcomes[sample.id] = SampleOutcome(sample.id, action, record.get("reason"), record)
         self.bar.update(1)
+
+    def write_record(self, sample: BatchSample, folder: Path, record: dict, *, required: bool = False) -> None:
+        """Write the sample's record atomically (last: a "composed" one marks the sample finished). A record that
+        cannot be written is said once, in one line, and the batch goes on; ``required``: raise instead."""
+        from tficon.run.report import jsonable
+
+        try:
+            write_json_atomic(folder / RECORD_FILE, jsonable(record))
+        except Exception as error:  # noqa: BLE001 - a full disk or a read-only folder must not end the batch
+            if required:
+                raise
+            self.log(f"could not write the record of {sample.id} ({_one_line(error)}); a re-run tries it again")
 
     def composed(self, task: SampleTask, batched) -> None:
         """The runner finished the task's Session: write its outputs and record (a failure there fails the sample)."""
         try:
             task.record.update(compose_sample(task, self.scorers, batched))
+            task.record.update(status="composed", reason=None)
+            self.write_record(task.sample, task.folder, task.record, required=True)
         except Exception as error:  # noqa: BLE001 - one sample's failure must not end the batch
-            self.failed(task, error)
+            self.failed(task.sample, task.folder, task.record, error)
             return
-        task.record.update(status="composed", reason=None)
-        self.settle(task.sample, task.folder, task.record, "composed")
+        self.keep(task.sample, task.record, "composed")
 
-    def failed(self, task: SampleTask, error: BaseException) -> None:
-        reason = f"{type(error).__name__}: {error}"
+    def failed(self, sample: BatchSample, folder: Path, record: dict, error: BaseException) -> None:
+        """The sample failed (composing, a NaN, writing its files): record why, in one line, and go on.
+        ``failure`` is ``"write"`` for an output that could not be written (the CLI's exit code 3), else ``"run"``."""
+        reason = _one_line(error)
         trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        task.record.update(status="failed", reason=reason, traceback=trace)
-        self.log(f"FAILED {task.sample.id}: {type(error).__name__}: {error}")
-        self.settle(task.sample, task.folder, task.record, "failed")
+        failure = "write" if isinstance(error, WriteError) else "run"
+        record.update(status="failed", reason=reason, failure=failure, traceback=trace)
+        self.log(f"FAILED {sample.id}: {reason}")
+        self.write_record(sample, folder, record)
+        self.keep(sample, record, "failed")
 
     # ------------------------------------------------------------------ after composing
     def gather(self, samples: list[BatchSample]) -> bool:

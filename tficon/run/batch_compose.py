@@ -1,5 +1,10 @@
 """One sample of a batch: its Session, its images (``result.png``, ``cut_and_paste.png``, ``overlay.png``), its
-metrics and its record (``sample.json``), and the outcome an earlier run recorded for it."""
+metrics and its record (``sample.json``), and the outcome an earlier run recorded for it.
+
+Writing order, so that nothing wrong is ever kept as done: the sample's old record is removed before any of its
+images is rewritten, each image is written atomically (``tficon.run.files``), and the new record, written last,
+holds each image's size and sha256 (``output_fingerprints``). A resume trusts a record only when the images on
+disk still match them: a truncated image, or another run's image under this record, is composed again."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from tficon.core import io
 from tficon.core.config import CompositionConfig
 from tficon.run.batch_samples import OUTPUT_FILES, RECORD_FILE, BatchSample
 from tficon.run.batch_summary import SampleOutcome
+from tficon.run.files import file_fingerprint, remove_file, save_image_atomic
 
 __all__ = ["SampleTask", "placement_overlay", "compose_sample", "earlier_outcome", "open_session"]
 
@@ -89,9 +95,20 @@ def earlier_outcome(sample: BatchSample, fingerprint: str, folder: Path) -> Samp
         return None
     if record.get("status") == "skipped":
         return SampleOutcome(sample.id, "skipped", record.get("reason"), record)
-    if record.get("status") == "composed" and all((folder / name).is_file() for name in OUTPUT_FILES.values()):
+    if record.get("status") == "composed" and _outputs_match(record, folder):
         return SampleOutcome(sample.id, "done", None, record)
     return None
+
+
+def _outputs_match(record: dict, folder: Path) -> bool:
+    """Whether every image the record vouches for is on disk as it was written (size and sha256). A record
+    without fingerprints (written before they were kept) vouches for nothing."""
+    vouched = record.get("output_fingerprints")
+    if not isinstance(vouched, dict):
+        return False
+    return all(
+        name in vouched and file_fingerprint(folder / name) == vouched[name] for name in OUTPUT_FILES.values()
+    )
 
 
 class Scorers:
@@ -156,10 +173,11 @@ def compose_sample(task: SampleTask, scorers: Scorers, batched=None) -> dict:
     background = io.to_pil(inputs.background)
     reference = io.to_pil(inputs.reference)
     cut_and_paste = io.to_pil(inputs.cut_and_paste)
-    folder.mkdir(parents=True, exist_ok=True)
-    result.save(folder / OUTPUT_FILES["result"])
-    cut_and_paste.save(folder / OUTPUT_FILES["cut_and_paste"])
-    placement_overlay(background, place, inputs.object_mask).save(folder / OUTPUT_FILES["overlay"])
+    # The old record stops vouching before any image changes: a run killed from here on leaves no record.
+    remove_file(folder / RECORD_FILE)
+    overlay = placement_overlay(background, place, inputs.object_mask)
+    images = {"result": result, "cut_and_paste": cut_and_paste, "overlay": overlay}
+    written_files = {OUTPUT_FILES[k]: save_image_atomic(folder / OUTPUT_FILES[k], image) for k, image in images.items()}
     scorers.load()
     written = time.perf_counter()
 
@@ -207,6 +225,7 @@ def compose_sample(task: SampleTask, scorers: Scorers, batched=None) -> dict:
             "composite vs the reference's object window (resized to it); values on the [0, 1] scale"
         ),
         "outputs": dict(OUTPUT_FILES),
+        "output_fingerprints": written_files,
         "batch_samples": batched,
     }
 

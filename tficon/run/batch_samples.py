@@ -85,12 +85,35 @@ class BatchSample:
     problem: str | None = None
 
 
+def _not_utf8(text: str) -> bool:
+    """Whether a name read from the file system was not valid UTF-8 (Python decodes such bytes as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def escaped_name(text: str) -> str:
+    """A file-system name that is not valid UTF-8, its bad bytes written as ``\\xff`` (printable, writable)."""
+    return os.fsencode(text).decode("utf-8", errors="backslashreplace")
+
+
+def _within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
 def discover_samples(root: str | os.PathLike, mode: str = "auto", *, exclude: Iterable[Path] = ()) -> list[BatchSample]:
     """Every sample folder under ``root`` (``root`` itself included), sorted by id.
 
     A folder is a sample when it holds at least one file with a role (``role_of``). ``mode`` is ``"auto"``
     (from a ``cross_domain`` / ``same_domain`` folder above, else ``"cross"``), ``"cross"`` or ``"same"``.
     Folders in ``exclude`` (e.g. the output folder) are not entered.
+
+    Reported as samples with a ``problem`` (so they are skipped with the reason, and the summaries name them):
+    a folder whose name is not valid UTF-8 (its id is the escaped name, ``bad\\xffname``), and a symbolic link
+    to a folder, which is not followed: one leading out of ``root`` is not the batch's to read, and one inside it
+    leads to a folder that is composed under its own name (following it would compose it twice, or loop).
     """
     if mode not in ("auto", "cross", "same"):
         raise ValueError(f"mode must be 'auto', 'cross' or 'same', got {mode!r}")
@@ -98,12 +121,20 @@ def discover_samples(root: str | os.PathLike, mode: str = "auto", *, exclude: It
     if not root.is_dir():
         raise FileNotFoundError(f"batch root {str(root)!r} is not a folder; pass the folder holding the sample folders")
     skip = {Path(p).resolve() for p in exclude}
+    real_root = root.resolve()
     samples = []
     for folder, subfolders, filenames in os.walk(root):
         folder_path = Path(folder)
-        subfolders[:] = sorted(
-            d for d in subfolders if not d.startswith(".") and (folder_path / d).resolve() not in skip
-        )
+        kept = []
+        for name in sorted(subfolders):
+            path = folder_path / name
+            if name.startswith(".") or path.resolve() in skip:
+                continue
+            if path.is_symlink():
+                samples.append(_linked_folder(path, root, real_root))
+                continue
+            kept.append(name)
+        subfolders[:] = kept
         by_role: dict[str, list[str]] = {}
         for name in sorted(filenames):
             role = role_of(name)
@@ -118,6 +149,12 @@ def discover_samples(root: str | os.PathLike, mode: str = "auto", *, exclude: It
                 problems.append(f"missing {ROLE_NAMES[role]} ({ROLE_PATTERNS[role]})")
             elif len(names) > 1:
                 problems.append(f"several {ROLE_NAMES[role]} candidates ({', '.join(names)}); keep one")
+        relative = folder_path.relative_to(root).as_posix()
+        if _not_utf8(relative) or _not_utf8(folder_path.resolve().name):
+            shown = escaped_name(relative if relative != "." else folder_path.resolve().name)
+            problem = "the folder name is not valid UTF-8 (the prompt is the folder name); rename it to its prompt"
+            samples.append(_reported(shown, folder_path, problem + " in UTF-8"))
+            continue
         prompt = prompt_from_folder(folder_path.resolve().name)
         if not prompt:
             # The official loop would compose with "" without a word; an empty prompt is a naming mistake.
@@ -125,8 +162,7 @@ def discover_samples(root: str | os.PathLike, mode: str = "auto", *, exclude: It
                 f"the folder name {folder_path.resolve().name!r} gives an empty prompt (the prompt is the folder "
                 "name, underscores read as spaces); rename the folder to the prompt"
             )
-        relative = folder_path.relative_to(root).as_posix()
-        sample_id = relative if relative != "." else root.resolve().name
+        sample_id = relative if relative != "." else escaped_name(root.resolve().name)
         if mode == "auto":
             found, source = mode_from_path(folder_path)
             sample_mode = found or "cross"
@@ -146,6 +182,26 @@ def discover_samples(root: str | os.PathLike, mode: str = "auto", *, exclude: It
             )
         )
     return sorted(samples, key=lambda s: s.id)
+
+
+def _linked_folder(path: Path, root: Path, real_root: Path) -> BatchSample:
+    """A symbolic link to a folder, reported (not followed; see ``discover_samples``)."""
+    target = path.resolve()
+    relative = escaped_name(path.relative_to(root).as_posix())
+    if _within(target, real_root):
+        inside = escaped_name(target.relative_to(real_root).as_posix())
+        where = "the batch root" if inside == "." else repr(inside)
+        problem = (f"a symbolic link to {where}, inside the batch root: not followed (that folder is composed under "
+                   "its own name)")
+    else:
+        problem = (f"a symbolic link to {escaped_name(str(target))!r}, outside the batch root: not followed; copy the "
+                   "folder in or run the batch on its parent")
+    return _reported(relative, path, problem)
+
+
+def _reported(sample_id: str, folder: Path, problem: str) -> BatchSample:
+    """A folder that cannot be a sample, kept so that the batch skips it with ``problem`` as the reason."""
+    return BatchSample(id=sample_id, folder=folder, prompt="", mode="cross", mode_source="not read", problem=problem)
 
 
 def check_sample_files(sample: BatchSample, image_size: int | tuple[int, int] | None = None) -> None:
@@ -184,7 +240,11 @@ def check_sample_files(sample: BatchSample, image_size: int | tuple[int, int] | 
 
 
 def file_digest(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()
+    """The sha1 of a file's content; an unreadable file gets a marker (reading it later names the problem)."""
+    try:
+        return hashlib.sha1(path.read_bytes()).hexdigest()
+    except OSError as error:
+        return f"unreadable: {error.strerror}"
 
 
 def fingerprint(sample: BatchSample, config: CompositionConfig, model_spec: str, image_size) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
+import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from PIL import Image
 
 from tficon.core.config import CompositionConfig
 from tficon.run.batch_samples import OUTPUT_FILES, RECORD_FILE
+from tficon.run.files import save_image_atomic, write_json_atomic, write_text_atomic
 from tficon.run.report import SheetRow, contact_sheet, html_report, jsonable
 
 __all__ = ["METRIC_COLUMNS", "SUMMARY_FILES", "BatchReport", "SampleOutcome", "write_summaries"]
@@ -50,6 +51,8 @@ class BatchReport:
     outcomes: list[SampleOutcome]
     paths: dict[str, Path]
     metrics_unavailable: dict[str, str]
+    #: summary files that could not be written: {file name: one-line reason}
+    unwritten: dict[str, str] = field(default_factory=dict)
 
     def count(self, action: str) -> int:
         return sum(o.action == action for o in self.outcomes)
@@ -57,6 +60,11 @@ class BatchReport:
     @property
     def failed(self) -> list[SampleOutcome]:
         return [o for o in self.outcomes if o.action == "failed"]
+
+    @property
+    def write_failed(self) -> bool:
+        """Whether some output could not be written (a sample's files or a summary): the CLI's exit code 3."""
+        return bool(self.unwritten) or any(o.record.get("failure") == "write" for o in self.failed)
 
     def describe(self) -> str:
         """A few lines for the terminal: counts, inversion reuse, and the files written."""
@@ -71,7 +79,9 @@ class BatchReport:
         if self.metrics_unavailable:
             names = ", ".join(self.metrics_unavailable)
             lines.append(f"not computed: {names} (see the messages above or summary.json)")
-        lines.append("wrote " + ", ".join(str(p) for p in self.paths.values()))
+        if self.paths:
+            lines.append("wrote " + ", ".join(str(p) for p in self.paths.values()))
+        lines += [f"could not write {name}: {reason}" for name, reason in self.unwritten.items()]
         return "\n".join(lines)
 
 
@@ -116,34 +126,60 @@ def _fmt(value, digits: int = 4) -> str:
 def write_summaries(
     report: BatchReport, base: CompositionConfig, model_spec: str, image_size, mode: str
 ) -> dict[str, Path]:
-    """Write summary.csv, summary.json, contact_sheet.png and report.html; return their paths."""
+    """Write summary.csv, summary.json, contact_sheet.png and report.html (each atomically); return the paths of
+    those written. One that cannot be written (a full disk) does not stop the others: its reason goes to
+    ``report.unwritten``."""
     out = report.out
-    out.mkdir(parents=True, exist_ok=True)
     paths = {key: out / name for key, name in SUMMARY_FILES.items()}
-    _write_csv(report, paths["csv"])
     summary = _summary(report, base, model_spec, image_size, mode)
-    paths["json"].write_text(json.dumps(jsonable(summary), indent=2) + "\n")
-    _write_visual_report(report, summary, paths["sheet"], paths["html"])
-    return paths
+    sheet, page = _visual_report(report, summary)
+    writers = {
+        "csv": lambda path: write_text_atomic(path, _csv_text(report)),
+        "json": lambda path: write_json_atomic(path, jsonable(summary)),
+        "sheet": lambda path: save_image_atomic(path, sheet),
+        "html": lambda path: write_text_atomic(path, page),
+    }
+    written = {}
+    for key, write in writers.items():
+        try:
+            write(paths[key])
+            written[key] = paths[key]
+        except Exception as error:  # noqa: BLE001 - one summary that cannot be written must not stop the others
+            report.unwritten[paths[key].name] = " ".join(str(error).split()) or type(error).__name__
+    return written
 
 
-def _write_csv(report: BatchReport, path: Path) -> None:
-    """One row per sample: status, metrics of the result and of the cut-and-paste (``cp_``), cache hits, time."""
+#: Characters that make a spreadsheet program read a cell as a formula (OWASP's CSV injection list).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _safe_cell(value):
+    """A text cell as spreadsheet programs read it safely: one starting like a formula gets a leading quote."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _csv_text(report: BatchReport) -> str:
+    """One row per sample: status, metrics of the result and of the cut-and-paste (``cp_``), cache hits, time.
+    Text cells (id, reason, prompt, ...) that start like a formula are neutralised (``_safe_cell``)."""
     header = ["id", "status", "this_run", "reason", "mode", "prompt"]
     header += list(METRIC_COLUMNS) + ["cp_" + c for c in METRIC_COLUMNS]
     header += ["invert_cached_bg", "invert_cached_ref", "unet_calls", "sample_evals", "seconds"]
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for outcome in report.outcomes:
-            r = outcome.record
-            metrics, cached = r.get("metrics", {}), r.get("invert_cached", {})
-            row = [r.get("id"), r.get("status"), outcome.action, r.get("reason") or "", r.get("mode"), r.get("prompt")]
-            row += [_fmt(v, 6) for v in _flat_metrics(metrics.get("result")).values()]
-            row += [_fmt(v, 6) for v in _flat_metrics(metrics.get("cut_and_paste")).values()]
-            row += [cached.get("background", ""), cached.get("reference", "")]
-            row += [r.get("unet_calls", ""), r.get("sample_evals", ""), _fmt(r.get("timings", {}).get("total"), 4)]
-            writer.writerow(row)
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    writer.writerow(header)
+    for outcome in report.outcomes:
+        r = outcome.record
+        metrics, cached = r.get("metrics", {}), r.get("invert_cached", {})
+        texts = [r.get("id"), r.get("status"), outcome.action, r.get("reason") or "", r.get("mode"), r.get("prompt")]
+        row = [_safe_cell(v) for v in texts]
+        row += [_fmt(v, 6) for v in _flat_metrics(metrics.get("result")).values()]
+        row += [_fmt(v, 6) for v in _flat_metrics(metrics.get("cut_and_paste")).values()]
+        row += [cached.get("background", ""), cached.get("reference", "")]
+        row += [r.get("unet_calls", ""), r.get("sample_evals", ""), _fmt(r.get("timings", {}).get("total"), 4)]
+        writer.writerow(row)
+    return handle.getvalue()
 
 
 def _groups(records: list[dict]) -> dict[str, list[dict]]:
@@ -204,7 +240,7 @@ def _summary(report: BatchReport, base: CompositionConfig, model_spec: str, imag
     }
 
 
-def _write_visual_report(report: BatchReport, summary: dict, sheet_path: Path, html_path: Path) -> None:
+def _visual_report(report: BatchReport, summary: dict) -> tuple[Image.Image, str]:
     """The contact sheet (one row per composed sample) and the self-contained HTML page."""
     records = [o.record for o in report.outcomes]
     groups = _groups(records)
@@ -220,7 +256,7 @@ def _write_visual_report(report: BatchReport, summary: dict, sheet_path: Path, h
         flat = _flat_metrics(r.get("metrics", {}).get("result"))
         details = {"mode": r.get("mode", "")} | {k: _fmt(v, 4) for k, v in flat.items() if v is not None}
         rows.append(SheetRow(r["id"], images, details))
-    contact_sheet(rows).save(sheet_path)
+    sheet = contact_sheet(rows)
 
     counts, means = summary["counts"], summary["means"]
     lines = [
@@ -240,7 +276,7 @@ def _write_visual_report(report: BatchReport, summary: dict, sheet_path: Path, h
     }
     bad = [(f"{r['id']} ({r['status']})", r.get("reason") or "") for r in records if r["status"] != "composed"]
     page = html_report(rows, title=f"tficon batch: {report.root.name}", summary=lines, tables=table, skipped=bad)
-    html_path.write_text(page)
+    return sheet, page
 
 
 def _open_optional(path) -> Image.Image | None:

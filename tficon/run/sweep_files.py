@@ -3,7 +3,7 @@
 Layout: ``cells/cell_NNN.png`` (one per good cell), ``grid.png``, ``cells.csv``, ``index.html`` and ``cells.json``,
 the record. Every file is written atomically (:mod:`tficon.run.files`). ``cells.json`` is written after each cell
 that is saved and once more at the end, always after the files it names: it lists every cell as ``done`` (with
-the ``size`` and ``sha256`` of its image), ``failed`` (with a one-line reason) or ``missing`` (not computed yet),
+the ``bytes`` and ``sha256`` of its image), ``failed`` (with a one-line reason) or ``missing`` (not computed yet),
 and carries the fingerprint of what the cells depend on (inputs, model, working size, base settings, grid).
 
 A re-run into the folder (:meth:`SweepFolder.open`):
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tficon.run.files import file_fingerprint, save_image_atomic, write_bytes_atomic, write_json_atomic
+from tficon.run.files import TEMP_PREFIX, file_fingerprint, save_image_atomic, write_bytes_atomic, write_json_atomic
 from tficon.run.report import jsonable
 from tficon.run.sweep_grid import SweepCell, _label
 
@@ -44,7 +44,7 @@ __all__ = ["SweepFolder", "inputs_fingerprint", "RECORD"]
 RECORD = "cells.json"
 _PAGES = ("grid.png", "cells.csv", "index.html")
 _CELL_FILE = re.compile(r"cell_\d+\.png$")
-_TEMPORARY = re.compile(r"\.tmp-[0-9a-f]+$")  # tficon.run.files' temporary names, left by a kill
+_TEMPORARY = re.compile(re.escape(TEMP_PREFIX) + r"[0-9a-f]+\.tmp$")  # tficon.run.files' temporary names, left by a kill
 
 
 def _content(value) -> Any:
