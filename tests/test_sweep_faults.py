@@ -300,7 +300,7 @@ def test_a_cli_sweep_that_cannot_write_its_outputs_says_which_file_without_a_tra
     monkeypatch.setattr(sweep_files, "write_bytes_atomic", full_disk)  # the grid's table and page
     code = main(["sweep", "--demo", "--grid", "tau_b=0.5,0.9", "--steps", "4", "--out", str(out), "--quiet"])
     err = capsys.readouterr().err
-    assert code == 1 and "Traceback" not in err
+    assert code == 3 and "Traceback" not in err  # exit 3: a file could not be written
     assert f"could not write {out / 'cells.csv'}: No space left on device; 2 of 2 cells are saved in {out}" in err
     assert "re-run the same sweep to resume" in err
     assert len(cell_files(out)) == 2 and not record(out)["complete"]

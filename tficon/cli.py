@@ -341,7 +341,7 @@ def cmd_sweep(args) -> int:
         return EXIT_USAGE
     except (SweepInterrupted, SweepWriteError) as error:  # one line: what is on disk, and that a re-run resumes
         print(f"\ntficon sweep: {error}", file=sys.stderr)
-        return EXIT_INTERRUPTED if isinstance(error, SweepInterrupted) else EXIT_RUN_FAILED
+        return EXIT_INTERRUPTED if isinstance(error, SweepInterrupted) else EXIT_WRITE_FAILED
 
 
 def _sweep(args) -> int:
