@@ -154,14 +154,14 @@ def test_decompression_bomb_png_is_a_clear_message(files, capsys, no_model, monk
 
 
 def test_ctrl_c_exits_130_without_a_traceback_and_leaves_nothing(files, capsys, monkeypatch, tmp_path):
-    import tficon.cli
+    import tficon.run.files
 
     root, model_dir, sample = files
 
     def interrupted(self, target, text):  # Ctrl-C while the outputs are being written: the image is already saved
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tficon.cli._AtomicOutputs, "text", interrupted)
+    monkeypatch.setattr(tficon.run.files.AtomicFiles, "text", interrupted)
     out = tmp_path / "out.png"
     args = _args(root, model_dir, sample, *_box_args(sample), "--out", str(out), "--json", str(tmp_path / "s.json"))
     assert main(args) == 130

@@ -9,8 +9,9 @@ Coordinates and sizes: ``--box x,y,w,h`` is in the background's own pixels (like
 the background); the composition runs at the working size (``--size``, default the model's) and the result is
 saved at the background's own size unless ``--output-size working``; ``--paste-back [--feather PX]`` keeps the
 original background outside the placed object's window (scaled to the background's size) grown by the feather. Input files are read and checked before the
-model loads; outputs are written to temporary files and renamed into place at the end, so a failed or
-interrupted run leaves no partial output.
+model loads; the outputs of ``compose`` and ``demo`` are written to temporary files and renamed into place at the
+end, so a failed or interrupted run leaves no partial output (a batch or a sweep saves each sample or cell as it is
+done, its record last, and a re-run resumes).
 """
 
 from __future__ import annotations
@@ -155,10 +156,6 @@ def _check_output_path(path: str | None, flag: str, *, image: bool) -> Path | No
     return target
 
 
-# Outputs written all or nothing (temporary files renamed into place together); the name tests patch.
-_AtomicOutputs = AtomicFiles
-
-
 def _write_outputs(
     session, out: Path, json_path: Path | None, extra: dict, *, background_size=None, more=(), paste_back: int | None = None
 ) -> None:
@@ -185,7 +182,7 @@ def _write_outputs(
         **pasted,
         "working_size": [session.image_size[1], session.image_size[0]],
     }
-    outputs = _AtomicOutputs()
+    outputs = AtomicFiles()  # written all or nothing: temporary files renamed into place together
     try:
         outputs.image(out, result)
         for path, image in more:

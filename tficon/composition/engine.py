@@ -175,17 +175,13 @@ class StepInputs:
     capture: CaptureRequest | None = None
     # each branch's extra conditioning (branch -> SDXL's (1, 6) added time ids); None for families without any (SD)
     time_ids: dict | None = None
-    family: Family | None = None  # the model's family, which attaches time_ids to a row's conditioning
 
-    def __post_init__(self):
-        if self.time_ids is not None and self.family is None:
-            raise ValueError("StepInputs with time_ids needs the model's family (family=model.family_rules)")
-
-    def conditioning(self, embedding, branch: str):
-        """``embedding`` with ``branch``'s extra conditioning attached by the model's family (SDXL: its time ids)."""
+    def conditioning(self, embedding, branch: str, family: Family):
+        """``embedding`` with ``branch``'s extra conditioning attached by the model's ``family`` (SDXL: its time
+        ids; the engine running the step passes its own family)."""
         if self.time_ids is None:
             return embedding
-        return self.family.with_time_ids(embedding, self.time_ids[branch])
+        return family.with_time_ids(embedding, self.time_ids[branch])
 
 
 class Engine:
@@ -432,7 +428,7 @@ class Engine:
                 for depth in range(max(len(w.plan.pre_evals) for w in states)):
                     active = [w for w in states if depth < len(w.plan.pre_evals)]
                     batch = Rows(dedupe=multi)
-                    at = [warm_up_rows(w, depth, batch) for w in active]
+                    at = [warm_up_rows(w, depth, batch, self) for w in active]
                     controller.layout = BatchLayout()
                     out = self.evaluate(batch.rows)
                     for w, rows in zip(active, at):
@@ -444,7 +440,7 @@ class Engine:
                 if main:
                     # rows, then the denoiser
                     batch = Rows(dedupe=multi)
-                    layouts = [add_rows(w, batch, geometry=w.inputs.controller if multi else None) for w in main]
+                    layouts = [add_rows(w, batch, self, geometry=w.inputs.controller if multi else None) for w in main]
                     controller.layout = layouts[0] if not multi else tuple(layouts)
                     controller.capture, controller.dropped = states[0].inputs.capture, 0
                     out = self.evaluate(batch.rows)

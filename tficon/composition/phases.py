@@ -49,7 +49,7 @@ import torch
 from tficon.composition.attention import BatchLayout, InjectionController
 from tficon.core import solver
 from tficon.core.plan import StepPlan
-from tficon.model.families import conditioning_digest
+from tficon.model.families import Family, conditioning_digest
 
 if TYPE_CHECKING:  # annotations only: the engine imports this module
     from tficon.composition.engine import Row, StepInputs, Track
@@ -78,9 +78,11 @@ STEP_ORDER = ("warm_up", "before_denoiser", "rows", "denoiser", "after_denoiser"
 
 
 class Door(Protocol):
-    """What operations may use of the engine: its noise schedule and the conversion of raw outputs to D."""
+    """What operations may use of the engine: its noise schedule, the conversion of raw outputs to D, and the
+    model's family (which attaches each branch's extra conditioning to a row)."""
 
     schedule: solver.NoiseSchedule
+    family: Family
 
     def data_prediction(self, output: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
 
@@ -120,12 +122,13 @@ def with_history(track: Track, d_hist: tuple[torch.Tensor, ...]) -> Track:
 
 
 # ---------------------------------------------------------------------------------------------------- warm_up
-def warm_up_rows(state: StepState, depth: int, batch: Rows) -> tuple[int, int]:
+def warm_up_rows(state: StepState, depth: int, batch: Rows, door: Door) -> tuple[int, int]:
     """Add the background and reference rows at ``plan.pre_evals[depth]`` to ``batch``; returns their indices."""
     j, inputs = state.plan.pre_evals[depth], state.inputs
     e_star, grid = inputs.exceptional, inputs.grid
-    b = batch.add((state.background.x, grid[j], inputs.conditioning(e_star, "background")), shareable=True)
-    r = batch.add((state.reference.x, grid[j], inputs.conditioning(e_star, "reference")), shareable=True)
+    family = door.family
+    b = batch.add((state.background.x, grid[j], inputs.conditioning(e_star, "background", family)), shareable=True)
+    r = batch.add((state.reference.x, grid[j], inputs.conditioning(e_star, "reference", family)), shareable=True)
     return b, r
 
 
@@ -155,25 +158,27 @@ def advance(state: StepState, door: Door) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- rows
-def add_rows(state: StepState, batch: Rows, *, geometry: InjectionController | None) -> BatchLayout:
+def add_rows(state: StepState, batch: Rows, door: Door, *, geometry: InjectionController | None) -> BatchLayout:
     """Add this cell's rows of the main call to ``batch`` (plan order: background, reference, pseudo_cross, uncond,
     cond) and keep its layout, with absolute row indices, as ``state.layout``. ``geometry``: the controller whose box
     the cell's rows read when several cells share the call (None: the call's own controller)."""
     plan, inputs, grid = state.plan, state.inputs, state.inputs.grid
     e_star, s, m = inputs.exceptional, plan.s, plan.map_index
+
+    def conditioned(embedding, branch: str):
+        return inputs.conditioning(embedding, branch, door.family)
+
     at = {}
     if plan.background_row:
-        row = (state.background.x, grid[state.background.index], inputs.conditioning(e_star, "background"))
+        row = (state.background.x, grid[state.background.index], conditioned(e_star, "background"))
         at["background"] = batch.add(row, shareable=True)
     if plan.reference_row:
-        at["reference"] = batch.add(
-            (state.reference.x, grid[m], inputs.conditioning(e_star, "reference")), shareable=True
-        )
+        at["reference"] = batch.add((state.reference.x, grid[m], conditioned(e_star, "reference")), shareable=True)
     if plan.pseudo_cross_row:
-        e_pseudo = inputs.conditioning(e_star, "pseudo_cross")
+        e_pseudo = conditioned(e_star, "pseudo_cross")
         at["pseudo_cross"] = batch.add((state.reference_latents[plan.pseudo_latent], grid[m], e_pseudo))
-    at["uncond"] = batch.add((state.generation.x, grid[s], inputs.conditioning(inputs.uncond, "generation")))
-    at["cond"] = batch.add((state.generation.x, grid[s], inputs.conditioning(inputs.cond, "generation")))
+    at["uncond"] = batch.add((state.generation.x, grid[s], conditioned(inputs.uncond, "generation")))
+    at["cond"] = batch.add((state.generation.x, grid[s], conditioned(inputs.cond, "generation")))
     state.layout = BatchLayout(
         **at, fg=plan.fg, bg=plan.bg, background_queries=plan.background_queries, geometry=geometry
     )

@@ -476,7 +476,6 @@ class Session:
             start=start,
             capture=capture,
             time_ids=self.time_ids,
-            family=self.engine.family,
         )
         return self.plans[s], previous, inputs
 
