@@ -163,9 +163,9 @@ def compute(folder: Path) -> dict[str, np.ndarray]:
         # the images only: the records' metrics are checked to their tolerance by tests/test_batch.py
         put(case, _images(target))
 
-    result = tficon.sweep(toy, demo["background"], demo["foreground"], demo["foreground_mask"], demo["box"],
-                          demo["prompt"], {"tau_a": [0.2, 0.5], "tau_b": [0.6, 0.9]}, steps=6, progress=False,
-                          out=runs / "sweep")
+    tficon.sweep(toy, demo["background"], demo["foreground"], demo["foreground_mask"], demo["box"],
+            demo["prompt"], {"tau_a": [0.2, 0.5], "tau_b": [0.6, 0.9]}, steps=6, progress=False,
+            out=runs / "sweep")
     put("sweep", _images(runs / "sweep"))
     import shutil
 
