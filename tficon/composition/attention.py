@@ -472,11 +472,12 @@ def composite_attention(
     Every other layer keeps whatever processor it had; the original processors are always restored, also when the
     block raises.
     """
-    chosen = set(self_attention_layers(unet) if layers is None else layers)
-    unknown = chosen - set(self_attention_layers(unet))
+    original = dict(unet.attn_processors)  # one walk of the UNet's modules per call: this runs on every step
+    self_attention = set(self_attention_layers(original))
+    chosen = self_attention if layers is None else set(layers)
+    unknown = chosen - self_attention
     if unknown:
         raise ValueError(f"layers must be self-attention layers of this UNet; unknown: {sorted(unknown)[:3]}")
-    original = dict(unet.attn_processors)
     installed = {}
     replacement = {}
     for name, processor in original.items():

@@ -193,6 +193,8 @@ class Engine:
     def __init__(self, model, cache: InversionCache | None = None):
         self.model = model
         self.family: Family = model.family_rules
+        # the layers that take the composite, listed once: the step installs its processors on every call
+        self.attention_layers: tuple[str, ...] = tuple(self.family.attention_layers(model.unet))
         self.schedule = noise_schedule(model)
         self.inversions = cache if cache is not None else InversionCache()
         self.unet_calls = 0
@@ -422,7 +424,7 @@ class Engine:
             if len(shapes) > 1:
                 raise ValueError(f"cells of one call must share the latent shape, got {sorted(shapes)}")
         controller = states[0].inputs.controller
-        with composite_attention(self.model.unet, controller, self.family.attention_layers(self.model.unet)):
+        with composite_attention(self.model.unet, controller, self.attention_layers):
             try:
                 # warm_up: one call per pre-evaluation depth, background and reference rows only
                 for depth in range(max(len(w.plan.pre_evals) for w in states)):

@@ -507,7 +507,7 @@ class Session:
     @property
     def attention_layers(self) -> list[str]:
         """Names of the self-attention layers, in execution order."""
-        return self.engine.family.attention_layers(self.model.unet)
+        return list(self.engine.attention_layers)
 
     def latents(self, step: int | None = None) -> dict[str, torch.Tensor]:
         """Latents of the active branches after ``step`` (default: the last completed step)."""

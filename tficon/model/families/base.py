@@ -139,5 +139,7 @@ def family_names() -> tuple[str, ...]:
 
 def self_attention_layers(unet) -> list[str]:
     """Names (without ``.processor``) of a diffusers UNet's self-attention layers (``attn1``), in execution order:
-    the layers every built-in family injects into."""
-    return [name[: -len(".processor")] for name in unet.attn_processors if name.endswith("attn1.processor")]
+    the layers every built-in family injects into. ``unet`` may also be its ``attn_processors`` mapping, already
+    read (reading it walks every module)."""
+    processors = unet if isinstance(unet, dict) else unet.attn_processors
+    return [name[: -len(".processor")] for name in processors if name.endswith("attn1.processor")]
