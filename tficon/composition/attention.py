@@ -16,7 +16,7 @@ that call and computed by fused SDPA calls of their own: the composite is expres
 concatenated, zero-padded query/key vectors (:func:`fused_composite_attention`), so nothing N x N is
 materialised, in any dtype. Only an explicit ``CaptureRequest`` builds maps, for display.
 
-Several cells in one call (``tficon.run.lockstep``): ``InjectionController.layout`` may also be a tuple of
+Several cells in one call (``tficon.composition.runner``): ``InjectionController.layout`` may also be a tuple of
 ``BatchLayout``s, one per cell, with absolute row indices into the one batch, each carrying the ``geometry`` (the
 cell's own controller: its box and object at every resolution) that its composite reads. The plain rows of every
 cell still go through one SDPA call; each cell's ``pseudo_cross`` and injected ``cond`` rows get their own fused

@@ -23,7 +23,7 @@ evaluations, the notebooks), so dtype, device and counting rules live in one pla
 - **One step.** :meth:`Engine.run_step` runs one planned composition step (``tficon.core.plan``) from explicit
   inputs and returns the new :class:`StepRecord`; it changes nothing but the engine's counters. It is the
   one-cell case of :meth:`Engine.run_steps`, which advances several cells (Sessions' steps) with one UNet call
-  holding all their rows (``tficon.run.lockstep``; equal to the one-cell steps to float tolerance, not bitwise).
+  holding all their rows (``tficon.composition.runner``; equal to the one-cell steps to float tolerance, not bitwise).
   The step's work before and after the UNet call (solver updates, rows, guidance, blends) is named phases in
   ``tficon.composition.phases``; the engine makes the call and runs the phases in their order.
 
@@ -337,7 +337,7 @@ class Engine:
         """Invert the latents of several later :meth:`invert` calls (``requests``: each call's latents, SDXL: its
         ``time_ids``) in one batch, once per distinct latent, and keep each result for the call that asks for it.
 
-        For ``tficon.run.lockstep``: Sessions joining a lockstep run invert together. Results equal their own
+        For ``tficon.composition.runner``: Sessions joining a run invert together. Results equal their own
         inversions to float tolerance, not bitwise (another batch shape), so they never enter the bitwise cache
         :attr:`inversions`; they wait in a hand-over store (emptied by :meth:`drop_prepared_inversions`) and in a small
         cache of batched inversions keyed by latent content alone, so a background shared by samples of later

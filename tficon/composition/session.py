@@ -402,7 +402,7 @@ class Session:
         """What the engine needs to compute the next step: ``(plan, previous record, inputs)``.
 
         ``Engine.run_step(*session.step_request())`` is the record :meth:`step` would compute; ``Engine.run_steps``
-        takes several Sessions' requests into one UNet call (``tficon.run.lockstep``). Hand the record back with
+        takes several Sessions' requests into one UNet call (``tficon.composition.runner``). Hand the record back with
         :meth:`accept_step`. Step 0's request inverts and composes the start latent first if needed.
         """
         if self.done:
