@@ -38,18 +38,22 @@ step that raises leaves the Session exactly as it was.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from typing import Any, Iterable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from tficon.composition.attention import CaptureRequest, InjectionController
-from tficon.composition.engine import Engine, StepInputs, StepRecord, Track
-from tficon.composition.inputs import Inputs, notice_words_outside_the_toy_world, official_mask_source, prepare_inputs
+from tficon.composition.engine import Engine, StepInputs, StepRecord
+from tficon.composition.inputs import (
+    Inputs,
+    notice_words_outside_the_toy_world,
+    official_mask_source,
+    prepare_inputs,
+)
 from tficon.composition.runner import run_alone
+from tficon.composition.session_views import BRANCHES, SessionViews
+from tficon.composition.start import start_latent
 from tficon.core import checks, io, solver
 from tficon.core import placement as placement_mod
 from tficon.core.boxes import as_user_box, same_box
@@ -58,7 +62,7 @@ from tficon.core.plan import StepPlan, injection_for, plans_for
 from tficon.core.schedule import InjectionSchedule
 from tficon.core.threads import torch_threads
 
-BRANCHES = ("generation", "background", "reference")
+__all__ = ["BRANCHES", "Session"]
 
 # What a change of each setting makes stale (its declared ``invalidates`` level, tficon.core.config); settings of
 # the "plans" level drop the steps from the first whose plan differs.
@@ -67,7 +71,7 @@ _NEW_LATENTS = settings_invalidating("latents")
 _ALL_STEPS = settings_invalidating("all_steps")
 
 
-class Session:
+class Session(SessionViews):
     """One TF-ICON composition, run step by step.
 
     ``model`` is a ``tficon.LoadedModel`` or a spec for ``tficon.load_model`` (e.g. "toy"). Images are
@@ -313,26 +317,16 @@ class Session:
 
     def compose_start(self) -> torch.Tensor:
         """The start latent (docs/algorithm.md §7): inverted background outside the box, inverted reference (cross) or
-        inverted composite (same) on the object, fresh noise in the rest of the box."""
+        inverted composite (same) on the object, fresh noise in the rest of the box (``tficon.composition.start``)."""
         if self._start is None:
             x_bg, x_ref = self.invert()
             _, _, rng_state = self._encode()
             generator = torch.Generator()
             generator.set_state(rng_state)
-            place = self.placement
-            target, ref_box = place.latent_target_box, place.latent_ref_box
-            seg = placement_mod.segmentation_at(self.inputs.object_mask, self.model.vae_scale_factor, place.geometry)
-            sigma = torch.from_numpy(np.ascontiguousarray(seg[ref_box.slices()])).to(x_bg)
-            shape = (1, x_bg.shape[1], target.height, target.width)
-            start = x_bg.clone()
-            rows, cols = target.slices()
-            noise_1 = torch.randn(shape, generator=generator).to(x_bg)
-            start[:, :, rows, cols] = x_bg[:, :, rows, cols] * sigma + noise_1 * (1 - sigma)
-            if self._config.mode == "cross":
-                noise_2 = torch.randn(shape, generator=generator).to(x_bg)
-                ref_rows, ref_cols = ref_box.slices()
-                start[:, :, rows, cols] = x_ref[:, :, ref_rows, ref_cols] * sigma + noise_2 * (1 - sigma)
-            self._start = start
+            self._start = start_latent(
+                x_bg, x_ref, self.placement, self.inputs.object_mask, self.model.vae_scale_factor,
+                mode=self._config.mode, generator=generator,
+            )  # fmt: skip
         return self._start
 
     def region_masks(self, height: int | None = None, width: int | None = None) -> dict[str, torch.Tensor]:
@@ -479,78 +473,6 @@ class Session:
         )
         return self.plans[s], previous, inputs
 
-    # ------------------------------------------------------------------ inspection
-    def capture_attention(
-        self,
-        step: int,
-        *,
-        kinds: Iterable[str] = ("composite", "background", "reference", "pseudo_cross", "generation"),
-        layers: Iterable[str] | None = None,
-        max_tokens: int = 1024,
-        max_bytes: int = 256 * 2**20,
-    ) -> dict[tuple[str, str], torch.Tensor]:
-        """Attention maps of step ``step``'s UNet call, recomputed from the record before it.
-
-        Returns {(layer, kind): (Nq, Nk) float32} averaged over heads and pooled to at most
-        ``max_tokens`` positions per side, at most ``max_bytes`` in all (later maps past the budget are
-        left out, with a warning). The Session's records are not changed.
-        """
-        if not 0 <= step < self.steps:
-            raise ValueError(f"steps with a UNet call are 0..{self.steps - 1}, got {step}")
-        if step > len(self._records):
-            raise ValueError(f"step {step} is not reachable yet: run(until={step}) first")
-        checks.check_names(layers, self.attention_layers, name="layers")
-        request = CaptureRequest(tuple(kinds), None if layers is None else frozenset(layers), max_tokens, max_bytes)
-        record = self._compute_step(step, capture=request)  # inspection: not counted as composition work
-        return record.attention
-
-    @property
-    def attention_layers(self) -> list[str]:
-        """Names of the self-attention layers, in execution order."""
-        return list(self.engine.attention_layers)
-
-    def latents(self, step: int | None = None) -> dict[str, torch.Tensor]:
-        """Latents of the active branches after ``step`` (default: the last completed step)."""
-        record = self._record(step)
-        out = {"generation": record.generation.x}
-        for name in ("background", "reference"):
-            track: Track = getattr(record, name)
-            if track.index == record.s:
-                out[name] = track.x
-        return out
-
-    def x0(self, step: int | None = None) -> dict[str, torch.Tensor]:
-        """Each branch's data prediction (x0 estimate, a latent) at ``step``; the final latent at step S."""
-        record = self._record(step)
-        out = {}
-        for name in BRANCHES:
-            track: Track = getattr(record, name)
-            if track.index == record.s and track.evaluated:
-                out[name] = track.state.d_hist[-1]
-        if record.s == self.steps:
-            out["generation"] = record.generation.x
-        return out
-
-    def preview(self, step: int | None = None) -> dict[str, torch.Tensor]:
-        """Cheap RGB previews (3, h, w) in [0, 1] of each branch's x0 estimate at ``step``, through the
-        model's fitted linear latent-to-RGB map (``tficon.composition.preview``); use ``decode`` for full images."""
-        from tficon.composition.preview import fit_latent_rgb_map, latent_to_rgb
-
-        if self._preview_map is None:
-            inputs = self.inputs
-            self._preview_map = fit_latent_rgb_map(
-                self.model, torch.stack([inputs.background, inputs.cut_and_paste, inputs.reference])
-            )
-        return {name: latent_to_rgb(x0, self._preview_map) for name, x0 in self.x0(step).items()}
-
-    def _record(self, step: int | None) -> StepRecord:
-        if not self._records:
-            raise RuntimeError("no step has run yet: call step() or run() first")
-        index = len(self._records) - 1 if step is None else step
-        if not 0 <= index < len(self._records):
-            raise ValueError(f"completed steps are 0..{len(self._records) - 1}, got {step}")
-        return self._records[index]
-
     # ------------------------------------------------------------------ phase 6
     def decode(self, latent: torch.Tensor | None = None) -> torch.Tensor:
         """VAE-decode ``latent`` (default: the final composition) to (1, 3, H, W) in [-1, 1]."""
@@ -573,24 +495,3 @@ class Session:
             self.run()
             self._result = io.to_pil(self.decode()[0])
         return self._result
-
-    def summary(self) -> dict[str, Any]:
-        """Settings, placement, timings and evaluation counts, JSON-serialisable."""
-        place = self.placement
-        return {
-            "config": dataclasses.asdict(self._config),
-            "guidance": self._config.effective_guidance,
-            "prompt": self._prompt,
-            "model": getattr(self.model, "spec", None),
-            "image_size": list(self.image_size),
-            "placement": {
-                "f_row": place.f_row,
-                "f_col": place.f_col,
-                "scale": place.scale,
-                "latent_target_box": dataclasses.astuple(place.latent_target_box),
-            },
-            "timings": {k: v for k, v in self.timings.items() if isinstance(v, float)},
-            "step_seconds": sum(r.seconds for r in self._records),
-            "unet_calls": self.stats["unet_calls"],
-            "sample_evals": self.stats["sample_evals"],
-        }
