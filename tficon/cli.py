@@ -3,7 +3,7 @@
 Exit codes: 0 success; 1 the run failed (a numerical failure; a batch with failed samples); 2 a usage or input
 error (a bad flag value, a missing or unreadable file, a box that does not fit); 3 an output could not be written
 (a full disk, a read-only folder, a name too long; a batch: some sample's or summary's files); 130 interrupted
-(Ctrl-C). Errors are reported in one paragraph on stderr without a traceback.
+(Ctrl-C); with ``batch --processes N``, 128 + n when one process was ended by signal n (137: ``kill -9``). Errors are reported in one paragraph on stderr without a traceback.
 
 Coordinates and sizes: ``--box x,y,w,h`` is in the background's own pixels (like ``--mask``, which is drawn on
 the background); the composition runs at the working size (``--size``, default the model's) and the result is
@@ -407,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tficon", description="TF-ICON training-free image composition on diffusers",
         epilog="exit codes: 0 done; 1 numerical failure (a batch: some sample failed); 2 bad input or usage; 3 an "
-        "output could not be written (full disk, read-only folder, name too long); 130 interrupted (Ctrl-C)",
+        "output could not be written (full disk, read-only folder, name too long); 130 interrupted (Ctrl-C); "
+        "batch --processes: 128+n when a process was ended by signal n",
     )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
 
