@@ -200,8 +200,9 @@ def cmd_compose(args) -> int:
         raise ValueError("--paste-back pastes onto the background at its own size; drop --output-size working")
     if args.feather is not None and args.feather < 0:
         raise ValueError(f"--feather must be a non-negative number of pixels (0: a hard edge), got {args.feather}")
-    out = _check_output_path(args.out, "--out", image=True)
-    json_path = _check_output_path(args.json, "--json", image=False)
+    folders: set = set()  # the folder --out will create counts as there for --json
+    out = _check_output_path(args.out, "--out", image=True, planned=folders)
+    json_path = _check_output_path(args.json, "--json", image=False, planned=folders)
     background = io.load_image(args.background, name="--background")
     foreground = io.load_image(args.foreground, name="--foreground")
     object_mask = io.load_mask(args.foreground_mask, name="--foreground-mask")
@@ -406,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="compose the built-in cross-domain sample with the embedded toy model")
-    demo.add_argument("--model", default="toy", help="model spec (default: the embedded toy model)")
+    demo.add_argument("--model", default="toy", help="\"toy\" (the embedded model), a hub id, a diffusers folder or a checkpoint")
     demo.add_argument("--out", default="out/tficon_demo.png", help="result image; a side-by-side sheet is written beside it")
     demo.add_argument("--save-inputs", default=None, metavar="DIR", help="also write the sample's images into DIR")
     demo.add_argument("--json", default=None, help="write settings, timings and counts as JSON")
