@@ -162,6 +162,13 @@ def test_geometry_is_checked_before_the_model_loads(files, tmp_path, capsys, no_
     assert message in err and "Traceback" not in err, err
 
 
+def test_sweep_boxes_are_checked_before_the_model_loads(tmp_path, capsys, no_model):
+    args = ["sweep", "--demo", "--grid", "box=36,18,26,26;40,40,1,1", "--out", str(tmp_path / "sweep"), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "the box is too small" in err and not (tmp_path / "sweep").exists(), err
+
+
 def test_geometry_check_agrees_with_the_session(files):
     """The pre-load check raises exactly when the Session (after loading) would."""
     from tficon.cli_checks import check_geometry_before_loading, model_geometry

@@ -337,6 +337,7 @@ def cmd_sweep(args) -> int:
 
 
 def _sweep(args) -> int:
+    from tficon.cli_checks import check_geometry_before_loading
     from tficon.core import io
     from tficon.run.sweeps import GridError, parse_grid_option, run_sweep
     from tficon.toy.samples import demo_sample
@@ -375,6 +376,9 @@ def _sweep(args) -> int:
     config, out = config_from_args(args, mode), Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out: {str(out)!r} is a file; the sweep writes a folder")
+    object_mask_array = io.load_mask(object_mask, name="--foreground-mask")
+    for each in grid.get("box", [target]):  # every box's placement, before the model loads
+        check_geometry_before_loading(args.model, args.size, background, foreground, object_mask_array, each, config)
     result = run_sweep(
         _load(args.model, args.dtype), background, foreground, object_mask, target, prompt, grid, config=config,
         image_size=args.size, out=out, value_labels=labels, progress=not args.quiet, batch_cells=args.batch_cells,
