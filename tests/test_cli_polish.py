@@ -88,8 +88,12 @@ def test_warnings_as_lines_flattens_and_renames():
     with warnings_as_lines("tficon demo", stream=Stream()):
         warnings.simplefilter("always")
         warnings.warn("foreground_mask is\n   odd; pass clip_box=True", UserWarning)
+        warnings.warn("tficon demo: cells.json could not be written; the sweep goes on", RuntimeWarning)
     printed = "".join(lines)
-    assert printed == "tficon demo: warning: --foreground-mask is odd; pass --clip-box\n"
+    assert printed == (
+        "tficon demo: warning: --foreground-mask is odd; pass --clip-box\n"
+        "tficon demo: warning: cells.json could not be written; the sweep goes on\n"
+    )
     assert warnings.showwarning is not None and "tficon demo" not in repr(warnings.showwarning)  # restored
 
 

@@ -65,7 +65,9 @@ def warnings_as_lines(where: str, stream=None):
     Python's own filters still decide which warnings show (a warning said once stays said once)."""
 
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"{where}: warning: {one_line(flag_message(str(message)))}", file=stream or sys.stderr)
+        text = one_line(flag_message(str(message)))
+        text = text[len(where) + 2 :] if text.startswith(f"{where}: ") else text  # already says where
+        print(f"{where}: warning: {text}", file=stream or sys.stderr)
 
     with warnings.catch_warnings():
         warnings.showwarning = show

@@ -8,7 +8,7 @@ tficon is published: ``[tool.tficon]`` in pyproject.toml.
 With a repository the first cell carries a badge that opens the notebook from that repository in Colab, and the
 install cell installs tficon from it. Without one there is no badge (it would lead nowhere), and in Colab the
 install cell installs a tficon wheel uploaded to Colab's Files panel, or stops with a message saying how to get
-one. Outside Colab (a laptop, CI) the install cell does nothing. The README's "Notebooks" section says how to run
+one. Outside Colab (a laptop, CI) the install cell does nothing. The README's "The notebooks" section says how to run
 them in Colab from a fork or from an uploaded wheel.
 
     python tools/notebook_links.py                 # rewrite every notebook under notebooks/
