@@ -21,44 +21,15 @@ import json
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
+from tficon.cli_messages import _CONFIG_FLAGS, _FLAG_NAMES, Parser, Timer, describe_time, flag_message  # noqa: F401
 from tficon.core.boxes import box_mask, parse_box_text
 from tficon.core.config import SETTINGS, CompositionConfig
 from tficon.run.files import AtomicFiles, WriteError
 from tficon.run.processes import launched_by_processes
 
 EXIT_RUN_FAILED, EXIT_USAGE, EXIT_WRITE_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
-
-# Python names in library messages -> the flags a CLI user typed: first the phrases and arguments that are not
-# settings, then every setting whose name has an underscore (longest first: "tau_bg" before "tau_b").
-_FLAG_NAMES = {
-    "pass clip_box=True to shift it inside (a CompositionConfig field; --clip-box on the command line)":
-        "pass --clip-box to shift it inside",
-    "image_size (--size)": "--size",
-    "mask_or_box (the user mask)": "--mask",
-    "mask_or_box": "--mask/--box",
-    "foreground_mask": "--foreground-mask",
-    "image_size": "--size",
-    "clip_box=True": "--clip-box",
-    "clip=True": "--clip-box",
-    **{s.name: s.flag for s in sorted(SETTINGS, key=lambda s: -len(s.name)) if "_" in s.name},
-}
-# Settings named by a plain word ("steps", "mode"): that word occurs in other senses inside messages ("a fraction
-# of the steps"), so it becomes a flag only where it opens a message ("steps must be ..." -> "--steps must be ...").
-_CONFIG_FLAGS = {s.name: s.flag for s in SETTINGS if "_" not in s.name}
-
-
-def flag_message(message: str) -> str:
-    """A library message with its Python argument names replaced by the CLI's flag names."""
-    for name, flag in _FLAG_NAMES.items():
-        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w])", flag, message)
-    for name, flag in _CONFIG_FLAGS.items():
-        if message.startswith(f"{name} "):
-            message = flag + message[len(name) :]
-    return message
-
 
 def _box(text: str) -> tuple[int, int, int, int]:
     try:
@@ -110,7 +81,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, **help_overrides: str) ->
         )
     parser.add_argument(
         "--threads", type=int, default=None,
-        help="CPU threads for torch (default: the free cores, at most one per core; see tficon/core/threads.py)",
+        help="CPU threads for torch (default: the free cores, at most one per core)",
     )  # fmt: skip
     parser.add_argument(
         "--dtype", choices=("float32", "float16", "bfloat16"), default=None,
@@ -130,9 +101,11 @@ def _load(spec: str, dtype: str | None = None):
     return load_model(spec, dtype=dtype)
 
 
-def _check_output_path(path: str | None, flag: str, *, image: bool) -> Path | None:
+def _check_output_path(path: str | None, flag: str, *, image: bool, planned: set | None = None) -> Path | None:
     """Refuse an output path that cannot be written, before any work: a folder, a path below a regular file,
-    an unknown image format. Nothing is created here (folders are made when the outputs are written)."""
+    a folder whose own folder is missing too (a mistyped path should not grow a tree), an unknown image format.
+    Nothing is created here (the file's own folder is made, and named, when the outputs are written); ``planned``
+    holds the folders that this command's earlier outputs will create (they count as existing; this one's is added)."""
     if path is None:
         return None
     from PIL import Image
@@ -144,13 +117,22 @@ def _check_output_path(path: str | None, flag: str, *, image: bool) -> Path | No
         raise ValueError(f"{flag}: {str(target)!r} cannot be used ({error.strerror}); shorten the name") from None
     if target.is_dir():
         raise ValueError(f"{flag}: {str(target)!r} is a folder; give a file name inside it (e.g. {str(target / 'out.png')!r})")
+    planned = set() if planned is None else planned
     for parent in target.parents:
+        if parent in planned:
+            break
         if parent.exists():
             if not parent.is_dir():
                 raise ValueError(f"{flag}: {str(parent)!r} is a file, so {str(target)!r} cannot be created below it")
             if not os.access(parent, os.W_OK):
                 raise ValueError(f"{flag}: the folder {str(parent)!r} is not writable")
+            if parent != target.parent.parent and parent != target.parent:
+                raise ValueError(
+                    f"{flag}: the folder {str(target.parent.parent)!r} does not exist; tficon creates only the "
+                    f"file's own folder ({target.parent.name!r}): create the folders above it first"
+                )
             break
+    planned.add(target.parent)
     if image and target.suffix.lower() not in Image.registered_extensions():
         raise ValueError(f"{flag}: unknown image format {target.suffix or '(no suffix)'!r}; use a .png or .jpg file name")
     return target
@@ -182,6 +164,8 @@ def _write_outputs(
         **pasted,
         "working_size": [session.image_size[1], session.image_size[0]],
     }
+    targets = [out, *(path for path, _ in more), *([json_path] if json_path is not None else [])]
+    new_folders = sorted({str(path.parent) for path in targets if not path.parent.exists()})
     outputs = AtomicFiles()  # written all or nothing: temporary files renamed into place together
     try:
         outputs.image(out, result)
@@ -195,16 +179,17 @@ def _write_outputs(
         raise
     print(
         f"wrote {out} ({result.size[0]}x{result.size[1]}; composed at {session.image_size[1]}x{session.image_size[0]}); "
-        f"{summary['sample_evals']} UNet sample-evaluations in {summary['unet_calls']} calls, "
-        f"{summary['total_seconds']:.1f} s"
+        f"{summary['sample_evals']} UNet sample-evaluations in {summary['unet_calls']} calls, {describe_time(summary)}"
+        + "".join(f"\ncreated the folder {folder}" for folder in new_folders)
     )
 
 
 def cmd_compose(args) -> int:
+    from tficon.cli_checks import check_geometry_before_loading
     from tficon.composition.session import Session
     from tficon.core import io
 
-    started = time.perf_counter()
+    timer = Timer()
     if (args.mask is None) == (args.box is None):
         raise ValueError("give exactly one of --mask (a mask image) or --box x,y,w,h")
     # Everything the user typed is checked before the model loads (seconds to minutes for SD).
@@ -215,16 +200,19 @@ def cmd_compose(args) -> int:
         raise ValueError("--paste-back pastes onto the background at its own size; drop --output-size working")
     if args.feather is not None and args.feather < 0:
         raise ValueError(f"--feather must be a non-negative number of pixels (0: a hard edge), got {args.feather}")
-    out = _check_output_path(args.out, "--out", image=True)
-    json_path = _check_output_path(args.json, "--json", image=False)
+    folders: set = set()  # the folder --out will create counts as there for --json
+    out = _check_output_path(args.out, "--out", image=True, planned=folders)
+    json_path = _check_output_path(args.json, "--json", image=False, planned=folders)
     background = io.load_image(args.background, name="--background")
     foreground = io.load_image(args.foreground, name="--foreground")
-    io.load_mask(args.foreground_mask, name="--foreground-mask")
+    object_mask = io.load_mask(args.foreground_mask, name="--foreground-mask")
     if args.mask is not None:
         target = io.load_mask(args.mask, name="--mask")
     else:
         target = box_mask(args.box, background.size, name="--box")
+    check_geometry_before_loading(args.model, args.size, background, foreground, object_mask, target, config)
     model = _load(args.model, args.dtype)
+    timer.model_loaded()
     session = Session(
         model,
         background,
@@ -241,7 +229,7 @@ def cmd_compose(args) -> int:
         session,
         out,
         json_path,
-        {"total_seconds": time.perf_counter() - started},
+        timer.fields(),
         background_size=background.size if args.output_size == "background" else None,
         paste_back=(8 if args.feather is None else args.feather) if args.paste_back else None,
     )
@@ -251,14 +239,20 @@ def cmd_compose(args) -> int:
 def cmd_demo(args) -> int:
     from tficon.composition.session import Session
     from tficon.core import io
-    from tficon.toy.samples import demo_sample, side_by_side
+    from tficon import cli_demo
+    from tficon.toy.samples import demo_sample
 
-    started = time.perf_counter()
-    config = config_from_args(args, demo_sample().mode)
-    out = _check_output_path(args.out, "--out", image=True)
-    json_path = _check_output_path(args.json, "--json", image=False)
-    model = _load(args.model, args.dtype)
+    timer = Timer()
     sample = demo_sample()
+    config = config_from_args(args, sample.mode)
+    folders: set = set()  # the folders the outputs will create, so that --save-inputs may sit in --out's
+    out = _check_output_path(args.out, "--out", image=True, planned=folders)
+    json_path = _check_output_path(args.json, "--json", image=False, planned=folders)
+    saved = cli_demo.input_files(args.save_inputs, sample) if args.save_inputs else []
+    for path, _ in saved:
+        _check_output_path(str(path), "--save-inputs", image=True, planned=folders)
+    model = _load(args.model, args.dtype)
+    timer.model_loaded()
     print(f"model: {model.describe()}")
     print(f"sample: {sample.name}; prompt: {sample.prompt!r}")
     session = Session(
@@ -273,15 +267,16 @@ def cmd_demo(args) -> int:
     )
     session.run()
     inputs = session.inputs
-    sheet = side_by_side(
+    sheet = cli_demo.sheet_with_box(
         [io.to_pil(inputs.background), sample.foreground, io.to_pil(inputs.cut_and_paste), session.result],
-        ["background", "foreground", "cut-and-paste", "tficon"],
-    )
+        ["background", "foreground", "cut-and-paste", "tficon"], {0, 2, 3}, sample.box, sample.background.size,
+    )  # fmt: skip
     sheet_path = out.with_name(out.stem + "_sheet.png")
-    _write_outputs(
-        session, out, json_path, {"total_seconds": time.perf_counter() - started}, more=[(sheet_path, sheet)]
-    )
-    print(f"wrote {sheet_path} (background | foreground | cut-and-paste | result)")
+    _write_outputs(session, out, json_path, timer.fields(), more=[(sheet_path, sheet), *saved])
+    print(f"wrote {sheet_path} (background | foreground | cut-and-paste | result; the green box: the target)")
+    if saved:
+        print(f"wrote the inputs to {args.save_inputs}: {', '.join(cli_demo.INPUT_NAMES)}")
+    print(cli_demo.guidance(sheet_path, sample, args.save_inputs, config.mode))
     return 0
 
 
@@ -342,6 +337,7 @@ def cmd_sweep(args) -> int:
 
 
 def _sweep(args) -> int:
+    from tficon.cli_checks import check_geometry_before_loading
     from tficon.core import io
     from tficon.run.sweeps import GridError, parse_grid_option, run_sweep
     from tficon.toy.samples import demo_sample
@@ -380,6 +376,9 @@ def _sweep(args) -> int:
     config, out = config_from_args(args, mode), Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out: {str(out)!r} is a file; the sweep writes a folder")
+    object_mask_array = io.load_mask(object_mask, name="--foreground-mask")
+    for each in grid.get("box", [target]):  # every box's placement, before the model loads
+        check_geometry_before_loading(args.model, args.size, background, foreground, object_mask_array, each, config)
     result = run_sweep(
         _load(args.model, args.dtype), background, foreground, object_mask, target, prompt, grid, config=config,
         image_size=args.size, out=out, value_labels=labels, progress=not args.quiet, batch_cells=args.batch_cells,
@@ -404,7 +403,7 @@ def _batch_size(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="tficon", description="TF-ICON training-free image composition on diffusers",
         epilog="exit codes: 0 done; 1 numerical failure (a batch: some sample failed); 2 bad input or usage; 3 an "
         "output could not be written (full disk, read-only folder, name too long); 130 interrupted (Ctrl-C); "
@@ -413,8 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="compose the built-in cross-domain sample with the embedded toy model")
-    demo.add_argument("--model", default="toy", help="model spec (default: the embedded toy model)")
-    demo.add_argument("--out", default="tficon_demo.png", help="result image; a side-by-side sheet is written beside it")
+    demo.add_argument("--model", default="toy", help="\"toy\" (the embedded model), a hub id, a diffusers folder or a checkpoint")
+    demo.add_argument("--out", default="out/tficon_demo.png", help="result image; a side-by-side sheet is written beside it")
+    demo.add_argument("--save-inputs", default=None, metavar="DIR", help="also write the sample's images into DIR")
     demo.add_argument("--json", default=None, help="write settings, timings and counts as JSON")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_flags(demo)
@@ -529,11 +529,15 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_config_flags(sweep)
     sweep.set_defaults(func=cmd_sweep)
-    return parser
+    from tficon import __version__
+    from tficon.cli_messages import add_examples_and_version
+
+    return add_examples_and_version(parser, __version__)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
+    from tficon.cli_messages import warnings_as_lines
     from tficon.core.threads import apply_threads, prepare_environment
 
     prepare_environment()  # before anything imports torch: OpenMP reads its wait policy only then
@@ -542,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
     where = f"tficon {args.command}"
     try:
         apply_threads(args.threads)
-        return args.func(args)
+        with warnings_as_lines(where):  # one line each, with flag names, no source path
+            return args.func(args)
     except KeyboardInterrupt:
         note = "finished samples are kept; a re-run resumes" if args.command == "batch" else "nothing was written"
         if not launched_by_processes():  # one of --processes N's processes: the launching command says it
