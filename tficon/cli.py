@@ -3,7 +3,8 @@
 Exit codes: 0 success; 1 the run failed (a numerical failure; a batch with failed samples); 2 a usage or input
 error (a bad flag value, a missing or unreadable file, a box that does not fit); 3 an output could not be written
 (a full disk, a read-only folder, a name too long; a batch: some sample's or summary's files); 130 interrupted
-(Ctrl-C); with ``batch --processes N``, 128 + n when one process was ended by signal n (137: ``kill -9``). Errors are reported in one paragraph on stderr without a traceback.
+(Ctrl-C); with ``batch --processes N``, 128 + n when one process was ended by signal n (137: ``kill -9``).
+Errors are reported in one paragraph on stderr without a traceback.
 
 Coordinates and sizes: ``--box x,y,w,h`` is in the background's own pixels (like ``--mask``, which is drawn on
 the background); the composition runs at the working size (``--size``, default the model's) and the result is
