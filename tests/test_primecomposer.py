@@ -238,3 +238,30 @@ def test_rows_and_columns_without_the_object_block():
     assert torch.allclose(got, want, atol=1e-6)
     with pytest.raises(ValueError, match="needs the reference"):
         BatchLayout(pseudo_cross=0, uncond=1, cond=2, fg=True)
+
+
+def test_lockstep_runs_primecomposer_sessions_together(model):
+    """Several primecomposer Sessions in one UNet call per round (tficon.composition.runner) equal their runs alone
+    to float tolerance; each cell reads its own kept records and geometry."""
+    from tficon.composition.runner import Task, run_tasks
+
+    settings = dict(tau_a=0.6, tau_c=0.5)
+    boxes = [None, (8, 64, 40, 40)]
+    together = [_session(model, 8, box=box, **settings) for box in boxes]
+    run_tasks([Task(session=s) for s in together], max_rows=12)
+    for box, session in zip(boxes, together):
+        alone = _session(model, 8, box=box, **settings).run()
+        want = alone.records[-1].generation.x
+        _close(session.records[-1].generation.x, want, want.abs().max(), f"box {box}")
+
+
+def test_object_word_markers_are_removed_before_encoding(model, sample):
+    """The released code encodes the prompt without its " <ref>" markers (they only feed its unused RCA)."""
+    from tficon.core.primecomposer import released_prompt
+
+    assert released_prompt("a painting of a <ref> red dog <ref>") == "a painting of a red dog"
+    marked = new_session(model, sample, steps=4, strategy="primecomposer")
+    marked.update(prompt="a blue square and a <ref> red star <ref>, outline style")
+    plain = new_session(model, sample, steps=4, strategy="primecomposer")
+    plain.update(prompt="a blue square and a red star, outline style")
+    assert torch.equal(marked.run().records[-1].generation.x, plain.run().records[-1].generation.x)

@@ -60,6 +60,7 @@ from tficon.core import placement as placement_mod
 from tficon.core.boxes import as_user_box, same_box
 from tficon.core.config import CompositionConfig, settings_invalidating
 from tficon.core.plan import StepPlan, injection_for, plans_for
+from tficon.core.primecomposer import released_prompt
 from tficon.core.schedule import InjectionSchedule
 from tficon.core.threads import torch_threads
 
@@ -487,7 +488,7 @@ class Session(SessionViews):
             grid=grid,
             exceptional=model.exceptional_embedding(),
             uncond=model.unconditional_embedding(),
-            cond=model.encode_prompt(self._prompt),
+            cond=model.encode_prompt(self._encoded_text()),
             inside=self._blend_mask(start[0] if start is not None else previous.generation.x),
             controller=self._ensure_controller(),
             start=start,
@@ -496,6 +497,10 @@ class Session(SessionViews):
             kept=self._kept_inversions() if self.plans[s].kept_inversions else None,
         )
         return self.plans[s], previous, inputs
+
+    def _encoded_text(self) -> str:
+        # strategy "primecomposer" encodes the prompt as its released code does: without its " <ref>" markers
+        return released_prompt(self._prompt) if self._config.strategy == "primecomposer" else self._prompt
 
     def _kept_inversions(self):
         inputs = self.inputs

@@ -32,6 +32,7 @@ __all__ = [
     "kept_history_blend",
     "paste_on_reference",
     "primecomposer_changes",
+    "released_prompt",
 ]
 
 PRIMECOMPOSER_SOURCE = "CodeGoat24/PrimeComposer at ff602b2 (scripts/main.py, ldm/models/diffusion/dpm_solver/sampler.py)"
@@ -55,6 +56,13 @@ def primecomposer_changes() -> dict:
         "tau_c": 0.2,
         "seed": 3407,
     }
+
+
+def released_prompt(prompt: str) -> str:
+    """The text the released code encodes for the prompt: every ``" <ref>"`` removed (its markers of the object's
+    words, ``a painting of a <ref> red dog <ref>`` -> ``a painting of a red dog``). The word list the markers give
+    feeds only the region-constrained cross-attention, which the released code never applies."""
+    return prompt.replace(" <ref>", "")
 
 
 @dataclass(frozen=True)
