@@ -202,6 +202,8 @@ def test_records_share_the_inversion_and_default_stays_bitwise(model, sample):
     background, reference = prime.inversion_records()
     x_bg, x_ref = default.invert()
     assert torch.equal(background[0], x_bg) and torch.equal(reference[0], x_ref)  # one inversion, bitwise the same
+    sharing = new_session(model, sample, steps=6, engine=prime.engine)  # a TF-ICON Session on the same engine
+    assert torch.equal(sharing.invert()[0], x_bg) and sharing.timings["invert_cached"] == (True, True)
     # the released list order: latents at t_0..t_{S-k}, then the inversion's warm-up data predictions
     z_bg, _ = prime.encoded_latents()
     released = released_inversion_list(model.unet, prime.schedule, z_bg, model.exceptional_embedding(), 6, 2,

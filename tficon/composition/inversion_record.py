@@ -4,7 +4,8 @@
 same model function, same solver path, so its x_T is bitwise ``Engine.invert``'s) and keeps, per latent, the list
 the released code keeps: the inversion's k warm-up data predictions D(u_0..u_{k-1}), then the latents at
 u_k..u_S, reversed into sampling order (entry i belongs to sampling grid index i; entry 0 is x_T). Records are cached
-in the engine's inversion cache under their own keys, so an inversion is computed once per engine.
+in the engine's inversion cache under their own keys, so an inversion is computed once per engine (x_T also under
+``Engine.invert``'s key, so a TF-ICON Session on the same engine and images reuses it).
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def invert_keeping_records(
     Returns (one record per latent: a tuple of S + 1 float32 (1, C, h, w) tensors in sampling order, see the module
     docstring; sample-evaluations spent, 0 on a cache hit). A NaN/inf raises ``tficon.core.checks.NonFiniteError``
     naming the image and the step, and nothing is cached."""
-    embedding, keys = engine._inversion_keys(latents, steps, order, None, time_ids)
-    keys = [("record",) + key for key in keys]
+    embedding, latent_keys = engine._inversion_keys(latents, steps, order, None, time_ids)
+    keys = [("record",) + key for key in latent_keys]
     cached = [engine.inversions.get(key) for key in keys]
     if all(c is not None for c in cached):
         return [tuple(c.unbind(0)) for c in cached], 0
@@ -78,6 +79,7 @@ def invert_keeping_records(
         record = record_order([d[i : i + 1] for d in d_warm], [at_grid[j][i : i + 1] for j in range(order, steps + 1)])
         records.append(tuple(x.clone() for x in record))
         engine.inversions.put(keys[i], torch.stack(records[-1]))
+        engine.inversions.put(latent_keys[i], record[0])  # x_T, bitwise Engine.invert's: a TF-ICON Session reuses it
     return records, steps * n
 
 

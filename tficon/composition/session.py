@@ -336,7 +336,8 @@ class Session(SessionViews):
             self.stats["unet_calls"] += self.steps if evals else 0
             self.stats["sample_evals"] += evals
             self._kept_records = tuple(records)
-            self.timings["invert_records"] = time.perf_counter() - started
+            self.timings["invert"] = time.perf_counter() - started
+            self.timings["invert_cached"] = (evals == 0, evals == 0)
         return self._kept_records
 
     def compose_start(self) -> torch.Tensor:
