@@ -185,7 +185,8 @@ def primecomposer_composition(
     def eval_gen(x: Tensor, j: int, inject: bool) -> Tensor:
         controller.mode, controller.fg_on = "gen", inject
         t = grid[j].expand(1)
-        out = unet(torch.cat([x, x]), schedule.model_time(t.expand(2)), encoder_hidden_states=torch.cat([e_uncond, e_cond])).sample
+        both = torch.cat([e_uncond, e_cond])
+        out = unet(torch.cat([x, x]), schedule.model_time(t.expand(2)), encoder_hidden_states=both).sample
         trace.append(("gen", j, inject))
         u, c = out.float().chunk(2)
         return to_data_prediction(u + guidance * (c - u), x, t, schedule, prediction_type)

@@ -267,3 +267,11 @@ def test_object_word_markers_are_removed_before_encoding(model, sample):
     plain = new_session(model, sample, steps=4, strategy="primecomposer")
     plain.update(prompt="a blue square and a red star, outline style")
     assert torch.equal(marked.run().records[-1].generation.x, plain.run().records[-1].generation.x)
+
+
+def test_sdxl_shaped_models_run_the_strategy(sample):
+    """SDXL's added time ids travel with the pseudo-cross row's prompt conditioning and the kept inversions."""
+    session = new_session(tiny_model("sdxl"), sample, steps=6, strategy="primecomposer", tau_a=0.7, tau_c=0.7).run()
+    plans = session.plans
+    assert any(p.hold_object for p in plans) and any(p.paste_on_reference for p in plans)
+    assert bool(torch.isfinite(session.records[-1].generation.x).all())

@@ -447,8 +447,8 @@ def composite_logits(own, *, query, key, layout: BatchLayout, regions, outside, 
     Assignment order as in the official code, later writes win: the gen row's own logits; the
     background block (query and key both outside the box) from ``background``; every key column of an
     object token from the pseudo-cross map C; every query row of an object token from C transposed;
-    the object x object block from ``reference`` (unless ``layout.object_block`` is False). Query i of gen is matched to reference-grid position i
-    with no translation, exactly as the official code does. With ``layout.background_queries`` the map C
+    the object x object block from ``reference`` (unless ``layout.object_block`` is False). Query i of gen is
+    matched to reference-grid position i with no translation, exactly as the official code does. With ``layout.background_queries`` the map C
     takes the background row's query i instead of the pseudo-cross row's (our reading of the paper).
 
     own: (heads, N, N), float32 or wider: every source is computed in its dtype; query/key: (batch, heads, N, d); outside: (N,) bool.

@@ -505,7 +505,8 @@ class Session(SessionViews):
 
     def _kept_inversions(self):
         inputs = self.inputs
-        return kept_inversions(self.inversion_records(), inputs.placement, inputs.object_mask, self.model.vae_scale_factor)
+        records, scale = self.inversion_records(), self.model.vae_scale_factor
+        return kept_inversions(records, inputs.placement, inputs.object_mask, scale)
 
     # ------------------------------------------------------------------ phase 6
     def decode(self, latent: torch.Tensor | None = None) -> torch.Tensor:

@@ -35,7 +35,9 @@ __all__ = [
     "released_prompt",
 ]
 
-PRIMECOMPOSER_SOURCE = "CodeGoat24/PrimeComposer at ff602b2 (scripts/main.py, ldm/models/diffusion/dpm_solver/sampler.py)"
+PRIMECOMPOSER_SOURCE = (
+    "CodeGoat24/PrimeComposer at ff602b2 (scripts/main.py, ldm/models/diffusion/dpm_solver/sampler.py)"
+)
 PRIMECOMPOSER_DESCRIPTION = (
     "PrimeComposer's released code: correlation-diffuser rows/columns, background from the inversion trajectory, "
     "object held until tau_c (no region-constrained cross-attention: the released code applies none)"
@@ -114,7 +116,8 @@ def hold_object(kept: KeptInversions, background: torch.Tensor, canvas: torch.Te
         x[target box] = where(sigma, canvas[ref box], background[target box]);  x = background elsewhere.
     """
     out = background.clone()
-    out[(..., *kept.target)] = torch.where(kept.on_object, canvas[(..., *kept.ref_box)], background[(..., *kept.target)])
+    target = (..., *kept.target)
+    out[target] = torch.where(kept.on_object, canvas[(..., *kept.ref_box)], background[target])
     return out
 
 
