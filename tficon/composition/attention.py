@@ -64,12 +64,17 @@ class BatchLayout:
     fg: bool = False
     bg: bool = False
     background_queries: bool = False  # pseudo-cross logits from the background row's queries (not official)
+    # fg also sets the object x object block from the reference row (TF-ICON); False: the pseudo-cross rows and
+    # columns only, the F x F block then holding the column injection (PrimeComposer's released code)
+    object_block: bool = True
     # The controller whose region geometry this layout's rows read (None: the processor's own controller). Set
     # per cell when several cells share one call, since each may have its own box.
     geometry: "InjectionController | None" = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.fg and None in (self.reference, self.pseudo_cross, self.cond):
+        if self.fg and None in (self.pseudo_cross, self.cond):
+            raise ValueError("foreground injection needs the pseudo_cross and cond rows in the batch")
+        if self.fg and self.object_block and self.reference is None:
             raise ValueError("foreground injection needs the reference, pseudo_cross and cond rows in the batch")
         if self.fg and self.background_queries and self.background is None:
             raise ValueError("background queries need the background row in the batch")
@@ -361,7 +366,8 @@ def fused_composite_attention(
     every other i                     [A(i), q_G(i)]              j = F[b]: [k_P(R[b]), 0]; else [0, k_G(j)]
     ================================  ==========================  ==============================================
 
-    The A / k_P segments are dropped when foreground injection is off or |F| = 0 at this layer. Values
+    The A / k_P segments are dropped when foreground injection is off or |F| = 0 at this layer. Without the object
+    block (``layout.object_block`` False) the object rows are [k_P(R[a])] against [A(j)] for every key j. Values
     are always gen's own, zero-padded to the query width because the CPU's fused kernel needs equal
     widths (with unequal widths it falls back to one that builds the N x N matrix).
 
@@ -386,7 +392,7 @@ def fused_composite_attention(
         fg, fg_ref = regions.fg.to(device), regions.fg_ref.to(device)
         in_f[fg] = True
         q_ask = query[layout.background] if layout.background_queries else query[layout.pseudo_cross]
-        k_pseudo, q_ref, k_ref = key[layout.pseudo_cross], query[layout.reference], key[layout.reference]
+        k_pseudo = key[layout.pseudo_cross]
     from_background = outside & ~in_f if layout.bg else torch.zeros_like(in_f)  # the O block's rows and keys
     from_gen = ~in_f & ~from_background
 
@@ -413,8 +419,12 @@ def fused_composite_attention(
     rows_gen = (~in_f & ~from_background).nonzero().squeeze(1)
     if fg_on:
         k_obj = at_f(k_pseudo)
-        # Object rows F[a]: C transposed (query k_P(R[a]) against the asking queries), then ref's object block.
-        attend(fg, [k_pseudo[:, fg_ref], q_ref[:, fg_ref]], [masked(q_ask, ~in_f), at_f(k_ref)])
+        if layout.object_block:
+            # Object rows F[a]: C transposed (query k_P(R[a]) against the asking queries), then ref's object block.
+            q_ref, k_ref = query[layout.reference], key[layout.reference]
+            attend(fg, [k_pseudo[:, fg_ref], q_ref[:, fg_ref]], [masked(q_ask, ~in_f), at_f(k_ref)])
+        else:  # C transposed on the whole row, the F x F block included
+            attend(fg, [k_pseudo[:, fg_ref]], [q_ask])
         attend(
             rows_background,
             [q_ask[:, rows_background], query[layout.background][:, rows_background], q_gen[:, rows_background]],
@@ -437,8 +447,8 @@ def composite_logits(own, *, query, key, layout: BatchLayout, regions, outside, 
     Assignment order as in the official code, later writes win: the gen row's own logits; the
     background block (query and key both outside the box) from ``background``; every key column of an
     object token from the pseudo-cross map C; every query row of an object token from C transposed;
-    the object x object block from ``reference``. Query i of gen is matched to reference-grid position i
-    with no translation, exactly as the official code does. With ``layout.background_queries`` the map C
+    the object x object block from ``reference`` (unless ``layout.object_block`` is False). Query i of gen is
+    matched to reference-grid position i with no translation, exactly as the official code does. With ``layout.background_queries`` the map C
     takes the background row's query i instead of the pseudo-cross row's (our reading of the paper).
 
     own: (heads, N, N), float32 or wider: every source is computed in its dtype; query/key: (batch, heads, N, d); outside: (N,) bool.
@@ -457,8 +467,9 @@ def composite_logits(own, *, query, key, layout: BatchLayout, regions, outside, 
         logits = logits.clone() if logits is own else logits
         logits[:, :, fg_target] = cross
         logits[:, fg_target, :] = cross.transpose(-1, -2)
-        obj = (query[r][:, fg_ref] @ key[r][:, fg_ref].transpose(-1, -2)).to(own.dtype) * scale  # (heads, |F|, |F|)
-        logits[:, fg_target[:, None], fg_target[None, :]] = obj
+        if layout.object_block:
+            obj = (query[r][:, fg_ref] @ key[r][:, fg_ref].transpose(-1, -2)).to(own.dtype) * scale  # (heads, |F|, |F|)
+            logits[:, fg_target[:, None], fg_target[None, :]] = obj
     return logits
 
 

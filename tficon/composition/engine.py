@@ -55,6 +55,7 @@ from tficon.composition.attention import BatchLayout, CaptureRequest, InjectionC
 from tficon.composition.phases import Rows, StepPhases, StepState, add_rows, warm_up_rows, warm_up_update
 from tficon.core import checks, solver
 from tficon.core.plan import StepPlan
+from tficon.core.primecomposer import KeptInversions
 from tficon.model import vae
 from tficon.model.families import Family, conditioning_digest
 
@@ -175,6 +176,9 @@ class StepInputs:
     capture: CaptureRequest | None = None
     # each branch's extra conditioning (branch -> SDXL's (1, 6) added time ids); None for families without any (SD)
     time_ids: dict | None = None
+    # both inversions' records and the blend windows, for plans that read them (``plan.kept_inversions``: strategy
+    # "primecomposer"); step 0 then starts the reference latents from the reference record (tficon.core.primecomposer)
+    kept: KeptInversions | None = None
 
     def conditioning(self, embedding, branch: str, family: Family):
         """``embedding`` with ``branch``'s extra conditioning attached by the model's ``family`` (SDXL: its time
@@ -471,7 +475,8 @@ def _begin(plan: StepPlan, previous: StepRecord | None, inputs: StepInputs) -> S
         grid = inputs.grid
         make = lambda x: Track(0, solver.SolverState(x=x, t=grid[0]))  # noqa: E731
         generation, background, reference = (make(x) for x in inputs.start)
-        return StepState(plan, inputs, generation, background, reference, (inputs.start[2],))
+        reference_latents = (inputs.start[2],) if inputs.kept is None else inputs.kept.reference
+        return StepState(plan, inputs, generation, background, reference, reference_latents)
     return StepState(
         plan, inputs, previous.generation, previous.background, previous.reference, previous.reference_latents
     )

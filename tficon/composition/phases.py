@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import torch
 
 from tficon.composition.attention import BatchLayout, InjectionController
-from tficon.core import solver
+from tficon.core import primecomposer, solver
 from tficon.core.plan import StepPlan
 from tficon.model.families import Family, conditioning_digest
 
@@ -66,6 +66,10 @@ __all__ = [
     "blend",
     "guidance",
     "history_blend",
+    "hold_object",
+    "kept_blend",
+    "kept_history_blend",
+    "paste_on_reference",
     "record_evaluations",
     "warm_up_rows",
     "warm_up_update",
@@ -157,6 +161,18 @@ def advance(state: StepState, door: Door) -> None:
         state.reference_latents = state.reference_latents + (state.reference.x,)
 
 
+def paste_on_reference(state: StepState, door: Door) -> None:
+    """PrimeComposer's correlation-diffuser canvas (``plan.paste_on_reference``), before the solver update: the
+    reference record at t_s takes the generation's latent, still at t_{s-1}, on the object
+    (``tficon.core.primecomposer.paste_on_reference``); the pseudo-cross row and the object hold read it."""
+    plan = state.plan
+    if not plan.paste_on_reference:
+        return
+    s, latents = plan.s, state.reference_latents
+    canvas = primecomposer.paste_on_reference(state.inputs.kept, latents[s], state.generation.x)
+    state.reference_latents = latents[:s] + (canvas,) + latents[s + 1 :]
+
+
 # ---------------------------------------------------------------------------------------------------- rows
 def add_rows(state: StepState, batch: Rows, door: Door, *, geometry: InjectionController | None) -> BatchLayout:
     """Add this cell's rows of the main call to ``batch`` (plan order: background, reference, pseudo_cross, uncond,
@@ -175,12 +191,13 @@ def add_rows(state: StepState, batch: Rows, door: Door, *, geometry: InjectionCo
     if plan.reference_row:
         at["reference"] = batch.add((state.reference.x, grid[m], conditioned(e_star, "reference")), shareable=True)
     if plan.pseudo_cross_row:
-        e_pseudo = conditioned(e_star, "pseudo_cross")
+        e_pseudo = conditioned(inputs.cond if plan.pseudo_cross_prompt else e_star, "pseudo_cross")
         at["pseudo_cross"] = batch.add((state.reference_latents[plan.pseudo_latent], grid[m], e_pseudo))
     at["uncond"] = batch.add((state.generation.x, grid[s], conditioned(inputs.uncond, "generation")))
     at["cond"] = batch.add((state.generation.x, grid[s], conditioned(inputs.cond, "generation")))
     state.layout = BatchLayout(
-        **at, fg=plan.fg, bg=plan.bg, background_queries=plan.background_queries, geometry=geometry
+        **at, fg=plan.fg, bg=plan.bg, background_queries=plan.background_queries, object_block=plan.object_block,
+        geometry=geometry,
     )
     return state.layout
 
@@ -269,6 +286,38 @@ def blend(state: StepState, door: Door) -> None:
     state.generation = with_latent(generation, torch.where(state.inputs.inside, generation.x, background.x))
 
 
+def kept_history_blend(state: StepState, door: Door) -> None:
+    """PrimeComposer's warm-up blend (``plan.kept_history_blend``): the generation's last ``order`` stored data
+    predictions take the kept background record's first entries outside the box (noisy latents, as the released code
+    does; ``tficon.core.primecomposer.kept_history_blend``)."""
+    if not state.plan.kept_history_blend:
+        return
+    inputs, generation = state.inputs, state.generation
+    k, d_hist = inputs.order, generation.state.d_hist
+    blended = primecomposer.kept_history_blend(inputs.inside, d_hist[-k:], inputs.kept.background)
+    state.generation = with_history(generation, d_hist[:-k] + blended)
+
+
+def hold_object(state: StepState, door: Door) -> None:
+    """PrimeComposer's tau_c phase (``plan.hold_object``), after the evaluation: the latent becomes the kept background
+    at t_s with the reference canvas at t_s on the object (``tficon.core.primecomposer.hold_object``)."""
+    if not state.plan.hold_object:
+        return
+    s, kept = state.plan.s, state.inputs.kept
+    held = primecomposer.hold_object(kept, kept.background[s], state.reference_latents[s])
+    state.generation = with_latent(state.generation, held)
+
+
+def kept_blend(state: StepState, door: Door) -> None:
+    """PrimeComposer's background blend (``plan.kept_blend``), after the evaluation: the latent outside the box takes
+    the kept background record at t_s."""
+    if not state.plan.kept_blend:
+        return
+    s, inputs, generation = state.plan.s, state.inputs, state.generation
+    blended = primecomposer.kept_blend(inputs.inside, generation.x, inputs.kept.background[s])
+    state.generation = with_latent(generation, blended)
+
+
 # ---------------------------------------------------------------------------------------------------- the phases
 @dataclass(frozen=True)
 class StepPhases:
@@ -276,8 +325,10 @@ class StepPhases:
     TF-ICON step; a strategy adds its operation to one tuple here, or, to try one out, to a copy
     (:meth:`with_operation`) given to an engine (``engine.phases``)."""
 
-    before_denoiser: tuple[Operation, ...] = (advance,)
-    after_denoiser: tuple[Operation, ...] = (record_evaluations, guidance, history_blend, blend)
+    before_denoiser: tuple[Operation, ...] = (paste_on_reference, advance)
+    after_denoiser: tuple[Operation, ...] = (
+        record_evaluations, guidance, history_blend, blend, kept_history_blend, hold_object, kept_blend
+    )
 
     def with_operation(self, phase: str, operation: Operation, *, before: Operation | None = None) -> StepPhases:
         """A copy with ``operation`` added to ``phase`` (``"before_denoiser"`` or ``"after_denoiser"``): at its end,

@@ -51,6 +51,7 @@ from tficon.composition.inputs import (
     official_mask_source,
     prepare_inputs,
 )
+from tficon.composition.inversion_record import invert_keeping_records, kept_inversions
 from tficon.composition.runner import run_alone
 from tficon.composition.session_views import BRANCHES, SessionViews
 from tficon.composition.start import start_latent
@@ -59,6 +60,7 @@ from tficon.core import placement as placement_mod
 from tficon.core.boxes import as_user_box, same_box
 from tficon.core.config import CompositionConfig, settings_invalidating
 from tficon.core.plan import StepPlan, injection_for, plans_for
+from tficon.core.primecomposer import released_prompt
 from tficon.core.schedule import InjectionSchedule
 from tficon.core.threads import torch_threads
 
@@ -253,6 +255,7 @@ class Session(SessionViews):
             self._preview_map = None
         self._latents = None  # (z_bg, z_ref, generator state after both draws)
         self._inverted = None  # (x_bg_T, x_ref_T)
+        self._kept_records = None  # both inversions' records, when the plans read them (strategy primecomposer)
         self._start = None
         self._records: list[StepRecord] = []
         self._result = None
@@ -298,6 +301,8 @@ class Session(SessionViews):
 
     def invert(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Invert the background (the cut-and-paste in "same" mode) and the reference to t = 1."""
+        if self._inverted is None and any(plan.kept_inversions for plan in self.plans):
+            self._inverted = tuple(record[0] for record in self.inversion_records())  # one inversion, kept whole
         if self._inverted is None:
             z_bg, z_ref, _ = self._encode()
             started = time.perf_counter()
@@ -314,6 +319,26 @@ class Session(SessionViews):
             self.timings["invert"] = time.perf_counter() - started
             self.timings["invert_cached"] = tuple(cached)
         return self._inverted
+
+    def inversion_records(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """Both inversions with their records kept (``tficon.composition.inversion_record``): per image, S + 1 latents
+        in sampling order, entry 0 = x_T. What strategy "primecomposer" reads back at every step; computed once."""
+        if self._kept_records is None:
+            z_bg, z_ref, _ = self._encode()
+            started = time.perf_counter()
+            ids = self.time_ids
+            with torch.no_grad(), self._threads():
+                records, evals = invert_keeping_records(
+                    self.engine, [z_bg, z_ref], self.steps, self._config.order,
+                    time_ids=None if ids is None else [ids["background"], ids["reference"]],
+                    names=("cut-and-paste" if self._config.mode == "same" else "background", "reference"),
+                )  # fmt: skip
+            self.stats["unet_calls"] += self.steps if evals else 0
+            self.stats["sample_evals"] += evals
+            self._kept_records = tuple(records)
+            self.timings["invert"] = time.perf_counter() - started
+            self.timings["invert_cached"] = (evals == 0, evals == 0)
+        return self._kept_records
 
     def compose_start(self) -> torch.Tensor:
         """The start latent (docs/algorithm.md §7): inverted background outside the box, inverted reference (cross) or
@@ -464,14 +489,24 @@ class Session(SessionViews):
             grid=grid,
             exceptional=model.exceptional_embedding(),
             uncond=model.unconditional_embedding(),
-            cond=model.encode_prompt(self._prompt),
+            cond=model.encode_prompt(self._encoded_text()),
             inside=self._blend_mask(start[0] if start is not None else previous.generation.x),
             controller=self._ensure_controller(),
             start=start,
             capture=capture,
             time_ids=self.time_ids,
+            kept=self._kept_inversions() if self.plans[s].kept_inversions else None,
         )
         return self.plans[s], previous, inputs
+
+    def _encoded_text(self) -> str:
+        # strategy "primecomposer" encodes the prompt as its released code does: without its " <ref>" markers
+        return released_prompt(self._prompt) if self._config.strategy == "primecomposer" else self._prompt
+
+    def _kept_inversions(self):
+        inputs = self.inputs
+        records, scale = self.inversion_records(), self.model.vae_scale_factor
+        return kept_inversions(records, inputs.placement, inputs.object_mask, scale)
 
     # ------------------------------------------------------------------ phase 6
     def decode(self, latent: torch.Tensor | None = None) -> torch.Tensor:

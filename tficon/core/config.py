@@ -59,6 +59,13 @@ def setting(default, *, help: str, invalidates: str, **meta) -> Any:
 
 MODES = ("cross", "same")
 
+#: What the denoising steps compute (the ``strategy`` field): "tf-icon" is the official TF-ICON code, "primecomposer"
+#: the released code of PrimeComposer (docs/strategies-primecomposer.md), run on the same inputs and inversions.
+STRATEGIES = ("tf-icon", "primecomposer")
+
+#: PrimeComposer's script does not force the guidance per domain: its ``--scale`` default is 2.5 in both modes.
+PRIMECOMPOSER_GUIDANCE = 2.5
+
 # The official script ignores --scale and forces these per domain (docs/algorithm.md §8.1).
 OFFICIAL_GUIDANCE = {"cross": 5.0, "same": 2.5}
 
@@ -104,6 +111,12 @@ class CompositionConfig:
                    paper, instead of the reference's own queries as the official code does (docs/algorithm.md §8.3).
     largest_contour: the target box is the bbox of the largest mask contour instead of OpenCV's first one.
     clip_box:      boxes that leave the image are moved inside instead of raising an error.
+
+    strategy:  "tf-icon" (default, the official code) or "primecomposer" (PrimeComposer's released code, see
+               docs/strategies-primecomposer.md; tau_bg, align_warmup, no_cross_lag and background_queries do not
+               apply to it).
+    tau_c:     primecomposer only: the steps s < int(tau_c * S + 1 - order) reset the latent to the inverted
+               background with the object held at its post-warm-up latent (its sampler's default 0.2), in [0, 1].
     """
 
     mode: str = setting(
@@ -155,10 +168,23 @@ class CompositionConfig:
         False, help="move boxes that leave the image inside instead of raising an error", invalidates="inputs",
         switch=True, control="checkbox",
     )  # fmt: skip
+    # PrimeComposer (issue 22)
+    strategy: str = setting(
+        "tf-icon", help="what the steps compute: tf-icon (the official code) or primecomposer (PrimeComposer's "
+        "released code: correlation-diffuser pass, background from the inversion trajectory, tau_c object hold)",
+        invalidates="plans", choices=STRATEGIES, control="dropdown",
+    )  # fmt: skip
+    tau_c: float = setting(
+        0.2, help="primecomposer only: fraction of steps that keep the object at its post-warm-up latent and the "
+        "rest at the inverted background", invalidates="plans", range=(0.0, 1.0), sweep=True, control="slider",
+        step=0.05,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
         if self.order not in (1, 2, 3):
@@ -190,8 +216,11 @@ class CompositionConfig:
 
     @property
     def effective_guidance(self) -> float:
-        """The guidance scale actually used (the official per-mode value when ``guidance`` is None)."""
-        return float(OFFICIAL_GUIDANCE[self.mode] if self.guidance is None else self.guidance)
+        """The guidance scale actually used: ``guidance``, or when it is None the official per-mode value (strategy
+        "primecomposer": PrimeComposer's default 2.5 in both modes)."""
+        if self.guidance is not None:
+            return float(self.guidance)
+        return float(PRIMECOMPOSER_GUIDANCE if self.strategy == "primecomposer" else OFFICIAL_GUIDANCE[self.mode])
 
     @property
     def box_rule(self) -> str:
@@ -212,7 +241,7 @@ SETTINGS: tuple[Setting, ...] = tuple(
     Setting(name=f.name, default=f.default, **f.metadata["tficon"]) for f in dataclasses.fields(CompositionConfig)
 )
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
-TAU_RANGES.update({name: SETTINGS_BY_NAME[name].range[1] for name in ("tau_a", "tau_b", "tau_bg")})
+TAU_RANGES.update({name: SETTINGS_BY_NAME[name].range[1] for name in ("tau_a", "tau_b", "tau_bg", "tau_c")})
 
 
 def settings_invalidating(level: str) -> frozenset[str]:

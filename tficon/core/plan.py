@@ -33,6 +33,20 @@ class StepPlan:
     history_blend:  after the last warm-up evaluation, replace the generation branch's stored D values outside the box
                     by the background branch's (the official model-history blending).
     blend:          after the evaluation, the generation branch's latent outside the box <- the background branch's latent.
+
+    PrimeComposer's released code (strategy "primecomposer"; tficon.core.primecomposer has the formulas):
+    kept_inversions: the step reads the kept inversion trajectories (``StepInputs.kept``) instead of running
+                    background and reference branches.
+    object_block:   with ``fg``, the object x object block of the composite comes from the reference row (TF-ICON);
+                    False: the pseudo-cross rows and columns only.
+    pseudo_cross_prompt: the pseudo-cross row is conditioned on the prompt instead of the exceptional prompt.
+    paste_on_reference: before the solver update, the reference canvas at t_s takes the generation's latent (still at
+                    t_{s-1}) on the object; the pseudo-cross row then reads that canvas.
+    kept_history_blend: after the last warm-up evaluation, the generation's stored data predictions outside the box
+                    <- the kept background trajectory's entries 0..k-1 (noisy latents: the released code's oddity).
+    hold_object:    after the evaluation, the latent <- the kept background at t_s, with the reference canvas at t_s
+                    on the object.
+    kept_blend:     after the evaluation, the latent outside the box <- the kept background at t_s.
     """
 
     s: int
@@ -52,6 +66,14 @@ class StepPlan:
     background_queries: bool
     history_blend: bool
     blend: bool
+    # PrimeComposer (issue 22; ``primecomposer_step_plan``). All off by default, so TF-ICON's plans are unchanged.
+    kept_inversions: bool = False
+    object_block: bool = True
+    pseudo_cross_prompt: bool = False
+    paste_on_reference: bool = False
+    kept_history_blend: bool = False
+    hold_object: bool = False
+    kept_blend: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -121,6 +143,56 @@ def step_plan(
     )
 
 
+def _bound(tau: float, steps: int, order: int) -> int:
+    """The released codes' step bound ``int(tau * steps + 1 - order)`` (Python floats, truncation)."""
+    return int(tau * steps + 1 - order)
+
+
+def primecomposer_step_plan(steps: int, order: int, tau_a: float, tau_b: float, tau_c: float, s: int) -> StepPlan:
+    """The plan of step ``s`` (0..steps) as PrimeComposer's released sampler runs it (docs/strategies-primecomposer.md).
+
+    Warm-up (s < order): the generation branch is evaluated with the pseudo-cross rows/columns injected, from one
+    pseudo-cross pass on the unedited inverted reference x_ref(t_0) at time t_{k-1} (the last of the released code's
+    warm-up passes, the one whose maps survive); at s = order - 1 the stored data predictions are blended with the kept
+    background trajectory. Main loop (s >= order), with threshold(f) = int(f * S + 1 - k): while s <
+    threshold(tau_a) the reference canvas at t_s takes the generation's latent on the object, the pseudo-cross pass
+    runs on it at t_s and is injected; after the evaluation, s < threshold(tau_c) holds the object, else s <
+    threshold(tau_b) blends the kept background outside the box. No background or reference branch ever runs.
+    """
+    if not 0 <= s <= steps:
+        raise ValueError(f"step must be in 0..{steps}, got {s}")
+    evaluate = s < steps
+    warm_up = s < order
+    fg = evaluate and (warm_up or s < _bound(tau_a, steps, order))
+    hold = not warm_up and s < _bound(tau_c, steps, order)
+    return StepPlan(
+        s=s,
+        order=step_order(s, steps, order) if s > 0 else 0,
+        pre_evals=(),
+        advance_generation=s > 0,
+        advance_background=False,
+        advance_reference=False,
+        evaluate=evaluate,
+        map_index=(order - 1 if warm_up else s) if evaluate else None,
+        pseudo_latent=(0 if warm_up else s) if fg else None,
+        background_row=False,
+        reference_row=False,
+        pseudo_cross_row=fg,
+        fg=fg,
+        bg=False,
+        background_queries=False,
+        history_blend=False,
+        blend=False,
+        kept_inversions=True,
+        object_block=False,
+        pseudo_cross_prompt=True,
+        paste_on_reference=fg and not warm_up,
+        kept_history_blend=s == order - 1,
+        hold_object=hold,
+        kept_blend=not warm_up and not hold and s < _bound(tau_b, steps, order),
+    )
+
+
 def injection_for(config) -> InjectionSchedule:
     """The injection schedule of a ``CompositionConfig`` (its steps, order, fractions and warm-up switch)."""
     return injection_schedule(
@@ -130,6 +202,9 @@ def injection_for(config) -> InjectionSchedule:
 
 def plans_for(config) -> tuple[StepPlan, ...]:
     """Plans of all steps 0..steps of a ``CompositionConfig``: the one place the config becomes plans."""
+    if config.strategy == "primecomposer":
+        args = (config.steps, config.order, config.tau_a, config.tau_b, config.tau_c)
+        return tuple(primecomposer_step_plan(*args, s) for s in range(config.steps + 1))
     return composition_plan(
         injection_for(config), cross_lag=not config.no_cross_lag, background_queries=config.background_queries
     )
