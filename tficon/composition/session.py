@@ -59,6 +59,7 @@ from tficon.core import placement as placement_mod
 from tficon.core.boxes import as_user_box, same_box
 from tficon.core.config import CompositionConfig, settings_invalidating
 from tficon.core.plan import StepPlan, injection_for, plans_for
+from tficon.core.presets import preset_of
 from tficon.core.schedule import InjectionSchedule
 from tficon.core.threads import torch_threads
 
@@ -472,6 +473,11 @@ class Session(SessionViews):
             time_ids=self.time_ids,
         )
         return self.plans[s], previous, inputs
+
+    def summary(self) -> dict:
+        """``SessionViews.summary`` plus ``preset``: the preset these settings follow (``tficon.core.presets.preset_of``;
+        None when they follow none), so batch and sweep records name it."""
+        return {**super().summary(), "preset": preset_of(self._config)}
 
     # ------------------------------------------------------------------ phase 6
     def decode(self, latent: torch.Tensor | None = None) -> torch.Tensor:

@@ -197,6 +197,16 @@ class CompositionConfig:
     def box_rule(self) -> str:
         return "largest" if self.largest_contour else "first"
 
+    @classmethod
+    def preset(cls, name: str, **changes) -> "CompositionConfig":
+        """The configuration of the named preset (``tficon.presets()`` lists them), with ``changes`` applied over it.
+
+        ``CompositionConfig.preset("tf-icon")`` is the default configuration; any setting can be overridden, e.g.
+        ``CompositionConfig.preset("tale", steps=30)``. An unknown name raises a ValueError listing the valid ones."""
+        from tficon.core.presets import apply_preset  # function level: the presets module imports this one
+
+        return apply_preset(cls(), name).replace(**changes)
+
     def replace(self, **changes) -> "CompositionConfig":
         """A copy with ``changes`` applied (validated); unknown names raise a TypeError listing the valid ones."""
         names = {f.name for f in dataclasses.fields(self)}
