@@ -24,9 +24,9 @@ __all__ = ["PARAMETERS", "GridError", "SweepCell", "parse_grid_option", "grid_ce
 _CONFIG_PARAMETERS = tuple(
     s.name for s in sorted((s for s in SETTINGS if s.sweep), key=lambda s: -INVALIDATES.index(s.invalidates))
 )
-#: The parameters a sweep can vary: the preset (``tficon.core.presets``: a cell follows the named preset, the other
-#: axes override it), those settings, then the box.
-PARAMETERS = ("preset", *_CONFIG_PARAMETERS, "box")
+#: The parameters a sweep can vary: those settings, the box, and the preset (``tficon.core.presets``: a cell follows
+#: the named preset, the other axes override it).
+PARAMETERS = (*_CONFIG_PARAMETERS, "box", "preset")
 
 class GridError(ValueError):
     """A bad grid: an unknown parameter, no values, a repeated value, a value a cell cannot take."""
