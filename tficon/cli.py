@@ -522,9 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep",
         help="compose one sample over a grid of settings, sharing inversions and common steps",
         description="Compose one sample at every point of a grid over tau_a, tau_b, tau_bg, guidance, seed, steps, "
-        "box and preset (--grid name=v1,v2,... or name=start:stop:count, repeated; boxes as box='x,y,w,h;x,y,w,h' in the "
-        "background's pixels; presets by name, preset=tf-icon,tale, each cell following its preset). Writes grid.png (first parameter down, second across), cells.csv, cells.json, "
-        "index.html and cells/ into --out.",
+        "box and preset (--grid name=v1,v2,... or name=start:stop:count, repeated; boxes as box='x,y,w,h;x,y,w,h' "
+        "in the background's pixels; presets by name, preset=tf-icon,tale, each cell following its preset). Writes "
+        "grid.png (first parameter down, second across), cells.csv, cells.json, index.html and cells/ into --out.",
     )
     sweep.add_argument("--grid", action="append", metavar="NAME=VALUES", help="a swept parameter and its values")
     sweep.add_argument("--demo", action="store_true", help="sweep the built-in demo sample (the toy model's)")
