@@ -81,7 +81,7 @@ def official(model, sample):
 def test_the_step_runs_named_phases_in_one_order():
     assert phases.STEP_ORDER == ("warm_up", "before_denoiser", "rows", "denoiser", "after_denoiser")
     assert Engine.phases.names() == {
-        "before_denoiser": ("advance",),
+        "before_denoiser": ("advance", "latent_normalization"),
         "after_denoiser": ("record_evaluations", "guidance", "history_blend", "blend"),
     }
     extended = Engine.phases.with_operation("after_denoiser", halve, before=phases.blend)

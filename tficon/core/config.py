@@ -73,6 +73,18 @@ TAU_RANGES: dict[str, float] = {}
 SEED_RANGE = (0, 2**63)
 
 
+#: The largest accepted ``later_start``: later than 90 % of the steps leaves (almost) nothing to compose; a start
+#: must also leave at least ``order`` steps (checked with the steps).
+LATER_START_MAX = 0.9
+
+
+def later_start_index(later_start: float, steps: int) -> int:
+    """The grid index a composition with ``later_start`` starts at: ``int(later_start * steps)``, as the official
+    bounds truncate, with a guard of 1e-9 so that e.g. 0.6 * 20 (= 11.999999999999998 in some orders of operations)
+    gives 12."""
+    return int(later_start * steps + 1e-9)
+
+
 def _is_number(value) -> bool:
     # bool is an int subclass, but tau_a=True is a mistake, not 1.0
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -104,6 +116,12 @@ class CompositionConfig:
                    paper, instead of the reference's own queries as the official code does (docs/algorithm.md §8.3).
     largest_contour: the target box is the bbox of the largest mask contour instead of OpenCV's first one.
     clip_box:      boxes that leave the image are moved inside instead of raising an error.
+
+    TALE's mechanisms (off by default; docs/strategies.md):
+    later_start:   fraction of the steps skipped: the inversions stop at grid index ``int(later_start * steps)`` and
+                   the composition runs the remaining steps from there (the taus count those steps).
+    latent_norm_steps, latent_norm_strength: on steps 1..n after the start, the object region's per-channel latent
+                   statistics move toward the background branch's (AdaIN), with weight strength * j / n on step j.
     """
 
     mode: str = setting(
@@ -155,6 +173,21 @@ class CompositionConfig:
         False, help="move boxes that leave the image inside instead of raising an error", invalidates="inputs",
         switch=True, control="checkbox",
     )  # fmt: skip
+    # TALE (issue 22): a later start and an adaptive normalisation of the object region's latent (docs/strategies.md)
+    later_start: float = setting(
+        0.0, help="fraction of the steps skipped: start from the inversions at grid index int(later_start * steps) "
+        "instead of t = 1 (TALE's t'; 0: official)", invalidates="latents", range=(0.0, 0.9),
+        sweep=True, control="slider", step=0.05,
+    )  # fmt: skip
+    latent_norm_steps: int = setting(
+        0, help="the first steps after the start that move the object region's latent statistics toward the "
+        "background's (TALE's tau; 0: off; steps past the end are not run)", invalidates="plans", range=(0, None), span=(0, 50), sweep=True,
+        control="int",
+    )  # fmt: skip
+    latent_norm_strength: float = setting(
+        0.5, help="weight of the latent normalisation on its last step; step j of n uses j/n of it (TALE: 0.5)",
+        invalidates="plans", range=(0.0, 1.0), sweep=True, control="slider", step=0.05,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -180,12 +213,31 @@ class CompositionConfig:
                 f"guidance must be a finite number >= 0, or None for the official per-mode value "
                 f"{OFFICIAL_GUIDANCE}, got {self.guidance!r}"
             )
+        self._check_tale()
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         if not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:
             raise ValueError(
                 f"seed must be in [0, 2**63) (torch generators take a signed 64-bit seed), got {self.seed}; "
                 "e.g. seed % 2**63"
+            )
+
+    def _check_tale(self) -> None:
+        """The TALE settings (issue 22): numbers in range, and a later start that leaves at least ``order`` steps."""
+        for name in ("later_start", "latent_norm_strength"):
+            value, high = getattr(self, name), 1.0 if name == "latent_norm_strength" else LATER_START_MAX
+            if not _is_number(value) or not math.isfinite(value) or not 0 <= value <= high:
+                raise ValueError(f"{name} must be a finite number in [0, {high:g}], got {value!r}")
+        n = self.latent_norm_steps
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"latent_norm_steps must be an integer >= 0 (0: off), got {n!r}")
+        if not isinstance(self.steps, int) or self.order not in (1, 2, 3):
+            return  # reported by the checks of steps and order
+        remaining = self.steps - later_start_index(self.later_start, self.steps)
+        if self.later_start and remaining < self.order:
+            raise ValueError(
+                f"later_start={self.later_start!r} leaves {remaining} of the {self.steps} steps, fewer than "
+                f"order={self.order}; lower later_start or raise steps"
             )
 
     @property

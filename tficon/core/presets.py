@@ -118,3 +118,11 @@ register_preset(
     "TF-ICON as its official code runs it: the defaults, bit for bit",
     "Lu et al., TF-ICON, ICCV 2023; Shilin-LU/TF-ICON (the official code)",
 )
+register_preset(
+    "tale",
+    "TF-ICON with TALE's later start at t' and its adaptive latent normalisation of the object region",
+    "Pham et al., TALE, ACM MM 2024; tkpham3105/TALE @2d869ef (run line --dpm_steps 20 --tprime 12 --tau 5)",
+    later_start=0.6,
+    latent_norm_steps=5,
+    latent_norm_strength=0.5,
+)
