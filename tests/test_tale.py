@@ -120,7 +120,9 @@ def test_bad_values_name_the_setting_and_the_fix():
 
 def test_the_normalisation_plan_ramps_its_weight_and_keeps_the_background_running():
     off = plans_for(CompositionConfig(steps=STEPS, tau_b=0.0, tau_bg=0.0))  # background needed in the warm-up only
-    on = plans_for(CompositionConfig(steps=STEPS, tau_b=0.0, tau_bg=0.0, latent_norm_steps=4, latent_norm_strength=0.8))
+    on = plans_for(
+        CompositionConfig(steps=STEPS, tau_b=0.0, tau_bg=0.0, latent_norm_steps=4, latent_norm_strength=0.8)
+    )
     assert [p.latent_norm for p in on] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 0.0, 0.0])
     # its target is the background branch at t_s: evaluated on every step before the last normalised one
     assert [p.background_row for p in off] == [True, True, False, False, False, False, False]
@@ -168,7 +170,8 @@ def test_the_normalisation_changes_the_object_region_at_its_steps_and_nothing_el
     torch.testing.assert_close(mean, target_mean, rtol=0, atol=1e-5)
     torch.testing.assert_close(std, target_std, rtol=1e-5, atol=1e-6)
     # the helper branches do not change; the generation carries the change on
-    assert all(torch.equal(x.background.x, y.background.x) and torch.equal(x.reference.x, y.reference.x) for x, y in zip(a, b))
+    for x, y in zip(a, b):
+        assert torch.equal(x.background.x, y.background.x) and torch.equal(x.reference.x, y.reference.x)
     assert not torch.equal(a[-1].generation.x, b[-1].generation.x)
     # the background was evaluated on those steps anyway: no extra work
     assert [r.sample_evals for r in on.records] == [r.sample_evals for r in official.records]
@@ -214,7 +217,8 @@ def test_tale_preset_runs_in_half_precision(sample, dtype):
     model = tiny_model("sd2", dtype=dtype)
     config = CompositionConfig.preset("tale", steps=STEPS * 2)
     session = new_session(model, sample, **{f: getattr(config, f) for f in config.__dataclass_fields__})
-    assert session.steps == 5 and [p.latent_norm for p in session.plans][:6] == pytest.approx([0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    assert session.steps == 5
+    assert [p.latent_norm for p in session.plans][:6] == pytest.approx([0, 0.1, 0.2, 0.3, 0.4, 0.5])
     session.run()
     x = session.records[-1].generation.x
     assert x.dtype == torch.float32 and torch.isfinite(x).all()  # the solver's latents stay float32
@@ -225,7 +229,8 @@ def test_tale_preset_runs_in_half_precision(sample, dtype):
 def test_tale_preset_maps_the_released_run_line_to_our_grid():
     """TALE's run line: --dpm_steps 20 --tprime 12 --tau 5; its ramp 0.5 / tau * j on its steps tprime + j."""
     config = CompositionConfig.preset("tale")
-    assert (config.steps, config.later_start, config.latent_norm_steps, config.latent_norm_strength) == (20, 0.6, 5, 0.5)
+    settings = (config.steps, config.later_start, config.latent_norm_steps, config.latent_norm_strength)
+    assert settings == (20, 0.6, 5, 0.5)
     assert start_index(config) == 12 and composition_steps(config) == 8
     weights = [p.latent_norm for p in plans_for(config)]
     assert weights == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.0, 0.0, 0.0])
@@ -233,3 +238,19 @@ def test_tale_preset_maps_the_released_run_line_to_our_grid():
     other = {f: getattr(config, f) for f in config.__dataclass_fields__ if not f.startswith(("later", "latent"))}
     assert other == {f: getattr(CompositionConfig(), f) for f in other}
     assert CompositionConfig.preset("tale", later_start=0.5).later_start == 0.5
+
+
+def test_tale_sessions_run_in_lockstep_with_official_ones(model, sample):
+    """The runner advances Sessions at different grids together (the later start's rows read their own times); the
+    results equal each Session's own run to float tolerance (another batch shape)."""
+    from tficon.composition.engine import Engine
+    from tficon.run.lockstep import run_lockstep
+
+    engine = Engine(model)
+    configs = [dict(), dict(later_start=0.5, latent_norm_steps=2), dict(later_start=0.34)]
+    together = [new_session(model, sample, steps=STEPS, engine=engine, **c) for c in configs]
+    run_lockstep(together, max_rows=64)
+    for config, session in zip(configs, together):
+        alone = new_session(model, sample, steps=STEPS, **config).run()
+        assert session.done and len(session.records) == len(alone.records)
+        torch.testing.assert_close(session.records[-1].generation.x, alone.records[-1].generation.x, rtol=1e-4, atol=1e-4)

@@ -40,7 +40,8 @@ def adaptive_latent_normalization(
     if target.dim() != 4 or target.shape[:2] != x.shape[:2]:
         raise ValueError(f"target must be a latent (1, {x.shape[1]}, h, w) like x, got shape {tuple(target.shape)}")
     if region.dtype != torch.bool or tuple(region.shape) != tuple(x.shape[-2:]):
-        raise ValueError(f"region must be a bool map of shape {tuple(x.shape[-2:])}, got {region.dtype} {tuple(region.shape)}")
+        shape = tuple(x.shape[-2:])
+        raise ValueError(f"region must be a bool map of shape {shape}, got {region.dtype} {tuple(region.shape)}")
     if not 0.0 <= float(weight) <= 1.0:
         raise ValueError(f"weight must be in [0, 1], got {weight!r}")
     region = region.to(x.device)

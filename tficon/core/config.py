@@ -181,8 +181,8 @@ class CompositionConfig:
     )  # fmt: skip
     latent_norm_steps: int = setting(
         0, help="the first steps after the start that move the object region's latent statistics toward the "
-        "background's (TALE's tau; 0: off; steps past the end are not run)", invalidates="plans", range=(0, None), span=(0, 50), sweep=True,
-        control="int",
+        "background's (TALE's tau; 0: off; steps past the end are not run)", invalidates="plans", range=(0, None),
+        span=(0, 50), sweep=True, control="int",
     )  # fmt: skip
     latent_norm_strength: float = setting(
         0.5, help="weight of the latent normalisation on its last step; step j of n uses j/n of it (TALE: 0.5)",

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-__all__ = ["Preset", "apply_preset", "get_preset", "preset_names", "preset_of", "presets", "register_preset", "with_preset"]
+__all__ = [
+    "Preset", "apply_preset", "get_preset", "preset_names", "preset_of", "presets", "register_preset", "with_preset",
+]  # fmt: skip
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
@@ -121,7 +123,7 @@ register_preset(
 register_preset(
     "tale",
     "TF-ICON with TALE's later start at t' and its adaptive latent normalisation of the object region",
-    "Pham et al., TALE, ACM MM 2024; tkpham3105/TALE @2d869ef (run line --dpm_steps 20 --tprime 12 --tau 5)",
+    "TALE, ACM MM 2024; tkpham3105/TALE @2d869ef (run line --dpm_steps 20 --tprime 12 --tau 5)",
     later_start=0.6,
     latent_norm_steps=5,
     latent_norm_strength=0.5,
