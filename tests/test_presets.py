@@ -178,6 +178,12 @@ def test_sweep_over_presets_matches_fresh_sessions_and_names_the_preset(model, s
         with open(tmp_path / "sweep" / "cells.csv") as f:
             rows = list(csv.DictReader(f))
         assert [r["preset"] for r in rows] == ["tf-icon", "tf-icon", "x-late", "x-late"]
+    # a sweep without a preset axis names the preset its cells follow
+    plain = run_sweep(
+        model, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt,
+        {"latent_norm_steps": [0, 1]}, image_size=SIZE, steps=2, progress=False,
+    )  # fmt: skip
+    assert [c.row()["preset"] for c in plain.cells] == ["tf-icon", None]
 
 
 def test_session_summary_names_the_preset(model, sample):

@@ -254,3 +254,24 @@ def test_tale_sessions_run_in_lockstep_with_official_ones(model, sample):
         alone = new_session(model, sample, steps=STEPS, **config).run()
         assert session.done and len(session.records) == len(alone.records)
         torch.testing.assert_close(session.records[-1].generation.x, alone.records[-1].generation.x, rtol=1e-4, atol=1e-4)
+
+
+def test_a_sweep_over_the_tale_settings_equals_fresh_sessions(model, sample):
+    import numpy as np
+
+    from tficon.run.sweeps import run_sweep
+    from tiny_setup import SIZE
+
+    grid = {"later_start": [0.0, 0.5], "latent_norm_steps": [0, 2]}
+    result = run_sweep(
+        model, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt, grid,
+        image_size=SIZE, steps=STEPS, progress=False,
+    )  # fmt: skip
+    assert not result.failed and len(result.cells) == 4
+    for cell in result.cells:
+        fresh = new_session(model, sample, steps=STEPS, **cell.values).result
+        assert np.array_equal(np.asarray(cell.image), np.asarray(fresh)), cell.values
+        # the work each cell reports is its plans' (plus its inversions where it needed new ones)
+        config = CompositionConfig(steps=STEPS, **cell.values)
+        steps_work = sum(p.sample_evals for p in plans_for(config)[cell.first_step :])
+        assert cell.sample_evals == steps_work + (0 if cell.inversions_cached else 2 * composition_steps(config))

@@ -15,7 +15,7 @@ from PIL import Image
 
 from tficon.core.boxes import as_user_box, parse_box_text
 from tficon.core.config import INVALIDATES, SETTINGS, CompositionConfig
-from tficon.core.presets import get_preset, with_preset
+from tficon.core.presets import get_preset, preset_of, with_preset
 
 __all__ = ["PARAMETERS", "GridError", "SweepCell", "parse_grid_option", "grid_cells"]
 
@@ -164,6 +164,8 @@ class SweepCell:
         return {
             "index": self.index,
             **{n: _label(n, v) if n == "box" else v for n, v in self.values.items()},
+            # the preset axis' value, else the preset the cell's settings follow (None: none)
+            "preset": self.values.get("preset", preset_of(self.config)),
             "guidance_used": self.config.effective_guidance,
             **{c: flat.get(c) for c in _METRIC_COLUMNS},
             "eval_order": self.order,
