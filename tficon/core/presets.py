@@ -7,8 +7,9 @@ inspected, overridden setting by setting and swept like any other configuration.
 
 - ``tficon.presets()`` lists them: ``{name: Preset}``, each with ``description``, ``source`` and ``changes``;
 - ``CompositionConfig.preset(name, **changes)`` builds one, any setting overridable;
-- ``register_preset(name, description, source, **changes)`` adds one (a mechanism's module registers the presets that
-  use it when the mechanism lands; only presets that work are registered);
+- ``register_preset(name, description, source, **changes)`` adds one. The built-in presets are registered at the end
+  of this module, one call each, so that they exist whenever presets are listed; a preset joins them when the
+  mechanisms it uses have landed (only presets that work are registered);
 - the command line takes ``--preset NAME`` (``compose``, ``batch``, ``sweep``, ``demo``), and a sweep can compare
   presets on one grid: ``tficon sweep --grid preset=tf-icon,tale``.
 
