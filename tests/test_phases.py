@@ -83,7 +83,7 @@ def test_the_step_runs_named_phases_in_one_order():
     # PrimeComposer's operations (issue 22) follow TF-ICON's; each does nothing unless its plan flag is on
     primecomposer_after = ("kept_history_blend", "hold_object", "kept_blend")
     assert Engine.phases.names() == {
-        "before_denoiser": ("paste_on_reference", "advance"),
+        "before_denoiser": ("paste_on_reference", "advance", "latent_normalization"),
         "after_denoiser": ("record_evaluations", "guidance", "history_blend", "blend", *primecomposer_after),
     }
     extended = Engine.phases.with_operation("after_denoiser", halve, before=phases.blend)

@@ -93,18 +93,25 @@ STEPS = 4
 CHANGED = dict(
     mode="same", steps=5, order=1, guidance=3.0, tau_a=1.0, tau_b=1.0, tau_bg=1.0, seed=5, align_warmup=True,
     no_cross_lag=True, background_queries=True, largest_contour=True, clip_box=True, strategy="primecomposer",
-    tau_c=1.0,
+    tau_c=1.0, later_start=0.5, latent_norm_steps=2, latent_norm_strength=1.0,
 )  # fmt: skip
 #: The settings a Session starts from before the change (the official ones but where noted): the cross lag
 #: only matters on steps with foreground injection past the warm-up, which 4 steps reach with tau_a = 1.
-BEFORE = {"no_cross_lag": {"tau_a": 1.0}, "tau_c": {"strategy": "primecomposer"}}  # tau_c acts in primecomposer only
+BEFORE = {
+    "no_cross_lag": {"tau_a": 1.0},
+    "tau_c": {"strategy": "primecomposer"},  # tau_c acts in primecomposer only
+    "latent_norm_strength": {"latent_norm_steps": 2},
+}
 
 
 def test_declared_ranges_are_exactly_what_the_config_accepts():
     """A number setting's ``range`` is its accepted values: both bounds pass, a step past either fails, so the CLI's
     help and the Explorer never promise what the config refuses."""
     numbers = [s for s in SETTINGS if s.range is not None]
-    assert {s.name for s in numbers} == {"steps", "guidance", "tau_a", "tau_b", "tau_bg", "seed", "tau_c"}
+    assert {s.name for s in numbers} == {
+        "steps", "guidance", "tau_a", "tau_b", "tau_bg", "seed", "tau_c", "later_start", "latent_norm_steps",
+        "latent_norm_strength",
+    }  # fmt: skip
     for setting in numbers:
         low, high = setting.range
         integer = isinstance(setting.default, int)

@@ -71,15 +71,16 @@ def _add_config_flags(parser: argparse.ArgumentParser, **help_overrides: str) ->
     group = parser.add_argument_group("composition settings (defaults reproduce the official code)")
     for setting in SETTINGS:
         help_text = _setting_help(setting, help_overrides.get(setting.name))
-        if setting.switch:
+        # Every value flag defaults to None, "not given", so that explicit flags override a --preset's values
+        # (config_from_args); mode: None = the command's own (cross; the demo's sample; batch: per folder).
+        if setting.switch:  # can only switch on: off (False) is "not given"
             group.add_argument(setting.flag, dest=setting.name, action="store_true", help=help_text)
             continue
-        # mode: None = the command's own (cross; the demo's sample; batch: per folder); guidance: None = official
-        default = None if setting.name == "mode" else setting.default
         kind = float if setting.name == "guidance" else type(setting.default)
         group.add_argument(
-            setting.flag, dest=setting.name, type=kind, choices=setting.choices, default=default, help=help_text
+            setting.flag, dest=setting.name, type=kind, choices=setting.choices, default=None, help=help_text
         )
+    _add_preset_flag(group)
     parser.add_argument(
         "--threads", type=int, default=None,
         help="CPU threads for torch (default: the free cores, at most one per core)",
@@ -90,10 +91,27 @@ def _add_config_flags(parser: argparse.ArgumentParser, **help_overrides: str) ->
     )  # fmt: skip
 
 
+def _add_preset_flag(group) -> None:
+    """--preset NAME (``tficon.core.presets``): a named set of settings; explicit setting flags override it."""
+    from tficon.core.presets import presets
+
+    names = ", ".join(presets())
+    group.add_argument(
+        "--preset", default=None, metavar="NAME",
+        help=f"start from a named preset ({names}; default: tf-icon, the official code); setting flags given "
+        "explicitly override its values; docs/strategies.md describes them",
+    )  # fmt: skip
+
+
 def config_from_args(args, mode: str) -> CompositionConfig:
-    """The ``CompositionConfig`` of parsed flags (one per setting); ``mode`` when --mode was not given."""
-    values = {setting.name: getattr(args, setting.name) for setting in SETTINGS}
-    return CompositionConfig(**{**values, "mode": values["mode"] or mode})
+    """The ``CompositionConfig`` of parsed flags: the --preset's settings (default: the official ones), then every
+    setting flag that was given (value flags default to None and switches to False, "not given"); ``mode`` when --mode
+    was not given."""
+    values = {s.name: getattr(args, s.name, None) for s in SETTINGS}
+    given = {name: v for name, v in values.items() if v is not None and v is not False}  # not "== False": 0 is given
+    preset = getattr(args, "preset", None)
+    base = CompositionConfig() if preset is None else CompositionConfig.preset(preset)
+    return base.replace(**{"mode": mode, **given})
 
 
 def _load(spec: str, dtype: str | None = None):
@@ -505,10 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser(
         "sweep",
         help="compose one sample over a grid of settings, sharing inversions and common steps",
-        description="Compose one sample at every point of a grid over tau_a, tau_b, tau_bg, guidance, seed, steps "
-        "and box (--grid name=v1,v2,... or name=start:stop:count, repeated; boxes as box='x,y,w,h;x,y,w,h' in the "
-        "background's pixels). Writes grid.png (first parameter down, second across), cells.csv, cells.json, "
-        "index.html and cells/ into --out.",
+        description="Compose one sample at every point of a grid over tau_a, tau_b, tau_bg, guidance, seed, steps, "
+        "box and preset (--grid name=v1,v2,... or name=start:stop:count, repeated; boxes as box='x,y,w,h;x,y,w,h' "
+        "in the background's pixels; presets by name, preset=tf-icon,tale, each cell following its preset). Writes "
+        "grid.png (first parameter down, second across), cells.csv, cells.json, index.html and cells/ into --out.",
     )
     sweep.add_argument("--grid", action="append", metavar="NAME=VALUES", help="a swept parameter and its values")
     sweep.add_argument("--demo", action="store_true", help="sweep the built-in demo sample (the toy model's)")

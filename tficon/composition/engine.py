@@ -179,6 +179,8 @@ class StepInputs:
     # both inversions' records and the blend windows, for plans that read them (``plan.kept_inversions``: strategy
     # "primecomposer"); step 0 then starts the reference latents from the reference record (tficon.core.primecomposer)
     kept: KeptInversions | None = None
+    # the placed object's region, a bool (h, w) latent map: read by TALE's latent normalisation (plan.latent_norm)
+    object_region: torch.Tensor | None = None
 
     def conditioning(self, embedding, branch: str, family: Family):
         """``embedding`` with ``branch``'s extra conditioning attached by the model's ``family`` (SDXL: its time
@@ -277,8 +279,10 @@ class Engine:
         time_ids: Sequence[torch.Tensor] | None = None,
         progress: bool = False,
         names: Sequence[str] | None = None,
+        t_start: float = 1.0,
     ) -> tuple[list[torch.Tensor], list[bool], int]:
-        """Invert clean latents (each (1, C, h, w)) to t = 1 together, one UNet call per step.
+        """Invert clean latents (each (1, C, h, w)) to t = 1 together, one UNet call per step (to ``t_start`` < 1 with
+        a later start: ``steps`` steps of the grid from the clean end up to it; cached apart from inversions to t = 1).
 
         ``embedding`` defaults to the exceptional prompt e* (used as both CFG halves officially, so one
         unguided evaluation per step is exact). SDXL: ``time_ids`` gives each latent's added time ids (default:
@@ -294,6 +298,8 @@ class Engine:
         result of that batch is cached.
         """
         embedding, keys = self._inversion_keys(latents, steps, order, embedding, time_ids)
+        if t_start != 1.0:  # a later start (TALE): another end point, another result
+            keys = [key + (("t_start", float(t_start)),) for key in keys]
         if keys and all(key in self._prepared for key in keys):
             return [self._prepared[key].clone() for key in keys], [False] * len(keys), steps * len(keys)
         n = len(latents)
@@ -310,7 +316,7 @@ class Engine:
         check(0, None, batch)
         x_T = solver.invert(
             self.model_fn(embedding), batch, self.schedule, steps, order,
-            prediction_type=self.model.prediction_type, progress=progress, callback=check,
+            prediction_type=self.model.prediction_type, progress=progress, callback=check, t_start=t_start,
         )  # fmt: skip
         for i in missing:
             results[i] = x_T[i : i + 1].clone()

@@ -4,8 +4,10 @@ the UNet), which drives the phases in this order for each cell (one Session's st
 
 1. ``warm_up``: background and reference evaluated on their own and moved one grid point ahead, one denoiser call
    per depth (``plan.pre_evals``: step 0 of the official warm-up). :func:`warm_up_rows`, :func:`warm_up_update`.
-2. ``before_denoiser``: the operations of :attr:`StepPhases.before_denoiser`, by default ``(advance,)``, the solver
-   update moving each branch the plan names from t_{s-1} to t_s (``plan.advance_*``).
+2. ``before_denoiser``: the operations of :attr:`StepPhases.before_denoiser`, by default ``(advance,
+   latent_normalization)``: the solver update moving each branch the plan names from t_{s-1} to t_s
+   (``plan.advance_*``), then TALE's normalisation of the object region's latent where the plan asks for it
+   (``plan.latent_norm``, off officially).
 3. ``rows``: :func:`add_rows`, the rows of the batched call and the composite-attention layout
    (``plan.background_row``, ``reference_row``, ``pseudo_cross_row``, ``fg``, ``bg``, ``background_queries``).
 4. ``denoiser``: one batched UNet call holding every cell's rows (``plan.evaluate``). In the engine, not here.
@@ -47,6 +49,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import torch
 
 from tficon.composition.attention import BatchLayout, InjectionController
+from tficon.composition.latent_norm import adaptive_latent_normalization
 from tficon.core import primecomposer, solver
 from tficon.core.plan import StepPlan
 from tficon.model.families import Family, conditioning_digest
@@ -69,6 +72,7 @@ __all__ = [
     "hold_object",
     "kept_blend",
     "kept_history_blend",
+    "latent_normalization",
     "paste_on_reference",
     "record_evaluations",
     "warm_up_rows",
@@ -171,6 +175,23 @@ def paste_on_reference(state: StepState, door: Door) -> None:
     s, latents = plan.s, state.reference_latents
     canvas = primecomposer.paste_on_reference(state.inputs.kept, latents[s], state.generation.x)
     state.reference_latents = latents[:s] + (canvas,) + latents[s + 1 :]
+
+
+def latent_normalization(state: StepState, door: Door) -> None:
+    """TALE's adaptive latent normalisation (``plan.latent_norm``, the weight; 0: nothing), right after the solver
+    update: the generation branch's object region (``inputs.object_region``) moves toward the per-channel mean and
+    standard deviation of the background branch's latent at the same grid point
+    (``tficon.composition.latent_norm.adaptive_latent_normalization``); the stored data predictions are kept."""
+    weight = state.plan.latent_norm
+    if not weight:
+        return
+    region, background, s = state.inputs.object_region, state.background, state.plan.s
+    if region is None:
+        raise RuntimeError("internal: the plan normalises the latent but StepInputs.object_region is None")
+    if background.index != s:
+        raise RuntimeError(f"internal: background is at grid index {background.index}, normalising at {s}")
+    x = adaptive_latent_normalization(state.generation.x, region, background.x, weight)
+    state.generation = with_latent(state.generation, x)
 
 
 # ---------------------------------------------------------------------------------------------------- rows
@@ -325,7 +346,7 @@ class StepPhases:
     TF-ICON step; a strategy adds its operation to one tuple here, or, to try one out, to a copy
     (:meth:`with_operation`) given to an engine (``engine.phases``)."""
 
-    before_denoiser: tuple[Operation, ...] = (paste_on_reference, advance)
+    before_denoiser: tuple[Operation, ...] = (paste_on_reference, advance, latent_normalization)
     after_denoiser: tuple[Operation, ...] = (
         record_evaluations, guidance, history_blend, blend, kept_history_blend, hold_object, kept_blend
     )

@@ -59,7 +59,8 @@ from tficon.core import checks, io, solver
 from tficon.core import placement as placement_mod
 from tficon.core.boxes import as_user_box, same_box
 from tficon.core.config import CompositionConfig, settings_invalidating
-from tficon.core.plan import StepPlan, injection_for, plans_for
+from tficon.core.plan import StepPlan, composition_steps, injection_for, plans_for, start_index
+from tficon.core.presets import preset_of
 from tficon.core.primecomposer import released_prompt
 from tficon.core.schedule import InjectionSchedule
 from tficon.core.threads import torch_threads
@@ -159,7 +160,9 @@ class Session(SessionViews):
 
     @property
     def steps(self) -> int:
-        return self._config.steps
+        """The steps the composition runs (records 0..steps): ``config.steps``, or with a later start (TALE) those
+        after its grid index (``tficon.core.plan.composition_steps``)."""
+        return composition_steps(self._config)
 
     @property
     def injection(self) -> InjectionSchedule:
@@ -300,7 +303,8 @@ class Session(SessionViews):
         return {branch: ids for branch in ("generation", "background", "reference", "pseudo_cross")}
 
     def invert(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Invert the background (the cut-and-paste in "same" mode) and the reference to t = 1."""
+        """Invert the background (the cut-and-paste in "same" mode) and the reference to t = 1 (with a later start:
+        to its grid point, ``self.steps`` inversion steps of the same grid)."""
         if self._inverted is None and any(plan.kept_inversions for plan in self.plans):
             self._inverted = tuple(record[0] for record in self.inversion_records())  # one inversion, kept whole
         if self._inverted is None:
@@ -312,6 +316,7 @@ class Session(SessionViews):
                     [z_bg, z_ref], self.steps, self._config.order, progress=self.progress,
                     time_ids=None if ids is None else [ids["background"], ids["reference"]],
                     names=("cut-and-paste" if self._config.mode == "same" else "background", "reference"),
+                    t_start=float(self._grid()[0]),  # 1.0; a later start stops the inversions at its grid point
                 )  # fmt: skip
             self.stats["unet_calls"] += self.steps if evals else 0
             self.stats["sample_evals"] += evals
@@ -342,7 +347,8 @@ class Session(SessionViews):
 
     def compose_start(self) -> torch.Tensor:
         """The start latent (docs/algorithm.md §7): inverted background outside the box, inverted reference (cross) or
-        inverted composite (same) on the object, fresh noise in the rest of the box (``tficon.composition.start``)."""
+        inverted composite (same) on the object, fresh noise in the rest of the box (``tficon.composition.start``);
+        with a later start, of the inversions at its grid point."""
         if self._start is None:
             x_bg, x_ref = self.invert()
             _, _, rng_state = self._encode()
@@ -379,8 +385,11 @@ class Session(SessionViews):
         return torch_threads(self.threads)
 
     def _grid(self) -> torch.Tensor:
-        # on the model's device, so that solver coefficients never mix CPU and GPU tensors
-        return solver.time_grid(self.steps, device=self.model.device)
+        # on the model's device, so that solver coefficients never mix CPU and GPU tensors; with a later start the
+        # tail of the config's grid from its start index on (a time-uniform grid of self.steps steps)
+        grid = solver.time_grid(self._config.steps, device=self.model.device)
+        start = start_index(self._config)
+        return grid if start == 0 else grid[start:].clone()
 
     def _blend_mask(self, like: torch.Tensor) -> torch.Tensor:
         """True inside the latent target box ("param"), broadcastable to a latent."""
@@ -496,6 +505,7 @@ class Session(SessionViews):
             capture=capture,
             time_ids=self.time_ids,
             kept=self._kept_inversions() if self.plans[s].kept_inversions else None,
+            object_region=self.region_masks()["object"].to(model.device) if self.plans[s].latent_norm else None,
         )
         return self.plans[s], previous, inputs
 
@@ -507,6 +517,11 @@ class Session(SessionViews):
         inputs = self.inputs
         records, scale = self.inversion_records(), self.model.vae_scale_factor
         return kept_inversions(records, inputs.placement, inputs.object_mask, scale)
+
+    def summary(self) -> dict:
+        """``SessionViews.summary`` plus ``preset``: the preset these settings follow (``tficon.core.presets.preset_of``;
+        None when they follow none), so batch and sweep records name it."""
+        return {**super().summary(), "preset": preset_of(self._config)}
 
     # ------------------------------------------------------------------ phase 6
     def decode(self, latent: torch.Tensor | None = None) -> torch.Tensor:

@@ -80,6 +80,18 @@ TAU_RANGES: dict[str, float] = {}
 SEED_RANGE = (0, 2**63)
 
 
+#: The largest accepted ``later_start``: later than 90 % of the steps leaves (almost) nothing to compose; a start
+#: must also leave at least ``order`` steps (checked with the steps).
+LATER_START_MAX = 0.9
+
+
+def later_start_index(later_start: float, steps: int) -> int:
+    """The grid index a composition with ``later_start`` starts at: ``int(later_start * steps)``, as the official
+    bounds truncate, with a guard of 1e-9 so that e.g. 0.6 * 20 (= 11.999999999999998 in some orders of operations)
+    gives 12."""
+    return int(later_start * steps + 1e-9)
+
+
 def _is_number(value) -> bool:
     # bool is an int subclass, but tau_a=True is a mistake, not 1.0
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -117,6 +129,11 @@ class CompositionConfig:
                apply to it).
     tau_c:     primecomposer only: the steps s < int(tau_c * S + 1 - order) reset the latent to the inverted
                background with the object held at its post-warm-up latent (its sampler's default 0.2), in [0, 1].
+    TALE's mechanisms (off by default; docs/strategies.md):
+    later_start:   fraction of the steps skipped: the inversions stop at grid index ``int(later_start * steps)`` and
+                   the composition runs the remaining steps from there (the taus count those steps).
+    latent_norm_steps, latent_norm_strength: on steps 1..n after the start, the object region's per-channel latent
+                   statistics move toward the background branch's (AdaIN), with weight strength * j / n on step j.
     """
 
     mode: str = setting(
@@ -178,6 +195,20 @@ class CompositionConfig:
         0.2, help="primecomposer only: fraction of steps that keep the object at its post-warm-up latent and the "
         "rest at the inverted background", invalidates="plans", range=(0.0, 1.0), sweep=True, control="slider",
         step=0.05,
+    # TALE (issue 22): a later start and an adaptive normalisation of the object region's latent (docs/strategies.md)
+    later_start: float = setting(
+        0.0, help="fraction of the steps skipped: start from the inversions at grid index int(later_start * steps) "
+        "instead of t = 1 (TALE's t'; 0: official)", invalidates="latents", range=(0.0, 0.9),
+        sweep=True, control="slider", step=0.05,
+    )  # fmt: skip
+    latent_norm_steps: int = setting(
+        0, help="the first steps after the start that move the object region's latent statistics toward the "
+        "background's (TALE's tau; 0: off; steps past the end are not run)", invalidates="plans", range=(0, None),
+        span=(0, 50), sweep=True, control="int",
+    )  # fmt: skip
+    latent_norm_strength: float = setting(
+        0.5, help="weight of the latent normalisation on its last step; step j of n uses j/n of it (TALE: 0.5)",
+        invalidates="plans", range=(0.0, 1.0), sweep=True, control="slider", step=0.05,
     )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -185,6 +216,12 @@ class CompositionConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.strategy == "primecomposer" and (self.later_start or self.latent_norm_steps):
+            # its steps read the full inversion trajectories from t = 1 and run no background branch to normalise to
+            raise ValueError(
+                "strategy='primecomposer' runs PrimeComposer's released steps, which TALE's later_start and "
+                "latent_norm_steps do not apply to; set them to 0 (or use strategy='tf-icon')"
+            )
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
         if self.order not in (1, 2, 3):
@@ -206,12 +243,31 @@ class CompositionConfig:
                 f"guidance must be a finite number >= 0, or None for the official per-mode value "
                 f"{OFFICIAL_GUIDANCE}, got {self.guidance!r}"
             )
+        self._check_tale()
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         if not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:
             raise ValueError(
                 f"seed must be in [0, 2**63) (torch generators take a signed 64-bit seed), got {self.seed}; "
                 "e.g. seed % 2**63"
+            )
+
+    def _check_tale(self) -> None:
+        """The TALE settings (issue 22): numbers in range, and a later start that leaves at least ``order`` steps."""
+        for name in ("later_start", "latent_norm_strength"):
+            value, high = getattr(self, name), 1.0 if name == "latent_norm_strength" else LATER_START_MAX
+            if not _is_number(value) or not math.isfinite(value) or not 0 <= value <= high:
+                raise ValueError(f"{name} must be a finite number in [0, {high:g}], got {value!r}")
+        n = self.latent_norm_steps
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"latent_norm_steps must be an integer >= 0 (0: off), got {n!r}")
+        if not isinstance(self.steps, int) or self.order not in (1, 2, 3):
+            return  # reported by the checks of steps and order
+        remaining = self.steps - later_start_index(self.later_start, self.steps)
+        if self.later_start and remaining < self.order:
+            raise ValueError(
+                f"later_start={self.later_start!r} leaves {remaining} of the {self.steps} steps, fewer than "
+                f"order={self.order}; lower later_start or raise steps"
             )
 
     @property
@@ -225,6 +281,16 @@ class CompositionConfig:
     @property
     def box_rule(self) -> str:
         return "largest" if self.largest_contour else "first"
+
+    @classmethod
+    def preset(cls, name: str, **changes) -> "CompositionConfig":
+        """The configuration of the named preset (``tficon.presets()`` lists them), with ``changes`` applied over it.
+
+        ``CompositionConfig.preset("tf-icon")`` is the default configuration; any setting can be overridden, e.g.
+        ``CompositionConfig.preset("tale", steps=30)``. An unknown name raises a ValueError listing the valid ones."""
+        from tficon.core.presets import apply_preset  # function level: the presets module imports this one
+
+        return apply_preset(cls(), name).replace(**changes)
 
     def replace(self, **changes) -> "CompositionConfig":
         """A copy with ``changes`` applied (validated); unknown names raise a TypeError listing the valid ones."""

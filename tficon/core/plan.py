@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tficon.core.config import later_start_index
 from tficon.core.schedule import InjectionSchedule, injection_schedule
 from tficon.core.solver import step_order
 
@@ -47,6 +48,8 @@ class StepPlan:
     hold_object:    after the evaluation, the latent <- the kept background at t_s, with the reference canvas at t_s
                     on the object.
     kept_blend:     after the evaluation, the latent outside the box <- the kept background at t_s.
+    latent_norm:    TALE's adaptive latent normalisation right after the solver update: the weight with which the
+                    generation branch's object region takes the background branch's per-channel statistics (0: none).
     """
 
     s: int
@@ -74,6 +77,7 @@ class StepPlan:
     kept_history_blend: bool = False
     hold_object: bool = False
     kept_blend: bool = False
+    latent_norm: float = 0.0
 
     @property
     def batch_size(self) -> int:
@@ -93,13 +97,22 @@ class StepPlan:
 
 
 def step_plan(
-    schedule: InjectionSchedule, s: int, *, cross_lag: bool = True, background_queries: bool = False
+    schedule: InjectionSchedule,
+    s: int,
+    *,
+    cross_lag: bool = True,
+    background_queries: bool = False,
+    latent_norm: tuple[int, float] = (0, 0.0),
 ) -> StepPlan:
     """The plan of step ``s`` (0..steps) for an injection schedule.
 
     ``cross_lag`` (official True): in the main loop the pseudo-cross row reads the reference latent of
     the previous grid point, t_{s-1}, with the timestep of t_s. ``background_queries`` (official False):
     the injected pseudo-cross logits use the background branch's queries, so the background row is evaluated while fg injection is on.
+    ``latent_norm`` (official ``(0, 0.0)``: off): ``(n, strength)``, TALE's adaptive latent normalisation on steps
+    1..n with weight ``strength * s / n`` on step ``s``; its target, the background branch's latent at t_s, needs that
+    branch evaluated on every step before (so its row is kept until step n - 1). With order 3 and the official
+    warm-up the background is a step ahead on step 1, which is then left out.
     """
     steps, k = schedule.steps, schedule.order
     if not 0 <= s <= steps:
@@ -111,12 +124,14 @@ def step_plan(
     fg = evaluate and schedule.fg_inject(s)
     bg = evaluate and schedule.bg_inject(s)
     background_queries = fg and background_queries
-    background_row = evaluate and (bg or schedule.background_needed(s) or background_queries)
+    norm_steps, norm_strength = latent_norm
+    norm = norm_strength * s / norm_steps if 1 <= s <= norm_steps and not (ahead and s < k - 1) else 0.0
+    background_row = evaluate and (bg or schedule.background_needed(s) or background_queries or s < norm_steps)
     blend = s >= k and schedule.blend_after(s)
     if s == 0 or (ahead and s < k):
         advance_background = advance_reference = False
     else:
-        advance_background = background_row or blend
+        advance_background = background_row or blend or norm > 0
         advance_reference = fg
     map_index = schedule.maps_index(s) if evaluate else None
     pseudo_latent = None
@@ -140,6 +155,7 @@ def step_plan(
         background_queries=background_queries,
         history_blend=s == k - 1,
         blend=blend,
+        latent_norm=norm,
     )
 
 
@@ -191,13 +207,25 @@ def primecomposer_step_plan(steps: int, order: int, tau_a: float, tau_b: float, 
         hold_object=hold,
         kept_blend=not warm_up and not hold and s < _bound(tau_b, steps, order),
     )
+def start_index(config) -> int:
+    """The grid index (of the ``config.steps``-step grid) where the composition starts: 0 officially (t = 1), TALE's
+    t' with ``later_start`` (``tficon.core.config.later_start_index``)."""
+    return later_start_index(config.later_start, config.steps)
+
+
+def composition_steps(config) -> int:
+    """The steps the composition runs: ``config.steps`` officially; with a later start, those after its grid index
+    (the inversions stop there and the steps before it are not run: no plan, no UNet work)."""
+    return config.steps - start_index(config)
 
 
 def injection_for(config) -> InjectionSchedule:
-    """The injection schedule of a ``CompositionConfig`` (its steps, order, fractions and warm-up switch)."""
+    """The injection schedule of a ``CompositionConfig`` (its steps, order, fractions and warm-up switch); with a
+    later start the fractions count the steps the composition runs (:func:`composition_steps`)."""
     return injection_schedule(
-        config.steps, config.order, config.tau_a, config.tau_b, config.tau_bg, align_warmup=config.align_warmup
-    )
+        composition_steps(config), config.order, config.tau_a, config.tau_b, config.tau_bg,
+        align_warmup=config.align_warmup,
+    )  # fmt: skip
 
 
 def plans_for(config) -> tuple[StepPlan, ...]:
@@ -206,15 +234,20 @@ def plans_for(config) -> tuple[StepPlan, ...]:
         args = (config.steps, config.order, config.tau_a, config.tau_b, config.tau_c)
         return tuple(primecomposer_step_plan(*args, s) for s in range(config.steps + 1))
     return composition_plan(
-        injection_for(config), cross_lag=not config.no_cross_lag, background_queries=config.background_queries
-    )
+        injection_for(config), cross_lag=not config.no_cross_lag, background_queries=config.background_queries,
+        latent_norm=(config.latent_norm_steps, config.latent_norm_strength),
+    )  # fmt: skip
 
 
 def composition_plan(
-    schedule: InjectionSchedule, *, cross_lag: bool = True, background_queries: bool = False
+    schedule: InjectionSchedule,
+    *,
+    cross_lag: bool = True,
+    background_queries: bool = False,
+    latent_norm: tuple[int, float] = (0, 0.0),
 ) -> tuple[StepPlan, ...]:
     """Plans of all steps 0..steps."""
     return tuple(
-        step_plan(schedule, s, cross_lag=cross_lag, background_queries=background_queries)
+        step_plan(schedule, s, cross_lag=cross_lag, background_queries=background_queries, latent_norm=latent_norm)
         for s in range(schedule.steps + 1)
     )
