@@ -195,6 +195,7 @@ class CompositionConfig:
         0.2, help="primecomposer only: fraction of steps that keep the object at its post-warm-up latent and the "
         "rest at the inverted background", invalidates="plans", range=(0.0, 1.0), sweep=True, control="slider",
         step=0.05,
+    )  # fmt: skip
     # TALE (issue 22): a later start and an adaptive normalisation of the object region's latent (docs/strategies.md)
     later_start: float = setting(
         0.0, help="fraction of the steps skipped: start from the inversions at grid index int(later_start * steps) "

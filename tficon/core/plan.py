@@ -77,6 +77,7 @@ class StepPlan:
     kept_history_blend: bool = False
     hold_object: bool = False
     kept_blend: bool = False
+    # TALE (issue 22): the weight of the adaptive latent normalisation (0: off)
     latent_norm: float = 0.0
 
     @property
