@@ -1,7 +1,7 @@
 """Slow, sequential test oracle for PrimeComposer's released composition stage, with its code's structure.
 
 This module is test support, not a test file. It re-implements what PrimeComposer's released sampler computes
-(docs/strategies-primecomposer.md) the way its code runs it, written independently of the batched strategy in
+(docs/strategies.md §4.3) the way its code runs it, written independently of the batched strategy in
 ``tficon`` (``tficon.core.primecomposer``, the plan flags, the phase operations and the fused processor):
 
 - each image is inverted on its own with the exceptional prompt, and the inversion keeps its list the way the

@@ -60,7 +60,7 @@ def setting(default, *, help: str, invalidates: str, **meta) -> Any:
 MODES = ("cross", "same")
 
 #: What the denoising steps compute (the ``strategy`` field): "tf-icon" is the official TF-ICON code, "primecomposer"
-#: the released code of PrimeComposer (docs/strategies-primecomposer.md), run on the same inputs and inversions.
+#: the released code of PrimeComposer (docs/strategies.md §4.3), run on the same inputs and inversions.
 STRATEGIES = ("tf-icon", "primecomposer")
 
 #: PrimeComposer's script does not force the guidance per domain: its ``--scale`` default is 2.5 in both modes.
@@ -125,7 +125,7 @@ class CompositionConfig:
     clip_box:      boxes that leave the image are moved inside instead of raising an error.
 
     strategy:  "tf-icon" (default, the official code) or "primecomposer" (PrimeComposer's released code, see
-               docs/strategies-primecomposer.md; tau_bg, align_warmup, no_cross_lag and background_queries do not
+               docs/strategies.md §4.3; tau_bg, align_warmup, no_cross_lag and background_queries do not
                apply to it).
     tau_c:     primecomposer only: the steps s < int(tau_c * S + 1 - order) reset the latent to the inverted
                background with the object held at its post-warm-up latent (its sampler's default 0.2), in [0, 1].

@@ -166,7 +166,7 @@ def _bound(tau: float, steps: int, order: int) -> int:
 
 
 def primecomposer_step_plan(steps: int, order: int, tau_a: float, tau_b: float, tau_c: float, s: int) -> StepPlan:
-    """The plan of step ``s`` (0..steps) as PrimeComposer's released sampler runs it (docs/strategies-primecomposer.md).
+    """The plan of step ``s`` (0..steps) as PrimeComposer's released sampler runs it (docs/strategies.md §4.3).
 
     Warm-up (s < order): the generation branch is evaluated with the pseudo-cross rows/columns injected, from one
     pseudo-cross pass on the unedited inverted reference x_ref(t_0) at time t_{k-1} (the last of the released code's

@@ -1,6 +1,6 @@
 """PrimeComposer's released code as a strategy of the one Session: its preset and the latent formulas of its steps.
 
-PrimeComposer (ACM MM 2024) forked TF-ICON's code. What its released sampler computes (docs/strategies-primecomposer.md)
+PrimeComposer (ACM MM 2024) forked TF-ICON's code. What its released sampler computes (docs/strategies.md §4.3)
 differs from TF-ICON's step in four places, each a plan flag (``tficon.core.plan.primecomposer_step_plan``) read by
 one operation of the step's phases (``tficon.composition.phases``); the tensor maths of those operations is here, as
 pure functions of explicit latents:
