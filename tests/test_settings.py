@@ -93,10 +93,11 @@ STEPS = 4
 CHANGED = dict(
     mode="same", steps=5, order=1, guidance=3.0, tau_a=1.0, tau_b=1.0, tau_bg=1.0, seed=5, align_warmup=True,
     no_cross_lag=True, background_queries=True, largest_contour=True, clip_box=True,
+    inject_layers="decoder", region_cross_attention=True, object_words="red star",
 )  # fmt: skip
 #: The settings a Session starts from before the change (the official ones but where noted): the cross lag
 #: only matters on steps with foreground injection past the warm-up, which 4 steps reach with tau_a = 1.
-BEFORE = {"no_cross_lag": {"tau_a": 1.0}}
+BEFORE = {"no_cross_lag": {"tau_a": 1.0}, "region_cross_attention": {"object_words": "red star"}}
 
 
 def test_declared_ranges_are_exactly_what_the_config_accepts():
@@ -146,7 +147,8 @@ def test_update_returns_and_drops_what_the_setting_declares(model, sample, engin
     if level == "plans":
         old, new = plans_for(old_config), plans_for(session.config)
         expected = next(s for s, (a, b) in enumerate(zip(old, new)) if a != b)
-        assert expected > 0 or name in ("align_warmup", "background_queries")  # the prefix is kept where it can be
+        from_step_0 = ("align_warmup", "background_queries", "inject_layers", "region_cross_attention")
+        assert expected > 0 or name in from_step_0  # the prefix is kept where it can be
         assert first == expected and session.step_index == expected and not session.needs_inversion
     else:
         assert first == 0 and session.step_index == 0

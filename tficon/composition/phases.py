@@ -7,7 +7,8 @@ the UNet), which drives the phases in this order for each cell (one Session's st
 2. ``before_denoiser``: the operations of :attr:`StepPhases.before_denoiser`, by default ``(advance,)``, the solver
    update moving each branch the plan names from t_{s-1} to t_s (``plan.advance_*``).
 3. ``rows``: :func:`add_rows`, the rows of the batched call and the composite-attention layout
-   (``plan.background_row``, ``reference_row``, ``pseudo_cross_row``, ``fg``, ``bg``, ``background_queries``).
+   (``plan.background_row``, ``reference_row``, ``pseudo_cross_row``, ``fg``, ``bg``, ``background_queries``,
+   ``inject_layers``, ``region_cross_attention``).
 4. ``denoiser``: one batched UNet call holding every cell's rows (``plan.evaluate``). In the engine, not here.
 5. ``after_denoiser``: the operations of :attr:`StepPhases.after_denoiser`, by default ``(record_evaluations,
    guidance, history_blend, blend)``: keep the helper rows' evaluations, combine the CFG rows into the generation
@@ -78,13 +79,16 @@ STEP_ORDER = ("warm_up", "before_denoiser", "rows", "denoiser", "after_denoiser"
 
 
 class Door(Protocol):
-    """What operations may use of the engine: its noise schedule, the conversion of raw outputs to D, and the
-    model's family (which attaches each branch's extra conditioning to a row)."""
+    """What operations may use of the engine: its noise schedule, the conversion of raw outputs to D, the
+    model's family (which attaches each branch's extra conditioning to a row) and the layer names a plan's
+    ``inject_layers`` selects (None: all)."""
 
     schedule: solver.NoiseSchedule
     family: Family
 
     def data_prediction(self, output: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
+
+    def injected_layers(self, spec: str) -> frozenset[str] | None: ...
 
 
 @dataclass
@@ -180,8 +184,10 @@ def add_rows(state: StepState, batch: Rows, door: Door, *, geometry: InjectionCo
     at["uncond"] = batch.add((state.generation.x, grid[s], conditioned(inputs.uncond, "generation")))
     at["cond"] = batch.add((state.generation.x, grid[s], conditioned(inputs.cond, "generation")))
     state.layout = BatchLayout(
-        **at, fg=plan.fg, bg=plan.bg, background_queries=plan.background_queries, geometry=geometry
-    )
+        **at, fg=plan.fg, bg=plan.bg, background_queries=plan.background_queries, geometry=geometry,
+        inject_layers=door.injected_layers(plan.inject_layers),
+        object_tokens=inputs.object_tokens if plan.region_cross_attention else (),
+    )  # fmt: skip
     return state.layout
 
 

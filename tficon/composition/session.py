@@ -59,8 +59,10 @@ from tficon.core import placement as placement_mod
 from tficon.core.boxes import as_user_box, same_box
 from tficon.core.config import CompositionConfig, settings_invalidating
 from tficon.core.plan import StepPlan, injection_for, plans_for
+from tficon.core.prompt_markers import plain_prompt
 from tficon.core.schedule import InjectionSchedule
 from tficon.core.threads import torch_threads
+from tficon.model.token_positions import object_token_positions_of
 
 __all__ = ["BRANCHES", "Session"]
 
@@ -114,6 +116,7 @@ class Session(SessionViews):
         self.progress = progress
         self._config = (config or CompositionConfig()).replace(**config_changes)
         self._check_steps(self._config)
+        self.engine.injected_layers(self._config.inject_layers)  # a layer name this model lacks raises now
         self._images = {
             "background": io.load_image(background, name="background"),
             "foreground": io.load_image(foreground, name="foreground"),
@@ -121,6 +124,7 @@ class Session(SessionViews):
         self._object_mask = official_mask_source(foreground_mask)
         self._mask_or_box = self._load_box(mask_or_box)
         self._prompt = self._check_prompt(prompt)
+        self._object_tokens(self._prompt, self._config)  # the object's words must be found now, not at step 0
         size = image_size if image_size is not None else model.image_size
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)
         io.check_image_size(self.image_size, model.size_multiple, name="image_size")
@@ -184,10 +188,17 @@ class Session(SessionViews):
     def _check_prompt(self, prompt) -> str:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-        self.model.encode_prompt(prompt)  # raises a clear error when it is longer than the encoder window
+        text = plain_prompt(prompt)  # the encoder sees the prompt without its <ref> markers; unbalanced ones raise
+        self.model.encode_prompt(text)  # raises a clear error when it is longer than the encoder window
         if self.model.vocabulary is not None:
-            notice_words_outside_the_toy_world(prompt, self.model.vocabulary)
+            notice_words_outside_the_toy_world(text, self.model.vocabulary)
         return prompt
+
+    def _object_tokens(self, prompt: str, config: CompositionConfig) -> tuple[int, ...]:
+        """The object's token positions where region-constrained cross-attention needs them, else ()."""
+        if not config.region_cross_attention:
+            return ()
+        return object_token_positions_of(self.model, prompt, config.object_words, "region_cross_attention")
 
     @staticmethod
     def _load_box(mask_or_box):
@@ -215,6 +226,8 @@ class Session(SessionViews):
         images_changed = any(new_images[n] is not self._images[n] for n in new_images) or new_mask is not self._object_mask
         new_config = self._config.replace(**changes)
         self._check_steps(new_config)
+        self.engine.injected_layers(new_config.inject_layers)
+        self._object_tokens(new_prompt, new_config)
         prompt_changed = new_prompt != self._prompt
         box_changed = not same_box(new_box, self._mask_or_box)
         changed_fields = {
@@ -464,12 +477,13 @@ class Session(SessionViews):
             grid=grid,
             exceptional=model.exceptional_embedding(),
             uncond=model.unconditional_embedding(),
-            cond=model.encode_prompt(self._prompt),
+            cond=model.encode_prompt(plain_prompt(self._prompt)),
             inside=self._blend_mask(start[0] if start is not None else previous.generation.x),
             controller=self._ensure_controller(),
             start=start,
             capture=capture,
             time_ids=self.time_ids,
+            object_tokens=self._object_tokens(self._prompt, self._config),
         )
         return self.plans[s], previous, inputs
 

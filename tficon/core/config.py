@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from tficon.core.layers import parse_layer_spec
+
 #: What a change of a setting makes stale, from the most to the least work (``Session.update``):
 #: ``inputs``: the placement and the prepared images (and everything after them);
 #: ``latents``: the encoded latents, both inversions and the start latent (placement kept);
@@ -104,6 +106,13 @@ class CompositionConfig:
                    paper, instead of the reference's own queries as the official code does (docs/algorithm.md §8.3).
     largest_contour: the target box is the bbox of the largest mask contour instead of OpenCV's first one.
     clip_box:      boxes that leave the image are moved inside instead of raising an error.
+
+    Attention mechanisms (off by default; docs/strategies-attention.md):
+    inject_layers: the self-attention layers that take the composite injection (``tficon.core.layers``): "all"
+                   (official), "encoder", "mid", "decoder", or a comma-separated list of layer names/prefixes.
+    region_cross_attention: on every generation evaluation, the conditional cross-attention of the object's words
+                   is removed outside the placed object (PrimeComposer's region-constrained cross-attention).
+    object_words:  the object's words in the prompt (else marked in it: ``a painting of a <ref> red dog <ref>``).
     """
 
     mode: str = setting(
@@ -155,6 +164,21 @@ class CompositionConfig:
         False, help="move boxes that leave the image inside instead of raising an error", invalidates="inputs",
         switch=True, control="checkbox",
     )  # fmt: skip
+    # attention mechanisms (issue 22)
+    inject_layers: str = setting(
+        "all", help="self-attention layers that take the composite injection: all (official), encoder, mid, "
+        "decoder, or a comma-separated list of layer names/prefixes (others run plain attention)",
+        invalidates="plans", sweep=True,
+    )  # fmt: skip
+    region_cross_attention: bool = setting(
+        False, help="the object's words attend only inside the placed object in the generation's conditional "
+        "cross-attention (PrimeComposer's region-constrained cross-attention)", invalidates="plans", switch=True,
+        control="checkbox",
+    )  # fmt: skip
+    object_words: str = setting(
+        "", help="the object's words in the prompt, for region_cross_attention and the mask proposal (a prompt "
+        "that marks them as '<ref> red dog <ref>' needs none)", invalidates="all_steps",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -180,6 +204,9 @@ class CompositionConfig:
                 f"guidance must be a finite number >= 0, or None for the official per-mode value "
                 f"{OFFICIAL_GUIDANCE}, got {self.guidance!r}"
             )
+        parse_layer_spec(self.inject_layers)  # the text's form; the model's layer names are checked by the Session
+        if not isinstance(self.object_words, str):
+            raise ValueError(f"object_words must be a string of words of the prompt, got {self.object_words!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         if not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tficon.core.layers import ALL_LAYERS, parse_layer_spec
 from tficon.core.schedule import InjectionSchedule, injection_schedule
 from tficon.core.solver import step_order
 
@@ -33,6 +34,10 @@ class StepPlan:
     history_blend:  after the last warm-up evaluation, replace the generation branch's stored D values outside the box
                     by the background branch's (the official model-history blending).
     blend:          after the evaluation, the generation branch's latent outside the box <- the background branch's latent.
+    inject_layers:  the self-attention layers whose ``cond`` row takes this step's composite (``tficon.core.layers``:
+                    "all", a part, or a list); the others run plain attention. "all" on steps without injection.
+    region_cross_attention: the generation's conditional cross-attention confines the object's words to the placed
+                    object on this step's evaluation (``tficon.composition.cross_attention``).
     """
 
     s: int
@@ -52,6 +57,8 @@ class StepPlan:
     background_queries: bool
     history_blend: bool
     blend: bool
+    inject_layers: str = ALL_LAYERS
+    region_cross_attention: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -71,13 +78,21 @@ class StepPlan:
 
 
 def step_plan(
-    schedule: InjectionSchedule, s: int, *, cross_lag: bool = True, background_queries: bool = False
+    schedule: InjectionSchedule,
+    s: int,
+    *,
+    cross_lag: bool = True,
+    background_queries: bool = False,
+    inject_layers: str = ALL_LAYERS,
+    region_cross_attention: bool = False,
 ) -> StepPlan:
     """The plan of step ``s`` (0..steps) for an injection schedule.
 
     ``cross_lag`` (official True): in the main loop the pseudo-cross row reads the reference latent of
     the previous grid point, t_{s-1}, with the timestep of t_s. ``background_queries`` (official False):
     the injected pseudo-cross logits use the background branch's queries, so the background row is evaluated while fg injection is on.
+    ``inject_layers`` (official "all"): the self-attention layers that take the composite on injected steps.
+    ``region_cross_attention`` (official False): PrimeComposer's constraint on every generation evaluation.
     """
     steps, k = schedule.steps, schedule.order
     if not 0 <= s <= steps:
@@ -118,6 +133,8 @@ def step_plan(
         background_queries=background_queries,
         history_blend=s == k - 1,
         blend=blend,
+        inject_layers=parse_layer_spec(inject_layers) if (fg or bg) else ALL_LAYERS,
+        region_cross_attention=region_cross_attention and evaluate,
     )
 
 
@@ -131,15 +148,24 @@ def injection_for(config) -> InjectionSchedule:
 def plans_for(config) -> tuple[StepPlan, ...]:
     """Plans of all steps 0..steps of a ``CompositionConfig``: the one place the config becomes plans."""
     return composition_plan(
-        injection_for(config), cross_lag=not config.no_cross_lag, background_queries=config.background_queries
-    )
+        injection_for(config), cross_lag=not config.no_cross_lag, background_queries=config.background_queries,
+        inject_layers=config.inject_layers, region_cross_attention=config.region_cross_attention,
+    )  # fmt: skip
 
 
 def composition_plan(
-    schedule: InjectionSchedule, *, cross_lag: bool = True, background_queries: bool = False
+    schedule: InjectionSchedule,
+    *,
+    cross_lag: bool = True,
+    background_queries: bool = False,
+    inject_layers: str = ALL_LAYERS,
+    region_cross_attention: bool = False,
 ) -> tuple[StepPlan, ...]:
     """Plans of all steps 0..steps."""
     return tuple(
-        step_plan(schedule, s, cross_lag=cross_lag, background_queries=background_queries)
+        step_plan(
+            schedule, s, cross_lag=cross_lag, background_queries=background_queries, inject_layers=inject_layers,
+            region_cross_attention=region_cross_attention,
+        )  # fmt: skip
         for s in range(schedule.steps + 1)
     )
