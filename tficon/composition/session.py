@@ -502,6 +502,13 @@ class Session(SessionViews):
         checks.check_finite(image, f"the VAE decode of {what}", dtype=self.model.dtype)
         return image
 
+    def propose_mask(self, words: str | None = None, *, steps=None, threshold: float = 0.5, max_factor: int = 1):
+        """A bool (H, W) object mask at the working size from the generation's cross-attention to the object's
+        words, to pass back as ``mask_or_box`` (``tficon.composition.mask_proposal.propose_object_mask``)."""
+        from tficon.composition.mask_proposal import propose_object_mask
+
+        return propose_object_mask(self, words, steps=steps, threshold=threshold, max_factor=max_factor)
+
     @property
     def result(self):
         """The composed image as a PIL image (runs the remaining steps)."""
