@@ -127,7 +127,7 @@ def test_half_precision_proposal(sample, dtype):
 
 
 def test_connected_region_keeps_the_seeds_component_only():
-    from tficon.composition.mask_proposal import connected_region
+    from tficon.composition.attention_masks import connected_region
 
     mask = torch.tensor(
         [[1, 1, 0, 1], [0, 1, 0, 1], [0, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool

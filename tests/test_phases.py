@@ -82,10 +82,12 @@ def test_the_step_runs_named_phases_in_one_order():
     assert phases.STEP_ORDER == ("warm_up", "before_denoiser", "rows", "denoiser", "after_denoiser")
     assert Engine.phases.names() == {
         "before_denoiser": ("advance",),
-        "after_denoiser": ("record_evaluations", "guidance", "history_blend", "blend"),
+        "after_denoiser": ("record_evaluations", "guidance", "history_blend", "adaptive_blend", "blend"),
     }
     extended = Engine.phases.with_operation("after_denoiser", halve, before=phases.blend)
-    assert extended.names()["after_denoiser"] == ("record_evaluations", "guidance", "history_blend", "halve", "blend")
+    assert extended.names()["after_denoiser"] == (
+        "record_evaluations", "guidance", "history_blend", "adaptive_blend", "halve", "blend"
+    )  # fmt: skip
     assert Engine.phases.names()["after_denoiser"][-1] == "blend"  # the default is left as it was
     with pytest.raises(ValueError, match=r"phase must be one of \['before_denoiser', 'after_denoiser'\]"):
         Engine.phases.with_operation("denoiser", halve)

@@ -131,13 +131,21 @@ def test_processor_constrains_the_cond_row_only_and_equals_the_formula():
 def test_record_keeps_the_cond_rows_attention_to_the_tokens():
     attn, x, text, controller, inside = _cross_layer_and_inputs()
     record = CrossAttentionRecord(tokens=(2, 3))
-    attn.set_processor(ObjectCrossAttention(controller, "layer", AttnProcessor2_0(), record))
-    controller.layout = BatchLayout(uncond=1, cond=2, object_tokens=(2, 3))
+    other = CrossAttentionRecord(tokens=(4,))
+    attn.set_processor(ObjectCrossAttention(controller, "layer", AttnProcessor2_0()))
+    controller.layout = (
+        BatchLayout(uncond=0, cond=1, attention_records=(other,)),
+        BatchLayout(cond=2, object_tokens=(2, 3), attention_records=(record,)),
+    )  # two cells, each with its own record
     with torch.no_grad():
         attn(x, encoder_hidden_states=text)
     (kept,) = record.maps["layer"]
     assert kept.shape == (36,) and torch.equal(kept[~inside], torch.zeros(int((~inside).sum())))
     assert (kept[inside] > 0).all()
+    (unconstrained,) = other.maps["layer"]  # the first cell's cond row (row 1), token 4, no constraint
+    q, k = attn.to_q(x[1]).view(36, 2, 8).transpose(0, 1), attn.to_k(text[1]).view(7, 2, 8).transpose(0, 1)
+    want = torch.softmax(q @ k.transpose(-1, -2) * 8**-0.5, -1)[..., 4].mean(0)
+    torch.testing.assert_close(unconstrained, want.detach())
     with pytest.raises(ValueError, match="at least one token"):
         CrossAttentionRecord(tokens=())
 

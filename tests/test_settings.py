@@ -93,18 +93,25 @@ STEPS = 4
 CHANGED = dict(
     mode="same", steps=5, order=1, guidance=3.0, tau_a=1.0, tau_b=1.0, tau_bg=1.0, seed=5, align_warmup=True,
     no_cross_lag=True, background_queries=True, largest_contour=True, clip_box=True,
-    inject_layers="decoder", region_cross_attention=True, object_words="red star",
+    inject_layers="decoder", region_cross_attention=True, object_words="red star", adaptive_blend=True,
+    adaptive_blend_until=1.0,
 )  # fmt: skip
 #: The settings a Session starts from before the change (the official ones but where noted): the cross lag
 #: only matters on steps with foreground injection past the warm-up, which 4 steps reach with tau_a = 1.
-BEFORE = {"no_cross_lag": {"tau_a": 1.0}, "region_cross_attention": {"object_words": "red star"}}
+BEFORE = {
+    "no_cross_lag": {"tau_a": 1.0},
+    "region_cross_attention": {"object_words": "red star"},
+    # 4 steps blend after step 2 only with tau_b = 1; an adaptive blend there needs adaptive_blend_until = 1
+    "adaptive_blend": {"object_words": "red star", "tau_b": 1.0, "adaptive_blend_until": 1.0},
+    "adaptive_blend_until": {"object_words": "red star", "tau_b": 1.0, "adaptive_blend": True},
+}
 
 
 def test_declared_ranges_are_exactly_what_the_config_accepts():
     """A number setting's ``range`` is its accepted values: both bounds pass, a step past either fails, so the CLI's
     help and the Explorer never promise what the config refuses."""
     numbers = [s for s in SETTINGS if s.range is not None]
-    assert {s.name for s in numbers} == {"steps", "guidance", "tau_a", "tau_b", "tau_bg", "seed"}
+    assert {s.name for s in numbers} == {"steps", "guidance", "tau_a", "tau_b", "tau_bg", "seed", "adaptive_blend_until"}
     for setting in numbers:
         low, high = setting.range
         integer = isinstance(setting.default, int)

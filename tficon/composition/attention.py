@@ -70,6 +70,8 @@ class BatchLayout:
     # The object's token positions whose cross-attention the cond row confines to the placed object on this call
     # (``tficon.composition.cross_attention``; empty: no constraint).
     object_tokens: tuple[int, ...] = ()
+    # Records of the cond row's cross-attention to some tokens, filled by the call (``CrossAttentionRecord``s).
+    attention_records: tuple = field(default=(), compare=False, repr=False)
     # The controller whose region geometry this layout's rows read (None: the processor's own controller). Set
     # per cell when several cells share one call, since each may have its own box.
     geometry: "InjectionController | None" = field(default=None, compare=False, repr=False)

@@ -15,9 +15,10 @@ segmentation map to the layer's grid and placing the reference box's crop in the
 :class:`ObjectCrossAttention` is a diffusers attention processor for ``attn2`` layers; :func:`object_cross_attention`
 installs it for a block and always restores the processors it found. With nothing to do on a call (no cell asks for
 the constraint, nothing to record) it hands the call to the processor it replaced, so results are bitwise those of
-the stock processor. It also records, on request (:class:`CrossAttentionRecord`), the conditional row's attention
-to given tokens, averaged over heads and tokens: an (N,) map per layer, nothing N x N (the object mask proposal,
-``tficon.composition.mask_proposal``, reads it).
+the stock processor. It also records, for each cell whose layout carries a :class:`CrossAttentionRecord`
+(``BatchLayout.attention_records``), the cell's conditional row's attention to given tokens, averaged over heads and
+tokens: an (N,) map per layer, nothing N x N (the object mask proposal, ``tficon.composition.mask_proposal``, and the
+adaptive background blend, ``tficon.composition.attention_masks``, read it).
 """
 
 from __future__ import annotations
@@ -80,18 +81,17 @@ class CrossAttentionRecord:
 
 
 class ObjectCrossAttention:
-    """diffusers attention processor for ``attn2`` layers: the region constraint and the record (module docstring).
+    """diffusers attention processor for ``attn2`` layers: the region constraint and the records (module docstring).
 
     ``controller``: the step's ``InjectionController`` (its ``layout``: which row is each cell's conditional row,
-    the cell's ``object_tokens`` and its geometry); ``stock``: the processor it replaces, which runs every call
-    with nothing to do; ``record``: a :class:`CrossAttentionRecord` or None.
+    the cell's ``object_tokens``, ``attention_records`` and geometry); ``stock``: the processor it replaces, which
+    runs every call with nothing to do.
     """
 
-    def __init__(self, controller, layer_name: str, stock, record: CrossAttentionRecord | None = None):
+    def __init__(self, controller, layer_name: str, stock):
         self.controller = controller
         self.layer_name = layer_name
         self.stock = stock
-        self.record = record
 
     def _cells(self):
         layout = self.controller.layout
@@ -102,7 +102,7 @@ class ObjectCrossAttention:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         cells = self._cells()
         constrained = [cell for cell in cells if cell.object_tokens]
-        recording = self.record is not None and len(cells) == 1
+        recording = [cell for cell in cells if cell.attention_records]
         if not constrained and not recording:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
         if encoder_hidden_states is None:
@@ -139,8 +139,8 @@ class ObjectCrossAttention:
             out[c] = F.scaled_dot_product_attention(
                 query[c : c + 1], key[c : c + 1], value[c : c + 1], attn_mask=keep[None, None]
             )[0]
-        if recording:
-            self._record(attn, query, key, cells[0], n_queries, n_keys)
+        for cell in recording:
+            self._record(query, key, cell, n_queries, n_keys)
 
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * value.shape[-1]).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
@@ -169,23 +169,24 @@ class ObjectCrossAttention:
         inside[regions.fg] = True
         return inside
 
-    def _record(self, attn, query, key, cell, n_queries: int, n_keys: int) -> None:
-        """The conditional row's probabilities to the record's tokens, head- and token-mean, (N,) float32 on the CPU
-        (the same logits as the output, constraint included; N x L, never N x N)."""
+    def _record(self, query, key, cell, n_queries: int, n_keys: int) -> None:
+        """The cell's conditional row's probabilities to each record's tokens, head- and token-mean, (N,) float32 on
+        the CPU (the same logits as the output, constraint included; N x L, never N x N)."""
         c = cell.cond
         scale = query.shape[-1] ** -0.5  # SDPA's default, which the output used
         logits = (query[c].float() @ key[c].float().transpose(-1, -2)) * scale  # (heads, N, L)
         if cell.object_tokens:
             tokens = self._tokens(cell.object_tokens, n_keys)
             logits = region_constrained_logits(logits, tokens, self._inside(cell, n_queries).to(logits.device))
-        wanted = self._tokens(self.record.tokens, n_keys).to(logits.device)
-        probs = torch.softmax(logits, -1)[..., wanted]
-        self.record.maps.setdefault(self.layer_name, []).append(probs.mean(0).mean(-1).cpu())
+        probs = torch.softmax(logits, -1)
+        for record in cell.attention_records:
+            wanted = self._tokens(record.tokens, n_keys).to(logits.device)
+            record.maps.setdefault(self.layer_name, []).append(probs[..., wanted].mean(0).mean(-1).cpu())
 
 
 @contextmanager
 def object_cross_attention(
-    unet, controller, *, active: bool = True, record: CrossAttentionRecord | None = None
+    unet, controller, *, active: bool = True
 ) -> Iterator[dict[str, ObjectCrossAttention]]:
     """Install :class:`ObjectCrossAttention` on every ``attn2`` layer of ``unet`` for the block, when ``active``
     (else leave the UNet as it is: a step whose plan asks for no constraint and nothing to record). The processors
@@ -200,7 +201,7 @@ def object_cross_attention(
     for name, processor in original.items():
         layer = name[: -len(".processor")]
         if layer in layers:
-            installed[layer] = replacement[name] = ObjectCrossAttention(controller, layer, processor, record)
+            installed[layer] = replacement[name] = ObjectCrossAttention(controller, layer, processor)
         else:
             replacement[name] = processor
     unet.set_attn_processor(replacement)

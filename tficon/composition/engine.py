@@ -153,6 +153,7 @@ class StepRecord:
     unet_calls: int
     sample_evals: int
     attention: dict = field(default_factory=dict)  # maps (layer, kind) -> (Nq, Nk), when captured
+    blend_mask: torch.Tensor | None = None  # the adaptive background blend's mask of this step (True: kept)
 
 
 @dataclass(frozen=True)
@@ -438,9 +439,11 @@ class Engine:
             if len(shapes) > 1:
                 raise ValueError(f"cells of one call must share the latent shape, got {sorted(shapes)}")
         controller = states[0].inputs.controller
-        cross = any(w.plan.region_cross_attention for w in states) or states[0].inputs.cross_record is not None
+        cross = any(
+            w.plan.region_cross_attention or w.plan.adaptive_blend or w.inputs.cross_record is not None for w in states
+        )
         with composite_attention(self.model.unet, controller, self.attention_layers), object_cross_attention(
-            self.model.unet, controller, active=cross, record=None if multi else states[0].inputs.cross_record
+            self.model.unet, controller, active=cross
         ):
             try:
                 # warm_up: one call per pre-evaluation depth, background and reference rows only
@@ -517,4 +520,5 @@ def _record(state: StepState, seconds: float) -> StepRecord:
         unet_calls=state.calls,
         sample_evals=state.evals,
         attention=state.attention,
+        blend_mask=state.blend_mask,
     )

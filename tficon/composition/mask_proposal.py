@@ -25,13 +25,13 @@ from typing import Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from tficon.composition.attention_masks import attention_heat, connected_region
 from tficon.composition.cross_attention import CrossAttentionRecord
 from tficon.core.prompt_markers import object_spans, plain_prompt
 from tficon.model.token_positions import object_token_positions, object_token_positions_of
 
-__all__ = ["connected_region", "object_attention_map", "propose_object_mask"]
+__all__ = ["object_attention_map", "propose_object_mask"]
 
 
 def _tokens(session, words: str | None) -> tuple[int, ...]:
@@ -69,46 +69,19 @@ def object_attention_map(
     chosen = _steps(session, steps)
     controller = session._ensure_controller()
     latent = controller.latent_size
-    recorded = []  # (h, w, values) of every layer and step
+    maps = []
     for s in chosen:
         record = CrossAttentionRecord(tokens=tokens)
         plan, previous, inputs = session._step_request(s)
         with session._threads():
             session.engine.run_step(plan, previous, dataclasses.replace(inputs, cross_record=record))
-        for maps in record.maps.values():
-            recorded += [(*controller.resolution(values.numel()), values) for values in maps]
-    if not recorded:
+        maps += [values for layer_maps in record.maps.values() for values in layer_maps]
+    if not maps:
         raise RuntimeError("no cross-attention layer was recorded: does this model's UNet have attn2 layers?")
-    finest = max(h for h, _, _ in recorded)
-    grids = []
-    for h, w, values in recorded:
-        if h * max_factor < finest:
-            continue
-        grid = values.reshape(1, 1, h, w)
-        if (h, w) != tuple(latent):
-            grid = F.interpolate(grid, size=latent, mode="bilinear", align_corners=False)
-        grids.append(grid[0, 0])
-    mean = torch.stack(grids).mean(0)
-    low, high = mean.min(), mean.max()
-    if not high > low:
+    heat = attention_heat(maps, controller.resolution, latent, max_factor=max_factor)
+    if heat is None:
         raise ValueError("the object's cross-attention is flat over the image: no region stands out to propose")
-    return (mean - low) / (high - low)
-
-
-def connected_region(mask: torch.Tensor, seed: tuple[int, int]) -> torch.Tensor:
-    """The 4-connected region of the bool (h, w) ``mask`` that holds ``seed`` (grown one ring per iteration)."""
-    region = torch.zeros_like(mask)
-    region[seed] = bool(mask[seed])
-    while True:
-        grown = region.clone()
-        grown[1:] |= region[:-1]
-        grown[:-1] |= region[1:]
-        grown[:, 1:] |= region[:, :-1]
-        grown[:, :-1] |= region[:, 1:]
-        grown &= mask
-        if torch.equal(grown, region):
-            return region
-        region = grown
+    return heat
 
 
 def propose_object_mask(

@@ -195,10 +195,12 @@ class Session(SessionViews):
         return prompt
 
     def _object_tokens(self, prompt: str, config: CompositionConfig) -> tuple[int, ...]:
-        """The object's token positions where region-constrained cross-attention needs them, else ()."""
-        if not config.region_cross_attention:
+        """The object's token positions where region-constrained cross-attention or the adaptive blend needs
+        them, else ()."""
+        needed_by = [name for name in ("region_cross_attention", "adaptive_blend") if getattr(config, name)]
+        if not needed_by:
             return ()
-        return object_token_positions_of(self.model, prompt, config.object_words, "region_cross_attention")
+        return object_token_positions_of(self.model, prompt, config.object_words, " and ".join(needed_by))
 
     @staticmethod
     def _load_box(mask_or_box):

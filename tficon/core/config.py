@@ -113,6 +113,9 @@ class CompositionConfig:
     region_cross_attention: on every generation evaluation, the conditional cross-attention of the object's words
                    is removed outside the placed object (PrimeComposer's region-constrained cross-attention).
     object_words:  the object's words in the prompt (else marked in it: ``a painting of a <ref> red dog <ref>``).
+    adaptive_blend: the background blends of the steps before ``adaptive_blend_until`` (a step fraction, bound
+                   int(f * S + 1 - order) like the taus) keep the generation inside a mask derived from its
+                   cross-attention to the object's words instead of the box (SHINE's adaptive background blending).
     """
 
     mode: str = setting(
@@ -179,6 +182,15 @@ class CompositionConfig:
         "", help="the object's words in the prompt, for region_cross_attention and the mask proposal (a prompt "
         "that marks them as '<ref> red dog <ref>' needs none)", invalidates="all_steps",
     )  # fmt: skip
+    adaptive_blend: bool = setting(
+        False, help="early background blends keep the generation inside an attention-derived object mask instead "
+        "of the box (SHINE's adaptive background blending); later ones use the box", invalidates="plans",
+        switch=True, control="checkbox",
+    )  # fmt: skip
+    adaptive_blend_until: float = setting(
+        0.5, help="fraction of steps until which the background blend follows the attention mask (adaptive_blend)",
+        invalidates="plans", range=(0.0, 1.0), sweep=True, control="slider", step=0.05,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -207,6 +219,9 @@ class CompositionConfig:
         parse_layer_spec(self.inject_layers)  # the text's form; the model's layer names are checked by the Session
         if not isinstance(self.object_words, str):
             raise ValueError(f"object_words must be a string of words of the prompt, got {self.object_words!r}")
+        until = self.adaptive_blend_until
+        if not _is_number(until) or not math.isfinite(until) or not 0 <= until <= 1:
+            raise ValueError(f"adaptive_blend_until must be a finite step fraction in [0, 1], got {until!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         if not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:

@@ -38,6 +38,8 @@ class StepPlan:
                     "all", a part, or a list); the others run plain attention. "all" on steps without injection.
     region_cross_attention: the generation's conditional cross-attention confines the object's words to the placed
                     object on this step's evaluation (``tficon.composition.cross_attention``).
+    adaptive_blend: this step's background blend keeps the generation inside the attention-derived object mask of
+                    its own evaluation instead of the box (``blend`` is then False; ``phases.adaptive_blend``).
     """
 
     s: int
@@ -59,6 +61,7 @@ class StepPlan:
     blend: bool
     inject_layers: str = ALL_LAYERS
     region_cross_attention: bool = False
+    adaptive_blend: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -85,6 +88,7 @@ def step_plan(
     background_queries: bool = False,
     inject_layers: str = ALL_LAYERS,
     region_cross_attention: bool = False,
+    adaptive_blend_until: float | None = None,
 ) -> StepPlan:
     """The plan of step ``s`` (0..steps) for an injection schedule.
 
@@ -93,6 +97,8 @@ def step_plan(
     the injected pseudo-cross logits use the background branch's queries, so the background row is evaluated while fg injection is on.
     ``inject_layers`` (official "all"): the self-attention layers that take the composite on injected steps.
     ``region_cross_attention`` (official False): PrimeComposer's constraint on every generation evaluation.
+    ``adaptive_blend_until`` (official None: off): the blends of steps s < int(f * S + 1 - order), step fractions
+    read like the taus, that also evaluate, use the attention-derived mask instead of the box.
     """
     steps, k = schedule.steps, schedule.order
     if not 0 <= s <= steps:
@@ -106,10 +112,11 @@ def step_plan(
     background_queries = fg and background_queries
     background_row = evaluate and (bg or schedule.background_needed(s) or background_queries)
     blend = s >= k and schedule.blend_after(s)
+    adaptive = adaptive_blend_until is not None and blend and evaluate and s < int(adaptive_blend_until * steps + 1 - k)
     if s == 0 or (ahead and s < k):
         advance_background = advance_reference = False
     else:
-        advance_background = background_row or blend
+        advance_background = background_row or blend  # an adaptive blend is a blend: the background is at t_s
         advance_reference = fg
     map_index = schedule.maps_index(s) if evaluate else None
     pseudo_latent = None
@@ -132,9 +139,10 @@ def step_plan(
         bg=bg,
         background_queries=background_queries,
         history_blend=s == k - 1,
-        blend=blend,
+        blend=blend and not adaptive,
         inject_layers=parse_layer_spec(inject_layers) if (fg or bg) else ALL_LAYERS,
         region_cross_attention=region_cross_attention and evaluate,
+        adaptive_blend=adaptive,
     )
 
 
@@ -150,6 +158,7 @@ def plans_for(config) -> tuple[StepPlan, ...]:
     return composition_plan(
         injection_for(config), cross_lag=not config.no_cross_lag, background_queries=config.background_queries,
         inject_layers=config.inject_layers, region_cross_attention=config.region_cross_attention,
+        adaptive_blend_until=config.adaptive_blend_until if config.adaptive_blend else None,
     )  # fmt: skip
 
 
@@ -160,12 +169,13 @@ def composition_plan(
     background_queries: bool = False,
     inject_layers: str = ALL_LAYERS,
     region_cross_attention: bool = False,
+    adaptive_blend_until: float | None = None,
 ) -> tuple[StepPlan, ...]:
     """Plans of all steps 0..steps."""
     return tuple(
         step_plan(
             schedule, s, cross_lag=cross_lag, background_queries=background_queries, inject_layers=inject_layers,
-            region_cross_attention=region_cross_attention,
+            region_cross_attention=region_cross_attention, adaptive_blend_until=adaptive_blend_until,
         )  # fmt: skip
         for s in range(schedule.steps + 1)
     )
