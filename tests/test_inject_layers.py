@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
@@ -167,3 +168,21 @@ def test_half_precision_runs_with_a_selection(sample, dtype):
     half = tiny_model("sd2", dtype=dtype, device="cpu")
     session = new_session(half, sample, steps=3, inject_layers="decoder,mid").run()
     assert torch.isfinite(session.latents()["generation"]).all()
+
+
+# ---------------------------------------------------------------------------------------------------- a sweep axis
+def test_a_sweep_varies_the_selection_from_python_and_the_command_line(model, sample):
+    from tficon.run.sweeps import parse_grid_option, run_sweep
+
+    assert parse_grid_option("inject-layers=all;decoder;up_blocks.1,mid") == (
+        "inject_layers", ["all", "decoder", "up_blocks.1,mid"]
+    )  # fmt: skip
+    result = run_sweep(
+        model, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt,
+        {"inject_layers": ["all", "decoder"]}, image_size=128, steps=3, metrics=False, progress=False,
+    )  # fmt: skip
+    cells = sorted(result.cells, key=lambda c: c.index)
+    assert [c.config.inject_layers for c in cells] == ["all", "decoder"]
+    everything = new_session(model, sample, steps=3).run()
+    assert np.array_equal(np.asarray(cells[0].image), np.asarray(everything.result))
+    assert not np.array_equal(np.asarray(cells[1].image), np.asarray(everything.result))
