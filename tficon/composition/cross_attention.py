@@ -135,7 +135,8 @@ class ObjectCrossAttention:
         for cell in constrained:
             c = cell.cond
             keep = keep_mask(n_queries, n_keys, self._tokens(cell.object_tokens, n_keys), self._inside(cell, n_queries))
-            # the default scale, as the stock AttnProcessor2_0 uses for every row
+            # the default scale, as the stock AttnProcessor2_0 uses for every row; the boolean mask drops the masked
+            # logits (-inf in the kernel), which gives the same exact zeros as PrimeComposer's -max_float
             out[c] = F.scaled_dot_product_attention(
                 query[c : c + 1], key[c : c + 1], value[c : c + 1], attn_mask=keep[None, None]
             )[0]
