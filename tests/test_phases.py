@@ -84,13 +84,15 @@ def test_the_step_runs_named_phases_in_one_order():
     primecomposer_after = ("kept_history_blend", "hold_object", "kept_blend")
     assert Engine.phases.names() == {
         "before_denoiser": ("paste_on_reference", "advance", "latent_normalization"),
-        "after_denoiser": ("record_evaluations", "guidance", "history_blend", "blend", *primecomposer_after),
+        "after_denoiser": (
+            "record_evaluations", "guidance", "history_blend", "adaptive_blend", "blend", *primecomposer_after
+        ),
     }
     extended = Engine.phases.with_operation("after_denoiser", halve, before=phases.blend)
     assert extended.names()["after_denoiser"] == (
-        "record_evaluations", "guidance", "history_blend", "halve", "blend", *primecomposer_after
-    )
-    assert Engine.phases.names()["after_denoiser"][3] == "blend"  # the default is left as it was
+        "record_evaluations", "guidance", "history_blend", "adaptive_blend", "halve", "blend", *primecomposer_after
+    )  # fmt: skip
+    assert Engine.phases.names()["after_denoiser"][4] == "blend"  # the default is left as it was
     with pytest.raises(ValueError, match=r"phase must be one of \['before_denoiser', 'after_denoiser'\]"):
         Engine.phases.with_operation("denoiser", halve)
     with pytest.raises(ValueError, match="before='halve' is not an operation of before_denoiser"):

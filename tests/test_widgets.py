@@ -154,7 +154,7 @@ def test_every_setting_with_a_control_has_its_widget_with_the_declared_range(fin
         assert control.value == expected, setting.name
     assert controls["tau_b"].max == 2.0  # tau_b may exceed 1 (blending on the last steps too)
     switches = [controls[setting.name] for setting in declared if setting.switch]
-    assert len(switches) == 5 and not any(c.value for c in switches)  # all off: the official code
+    assert len(switches) == 7 and not any(c.value for c in switches)  # all off: the official code
     accordion = finished.settings_panel.switches
     assert accordion.selected_index is None and list(accordion.children[0].children) == switches  # collapsed
 

@@ -67,6 +67,14 @@ class BatchLayout:
     # fg also sets the object x object block from the reference row (TF-ICON); False: the pseudo-cross rows and
     # columns only, the F x F block then holding the column injection (PrimeComposer's released code)
     object_block: bool = True
+    # The self-attention layers whose cond row takes the composite (None: every layer, the official case); the
+    # plan decides it (``StepPlan.inject_layers``), the other layers run plain attention on this cell's rows.
+    inject_layers: frozenset[str] | None = None
+    # The object's token positions whose cross-attention the cond row confines to the placed object on this call
+    # (``tficon.composition.cross_attention``; empty: no constraint).
+    object_tokens: tuple[int, ...] = ()
+    # Records of the cond row's cross-attention to some tokens, filled by the call (``CrossAttentionRecord``s).
+    attention_records: tuple = field(default=(), compare=False, repr=False)
     # The controller whose region geometry this layout's rows read (None: the processor's own controller). Set
     # per cell when several cells share one call, since each may have its own box.
     geometry: "InjectionController | None" = field(default=None, compare=False, repr=False)
@@ -236,7 +244,7 @@ class CompositeSelfAttention:
             geometry = cell.geometry if cell.geometry is not None else self.controller
             regions = geometry.regions(n_tokens)
             c = cell.cond
-            inject = c is not None and (cell.bg or (cell.fg and regions.fg.numel() > 0))
+            inject = c is not None and (cell.bg or (cell.fg and regions.fg.numel() > 0)) and self._injected(cell)
             mine = {row for row in (cell.pseudo_cross, c if inject else None) if row is not None}
             if mine & replaced:
                 clash = sorted(mine & replaced)
@@ -272,6 +280,10 @@ class CompositeSelfAttention:
                     outside=geometry.outside_box(n_tokens, query.device), scale=attn.scale,
                 )
         return out
+
+    def _injected(self, layout: BatchLayout) -> bool:
+        """Whether this layer is one of the layout's injected layers (``BatchLayout.inject_layers``)."""
+        return layout.inject_layers is None or self.layer_name in layout.inject_layers
 
     @staticmethod
     def _pseudo_keys(regions, device) -> torch.Tensor:
@@ -336,7 +348,7 @@ class CompositeSelfAttention:
         if want_generation:
             self._store("generation", torch.softmax(own, -1), n_tokens)
         if want_composite:
-            inject = layout.bg or (layout.fg and regions.fg.numel() > 0)
+            inject = (layout.bg or (layout.fg and regions.fg.numel() > 0)) and self._injected(layout)
             composite = composite_logits(
                 own, query=query, key=key, layout=layout, regions=regions,
                 outside=self.controller.outside_box(n_tokens, query.device), scale=scale,

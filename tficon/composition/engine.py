@@ -52,8 +52,10 @@ from typing import Sequence
 import torch
 
 from tficon.composition.attention import BatchLayout, CaptureRequest, InjectionController, composite_attention
+from tficon.composition.cross_attention import CrossAttentionRecord, object_cross_attention
 from tficon.composition.phases import Rows, StepPhases, StepState, add_rows, warm_up_rows, warm_up_update
 from tficon.core import checks, solver
+from tficon.core.layers import select_layers
 from tficon.core.plan import StepPlan
 from tficon.core.primecomposer import KeptInversions
 from tficon.model import vae
@@ -152,6 +154,7 @@ class StepRecord:
     unet_calls: int
     sample_evals: int
     attention: dict = field(default_factory=dict)  # maps (layer, kind) -> (Nq, Nk), when captured
+    blend_mask: torch.Tensor | None = None  # the adaptive background blend's mask of this step (True: kept)
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,10 @@ class StepInputs:
     kept: KeptInversions | None = None
     # the placed object's region, a bool (h, w) latent map: read by TALE's latent normalisation (plan.latent_norm)
     object_region: torch.Tensor | None = None
+    # the object's token positions in the prompt (region-constrained cross-attention reads them where the plan says)
+    object_tokens: tuple[int, ...] = ()
+    # records the generation's conditional cross-attention to some tokens (inspection: the object mask proposal)
+    cross_record: CrossAttentionRecord | None = None
 
     def conditioning(self, embedding, branch: str, family: Family):
         """``embedding`` with ``branch``'s extra conditioning attached by the model's ``family`` (SDXL: its time
@@ -207,10 +214,18 @@ class Engine:
         self.sample_evals = 0
         self._prepared: dict = {}  # inversions handed over to the next invert() of the same latents
         self._batched = InversionCache(64)  # batched inversions by latent content (prepare_inversions)
+        self._selections: dict[str, frozenset[str] | None] = {}  # inject_layers text -> layer names
 
     @property
     def dtype(self) -> torch.dtype:
         return self.model.unet.dtype
+
+    def injected_layers(self, spec: str) -> frozenset[str] | None:
+        """The layers a plan's ``inject_layers`` selects among :attr:`attention_layers` (None: all of them; the
+        model's family tells encoder, mid and decoder apart); unknown names raise, listing the valid ones."""
+        if spec not in self._selections:
+            self._selections[spec] = select_layers(spec, self.attention_layers, self.family.layer_part)
+        return self._selections[spec]
 
     @property
     def device(self) -> torch.device:
@@ -434,7 +449,12 @@ class Engine:
             if len(shapes) > 1:
                 raise ValueError(f"cells of one call must share the latent shape, got {sorted(shapes)}")
         controller = states[0].inputs.controller
-        with composite_attention(self.model.unet, controller, self.attention_layers):
+        cross = any(
+            w.plan.region_cross_attention or w.plan.adaptive_blend or w.inputs.cross_record is not None for w in states
+        )
+        with composite_attention(self.model.unet, controller, self.attention_layers), object_cross_attention(
+            self.model.unet, controller, active=cross
+        ):
             try:
                 # warm_up: one call per pre-evaluation depth, background and reference rows only
                 for depth in range(max(len(w.plan.pre_evals) for w in states)):
@@ -511,4 +531,5 @@ def _record(state: StepState, seconds: float) -> StepRecord:
         unet_calls=state.calls,
         sample_evals=state.evals,
         attention=state.attention,
+        blend_mask=state.blend_mask,
     )

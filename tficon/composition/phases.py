@@ -9,11 +9,13 @@ the UNet), which drives the phases in this order for each cell (one Session's st
    (``plan.advance_*``), then TALE's normalisation of the object region's latent where the plan asks for it
    (``plan.latent_norm``, off officially).
 3. ``rows``: :func:`add_rows`, the rows of the batched call and the composite-attention layout
-   (``plan.background_row``, ``reference_row``, ``pseudo_cross_row``, ``fg``, ``bg``, ``background_queries``).
+   (``plan.background_row``, ``reference_row``, ``pseudo_cross_row``, ``fg``, ``bg``, ``background_queries``,
+   ``inject_layers``, ``region_cross_attention``).
 4. ``denoiser``: one batched UNet call holding every cell's rows (``plan.evaluate``). In the engine, not here.
 5. ``after_denoiser``: the operations of :attr:`StepPhases.after_denoiser`, by default ``(record_evaluations,
-   guidance, history_blend, blend)``: keep the helper rows' evaluations, combine the CFG rows into the generation
-   branch's evaluation, then the two blends (``plan.history_blend``, ``plan.blend``).
+   guidance, history_blend, adaptive_blend, blend)``: keep the helper rows' evaluations, combine the CFG rows into
+   the generation branch's evaluation, then the blends (``plan.history_blend``, ``plan.adaptive_blend``,
+   ``plan.blend``).
 
 :data:`STEP_ORDER` names this order; ``Engine.run_steps`` follows it. The solver update comes first because a plan's
 step ``s`` leaves the generation branch at grid index ``s`` (``tficon.core.plan``): it starts by moving to ``t_s``
@@ -49,6 +51,8 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import torch
 
 from tficon.composition.attention import BatchLayout, InjectionController
+from tficon.composition.attention_masks import adaptive_blend_mask, attention_heat
+from tficon.composition.cross_attention import CrossAttentionRecord
 from tficon.composition.latent_norm import adaptive_latent_normalization
 from tficon.core import primecomposer, solver
 from tficon.core.plan import StepPlan
@@ -64,6 +68,7 @@ __all__ = [
     "Rows",
     "StepPhases",
     "StepState",
+    "adaptive_blend",
     "add_rows",
     "advance",
     "blend",
@@ -86,13 +91,16 @@ STEP_ORDER = ("warm_up", "before_denoiser", "rows", "denoiser", "after_denoiser"
 
 
 class Door(Protocol):
-    """What operations may use of the engine: its noise schedule, the conversion of raw outputs to D, and the
-    model's family (which attaches each branch's extra conditioning to a row)."""
+    """What operations may use of the engine: its noise schedule, the conversion of raw outputs to D, the
+    model's family (which attaches each branch's extra conditioning to a row) and the layer names a plan's
+    ``inject_layers`` selects (None: all)."""
 
     schedule: solver.NoiseSchedule
     family: Family
 
     def data_prediction(self, output: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
+
+    def injected_layers(self, spec: str) -> frozenset[str] | None: ...
 
 
 @dataclass
@@ -112,6 +120,9 @@ class StepState:
     attention: dict = field(default_factory=dict)
     layout: BatchLayout | None = None  # this cell's rows in the main call (absolute row indices)
     output: torch.Tensor | None = None  # the main call's raw float32 outputs, all rows
+    # the main call's record of the object words' cross-attention (``plan.adaptive_blend``), filled by the call
+    object_attention: CrossAttentionRecord | None = None
+    blend_mask: torch.Tensor | None = None  # the adaptive blend's mask (True: generation kept), for the record
 
 
 Operation = Callable[[StepState, Door], None]
@@ -216,10 +227,14 @@ def add_rows(state: StepState, batch: Rows, door: Door, *, geometry: InjectionCo
         at["pseudo_cross"] = batch.add((state.reference_latents[plan.pseudo_latent], grid[m], e_pseudo))
     at["uncond"] = batch.add((state.generation.x, grid[s], conditioned(inputs.uncond, "generation")))
     at["cond"] = batch.add((state.generation.x, grid[s], conditioned(inputs.cond, "generation")))
+    if plan.adaptive_blend:
+        state.object_attention = CrossAttentionRecord(tokens=inputs.object_tokens)
+    records = tuple(r for r in (inputs.cross_record, state.object_attention) if r is not None)
     state.layout = BatchLayout(
         **at, fg=plan.fg, bg=plan.bg, background_queries=plan.background_queries, object_block=plan.object_block,
-        geometry=geometry,
-    )
+        geometry=geometry, inject_layers=door.injected_layers(plan.inject_layers),
+        object_tokens=inputs.object_tokens if plan.region_cross_attention else (), attention_records=records,
+    )  # fmt: skip
     return state.layout
 
 
@@ -296,6 +311,26 @@ def history_blend(state: StepState, door: Door) -> None:
     state.generation = with_history(generation, generation.state.d_hist[:-k] + blended)
 
 
+def adaptive_blend(state: StepState, door: Door) -> None:
+    """SHINE's adaptive background blend (``plan.adaptive_blend``): the generation branch's latent outside the
+    object mask derived from this step's own cross-attention to the object's words
+    (``attention_masks.adaptive_blend_mask``: the finest layers' heat > 0.4, dilated 3 x 3, its largest region) takes
+    the background branch's latent. A flat heat map (no region stands out) falls back to the box. The mask is kept
+    as ``blend_mask`` on the step's record."""
+    if not state.plan.adaptive_blend:
+        return
+    generation, background, s = state.generation, state.background, state.plan.s
+    if background.index != s:
+        raise RuntimeError(f"internal: background is at grid index {background.index}, blending at {s}")
+    maps = [values for layer_maps in state.object_attention.maps.values() for values in layer_maps]
+    controller = state.inputs.controller
+    heat = attention_heat(maps, controller.resolution, tuple(generation.x.shape[-2:]))
+    mask = adaptive_blend_mask(heat)
+    keep = state.inputs.inside if mask is None else mask.to(generation.x.device)
+    state.blend_mask = keep
+    state.generation = with_latent(generation, torch.where(keep, generation.x, background.x))
+
+
 def blend(state: StepState, door: Door) -> None:
     """The background blend (``plan.blend``): the generation branch's latent outside the box takes the background
     branch's latent at the same grid point (diffusers' inpainting after-block does the same)."""
@@ -348,8 +383,8 @@ class StepPhases:
 
     before_denoiser: tuple[Operation, ...] = (paste_on_reference, advance, latent_normalization)
     after_denoiser: tuple[Operation, ...] = (
-        record_evaluations, guidance, history_blend, blend, kept_history_blend, hold_object, kept_blend
-    )
+        record_evaluations, guidance, history_blend, adaptive_blend, blend, kept_history_blend, hold_object, kept_blend
+    )  # fmt: skip
 
     def with_operation(self, phase: str, operation: Operation, *, before: Operation | None = None) -> StepPhases:
         """A copy with ``operation`` added to ``phase`` (``"before_denoiser"`` or ``"after_denoiser"``): at its end,

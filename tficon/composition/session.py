@@ -62,8 +62,10 @@ from tficon.core.config import CompositionConfig, settings_invalidating
 from tficon.core.plan import StepPlan, composition_steps, injection_for, plans_for, start_index
 from tficon.core.presets import preset_of
 from tficon.core.primecomposer import released_prompt
+from tficon.core.prompt_markers import plain_prompt
 from tficon.core.schedule import InjectionSchedule
 from tficon.core.threads import torch_threads
+from tficon.model.token_positions import object_token_positions_of
 
 __all__ = ["BRANCHES", "Session"]
 
@@ -117,6 +119,7 @@ class Session(SessionViews):
         self.progress = progress
         self._config = (config or CompositionConfig()).replace(**config_changes)
         self._check_steps(self._config)
+        self.engine.injected_layers(self._config.inject_layers)  # a layer name this model lacks raises now
         self._images = {
             "background": io.load_image(background, name="background"),
             "foreground": io.load_image(foreground, name="foreground"),
@@ -124,6 +127,7 @@ class Session(SessionViews):
         self._object_mask = official_mask_source(foreground_mask)
         self._mask_or_box = self._load_box(mask_or_box)
         self._prompt = self._check_prompt(prompt)
+        self._object_tokens(self._prompt, self._config)  # the object's words must be found now, not at step 0
         size = image_size if image_size is not None else model.image_size
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)
         io.check_image_size(self.image_size, model.size_multiple, name="image_size")
@@ -189,10 +193,19 @@ class Session(SessionViews):
     def _check_prompt(self, prompt) -> str:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-        self.model.encode_prompt(prompt)  # raises a clear error when it is longer than the encoder window
+        text = plain_prompt(prompt)  # the encoder sees the prompt without its <ref> markers; unbalanced ones raise
+        self.model.encode_prompt(text)  # raises a clear error when it is longer than the encoder window
         if self.model.vocabulary is not None:
-            notice_words_outside_the_toy_world(prompt, self.model.vocabulary)
+            notice_words_outside_the_toy_world(text, self.model.vocabulary)
         return prompt
+
+    def _object_tokens(self, prompt: str, config: CompositionConfig) -> tuple[int, ...]:
+        """The object's token positions where region-constrained cross-attention or the adaptive blend needs
+        them, else ()."""
+        needed_by = [name for name in ("region_cross_attention", "adaptive_blend") if getattr(config, name)]
+        if not needed_by:
+            return ()
+        return object_token_positions_of(self.model, prompt, config.object_words, " and ".join(needed_by))
 
     @staticmethod
     def _load_box(mask_or_box):
@@ -220,6 +233,8 @@ class Session(SessionViews):
         images_changed = any(new_images[n] is not self._images[n] for n in new_images) or new_mask is not self._object_mask
         new_config = self._config.replace(**changes)
         self._check_steps(new_config)
+        self.engine.injected_layers(new_config.inject_layers)
+        self._object_tokens(new_prompt, new_config)
         prompt_changed = new_prompt != self._prompt
         box_changed = not same_box(new_box, self._mask_or_box)
         changed_fields = {
@@ -506,12 +521,16 @@ class Session(SessionViews):
             time_ids=self.time_ids,
             kept=self._kept_inversions() if self.plans[s].kept_inversions else None,
             object_region=self.region_masks()["object"].to(model.device) if self.plans[s].latent_norm else None,
+            object_tokens=self._object_tokens(self._prompt, self._config),
         )
         return self.plans[s], previous, inputs
 
     def _encoded_text(self) -> str:
-        # strategy "primecomposer" encodes the prompt as its released code does: without its " <ref>" markers
-        return released_prompt(self._prompt) if self._config.strategy == "primecomposer" else self._prompt
+        # The prompt without its "<ref>" markers (tficon.core.prompt_markers); strategy "primecomposer" strips them
+        # exactly as its released code does (every " <ref>", leading space included).
+        if self._config.strategy == "primecomposer":
+            return released_prompt(self._prompt)
+        return plain_prompt(self._prompt)
 
     def _kept_inversions(self):
         inputs = self.inputs
@@ -537,6 +556,13 @@ class Session(SessionViews):
             image = self.engine.decode(latent).cpu()
         checks.check_finite(image, f"the VAE decode of {what}", dtype=self.model.dtype)
         return image
+
+    def propose_mask(self, words: str | None = None, *, steps=None, threshold: float = 0.5, max_factor: int = 1):
+        """A bool (H, W) object mask at the working size from the generation's cross-attention to the object's
+        words, to pass back as ``mask_or_box`` (``tficon.composition.mask_proposal.propose_object_mask``)."""
+        from tficon.composition.mask_proposal import propose_object_mask
+
+        return propose_object_mask(self, words, steps=steps, threshold=threshold, max_factor=max_factor)
 
     @property
     def result(self):

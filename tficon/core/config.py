@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from tficon.core.layers import parse_layer_spec
+
 #: What a change of a setting makes stale, from the most to the least work (``Session.update``):
 #: ``inputs``: the placement and the prepared images (and everything after them);
 #: ``latents``: the encoded latents, both inversions and the start latent (placement kept);
@@ -134,6 +136,15 @@ class CompositionConfig:
                    the composition runs the remaining steps from there (the taus count those steps).
     latent_norm_steps, latent_norm_strength: on steps 1..n after the start, the object region's per-channel latent
                    statistics move toward the background branch's (AdaIN), with weight strength * j / n on step j.
+    Attention mechanisms (off by default; docs/strategies.md):
+    inject_layers: the self-attention layers that take the composite injection (``tficon.core.layers``): "all"
+                   (official), "encoder", "mid", "decoder", or a comma-separated list of layer names/prefixes.
+    region_cross_attention: on every generation evaluation, the conditional cross-attention of the object's words
+                   is removed outside the placed object (PrimeComposer's region-constrained cross-attention).
+    object_words:  the object's words in the prompt (else marked in it: ``a painting of a <ref> red dog <ref>``).
+    adaptive_blend: the background blends of the steps before ``adaptive_blend_until`` (a step fraction, bound
+                   int(f * S + 1 - order) like the taus) keep the generation inside a mask derived from its
+                   cross-attention to the object's words instead of the box (SHINE's adaptive background blending).
     """
 
     mode: str = setting(
@@ -211,12 +222,41 @@ class CompositionConfig:
         0.5, help="weight of the latent normalisation on its last step; step j of n uses j/n of it (TALE: 0.5)",
         invalidates="plans", range=(0.0, 1.0), sweep=True, control="slider", step=0.05,
     )  # fmt: skip
+    # attention mechanisms (issue 22)
+    inject_layers: str = setting(
+        "all", help="self-attention layers that take the composite injection: all (official), encoder, mid, "
+        "decoder, or a comma-separated list of layer names/prefixes (others run plain attention)",
+        invalidates="plans", sweep=True,
+    )  # fmt: skip
+    region_cross_attention: bool = setting(
+        False, help="the object's words attend only inside the placed object in the generation's conditional "
+        "cross-attention (PrimeComposer's region-constrained cross-attention)", invalidates="plans", switch=True,
+        control="checkbox",
+    )  # fmt: skip
+    object_words: str = setting(
+        "", help="the object's words in the prompt, for region_cross_attention and the mask proposal (a prompt "
+        "that marks them as '<ref> red dog <ref>' needs none)", invalidates="all_steps",
+    )  # fmt: skip
+    adaptive_blend: bool = setting(
+        False, help="early background blends keep the generation inside an attention-derived object mask instead "
+        "of the box (SHINE's adaptive background blending); later ones use the box", invalidates="plans",
+        switch=True, control="checkbox",
+    )  # fmt: skip
+    adaptive_blend_until: float = setting(
+        0.5, help="fraction of steps until which the background blend follows the attention mask (adaptive_blend)",
+        invalidates="plans", range=(0.0, 1.0), sweep=True, control="slider", step=0.05,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.strategy == "primecomposer" and self.adaptive_blend:
+            raise ValueError(
+                "strategy='primecomposer' blends with its kept background trajectory, which adaptive_blend does not "
+                "apply to; set adaptive_blend=False (or use strategy='tf-icon')"
+            )
         if self.strategy == "primecomposer" and (self.later_start or self.latent_norm_steps):
             # its steps read the full inversion trajectories from t = 1 and run no background branch to normalise to
             raise ValueError(
@@ -245,6 +285,12 @@ class CompositionConfig:
                 f"{OFFICIAL_GUIDANCE}, got {self.guidance!r}"
             )
         self._check_tale()
+        parse_layer_spec(self.inject_layers)  # the text's form; the model's layer names are checked by the Session
+        if not isinstance(self.object_words, str):
+            raise ValueError(f"object_words must be a string of words of the prompt, got {self.object_words!r}")
+        until = self.adaptive_blend_until
+        if not _is_number(until) or not math.isfinite(until) or not 0 <= until <= 1:
+            raise ValueError(f"adaptive_blend_until must be a finite step fraction in [0, 1], got {until!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         if not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:

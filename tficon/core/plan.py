@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tficon.core.config import later_start_index
+from tficon.core.layers import ALL_LAYERS, parse_layer_spec
 from tficon.core.schedule import InjectionSchedule, injection_schedule
 from tficon.core.solver import step_order
 
@@ -50,6 +51,12 @@ class StepPlan:
     kept_blend:     after the evaluation, the latent outside the box <- the kept background at t_s.
     latent_norm:    TALE's adaptive latent normalisation right after the solver update: the weight with which the
                     generation branch's object region takes the background branch's per-channel statistics (0: none).
+    inject_layers:  the self-attention layers whose ``cond`` row takes this step's composite (``tficon.core.layers``:
+                    "all", a part, or a list); the others run plain attention. "all" on steps without injection.
+    region_cross_attention: the generation's conditional cross-attention confines the object's words to the placed
+                    object on this step's evaluation (``tficon.composition.cross_attention``).
+    adaptive_blend: this step's background blend keeps the generation inside the attention-derived object mask of
+                    its own evaluation instead of the box (``blend`` is then False; ``phases.adaptive_blend``).
     """
 
     s: int
@@ -79,6 +86,9 @@ class StepPlan:
     kept_blend: bool = False
     # TALE (issue 22): the weight of the adaptive latent normalisation (0: off)
     latent_norm: float = 0.0
+    inject_layers: str = ALL_LAYERS
+    region_cross_attention: bool = False
+    adaptive_blend: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -104,6 +114,9 @@ def step_plan(
     cross_lag: bool = True,
     background_queries: bool = False,
     latent_norm: tuple[int, float] = (0, 0.0),
+    inject_layers: str = ALL_LAYERS,
+    region_cross_attention: bool = False,
+    adaptive_blend_until: float | None = None,
 ) -> StepPlan:
     """The plan of step ``s`` (0..steps) for an injection schedule.
 
@@ -114,6 +127,10 @@ def step_plan(
     1..n with weight ``strength * s / n`` on step ``s``; its target, the background branch's latent at t_s, needs that
     branch evaluated on every step before (so its row is kept until step n - 1). With order 3 and the official
     warm-up the background is a step ahead on step 1, which is then left out.
+    ``inject_layers`` (official "all"): the self-attention layers that take the composite on injected steps.
+    ``region_cross_attention`` (official False): PrimeComposer's constraint on every generation evaluation.
+    ``adaptive_blend_until`` (official None: off): the blends of steps s < int(f * S + 1 - order), step fractions
+    read like the taus, that also evaluate, use the attention-derived mask instead of the box.
     """
     steps, k = schedule.steps, schedule.order
     if not 0 <= s <= steps:
@@ -129,10 +146,11 @@ def step_plan(
     norm = norm_strength * s / norm_steps if 1 <= s <= norm_steps and not (ahead and s < k - 1) else 0.0
     background_row = evaluate and (bg or schedule.background_needed(s) or background_queries or s < norm_steps)
     blend = s >= k and schedule.blend_after(s)
+    adaptive = adaptive_blend_until is not None and blend and evaluate and s < int(adaptive_blend_until * steps + 1 - k)
     if s == 0 or (ahead and s < k):
         advance_background = advance_reference = False
     else:
-        advance_background = background_row or blend or norm > 0
+        advance_background = background_row or blend or norm > 0  # an adaptive blend is a blend: background at t_s
         advance_reference = fg
     map_index = schedule.maps_index(s) if evaluate else None
     pseudo_latent = None
@@ -155,8 +173,11 @@ def step_plan(
         bg=bg,
         background_queries=background_queries,
         history_blend=s == k - 1,
-        blend=blend,
+        blend=blend and not adaptive,
         latent_norm=norm,
+        inject_layers=parse_layer_spec(inject_layers) if (fg or bg) else ALL_LAYERS,
+        region_cross_attention=region_cross_attention and evaluate,
+        adaptive_blend=adaptive,
     )
 
 
@@ -165,7 +186,17 @@ def _bound(tau: float, steps: int, order: int) -> int:
     return int(tau * steps + 1 - order)
 
 
-def primecomposer_step_plan(steps: int, order: int, tau_a: float, tau_b: float, tau_c: float, s: int) -> StepPlan:
+def primecomposer_step_plan(
+    steps: int,
+    order: int,
+    tau_a: float,
+    tau_b: float,
+    tau_c: float,
+    s: int,
+    *,
+    inject_layers: str = ALL_LAYERS,
+    region_cross_attention: bool = False,
+) -> StepPlan:
     """The plan of step ``s`` (0..steps) as PrimeComposer's released sampler runs it (docs/strategies.md §4.3).
 
     Warm-up (s < order): the generation branch is evaluated with the pseudo-cross rows/columns injected, from one
@@ -207,7 +238,13 @@ def primecomposer_step_plan(steps: int, order: int, tau_a: float, tau_b: float, 
         kept_history_blend=s == order - 1,
         hold_object=hold,
         kept_blend=not warm_up and not hold and s < _bound(tau_b, steps, order),
+        # the attention mechanisms that apply to it: the layer choice of its injection, and its own region-constrained
+        # cross-attention on every generation evaluation (the ``primecomposer-rca`` preset)
+        inject_layers=parse_layer_spec(inject_layers) if fg else ALL_LAYERS,
+        region_cross_attention=region_cross_attention and evaluate,
     )
+
+
 def start_index(config) -> int:
     """The grid index (of the ``config.steps``-step grid) where the composition starts: 0 officially (t = 1), TALE's
     t' with ``later_start`` (``tficon.core.config.later_start_index``)."""
@@ -233,10 +270,13 @@ def plans_for(config) -> tuple[StepPlan, ...]:
     """Plans of all steps 0..steps of a ``CompositionConfig``: the one place the config becomes plans."""
     if config.strategy == "primecomposer":
         args = (config.steps, config.order, config.tau_a, config.tau_b, config.tau_c)
-        return tuple(primecomposer_step_plan(*args, s) for s in range(config.steps + 1))
+        attention = dict(inject_layers=config.inject_layers, region_cross_attention=config.region_cross_attention)
+        return tuple(primecomposer_step_plan(*args, s, **attention) for s in range(config.steps + 1))
     return composition_plan(
         injection_for(config), cross_lag=not config.no_cross_lag, background_queries=config.background_queries,
         latent_norm=(config.latent_norm_steps, config.latent_norm_strength),
+        inject_layers=config.inject_layers, region_cross_attention=config.region_cross_attention,
+        adaptive_blend_until=config.adaptive_blend_until if config.adaptive_blend else None,
     )  # fmt: skip
 
 
@@ -246,9 +286,16 @@ def composition_plan(
     cross_lag: bool = True,
     background_queries: bool = False,
     latent_norm: tuple[int, float] = (0, 0.0),
+    inject_layers: str = ALL_LAYERS,
+    region_cross_attention: bool = False,
+    adaptive_blend_until: float | None = None,
 ) -> tuple[StepPlan, ...]:
     """Plans of all steps 0..steps."""
     return tuple(
-        step_plan(schedule, s, cross_lag=cross_lag, background_queries=background_queries, latent_norm=latent_norm)
+        step_plan(
+            schedule, s, cross_lag=cross_lag, background_queries=background_queries, latent_norm=latent_norm,
+            inject_layers=inject_layers, region_cross_attention=region_cross_attention,
+            adaptive_blend_until=adaptive_blend_until,
+        )  # fmt: skip
         for s in range(schedule.steps + 1)
     )

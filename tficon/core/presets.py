@@ -139,3 +139,19 @@ register_preset(
     # strategy already takes when guidance is None: the preset sets only what differs, so records name it rightly.
     strategy="primecomposer",
 )
+register_preset(
+    "primecomposer-rca",
+    "PrimeComposer's released code with its region-constrained cross-attention switched on (the object's words, "
+    "marked '<ref> red dog <ref>' in the prompt or given as object_words, attend only inside the placed object)",
+    "PrimeComposer, ACM MM 2024; CodeGoat24/PrimeComposer at ff602b2 (ptp_scripts/ptp_utils.py, which its "
+    "released pipeline never calls)",
+    strategy="primecomposer",
+    region_cross_attention=True,
+)
+register_preset(
+    "shine-blend",
+    "TF-ICON with SHINE's adaptive background blending: early blends follow the object words' cross-attention mask, "
+    "later ones the box (needs the object's words: '<ref>' markers or object_words)",
+    "SHINE, ICLR 2026 (arXiv 2509.21278); ZhumingLian/SHINE",
+    adaptive_blend=True,
+)

@@ -94,7 +94,8 @@ def _label(name: str, value) -> str:
 
 def parse_grid_option(text: str) -> tuple[str, list]:
     """One ``--grid`` option of the command line: ``name=v1,v2,...`` or ``name=start:stop:count`` (evenly spaced,
-    both ends included); boxes as ``box=x,y,w,h;x,y,w,h``; ``guidance=official`` is the per-mode default."""
+    both ends included); boxes as ``box=x,y,w,h;x,y,w,h``; ``guidance=official`` is the per-mode default; text
+    settings as ``name=v1;v2`` (their values may hold commas, e.g. ``inject_layers=decoder;up_blocks.1,mid``)."""
     name, sep, rest = text.partition("=")
     name = name.strip().replace("-", "_")
     if not sep or not rest.strip():
@@ -107,6 +108,8 @@ def parse_grid_option(text: str) -> tuple[str, list]:
     try:
         if name == "box":
             return name, [parse_box_text(part, name="--grid box") for part in rest.split(";")]
+        if isinstance(CompositionConfig.__dataclass_fields__[name].default, str):
+            return name, [part.strip() for part in rest.split(";")]
         kind = int if name in ("seed", "steps") else float
         if ":" in rest:
             start, stop, count = rest.split(":")

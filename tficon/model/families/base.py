@@ -75,6 +75,16 @@ class Family:
         """Names (without ``.processor``) of the self-attention layers that take the composite, in execution order."""
         return self_attention_layers(unet)
 
+    #: the diffusers UNet's top-level blocks and the part of the network each is (``tficon.core.layers``)
+    layer_parts: tuple[tuple[str, str], ...] = (("down_blocks.", "encoder"), ("mid_block.", "mid"), ("up_blocks.", "decoder"))
+
+    def layer_part(self, name: str) -> str:
+        """The part of the network (``"encoder"``, ``"mid"`` or ``"decoder"``) an attention layer ``name`` is in."""
+        for prefix, part in self.layer_parts:
+            if name.startswith(prefix):
+                return part
+        raise ValueError(f"{type(self).__name__} cannot tell which part of the network layer {name!r} is in")
+
     def pipeline(self, model, scheduler):
         """A diffusers pipeline sharing ``model``'s modules (a container for diffusers' LoRA loading)."""
         from diffusers import StableDiffusionPipeline
