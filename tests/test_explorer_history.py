@@ -144,6 +144,8 @@ def test_the_toy_world_warning_reaches_the_page_every_time():
     try:
         ex.run()
         assert "done \u00b7 run 1" in ex.status.value and not ex.banner_panel.warnings
+        title = ex.children[0].children[0].value
+        assert "toy (toy)" not in title and "&middot; toy &middot;" in title
         for run in (2, 3):  # said for each run with such a prompt (the library says it once per process)
             ex.controls["prompt"].value = "a photo of a cat on a sofa" + " indeed" * (run - 2)
             assert f"done, with a warning \u00b7 run {run}" in ex.status.value
@@ -213,3 +215,39 @@ def test_difference_and_split_view_pixels():
         compare.difference_map(a, np.zeros((5, 6, 3), np.uint8))
     assert compare.shrink(np.zeros((512, 256, 3), np.uint8), 256).shape == (256, 128, 3)
     assert compare.shrink(a, 256) is not None and compare.shrink(a, 256).shape == a.shape
+
+
+def test_attention_stale_mark_cosmetics_and_zoom(model, sample):
+    ex = Explorer(new_session(model, sample, steps=STEPS), threaded=False, auto_run=False)
+    try:
+        stop = ex.buttons["stop"]
+        assert stop.button_style == ""  # idle: not a bright warning colour
+        ex.run()
+        assert stop.button_style == "" and ex.session.done
+        ex.show_step(1)
+        assert ex.attention_panel.shown_step == 1 and "tficon-stale" not in ex.attention.title.value
+        ex.update(guidance=2.0)  # no auto-run: step 1's maps are now of the earlier settings
+        assert ex.attention.stale and "stale: step 1 is being recomputed" in ex.attention.title.value
+        ex.attention.kind_choice.value = "reference"  # a redraw of the old maps keeps the mark
+        assert "tficon-stale" in ex.attention.title.value
+        ex.run()
+        assert not ex.attention.stale and "tficon-stale" not in ex.attention.title.value
+        expected = ex.session.capture_attention(1)
+        key = next(k for k in expected if k[1] == "composite")
+        torch.testing.assert_close(ex.attention.maps[key], expected[key])
+        assert "(row, col)" in ex.picker.caption.value
+        ex.inputs_panel.zoom.value = 3
+        assert ex.result_view.layout.width == f"{3 * ex.image_px}px"
+    finally:
+        ex.close()
+
+
+def test_crosshair_pixels():
+    from tficon.widgets import render
+
+    image = np.zeros((21, 21, 3), dtype=np.uint8)
+    out = render.draw_crosshair(image, 10, 10, colour=(200, 200, 200), opacity=0.5, gap=6)
+    assert (out[10, 0] == 100).all() and (out[0, 10] == 100).all() and (out[20, 10] == 100).all()  # row and column, blended
+    assert (out[10, 10] == 0).all() and (out[0, 0] == 0).all()  # the query pixel itself stays visible
+    assert (out[10, 7] == (0, 255, 128)).all()  # the marker near it
+    assert (image == 0).all()  # a copy
