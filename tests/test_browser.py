@@ -275,7 +275,7 @@ def test_explorer_in_jupyterlab(jupyter_server, page):
     page.screenshot(path=str(ARTIFACTS / "explorer-1-first-run.png"))
 
     # ---- a click on a step thumbnail: the step and attention panels move to step 1 (an injection step)
-    page.locator(".tficon-step-button").nth(1).click()
+    page.locator(".tficon-step-strip .tficon-step-button").nth(1).click()
     _wait_text(page, ".tficon-explorer", "step 1's UNet call")
     page.wait_for_function("() => document.querySelectorAll('.tficon-sources img').length === 5")
     mark("thumbnail clicked, step 1's attention shown")

@@ -37,11 +37,12 @@ def result_png(session) -> bytes:
     return render.png_bytes(np.asarray(session.result))
 
 
-def figure_png(session, step: int | None = None, *, dpi: int = 110) -> bytes:
-    """``figures.session_figure(session, step)`` as PNG bytes (matplotlib's Agg canvas, no pyplot state)."""
+def figure_png(session, step: int | None = None, *, query: tuple[int, int] | None = None, dpi: int = 110) -> bytes:
+    """``figures.session_figure(session, step, query=query)`` as PNG bytes (matplotlib's Agg canvas, no pyplot
+    state); ``query``: ``(x, y)`` pixels, as the attention panel holds it."""
     from . import figures
 
-    figure = figures.session_figure(session, step)
+    figure = figures.session_figure(session, step, query=query)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     return buffer.getvalue()
@@ -54,11 +55,11 @@ def recipe_json(session) -> bytes:
     return (json.dumps(recipe_from_session(session), indent=1) + "\n").encode()
 
 
-def _make(kind: str, session, step: int | None) -> bytes:
+def _make(kind: str, session, step: int | None, query: tuple[int, int] | None) -> bytes:
     if kind == "result":
         return result_png(session)
     if kind == "figure":
-        return figure_png(session, step)
+        return figure_png(session, step, query=query)
     return recipe_json(session)
 
 
@@ -90,7 +91,7 @@ class ExportPanel(Panel):
     # ---- worker thread
     def make(self, session, kind: str) -> bytes:
         """Make the file ``kind`` of the Session's current state and offer it for download."""
-        data = _make(kind, session, self.explorer.scrubber.value)
+        data = _make(kind, session, self.explorer.scrubber.value, self.explorer.attention.query)  # the views shown
         self.files[kind] = data
         self._draw_links()
         return data

@@ -35,7 +35,7 @@ class StatusPanel(Panel):
         # pictures of the Explorer and the SweepGrid as crisp pixels when the browser enlarges them
         style = widgets.HTML(
             "<style>.tficon-explorer img, .tficon-sweep-grid img { image-rendering: pixelated; }"
-            ".tficon-explorer .widget-html-content, .tficon-sweep-grid .widget-html-content { white-space: normal; }</style>"
+            ".tficon-explorer .widget-html-content, .tficon-sweep-grid .widget-html-content { white-space: normal; line-height: 1.35; }</style>"
         )
         return widgets.HBox(
             [widgets.HTML(title), self.progress, self.status, style],
