@@ -421,6 +421,10 @@ def test_explorer_in_jupyterlab(jupyter_server, page):
     # ---- screenshots
     page.evaluate("window.jupyterapp.commands.execute('notebook:hide-all-cell-code')")
     page.evaluate("window.jupyterapp.commands.execute('application:toggle-left-area')")
+    # the Explorer (with its history and export) is taller than the usual viewport: make room for all of it, since
+    # the notebook scrolls inside its own panel and an element screenshot shows only what that panel shows
+    height = int(page.locator(".tficon-explorer").first.bounding_box()["height"]) + 400
+    page.set_viewport_size({"width": 1280, "height": max(2400, height)})
     page.locator(".tficon-explorer").scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "explorer-2-final-page.png"))
     page.locator(".tficon-explorer").screenshot(path=str(ARTIFACTS / "explorer.png"))
@@ -445,7 +449,7 @@ def test_explorer_in_jupyterlab(jupyter_server, page):
     area = cell_canvas.bounding_box()
     page.mouse.click(area["x"] + area["width"] / 2, area["y"] + area["height"] / 2)
     page.locator(".tficon-sweep-grid .tficon-explorer").first.wait_for(timeout=60_000)
-    _wait_text(page, ".tficon-sweep-grid .tficon-explorer .tficon-status", "done", timeout=240_000)
+    _wait_text(page, ".tficon-sweep-grid .tficon-explorer .tficon-status", "done \u00b7 run 1", timeout=240_000)
     assert "tau_b=1" in _text(page, ".tficon-sweep-grid .tficon-explorer .tficon-result-caption").replace("1.00", "1")
     mark("sweep grid checked, a cell opened by a click on its image")
 
