@@ -56,8 +56,10 @@ def test_worker_hands_each_jobs_warnings_to_on_warning():
 def test_history_keeps_every_finished_run_and_compares_any_two(explorer, model, sample):
     ex = explorer
     ex.run()
+    assert ex.history_panel.compare_box.layout.display == "none"  # one run: nothing to compare yet
     ex.controls["guidance"].value = 2.0
     assert [e.number for e in ex.runs] == [1, 2] and ex.status_panel.is_error is False
+    assert ex.history_panel.compare_box.layout.display == "flex"
     assert ex.runs[1].changes == ["guidance: None \u2192 2"]
     np.testing.assert_array_equal(ex.runs[0].image, fresh_result(model, sample))
     np.testing.assert_array_equal(ex.runs[1].image, fresh_result(model, sample, guidance=2.0))

@@ -76,15 +76,22 @@ class HistoryPanel(Panel):
         self.reset_button.add_class("tficon-reset")
         self.reset_button.on_click(lambda _b: ex.reset())
         self.empty = widgets.HTML("<span style='font-size:11px;color:#555'>no finished run yet</span>")
-        self.body = widgets.VBox(
+        # the comparison appears once there are two runs to compare
+        self.compare_box = widgets.VBox(
             [
-                self.strip,
-                widgets.HBox([self.a_choice, self.b_choice, self.restore_button, self.reset_button], layout=widgets.Layout(flex_flow="row wrap", align_items="center")),
                 self.compare_row,
                 widgets.HBox(
                     [widgets.VBox([self.split_view, self.split, self.split_caption]), self.settings_diff],
                     layout=widgets.Layout(flex_flow="row wrap", align_items="flex-start"),
                 ),
+            ],
+            layout=widgets.Layout(display="none"),
+        )
+        self.body = widgets.VBox(
+            [
+                self.strip,
+                widgets.HBox([self.a_choice, self.b_choice, self.restore_button, self.reset_button], layout=widgets.Layout(flex_flow="row wrap", align_items="center")),
+                self.compare_box,
             ],
             layout=widgets.Layout(display="none"),
         )
@@ -131,6 +138,7 @@ class HistoryPanel(Panel):
             self.strip.selected = len(self.entries) - 1
         self.empty.layout.display = "none"
         self.body.layout.display = "flex"
+        self.compare_box.layout.display = "flex" if len(self.entries) > 1 else "none"
         self.draw()
         return entry
 
