@@ -253,3 +253,18 @@ def test_crosshair_pixels():
     assert (out[10, 10] == 0).all() and (out[0, 0] == 0).all()  # the query pixel itself stays visible
     assert (out[10, 7] == (0, 255, 128)).all()  # the marker near it
     assert (image == 0).all()  # a copy
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_recipe_round_trip_in_half_precision(dtype, sample):
+    from tficon.model.tiny import tiny_model
+
+    half = tiny_model("sd2", dtype=dtype)
+    session = new_session(half, sample, steps=3, tau_a=0.6)
+    session.run()
+    recipe = json.loads(json.dumps(recipe_mod.recipe_from_session(session)))
+    assert recipe["dtype"] == str(dtype).replace("torch.", "")
+    again = recipe_mod.session_from_recipe(recipe, model=half)
+    again.run()
+    assert torch.equal(again.records[-1].generation.x, session.records[-1].generation.x)
+    assert again.config == session.config and again.mask_or_box == session.mask_or_box
