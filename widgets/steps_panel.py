@@ -60,6 +60,7 @@ class StepsPanel(Panel):
             title="<span style='font-size:11px;color:#555'>x0 preview of the generation branch after each step "
             f"(click to inspect)</span><br>{FLAG_LEGEND}",
         )
+        self.strip.add_class("tficon-step-strip")
         self.strip.observe(self._on_strip_select, names="selected")
         self.step_title = widgets.HTML("")
         self.channel_rows = ImageRow(size=3 * ex.image_px // 2)
