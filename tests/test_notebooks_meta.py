@@ -31,9 +31,6 @@ REQUIRED = (
     "06_toy_world.ipynb",
 )
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-# Edited in parallel when tools/notebook_links.py arrived: run the tool on it (python tools/notebook_links.py
-# notebooks/04_parameters.ipynb), drop its thread lines, and remove it from here (strict: an XPASS fails).
-NOT_YET_WRITTEN_BY_THE_TOOL = {"04_parameters.ipynb"}
 MAX_BYTES = 64_000  # stripped notebooks are text only; this catches committed images and widget state
 COLAB_GUARD = '"google.colab" in sys.modules'
 
@@ -87,16 +84,11 @@ def test_has_an_assertion_cell_and_parses(notebook):
     assert asserts > 0, f"{path.name} has no assertion cell"
 
 
-def _pending(path, request):
-    if path.name in NOT_YET_WRITTEN_BY_THE_TOOL:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="not yet written by tools/notebook_links.py"))
-
 
 def test_no_cell_is_skipped_and_no_ci_plumbing(notebook, request):
     path, nb = notebook
     text = json.dumps(nb)
     assert "NBVAL_SKIP" not in text and "nbval-skip" not in text, f"{path.name} skips a cell"
-    _pending(path, request)
     assert "set_num_threads" not in text and "TFICON_TEST_THREADS" not in text, (
         f"{path.name}: thread settings for CI belong in notebooks/conftest.py, not in the cells"
     )
@@ -112,7 +104,6 @@ def test_the_ci_thread_count_reaches_the_kernels():
 
 def test_colab_badge_and_a_guarded_setup_cell(notebook, request):
     path, nb = notebook
-    _pending(path, request)
     assert "OWNER" not in json.dumps(nb), f"{path.name}: a placeholder repository"
     written = subprocess.run(
         [sys.executable, "tools/notebook_links.py", "--check", str(path)], cwd=NOTEBOOK_DIR.parent,
@@ -154,7 +145,6 @@ def test_the_setup_cell_installs_tficon_on_colab(notebook, monkeypatch, request)
     import glob
 
     path, nb = notebook
-    _pending(path, request)
     calls, widget_managers = [], []
     fake_colab = types.ModuleType("google.colab")
     fake_colab.output = types.SimpleNamespace(enable_custom_widget_manager=lambda: widget_managers.append(True))
