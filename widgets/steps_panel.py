@@ -96,7 +96,8 @@ class StepsPanel(Panel):
     def on_change(self, session, change: Change) -> None:
         if change.kind in (STARTED, SETTINGS_CHANGED):
             with self.quietly():
-                self.scrubber.max = session.config.steps
+                # the steps this Session runs (with a later start, fewer than config.steps)
+                self.scrubber.max = session.steps
         if change.kind == STARTED:  # a Session that already ran: show its steps as if the Explorer had run them
             for record in session.records:
                 self._computed(session, record.s)
