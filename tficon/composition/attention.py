@@ -135,6 +135,7 @@ class InjectionController:
     dropped: int = 0  # maps not kept because the capture's byte budget was spent
     _regions: dict[tuple[int, int], object] = field(default_factory=dict)
     _masks: dict[tuple[int, int, str], torch.Tensor] = field(default_factory=dict)
+    _row_groups: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def resolution(self, n_tokens: int) -> tuple[int, int]:
         """The (h, w) grid of a layer with ``n_tokens`` tokens (its downsampling factor is a power of 2)."""
@@ -159,6 +160,33 @@ class InjectionController:
             mask[self.regions(n_tokens).box] = False
             self._masks[key] = mask.to(device)
         return self._masks[key]
+
+    def row_groups(self, n_tokens: int, device: torch.device, *, fg_on: bool, bg: bool):
+        """The fused composite's query groups at this resolution (:func:`fused_composite_attention`): the long indices
+        of the ``cond`` row's queries that read the background block (outside the box, with ``bg``) and of those that
+        read the generation's own keys (neither the object, with ``fg_on``, nor the background block's).
+
+        They depend on the placement alone, so they are built once per resolution (all four cases), on the CPU, and
+        moved to ``device``: a step then reads nothing back from the device (``nonzero`` on a GPU tensor waits for its
+        queue).
+        """
+        hw = self.resolution(n_tokens)
+        key = (*hw, str(device), fg_on, bg)
+        if key not in self._row_groups:  # every case of this resolution at once: later steps switch cases
+            regions = self.regions(n_tokens)
+            outside = torch.ones(n_tokens, dtype=torch.bool)
+            outside[regions.box.cpu()] = False
+            for with_fg in (False, True):
+                in_f = torch.zeros(n_tokens, dtype=torch.bool)
+                if with_fg:
+                    in_f[regions.fg.cpu()] = True
+                for with_bg in (False, True):
+                    from_background = outside & ~in_f if with_bg else torch.zeros_like(in_f)
+                    rows_gen = ~in_f & ~from_background
+                    self._row_groups[(*hw, str(device), with_fg, with_bg)] = (
+                        from_background.nonzero().squeeze(1).to(device), rows_gen.nonzero().squeeze(1).to(device)
+                    )
+        return self._row_groups[key]
 
 
 def _pool_map(probs: torch.Tensor, hw: tuple[int, int], max_tokens: int) -> torch.Tensor:
@@ -275,10 +303,12 @@ class CompositeSelfAttention:
                     query[p : p + 1], key[p : p + 1, :, keep], value[p : p + 1, :, keep], scale=attn.scale
                 )[0]
             if inject:
+                fg_on = cell.fg and regions.fg.numel() > 0
                 out[cell.cond] = fused_composite_attention(
                     query, key, value, layout=cell, regions=regions,
                     outside=geometry.outside_box(n_tokens, query.device), scale=attn.scale,
-                )
+                    rows=geometry.row_groups(n_tokens, query.device, fg_on=fg_on, bg=cell.bg),
+                )  # fmt: skip
         return out
 
     def _injected(self, layout: BatchLayout) -> bool:
@@ -357,7 +387,15 @@ class CompositeSelfAttention:
 
 
 def fused_composite_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, layout: BatchLayout, regions, outside, scale: float
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    *,
+    layout: BatchLayout,
+    regions,
+    outside,
+    scale: float,
+    rows: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The ``cond`` row's composite self-attention output, softmax(L) V_gen, without building L.
 
@@ -390,7 +428,9 @@ def fused_composite_attention(
     values are already rounded) and would double the kernel's memory, so it is not done. The tests
     bound float16/bfloat16 against a float32 transcription.
 
-    query/key/value: (batch, heads, N, d); outside: (N,) bool. Returns (heads, N, d_v) in value's dtype.
+    query/key/value: (batch, heads, N, d); outside: (N,) bool. ``rows``: the row groups (background block's, gen's
+    own) as ``InjectionController.row_groups`` caches them; None computes them here (one host read each).
+    Returns (heads, N, d_v) in value's dtype.
     """
     c = layout.cond
     q_gen, k_gen, v_gen = query[c], key[c], value[c]
@@ -427,8 +467,9 @@ def fused_composite_attention(
         v = v_gen if q.shape[-1] == d_v else torch.cat([v_gen, v_gen.new_zeros(heads, n, q.shape[-1] - d_v)], -1)
         out[:, rows] = F.scaled_dot_product_attention(q[None], k[None], v[None], scale=scale)[0, ..., :d_v]
 
-    rows_background = from_background.nonzero().squeeze(1)
-    rows_gen = (~in_f & ~from_background).nonzero().squeeze(1)
+    if rows is None:
+        rows = from_background.nonzero().squeeze(1), from_gen.nonzero().squeeze(1)
+    rows_background, rows_gen = rows
     if fg_on:
         k_obj = at_f(k_pseudo)
         if layout.object_block:
