@@ -52,6 +52,7 @@ from typing import Sequence
 import torch
 
 from tficon.composition.attention import BatchLayout, CaptureRequest, InjectionController, composite_attention
+from tficon.composition.joint_attention import joint_composite_attention
 from tficon.composition.phases import Rows, StepPhases, StepState, add_rows, warm_up_rows, warm_up_update
 from tficon.core import checks, solver
 from tficon.core.plan import StepPlan
@@ -66,8 +67,9 @@ Row = tuple[torch.Tensor, torch.Tensor, object]
 
 
 def noise_schedule(model) -> solver.NoiseSchedule:
-    """The continuous-time noise schedule of a loaded model (cheap: built from its scheduler config)."""
-    return solver.NoiseSchedule.from_scheduler_config(model.scheduler_config)
+    """The continuous-time noise schedule of a loaded model (cheap: built from its scheduler config by its family:
+    the official VP schedule, or SD3's rectified flow, ``tficon.core.flow.FlowSchedule``)."""
+    return model.family_rules.noise_schedule(model)
 
 
 class InversionCache:
@@ -424,7 +426,8 @@ class Engine:
             if len(shapes) > 1:
                 raise ValueError(f"cells of one call must share the latent shape, got {sorted(shapes)}")
         controller = states[0].inputs.controller
-        with composite_attention(self.model.unet, controller, self.attention_layers):
+        install = joint_composite_attention if self.family.joint_attention else composite_attention
+        with install(self.model.unet, controller, self.attention_layers):
             try:
                 # warm_up: one call per pre-evaluation depth, background and reference rows only
                 for depth in range(max(len(w.plan.pre_evals) for w in states)):

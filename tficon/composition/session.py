@@ -355,7 +355,9 @@ class Session(SessionViews):
 
     def _grid(self) -> torch.Tensor:
         # on the model's device, so that solver coefficients never mix CPU and GPU tensors
-        return solver.time_grid(self.steps, device=self.model.device)
+        # the schedule's ends (the official 1.0 and 1e-3; a flow keeps its noisy end off alpha = 0, tficon.core.flow)
+        ends = dict(t_start=self.schedule.t_start, t_end=self.schedule.t_end)
+        return solver.time_grid(self.steps, **ends, device=self.model.device)
 
     def _blend_mask(self, like: torch.Tensor) -> torch.Tensor:
         """True inside the latent target box ("param"), broadcastable to a latent."""

@@ -24,6 +24,11 @@ class Family:
     text_encoders: int = 1
     #: keep a VAE whose config sets ``force_upcast`` in float32 when the model is float16 (SDXL's overflows)
     upcast_vae: bool = False
+    #: what the denoiser predicts, when the family fixes it (SD3: "flow"); None: the scheduler config says
+    prediction_type: str | None = None
+    #: the denoiser is an MM-DiT whose attention is joint over text and image tokens (SD3): the composite is
+    #: installed with ``tficon.composition.joint_attention`` instead of on UNet ``attn1`` layers
+    joint_attention: bool = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(self.names)})"
@@ -69,6 +74,14 @@ class Family:
     def conditioning_digest(self, embedding) -> str:
         """A content hash of a conditioning (shapes, dtypes, values), for cache keys."""
         return conditioning_digest(embedding)
+
+    # ------------------------------------------------------------------ time
+    def noise_schedule(self, model):
+        """The continuous-time schedule the solver integrates (``tficon.core.solver.NoiseSchedule`` from the
+        scheduler config; a flow family returns a ``tficon.core.flow.FlowSchedule``)."""
+        from tficon.core.solver import NoiseSchedule
+
+        return NoiseSchedule.from_scheduler_config(model.scheduler_config)
 
     # ------------------------------------------------------------------ layers
     def attention_layers(self, unet) -> list[str]:
