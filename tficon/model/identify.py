@@ -72,7 +72,8 @@ def identify_model(
         _check_sdxl_base(unet_config, text_encoder_config, text_encoder_2_config, names, where)
     if "transformer" in names or "prior" in names:
         raise ValueError(
-            f"{where}: a transformer- or prior-based pipeline (SD3, Flux, PixArt, Kandinsky, ...) is not supported; "
+            f"{where}: a transformer- or prior-based pipeline (Flux, PixArt, Kandinsky, ...) other than SD3 / SD3.5 "
+            "is not supported; "
             f"{_SUPPORTED}."
         )
     cross = unet_config.get("cross_attention_dim")
