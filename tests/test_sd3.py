@@ -80,7 +80,7 @@ def test_flow_data_prediction_recovers_x0():
     t = torch.tensor([0.3, 0.8])
     a, s = schedule.alpha(t)[:, None, None], schedule.sigma(t)[:, None, None]
     x = a * x0 + s * eps
-    d = solver.to_data_prediction(eps - x0, x, t, schedule, "flow")
+    d = solver.to_data_prediction(eps - x0, x, t, schedule, "flow_prediction")
     assert torch.allclose(d, x0, atol=1e-5)
 
 
@@ -109,7 +109,7 @@ def test_a_point_mass_is_solved_exactly_at_every_order():
     x_start = schedule.alpha(schedule.t_start) * x0 + schedule.sigma(schedule.t_start) * noise
     velocity = lambda x, model_t: (x - x0) / (model_t / 1000.0)[:, None]  # noqa: E731
     for order in (1, 2, 3):
-        out = solver.sample(velocity, x_start, schedule, 7, order, prediction_type="flow")
+        out = solver.sample(velocity, x_start, schedule, 7, order, prediction_type="flow_prediction")
         want = schedule.alpha(schedule.t_end) * x0 + schedule.sigma(schedule.t_end) * noise
         assert torch.allclose(out, want, atol=2e-5), order
 
@@ -125,7 +125,7 @@ def test_gaussian_data_converges_at_the_solvers_orders(direction):
     ends = (schedule.t_start, schedule.t_end) if direction == "sample" else (schedule.t_end, schedule.t_start)
     want = exact(x, *ends)
     for order, minimum in ((1, 0.9), (2, 1.5), (3, 1.5)):
-        errors = [(run(velocity, x, schedule, n, order, prediction_type="flow").double() - want).abs().max().item()
+        errors = [(run(velocity, x, schedule, n, order, prediction_type="flow_prediction").double() - want).abs().max().item()
                   for n in (80, 160)]  # fmt: skip
         measured = math.log2(errors[0] / errors[1])
         assert measured >= minimum, f"order {order}: measured {measured:.2f} ({errors})"
@@ -139,14 +139,14 @@ def test_inversion_then_reconstruction_on_the_tiny_model(sd3):
     for order in (1, 2):
         errors = []
         for steps in (20, 80):
-            x_t = solver.invert(model_fn, z0, engine.schedule, steps, order, prediction_type="flow")
-            back = solver.sample(model_fn, x_t, engine.schedule, steps, order, prediction_type="flow")
+            x_t = solver.invert(model_fn, z0, engine.schedule, steps, order, prediction_type="flow_prediction")
+            back = solver.sample(model_fn, x_t, engine.schedule, steps, order, prediction_type="flow_prediction")
             errors.append(float((back - z0).norm() / z0.norm()))
         assert errors[1] < 0.01 and errors[1] < errors[0] / 3, (order, errors)
     # the engine's inversion integrates the same flow to the schedule's noisy end
     (x_t,), _, evals = engine.invert([z0], 20, 2)
     assert evals == 20
-    want = solver.invert(model_fn, z0, engine.schedule, 20, 2, prediction_type="flow")
+    want = solver.invert(model_fn, z0, engine.schedule, 20, 2, prediction_type="flow_prediction")
     assert torch.equal(x_t, want)
 
 
@@ -366,10 +366,10 @@ def sd3_folder(tmp_path_factory):
 
 def test_load_model_reads_an_sd3_folder(sd3_folder, sd3, tmp_path):
     loaded = load_model(sd3_folder, device="cpu")
-    assert loaded.family == "tiny-sd3" and loaded.prediction_type == "flow" and not loaded.is_sdxl
+    assert loaded.family == "tiny-sd3" and loaded.prediction_type == "flow_prediction" and not loaded.is_sdxl
     assert loaded.text_encoder_3 is None and loaded.t5_length == TINY_SD3_T5_LENGTH and loaded.image_size == 64
     assert loaded.latent_shift == pytest.approx(0.0609) and loaded.latent_channels == 16
-    assert loaded.describe().startswith("tiny-sd3 (flow)")
+    assert loaded.describe().startswith("tiny-sd3 (flow_prediction)")
     for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
         mine, theirs = getattr(loaded, part).state_dict(), getattr(sd3, part).state_dict()
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), part
@@ -447,3 +447,13 @@ def test_conditioning_rows_concatenate(sd3):
     with pytest.raises(TypeError, match="Conditioning"):
         Engine(sd3).unet(x, torch.full((2,), 10.0), a.hidden)
     assert F is not None and region_indices is not None
+
+
+def test_a_unet_folder_called_sd3_is_refused_by_name(tmp_path):
+    from tficon.model.tiny import save_tiny_model
+
+    for family in ("sdxl", "sd2"):
+        folder = save_tiny_model(tmp_path / family, family)
+        (folder / "tficon.json").write_text(json.dumps({"family": "tiny-sd3"}))
+        with pytest.raises(ValueError, match=r"family 'tiny-sd3' is an SD3 \(MM-DiT\) family, but the components"):
+            load_model(folder, device="cpu")

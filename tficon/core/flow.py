@@ -46,7 +46,7 @@ from torch import Tensor
 __all__ = ["FLOW_PREDICTION", "FlowSchedule", "flow_data_prediction"]
 
 #: the ``prediction_type`` name of a velocity-predicting flow model (``tficon.core.solver.to_data_prediction``)
-FLOW_PREDICTION = "flow"
+FLOW_PREDICTION = "flow_prediction"  # diffusers' name for it (e.g. DPMSolverMultistepScheduler)
 
 
 def _as_time(t) -> Tensor:

@@ -44,7 +44,7 @@ __all__ = [
     "to_data_prediction",
 ]
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow")  # "flow": a velocity model (tficon.core.flow)
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow_prediction")  # the last: a flow velocity (core.flow)
 HISTORY_LENGTH = 3  # the highest supported order needs the last 3 data predictions
 
 TimeLike = Union[Tensor, float]
@@ -232,7 +232,7 @@ def to_data_prediction(
     - ``"epsilon"``: ``D = (x - sigma * eps) / alpha``;
     - ``"v_prediction"``: ``D = alpha * x - sigma * v`` (from ``v = alpha * eps - sigma * x0``);
     - ``"sample"``: the output is ``D`` itself;
-    - ``"flow"``: a rectified-flow velocity ``v = eps - x0`` (``tficon.core.flow``): ``D = x - sigma * v``.
+    - ``"flow_prediction"``: a rectified-flow velocity ``v = eps - x0`` (``tficon.core.flow``): ``D = x - sigma * v``.
     """
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
@@ -246,7 +246,7 @@ def to_data_prediction(
     sigma = _per_sample(schedule.sigma(t).to(x.device), x)
     if prediction_type == "epsilon":
         return (x - sigma * model_output) / alpha
-    if prediction_type == "flow":
+    if prediction_type == "flow_prediction":
         return x - sigma * model_output
     return alpha * x - sigma * model_output
 

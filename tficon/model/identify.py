@@ -108,6 +108,11 @@ def identify_model(
             )
     elif family not in families.family_names():
         raise ValueError(f"{where}: {TFICON_JSON} family must be one of {families.family_names()}, got {family!r}")
+    if families.family_for(family).joint_attention:  # an MM-DiT family named on a UNet pipeline's configs
+        raise ValueError(
+            f"{where}: {TFICON_JSON} family {family!r} is an SD3 (MM-DiT) family, but the components are a UNet "
+            "pipeline's; SD3 folders hold a transformer/ (StableDiffusion3Pipeline)"
+        )
     if (families.family_for(family).text_encoders == 2) != sdxl:
         raise ValueError(
             f"{where}: {TFICON_JSON} family {family!r} does not match the components "

@@ -24,7 +24,7 @@ class Family:
     text_encoders: int = 1
     #: keep a VAE whose config sets ``force_upcast`` in float32 when the model is float16 (SDXL's overflows)
     upcast_vae: bool = False
-    #: what the denoiser predicts, when the family fixes it (SD3: "flow"); None: the scheduler config says
+    #: what the denoiser predicts, when the family fixes it (SD3: "flow_prediction"); None: the scheduler config says
     prediction_type: str | None = None
     #: the denoiser is an MM-DiT whose attention is joint over text and image tokens (SD3): the composite is
     #: installed with ``tficon.composition.joint_attention`` instead of on UNet ``attn1`` layers

@@ -4,7 +4,7 @@ The model's ``unet`` slot holds the ``SD3Transformer2DModel`` (the denoiser; tfi
 A row's conditioning is a ``tficon.model.text.Conditioning`` (``tficon.model.text_sd3``): the joint text tokens as
 ``hidden`` and the pooled CLIP embeddings; the transformer takes them as ``encoder_hidden_states`` and
 ``pooled_projections``, with the timestep ``1000 sigma``. The solver's schedule is the flow's
-(``tficon.core.flow.FlowSchedule``), the prediction ``"flow"`` (velocity). The composite goes into every attention
+(``tficon.core.flow.FlowSchedule``), the prediction ``"flow_prediction"`` (velocity). The composite goes into every attention
 layer that sees image tokens (``joint_attention_layers``), through ``tficon.composition.joint_attention``.
 """
 
