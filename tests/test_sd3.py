@@ -424,7 +424,7 @@ def test_sd3_checkpoint_files_are_refused_by_name(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = tmp_path / "sd3.5_medium.safetensors"
     save_file({k: torch.zeros(4) for k in KEYS["sd35_large"]}, str(path))
-    with pytest.raises(CheckpointFileError, match=r"Stable Diffusion 3"):
+    with pytest.raises(CheckpointFileError, match=r"Stable Diffusion 3.5 model; tficon reads SD3 from its diffusers"):
         load_model(path, device="cpu")
 
 
@@ -457,3 +457,36 @@ def test_a_unet_folder_called_sd3_is_refused_by_name(tmp_path):
         (folder / "tficon.json").write_text(json.dumps({"family": "tiny-sd3"}))
         with pytest.raises(ValueError, match=r"family 'tiny-sd3' is an SD3 \(MM-DiT\) family, but the components"):
             load_model(folder, device="cpu")
+
+
+def test_t5_rows_equal_the_pipeline_and_stay_zero_in_the_exceptional_prompt(sample):
+    """With a T5 encoder (a tiny random T5EncoderModel; the tiny CLIP tokenizer stands in for T5's), a prompt's T5
+    rows are the pipeline's; e*'s T5 rows stay zeros; a Session runs."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from transformers import T5Config, T5EncoderModel
+
+    model = tiny_sd3_model()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        t5 = T5EncoderModel(T5Config(vocab_size=8192, d_model=96, d_kv=8, d_ff=64, num_layers=1, num_heads=2)).eval()
+    model.text_encoder_3, model.tokenizer_3 = t5, copy_tokenizer(model.tokenizer)
+    model.t5_length = 32  # room for the sample's prompt
+    pipe = model.family_rules.pipeline(model, FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config))
+    hidden, _, pooled, _ = pipe.encode_prompt("a red cat", None, None, device="cpu", do_classifier_free_guidance=False,
+                                              max_sequence_length=32)  # fmt: skip
+    mine = model.encode_prompt("a red cat")
+    assert torch.equal(mine.hidden[:, :77], hidden[:, :77]) and torch.equal(mine.pooled, pooled)
+    # T5's rows to float rounding (the pipeline runs T5 with autograd on, tficon under no_grad: 8e-7 measured)
+    assert torch.allclose(mine.hidden[:, 77:], hidden[:, 77:], atol=1e-5, rtol=0)
+    assert mine.hidden[:, 77:].abs().max() > 1e-3  # T5 rows, not zeros
+    assert not model.exceptional_embedding().hidden[:, 77:].any()
+    with pytest.raises(ValueError, match="prompt is too long"):
+        model.encode_prompt(" ".join(["cat"] * 40))  # past T5's 32 rows (CLIP's 77 hold it)
+    session = new_session(model, sample, steps=3).run()
+    assert session.done and torch.isfinite(session.records[-1].generation.x).all()
+
+
+def copy_tokenizer(tokenizer):
+    import copy
+
+    return copy.deepcopy(tokenizer)

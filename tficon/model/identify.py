@@ -3,8 +3,9 @@
 The family is read from the configs (``cross_attention_dim`` 768 -> SD 1.x, 1024 -> SD 2.x; two text encoders and
 ``addition_embed_type="text_time"`` with six time ids -> SDXL base, docs/algorithm.md §15), or from a ``tficon.json``
 file in the folder, which overrides ``family``, ``exceptional_token_id`` and ``image_size`` (the toy and tiny models
-have one). Models TF-ICON cannot drive (the SDXL refiner, SD3, Flux, inpainting/depth UNets, ...) are refused here,
-naming what they are. A stated family must be one that ``tficon.model.families`` has registered.
+have one). Models TF-ICON cannot drive (the SDXL refiner, Flux, inpainting/depth UNets, ...) are refused here,
+naming what they are. A stated family must be one that ``tficon.model.families`` has registered. SD3 / SD3.5
+folders (a ``transformer/`` holding an ``SD3Transformer2DModel``) are identified by ``tficon.model.load_sd3``.
 """
 
 from __future__ import annotations

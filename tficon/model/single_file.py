@@ -1,7 +1,8 @@
 """Single-file checkpoints (``.ckpt`` / ``.safetensors``): checked from their tensor names and shapes, then read
 with diffusers' ``from_single_file``.
 
-Models TF-ICON cannot drive (the SDXL refiner and inpainting, SD3, Flux, inpainting/depth UNets, ...) are refused
+Models TF-ICON cannot drive (the SDXL refiner and inpainting, Flux, inpainting/depth UNets, ...), and SD3 files (read
+from their diffusers folder instead), are refused
 before any weights are read, from the safetensors header or a ``.ckpt`` unpickled onto the meta device; that also
 turns a truncated or corrupt file into a ``CheckpointFileError`` naming the file.
 """
@@ -212,6 +213,11 @@ def _check_checkpoint(layout: dict, spec: str) -> str | None:
         family = next((name for p, name in _CHECKPOINT_FAMILY_PREFIXES.items() if kind.startswith(p)), None)
     if family is None and kind not in (None, "v1", "v2", "xl_base"):
         family = f"diffusers type {kind!r}"
+    if family is not None and family.startswith("Stable Diffusion 3"):  # runs, from its diffusers folder only
+        raise CheckpointFileError(
+            f"checkpoint file {spec!r} is a {family} model; tficon reads SD3 from its diffusers folder (a "
+            f"StableDiffusion3Pipeline folder, T5 optional), not from a single file; {_SUPPORTED}."
+        )
     if family is not None:
         raise CheckpointFileError(f"checkpoint file {spec!r} is a {family} model, which TF-ICON cannot run; {_SUPPORTED}.")
     if not any(k.startswith("model.diffusion_model.") for k in layout):
