@@ -490,3 +490,44 @@ def copy_tokenizer(tokenizer):
     import copy
 
     return copy.deepcopy(tokenizer)
+
+
+def test_cli_compose_batch_and_lockstep_on_an_sd3_folder(sd3_folder, sample, tmp_path):
+    from PIL import Image
+
+    from tficon.cli import main
+
+    def write_inputs(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        sample.background.save(folder / "bg.png")
+        sample.foreground.save(folder / "fg.png")
+        sample.foreground_mask.save(folder / "fg_mask.png")
+
+    write_inputs(tmp_path)
+    x, y, w, h = sample.box
+    out = tmp_path / "out.png"
+    args = ["compose", "--model", str(sd3_folder), "--background", str(tmp_path / "bg.png"), "--foreground",
+            str(tmp_path / "fg.png"), "--foreground-mask", str(tmp_path / "fg_mask.png"), "--prompt", sample.prompt,
+            "--size", str(SIZE), "--steps", "4", "--quiet", "--box", f"{x},{y},{w},{h}", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert Image.open(out).size == (SIZE, SIZE)
+    folder = tmp_path / "inputs" / "cross_domain" / "a red star"
+    write_inputs(folder)
+    mask = Image.new("L", sample.background.size, 0)
+    mask.paste(255, (x, y, x + w, y + h))
+    mask.save(folder / "mask.png")
+    for extra in ([], ["--batch-samples", "auto"]):  # one at a time, and together (the runner's memory estimate)
+        runs = tmp_path / f"runs{len(extra)}"
+        assert main(["batch", str(tmp_path / "inputs"), "--out", str(runs), "--model", str(sd3_folder), "--size",
+                     str(SIZE), "--steps", "4", "--quiet", *extra]) == 0  # fmt: skip
+        summary = json.loads((runs / "summary.json").read_text())
+        assert summary["counts"]["composed_now"] == 1 and summary["counts"]["failed"] == 0, summary["counts"]
+
+
+def test_row_memory_estimate_counts_image_and_text_tokens(sd3):
+    from tficon.composition.runner import auto_max_rows, row_bytes
+
+    # 64 image tokens (16 x 16 latents, patch 2) + 77 CLIP + 8 T5 rows, 32 wide, float32
+    assert row_bytes(sd3, (16, 16)) == 24 * 32 * (64 + 77 + 8) * 4
+    assert row_bytes(sd3, (32, 32)) - row_bytes(sd3, (16, 16)) == 24 * 32 * (256 - 64) * 4
+    assert auto_max_rows(sd3, (16, 16), max_bytes=10 * row_bytes(sd3, (16, 16))) >= 5

@@ -37,7 +37,10 @@ import torch.nn.functional as F
 from tficon.composition.attention import BatchLayout, CompositeSelfAttention, InjectionController
 from tficon.model.families.sd3 import joint_attention_layers
 
-__all__ = ["CompositeJointAttention", "fused_joint_composite_attention", "joint_attention_layers", "joint_composite_attention"]
+__all__ = [
+    "CompositeJointAttention", "fused_joint_composite_attention", "joint_attention_layers", "joint_composite_attention",
+    "joint_row_bytes",
+]  # fmt: skip
 
 
 def _split_heads(attn, x: torch.Tensor) -> torch.Tensor:
@@ -234,3 +237,18 @@ def joint_composite_attention(
         yield installed
     finally:
         transformer.set_attn_processor(original)
+
+
+def joint_row_bytes(model, latent_size: tuple[int, int]) -> int:
+    """A conservative estimate of the activation memory one batch row takes in an MM-DiT call without gradients
+    (``tficon.composition.runner.row_bytes`` for SD3): a block's working set over the row's image tokens
+    (``h w / patch^2``) and text tokens (77 CLIP + the T5 rows), all ``inner_dim`` wide: both streams' hidden states
+    and their normed copies, joint queries, keys and values, the composite's concatenated queries and keys (up to three
+    widths, values padded to match), the attention output and the feed-forward's 4x-wide projection; 24 such tensors
+    cover that. Times the transformer's element size."""
+    config = model.unet.config
+    patch = int(config.patch_size)
+    inner = int(config.num_attention_heads) * int(config.attention_head_dim)
+    h, w = latent_size
+    tokens = (h // patch) * (w // patch) + 77 + int(getattr(model, "t5_length", 256))
+    return 24 * inner * tokens * model.unet.dtype.itemsize
