@@ -531,3 +531,14 @@ def test_row_memory_estimate_counts_image_and_text_tokens(sd3):
     assert row_bytes(sd3, (16, 16)) == 24 * 32 * (64 + 77 + 8) * 4
     assert row_bytes(sd3, (32, 32)) - row_bytes(sd3, (16, 16)) == 24 * 32 * (256 - 64) * 4
     assert auto_max_rows(sd3, (16, 16), max_bytes=10 * row_bytes(sd3, (16, 16))) >= 5
+
+
+def test_explorer_kernel_side(sd3, sample):
+    from tiny_setup import check_explorer_kernel_side
+
+    check_explorer_kernel_side(sd3, sample)
+
+
+def test_previews_of_16_channel_latents(sd3_session):
+    previews = sd3_session.preview(2)
+    assert "generation" in previews and all(p.shape == (3, 16, 16) and torch.isfinite(p).all() for p in previews.values())
