@@ -160,7 +160,7 @@ def test_prompt_conditioning_equals_the_sd3_pipeline(sd3):
             prompt, None, None, device="cpu", do_classifier_free_guidance=False, max_sequence_length=TINY_SD3_T5_LENGTH
         )
         mine = sd3.encode_prompt(prompt)
-        assert mine.hidden.shape == (1, 77 + TINY_SD3_T5_LENGTH, 96) and mine.pooled.shape == (1, 40)
+        assert mine.hidden.shape == (1, 77 + TINY_SD3_T5_LENGTH, 96) and mine.pooled.shape == (1, 56)
         assert torch.equal(mine.hidden, hidden) and torch.equal(mine.pooled, pooled)
     assert torch.equal(sd3.unconditional_embedding().hidden, sd3.encode_prompt("").hidden)
 
@@ -173,11 +173,11 @@ def test_exceptional_prompt_is_the_sdxl_rule_per_clip_encoder_with_zero_t5_rows(
     assert torch.equal(e.hidden[:, :77, :80], xl.hidden)
     assert not e.hidden[:, :77, 80:].any() and not e.hidden[:, 77:].any()
     # pooled: both encoders' pooled embeddings of the same position-free run
-    assert e.pooled.shape == (1, 16 + 24) and torch.equal(e.pooled[:, 16:], xl.pooled)
+    assert e.pooled.shape == (1, 32 + 24) and torch.equal(e.pooled[:, 32:], xl.pooled)
     model = sd3.text_encoder.text_model if hasattr(sd3.text_encoder, "text_model") else sd3.text_encoder
     with torch.no_grad():
         row = model.final_layer_norm(model.encoder(inputs_embeds=model.embeddings.token_embedding(torch.tensor([[7788]])))[0])
-        assert torch.allclose(e.pooled[:, :16], sd3.text_encoder.text_projection(row[:, 0]), atol=1e-6)
+        assert torch.allclose(e.pooled[:, :32], sd3.text_encoder.text_projection(row[:, 0]), atol=1e-6)
     assert (e.hidden[:, :77] - sd3.encode_prompt("a cat").hidden[:, :77]).abs().max() > 1e-3
 
 
@@ -416,16 +416,38 @@ def test_wrong_family_folders_and_files_are_refused_by_name(sd3_folder, tmp_path
         load_model(incomplete, device="cpu")
 
 
-def test_sd3_checkpoint_files_are_refused_by_name(tmp_path, monkeypatch):
-    """Single files are not read on SD3 (a diffusers folder is): an sd3.5 file is named in the refusal."""
+def test_sd3_checkpoint_files_without_config_are_refused_by_name(tmp_path, monkeypatch):
+    """An SD3 single file needs config= (an SD3 diffusers folder): without it, the family is named in the refusal."""
     from diffusers.loaders.single_file_utils import CHECKPOINT_KEY_NAMES as KEYS
     from safetensors.torch import save_file
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = tmp_path / "sd3.5_medium.safetensors"
     save_file({k: torch.zeros(4) for k in KEYS["sd35_large"]}, str(path))
-    with pytest.raises(CheckpointFileError, match=r"Stable Diffusion 3.5 model; tficon reads SD3 from its diffusers"):
+    with pytest.raises(CheckpointFileError, match=r"Stable Diffusion 3.5 model; tficon reads an SD3 single file with"):
         load_model(path, device="cpu")
+
+
+def test_sd3_single_file_with_config_gives_the_folder_models_outputs(sd3_folder, sd3, sample, tmp_path):
+    """Stability's single-file layout (tests/sd3_checkpoint.py, checked against diffusers' own converter) with
+    config= the folder: the same weights, so the same composition, bit for bit."""
+    from safetensors.torch import save_file
+    from sd3_checkpoint import check_transformer_round_trip, to_sd3_checkpoint
+
+    checkpoint = to_sd3_checkpoint(sd3.unet, sd3.vae, sd3.text_encoder, sd3.text_encoder_2)
+    check_transformer_round_trip(checkpoint, sd3.unet)
+    path = tmp_path / "sd3.5_tiny.safetensors"
+    save_file(checkpoint, str(path))
+    with pytest.raises(ValueError, match="must be a local SD3 diffusers folder"):
+        load_model(path, device="cpu", config=tmp_path)
+    loaded = load_model(path, device="cpu", config=sd3_folder)
+    assert loaded.family == "tiny-sd3" and loaded.text_encoder_3 is None and loaded.t5_length == TINY_SD3_T5_LENGTH
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        mine, theirs = getattr(loaded, part).state_dict(), getattr(sd3, part).state_dict()
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), part
+    a = new_session(loaded, sample, steps=3).run()
+    b = new_session(sd3, sample, steps=3).run()
+    assert torch.equal(a.records[-1].generation.x, b.records[-1].generation.x)
 
 
 def test_tiny_components_build_a_working_sd3_pipeline():

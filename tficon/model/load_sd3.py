@@ -5,7 +5,8 @@ transformer, a 16-channel VAE, CLIP-L and CLIP-G (``CLIPTextModelWithProjection`
 ``FlowMatchEulerDiscreteScheduler``; ``text_encoder_3`` / ``tokenizer_3`` (T5) are loaded when the folder has them
 and ``t5=True`` (the default), else the model runs without T5 (its rows zeros, as the pipeline does with
 ``text_encoder_3=None``). ``tficon.json`` may state ``family``, ``exceptional_token_id``, ``image_size`` and
-``t5_length``.
+``t5_length``. A single file in Stability's layout (``sd3.5_medium.safetensors``) loads with ``config=`` such a folder
+(:func:`load_sd3_single_file`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tficon.model.identify import SD_EXCEPTIONAL_TOKEN_ID, TFICON_JSON, _read_js
 from tficon.model.loaded import LoadedModel, _resolve_device, _resolve_dtype, assemble_loaded_model
 from tficon.model.text_sd3 import SD3_T5_LENGTH
 
-__all__ = ["identify_sd3", "is_sd3_index", "load_sd3_folder"]
+__all__ = ["identify_sd3", "is_sd3_checkpoint", "is_sd3_index", "load_sd3_folder", "load_sd3_single_file"]
 
 SD3_TRANSFORMER = "SD3Transformer2DModel"
 SD3_SCHEDULER = "FlowMatchEulerDiscreteScheduler"
@@ -131,6 +132,56 @@ def load_sd3_folder(folder: Path, spec: str, device, dtype, *, t5: bool = True) 
         tokenizer_2=read("tokenizer_2", lambda: CLIPTokenizer.from_pretrained(folder / "tokenizer_2")),
         scheduler_config=_read_json(folder / "scheduler" / "scheduler_config.json"),
         family=family, spec=spec, exceptional_token_id=token_id, image_size=image_size, device=device, dtype=dtype,
+    )  # fmt: skip
+    model.t5_length = t5_length
+    return model
+
+
+#: a tensor every SD3 / SD3.5 single file (Stability's layout) holds
+SD3_CHECKPOINT_KEY = "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight"
+
+
+def is_sd3_checkpoint(layout: dict) -> bool:
+    """Whether a checkpoint's tensor names (``tficon.model.single_file._checkpoint_layout``) are an SD3 file's."""
+    return SD3_CHECKPOINT_KEY in layout
+
+
+def load_sd3_single_file(path: Path, spec: str, config, device, dtype, *, t5: bool = False) -> LoadedModel:
+    """An SD3 / SD3.5 single file (``sd3.5_medium.safetensors``, ...) with ``config=`` a local SD3 diffusers folder of
+    the same architecture (its ``*.json`` and tokenizer files suffice; offline). The file's transformer, VAE and CLIP
+    encoders are read (diffusers' ``StableDiffusion3Pipeline.from_single_file``); T5 is left out unless ``t5`` and the
+    file holds it. ``tficon.json`` in the config folder applies as for a folder."""
+    import os
+
+    from diffusers import StableDiffusion3Pipeline
+
+    if config is None:
+        raise ValueError(
+            f"{spec!r} is an SD3 single file: pass config=<a local SD3 / SD3.5 diffusers folder of the same "
+            "architecture> (its *.json and tokenizer files suffice), or load the diffusers folder itself"
+        )
+    folder = Path(os.fspath(config)).expanduser()
+    if not (folder / "model_index.json").is_file() or not is_sd3_index(_read_json(folder / "model_index.json")):
+        raise ValueError(f"config {os.fspath(config)!r} must be a local SD3 diffusers folder (its model_index.json "
+                         "names an SD3Transformer2DModel)")  # fmt: skip
+    device = _resolve_device(device)
+    dtype = _resolve_dtype(dtype, device)
+    text_config = lambda name: _read_json(folder / name / "config.json")  # noqa: E731
+    family, image_size, token_id, t5_length = identify_sd3(
+        _read_json(folder / "transformer" / "config.json"), _read_json(folder / "vae" / "config.json"),
+        _read_json(folder / "scheduler" / "scheduler_config.json"),
+        (text_config("text_encoder"), text_config("text_encoder_2")), _read_overrides(folder), repr(spec),
+    )  # fmt: skip
+    skip_t5 = {} if t5 else dict(text_encoder_3=None, tokenizer_3=None)
+    pipeline = StableDiffusion3Pipeline.from_single_file(
+        str(path), config=str(folder), local_files_only=True, torch_dtype=dtype, **skip_t5
+    )
+    model = assemble_loaded_model(
+        vae=pipeline.vae, unet=pipeline.transformer, text_encoder=pipeline.text_encoder, tokenizer=pipeline.tokenizer,
+        text_encoder_2=pipeline.text_encoder_2, tokenizer_2=pipeline.tokenizer_2,
+        text_encoder_3=pipeline.text_encoder_3, tokenizer_3=pipeline.tokenizer_3,
+        scheduler_config=dict(pipeline.scheduler.config), family=family, spec=spec, exceptional_token_id=token_id,
+        image_size=image_size, device=device, dtype=dtype,
     )  # fmt: skip
     model.t5_length = t5_length
     return model

@@ -4,7 +4,7 @@
   "context pre-only", as in SD3), the first a dual-attention block (SD3.5's image-only ``attn2``), RMS query/key norms
   (SD3.5), 4 heads of width 8, a position table cropped from a larger one (``pos_embed_max_size``).
 - Text: CLIP-L and CLIP-G stand-ins, both ``CLIPTextModelWithProjection`` (quick-GELU and GELU, widths 32 and 48,
-  projections 16 and 24) with the tiny offline tokenizer of ``tficon.model.tiny`` (window 77, the exceptional token
+  projections 32, the identity as in SD3's single files, and 24) with the tiny offline tokenizer of ``tficon.model.tiny`` (window 77, the exceptional token
   7788 in the vocabulary); no T5 (``text_encoder_3=None``): its rows are zeros, as in the pipeline. The joint width
   (``joint_attention_dim``, T5's 4096 in SD3) is 96, and T5's rows are 8 (``t5_length``; 256 in SD3).
 - VAE: SD3's 16-channel ``AutoencoderKL`` (no quant convs) at toy width, factor 8, scaling 1.5305, shift 0.0609.
@@ -29,7 +29,9 @@ from tficon.model.tokenizer import build_clip_tokenizer
 __all__ = ["TINY_SD3_T5_LENGTH", "save_tiny_sd3_model", "tiny_sd3_components", "tiny_sd3_model"]
 
 TINY_SD3_T5_LENGTH = 8
-_CLIP = (("quick_gelu", 32, 16), ("gelu", 48, 24))  # (activation, width, projection_dim): CLIP-L, CLIP-G
+# (activation, width, projection_dim): CLIP-L, CLIP-G. CLIP-L's projection is square and the identity, as SD3's
+# single files imply (they carry none; diffusers' single-file loader sets it to the identity)
+_CLIP = (("quick_gelu", 32, 32), ("gelu", 48, 24))
 _JOINT_WIDTH = 96
 
 
@@ -64,6 +66,8 @@ def tiny_sd3_components(seed: int = 0) -> dict:
             shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False,
         )  # fmt: skip
         encoders = [_tiny_clip(*spec) for spec in _CLIP]
+        with torch.no_grad():
+            encoders[0].text_projection.weight.copy_(torch.eye(_CLIP[0][1]))
     for module in (transformer, vae, *encoders):
         module.eval()
     tokenizer = build_clip_tokenizer(TINY_WORDS, model_max_length=77)
