@@ -564,3 +564,11 @@ def test_explorer_kernel_side(sd3, sample):
 def test_previews_of_16_channel_latents(sd3_session):
     previews = sd3_session.preview(2)
     assert "generation" in previews and all(p.shape == (3, 16, 16) and torch.isfinite(p).all() for p in previews.values())
+
+
+def test_tiny_model_names_sd3(tmp_path):
+    from tficon.model.tiny import save_tiny_model, tiny_model
+
+    model = tiny_model("sd3", dtype=torch.bfloat16)
+    assert model.family == "tiny-sd3" and model.unet.dtype == torch.bfloat16
+    assert load_model(save_tiny_model(tmp_path / "m", "sd3"), device="cpu").family == "tiny-sd3"

@@ -20,7 +20,7 @@ from tficon.model.errors import _SUPPORTED
 __all__ = ["FAMILIES", "PREDICTION_TYPES", "SD_EXCEPTIONAL_TOKEN_ID", "TFICON_JSON", "ModelIdentity", "identify_model"]
 
 #: the built-in family names (``tficon.model.families.family_names()`` also lists families registered later)
-FAMILIES = ("sd1", "sd2", "sdxl", "toy", "tiny-sd1", "tiny-sd2", "tiny-sdxl")
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "toy", "tiny-sd1", "tiny-sd2", "tiny-sdxl", "tiny-sd3")
 SDXL_TIME_IDS = 6  # original size (h, w), crop top-left (top, left), target size (h, w)
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 SD_EXCEPTIONAL_TOKEN_ID = 7788  # "rian</w>" in CLIP's BPE; the official TF-ICON choice
