@@ -514,7 +514,7 @@ def copy_tokenizer(tokenizer):
     return copy.deepcopy(tokenizer)
 
 
-def test_cli_compose_batch_and_lockstep_on_an_sd3_folder(sd3_folder, sample, tmp_path):
+def test_cli_compose_sweep_and_batch_on_an_sd3_folder(sd3_folder, sample, tmp_path):
     from PIL import Image
 
     from tficon.cli import main
@@ -538,6 +538,12 @@ def test_cli_compose_batch_and_lockstep_on_an_sd3_folder(sd3_folder, sample, tmp
     mask = Image.new("L", sample.background.size, 0)
     mask.paste(255, (x, y, x + w, y + h))
     mask.save(folder / "mask.png")
+    sweep = ["sweep", "--model", str(sd3_folder), "--background", str(tmp_path / "bg.png"), "--foreground",
+             str(tmp_path / "fg.png"), "--foreground-mask", str(tmp_path / "fg_mask.png"), "--prompt", sample.prompt,
+             "--size", str(SIZE), "--steps", "4", "--quiet", "--box", f"{x},{y},{w},{h}", "--grid", "tau_b=0.5,0.9",
+             "--batch-cells", "auto", "--out", str(tmp_path / "sweep")]  # fmt: skip
+    assert main(sweep) == 0
+    assert len(list((tmp_path / "sweep").rglob("*.png"))) >= 2
     for extra in ([], ["--batch-samples", "auto"]):  # one at a time, and together (the runner's memory estimate)
         runs = tmp_path / f"runs{len(extra)}"
         assert main(["batch", str(tmp_path / "inputs"), "--out", str(runs), "--model", str(sd3_folder), "--size",
