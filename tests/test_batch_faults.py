@@ -492,3 +492,45 @@ def test_a_signalled_sharded_batch_stops_its_processes_and_says_so_once(world, t
     assert done.returncode == 0, done.stderr[-3000:]
     counts = json.loads((out / "summary.json").read_text())["counts"]
     assert counts["already_done"] >= finished >= 1 and counts["already_done"] + counts["composed_now"] == 12
+
+
+def test_a_killed_sharded_process_is_named_in_one_line_and_a_rerun_resumes(world, tmp_path):
+    """``kill -9`` of one of the batch's processes: the command ends with 137 (128 + SIGKILL), names the process in
+    one line instead of torchrun's report (no traceback, no ``ChildFailedError``), says that a re-run resumes and
+    leaves nothing running; the re-run completes the batch, and a re-run with nothing left to do exits 0."""
+    import signal
+    import subprocess
+
+    import psutil
+
+    command, env, out = _sharded(world, tmp_path)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # fmt: skip
+    try:
+        _wait_for_a_record(out, process)
+        family = psutil.Process(process.pid).children(recursive=True)
+        workers = [p for p in family if "tficon.run.launcher" not in " ".join(p.cmdline()) and "tficon" in p.cmdline()]
+        assert len(workers) == 2, [p.cmdline() for p in family]
+        rank_1 = next(p for p in workers if p.environ().get("LOCAL_RANK") == "1")
+        rank_1.send_signal(signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=120)
+        gone, alive = psutil.wait_procs(family, timeout=30)
+        assert alive == []
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 128 + signal.SIGKILL, stderr[-3000:]
+    assert "Traceback" not in stderr and "ChildFailedError" not in stderr, stderr[-3000:]
+    ours = [line for line in stderr.splitlines() if line.startswith("tficon batch:") and ": warning:" not in line]
+    assert ours == ["tficon batch: process 1 was ended by SIGKILL (the other process was stopped)",
+                    "tficon batch: the processes ended with exit code 137; finished samples are kept and a re-run "
+                    "resumes"], stderr  # fmt: skip
+    assert "Root Cause" not in stderr and "exitcode" not in stderr and "SIGTERM" not in stderr  # torchrun's report
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = json.loads((out / "summary.json").read_text())["counts"]
+    assert counts["already_done"] + counts["composed_now"] == 12 and counts["already_done"] >= 1
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["counts"]["already_done"] == 12

@@ -10,10 +10,17 @@ runs it, and then acts as a user would, checking each effect in the page:
   and erasing the same stroke gives back the very same cut-and-paste and result;
 - tau_b moved with the keyboard (0.80 -> 0.60): the result changes, without recomputing step 0;
   moved back: the first result again, bit for bit;
-- a box dragged on the background: the Session gets it (within rounding) and the result changes.
+- a box dragged on the background: the Session gets it (within rounding) and the result changes;
+- a prompt outside the toy world: the run ends "done, with a warning" and the banner under the status says why;
+  the prompt back: a plain "done" and no banner (toy model only: the tiny model has an open vocabulary);
+- the history keeps every finished run; runs 1 and the newest compared (three pictures: A, B, difference), the
+  split slider moves the split view; "Restore B" with B = run 1 gives back the first result bit for bit;
+- export: the recipe and result download links appear, and the recipe downloads as JSON with the prompt;
+- the SweepGrid below: each row label sits right beside its row's first image (not across the page), the inputs
+  and the legend are shown, and a click on an image opens that cell in an Explorer that runs it.
 
-Screenshots go to artifacts/ (the page after the first run, the final page, the Explorer alone); the
-final Explorer screenshot is copied to docs/explorer.png (the README's picture) when
+Screenshots go to artifacts/ (the page after the first run, the final page, the Explorer alone, the SweepGrid);
+the final Explorer and SweepGrid screenshots are copied to docs/explorer.png and docs/sweep_grid.png when
 TFICON_UPDATE_SCREENSHOT=1, so that ordinary test runs leave the checkout clean.
 
 Only Debian's (or a given) Chromium is used, never a browser downloaded by Playwright
@@ -210,8 +217,9 @@ def _wait_text(page, selector: str, *needles: str, timeout: float = 120_000) -> 
 
 
 def _runs_done(page) -> int:
-    """The number of the last finished run, from the status ("done · run N · ..."); 0 before any."""
-    match = re.search(r"done \u00b7 run (\d+)", _text(page, ".tficon-status"))
+    """The number of the last finished run, from the status ("done · run N · ...", or "done, with a warning ·
+    run N"); 0 before any."""
+    match = re.search(r"done(?:, with [^\u00b7]*)? \u00b7 run (\d+)", _text(page, ".tficon-status"))
     return int(match.group(1)) if match else 0
 
 
@@ -219,7 +227,7 @@ def _wait_run_after(page, runs: int, timeout: float = 240_000) -> int:
     """Wait until a run later than run ``runs`` has finished (the status is set last, after every view)."""
     page.wait_for_function(
         """(runs) => {
-            const m = /done \u00b7 run (\\d+)/.exec(document.querySelector('.tficon-status').textContent);
+            const m = /done(?:, with [^\u00b7]*)? \u00b7 run (\\d+)/.exec(document.querySelector('.tficon-status').textContent);
             return !!m && Number(m[1]) > runs;
         }""",
         arg=runs,
@@ -267,7 +275,7 @@ def test_explorer_in_jupyterlab(jupyter_server, page):
     page.screenshot(path=str(ARTIFACTS / "explorer-1-first-run.png"))
 
     # ---- a click on a step thumbnail: the step and attention panels move to step 1 (an injection step)
-    page.locator(".tficon-step-button").nth(1).click()
+    page.locator(".tficon-step-strip .tficon-step-button").nth(1).click()
     _wait_text(page, ".tficon-explorer", "step 1's UNet call")
     page.wait_for_function("() => document.querySelectorAll('.tficon-sources img').length === 5")
     mark("thumbnail clicked, step 1's attention shown")
@@ -354,9 +362,69 @@ def test_explorer_in_jupyterlab(jupyter_server, page):
     assert _digest(page, "img.tficon-result") != first_result, "the result did not change after drawing a box"
     mark("box drawn, result recomputed")
 
+    # ---- a prompt outside the toy world: the warning reaches the page (toy model only)
+    banner = page.locator(".tficon-banner").first
+    assert not banner.is_visible(), "the banner must be hidden while there is nothing to say"
+    prompt = page.locator(".tficon-prompt input").first
+    original_prompt = prompt.input_value()
+    if toy:
+        prompt.scroll_into_view_if_needed()
+        prompt.fill("a photo of a cat on a sofa")
+        prompt.press("Enter")
+        runs = _wait_run_after(page, runs)
+        assert "done, with a warning" in _text(page, ".tficon-status")
+        banner.wait_for(state="visible", timeout=30_000)
+        assert "knows only its toy world" in banner.inner_text() and "'photo'" in banner.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "explorer-3-warning.png"))
+        prompt.fill(original_prompt)
+        prompt.press("Enter")
+        runs = _wait_run_after(page, runs)
+        assert "done \u00b7 run" in _text(page, ".tficon-status") and not banner.is_visible()
+        mark("toy-world warning shown in the banner, then cleared")
+
+    # ---- history: every finished run kept; A/B compare; split; restore run 1
+    history_buttons = page.locator(".tficon-history .tficon-step-button")
+    history_buttons.first.scroll_into_view_if_needed()
+    assert history_buttons.count() == min(runs, 30), f"{history_buttons.count()} runs in the history, {runs} finished"
+    page.locator(".tficon-compare-a select").first.select_option(index=0)  # A = run 1; B = the newest
+    _wait_text(page, ".tficon-compare", "A \u00b7 run 1", f"B \u00b7 run {runs}", "difference")
+    assert page.locator(".tficon-compare img").count() == 3
+    split_before = _digest(page, "img.tficon-split-view")
+    split = page.locator(".tficon-split .noUi-handle").first
+    split.focus()
+    for _ in range(5):
+        split.press("ArrowLeft")
+    deadline = time.monotonic() + 30
+    while _digest(page, "img.tficon-split-view") == split_before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _digest(page, "img.tficon-split-view") != split_before, "the split slider did not move the split view"
+    page.locator(".tficon-compare-b select").first.select_option(index=0)  # B = run 1
+    _wait_text(page, ".tficon-compare", "B \u00b7 run 1")
+    page.locator(".tficon-restore").first.click()
+    runs = _wait_run_after(page, runs)
+    assert _digest(page, "img.tficon-result") == first_result, "restoring run 1 must give its result bit for bit"
+    mark("history compared, split moved, run 1 restored")
+
+    # ---- export: the files are offered as downloads; the recipe is the Session's settings as JSON
+    page.locator(".tficon-export-result").first.click()
+    page.locator(".tficon-export-recipe").first.click()
+    recipe_link = page.locator("a.tficon-download[data-kind='recipe']").first
+    recipe_link.wait_for(timeout=60_000)
+    assert page.locator("a.tficon-download[data-kind='result']").count() == 1
+    with page.expect_download() as download:
+        recipe_link.click()
+    recipe = json.loads(Path(download.value.path()).read_text())
+    assert recipe["format"] == "tficon-recipe" and recipe["prompt"] == original_prompt
+    assert recipe["settings"]["tau_b"] == 0.8 and download.value.suggested_filename == "tficon-recipe.json"
+    mark("result and recipe exported, the recipe downloaded")
+
     # ---- screenshots
     page.evaluate("window.jupyterapp.commands.execute('notebook:hide-all-cell-code')")
     page.evaluate("window.jupyterapp.commands.execute('application:toggle-left-area')")
+    # the Explorer (with its history and export) is taller than the usual viewport: make room for all of it, since
+    # the notebook scrolls inside its own panel and an element screenshot shows only what that panel shows
+    height = int(page.locator(".tficon-explorer").first.bounding_box()["height"]) + 400
+    page.set_viewport_size({"width": 1280, "height": max(2400, height)})
     page.locator(".tficon-explorer").scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "explorer-2-final-page.png"))
     page.locator(".tficon-explorer").screenshot(path=str(ARTIFACTS / "explorer.png"))
@@ -364,6 +432,26 @@ def test_explorer_in_jupyterlab(jupyter_server, page):
         (ROOT / "docs").mkdir(exist_ok=True)
         shutil.copy(ARTIFACTS / "explorer.png", ROOT / "docs" / "explorer.png")
     mark("screenshots saved")
+
+    # ---- the SweepGrid: labels beside their images, inputs and legend shown, a click on an image opens the cell
+    grid = page.locator(".tficon-sweep-grid").first
+    grid.scroll_into_view_if_needed()
+    page.locator(".tficon-sweep-cell canvas").first.wait_for(timeout=120_000)
+    label = page.locator(".tficon-sweep-row-label").first.bounding_box()
+    first_image = page.locator(".tficon-sweep-cell").first.bounding_box()
+    assert 0 <= first_image["x"] - (label["x"] + label["width"]) < 40, f"label {label} is far from its image {first_image}"
+    assert first_image["y"] <= label["y"] + label["height"] / 2 <= first_image["y"] + first_image["height"] + 60
+    assert page.locator(".tficon-sweep-inputs img").count() == 3 and "bg dB" in _text(page, ".tficon-sweep-legend")
+    grid.screenshot(path=str(ARTIFACTS / "sweep_grid.png"))
+    if os.environ.get("TFICON_UPDATE_SCREENSHOT") == "1":
+        shutil.copy(ARTIFACTS / "sweep_grid.png", ROOT / "docs" / "sweep_grid.png")
+    cell_canvas = page.locator(".tficon-sweep-cell canvas").nth(1)
+    area = cell_canvas.bounding_box()
+    page.mouse.click(area["x"] + area["width"] / 2, area["y"] + area["height"] / 2)
+    page.locator(".tficon-sweep-grid .tficon-explorer").first.wait_for(timeout=60_000)
+    _wait_text(page, ".tficon-sweep-grid .tficon-explorer .tficon-status", "done \u00b7 run 1", timeout=240_000)
+    assert "tau_b=1" in _text(page, ".tficon-sweep-grid .tficon-explorer .tficon-result-caption").replace("1.00", "1")
+    mark("sweep grid checked, a cell opened by a click on its image")
 
     print("timings (s from server start): " + json.dumps(timings))
     (ARTIFACTS / "browser-timings.json").write_text(json.dumps({"model": "toy" if toy else "tiny", **timings}, indent=1))

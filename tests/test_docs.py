@@ -79,3 +79,66 @@ def test_the_checker_catches_a_dead_citation(tmp_path):
         'names = ("notes.md", "bg.png")  # file names as data, not citations\n'
     )
     assert [c for _, c in _citations(sample)] == ["docs/algorithm.md", "../notes/plan.md", "tficon-algorithm.md"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The README and the docs pages: their commands run as written, and the README stays a newcomer's page
+# ---------------------------------------------------------------------------------------------------------------
+
+README = ROOT / "README.md"
+
+
+def _shell_commands(path: Path) -> list[str]:
+    """The commands of a page's ```bash blocks: continuation lines joined, comments and '&& ...' tails dropped."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S):
+        for command in block.replace("\\\n", " ").splitlines():
+            command = command.split(" #")[0].split("&&")[0].strip()
+            if command and not command.startswith("#"):
+                commands.append(command)
+    return commands
+
+
+def test_ci_runs_the_readmes_test_command_verbatim():
+    test_commands = [c for c in README.read_text(encoding="utf-8").splitlines() if c.endswith("python -m pytest")]
+    assert len(test_commands) == 1, test_commands
+    assert test_commands[0] in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_every_tficon_command_in_the_readme_and_docs_parses():
+    """Each ``tficon ...`` line of README.md and docs/*.md is accepted by the command line's parser as written
+    (lines with a ``...`` or ``<placeholder>`` are sketches and skipped)."""
+    import shlex
+
+    from tficon.cli import build_parser
+
+    checked, bad = 0, []
+    for page in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        for command in _shell_commands(page):
+            if not command.startswith("tficon ") or "..." in command or "<" in command:
+                continue
+            checked += 1
+            try:
+                build_parser().parse_args(shlex.split(command)[1:])
+            except SystemExit:
+                bad.append(f"{page.relative_to(ROOT)}: {command}")
+    assert checked >= 8 and not bad, "commands the CLI refuses:\n" + "\n".join(bad)
+
+
+def test_the_readme_is_short_and_says_the_toy_models_limits_first():
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; move reference material to docs/"
+    top = "\n".join(lines[:30])
+    for limit in ("4 shapes", "4 colours", "4 styles", "64 x 64 px"):
+        assert limit in top, f"the README's first screen must state the toy model's limit {limit!r}"
+    assert "tficon demo" in "\n".join(lines[:60]) and re.search(r"About \d+ s", "\n".join(lines[:60]))
+
+
+def test_no_placeholder_repository_anywhere():
+    """The notebooks' addresses are written by tools/notebook_links.py (tests/test_notebooks_meta.py checks them)."""
+    found = [
+        str(path.relative_to(ROOT))
+        for path in _tracked_text_files()
+        if path.suffix != ".ipynb" and "github.com/OWNER" in path.read_text(encoding="utf-8", errors="replace")
+    ]
+    assert not found, f"placeholder repository addresses in {found}"

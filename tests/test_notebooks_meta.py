@@ -2,8 +2,10 @@
 
 Every notebook must: be valid nbformat with its outputs stripped (small in git), open with a markdown cell that
 says what it teaches and how long it takes, hold at least one assertion cell (so a notebook that shows wrong
-pictures fails under nbval), parse as Python, honour ``TFICON_TEST_THREADS``, skip no cell, and have a Colab badge
-whose setup cell does nothing outside Colab. ``notebooks/README.md`` lists each one.
+pictures fails under nbval), parse as Python, keep CI's plumbing out of its cells (the thread count reaches the
+kernels through notebooks/conftest.py), skip no cell, and carry the Colab badge and install cell that
+tools/notebook_links.py writes from pyproject.toml (no badge while no public repository is set; the install cell
+does nothing outside Colab). ``notebooks/README.md`` lists each one.
 """
 
 from __future__ import annotations
@@ -82,19 +84,32 @@ def test_has_an_assertion_cell_and_parses(notebook):
     assert asserts > 0, f"{path.name} has no assertion cell"
 
 
-def test_no_cell_is_skipped_and_threads_follow_ci(notebook):
+
+def test_no_cell_is_skipped_and_no_ci_plumbing(notebook, request):
     path, nb = notebook
     text = json.dumps(nb)
     assert "NBVAL_SKIP" not in text and "nbval-skip" not in text, f"{path.name} skips a cell"
-    assert "TFICON_TEST_THREADS" in text, f"{path.name} must honour TFICON_TEST_THREADS (CI shares the machine)"
+    assert "set_num_threads" not in text and "TFICON_TEST_THREADS" not in text, (
+        f"{path.name}: thread settings for CI belong in notebooks/conftest.py, not in the cells"
+    )
     for top in ("work", "tmp", "home", "Users"):  # top-level folders of developer machines
         forbidden = f"/{top}/"
         assert forbidden not in text, f"{path.name} contains a machine-specific path {forbidden!r}"
 
 
-def test_colab_badge_and_a_guarded_setup_cell(notebook):
+def test_the_ci_thread_count_reaches_the_kernels():
+    conftest = (NOTEBOOK_DIR / "conftest.py").read_text()
+    assert 'os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("TFICON_TEST_THREADS", "1"))' in conftest
+
+
+def test_colab_badge_and_a_guarded_setup_cell(notebook, request):
     path, nb = notebook
-    assert "colab.research.google.com/github/" in nb.cells[0].source and path.name in nb.cells[0].source
+    assert "OWNER" not in json.dumps(nb), f"{path.name}: a placeholder repository"
+    written = subprocess.run(
+        [sys.executable, "tools/notebook_links.py", "--check", str(path)], cwd=NOTEBOOK_DIR.parent,
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert written.returncode == 0, f"{path.name} is out of date: run python tools/notebook_links.py\n{written.stdout}"
     setup = _setup_cells(nb)
     assert len(setup) == 1, f"{path.name}: expected one setup cell, found {len(setup)}"
     tree = ast.parse(setup[0])
@@ -102,6 +117,12 @@ def test_colab_badge_and_a_guarded_setup_cell(notebook):
     for statement in tree.body:  # every statement that installs anything sits under the Colab guard
         if "pip" in ast.unparse(statement):
             assert isinstance(statement, ast.If) and "IN_COLAB" in ast.unparse(statement.test), ast.unparse(statement)
+
+
+def _repository() -> str:
+    import tomllib
+
+    return tomllib.loads((NOTEBOOK_DIR.parent / "pyproject.toml").read_text())["tool"]["tficon"]["repository"]
 
 
 def _run_setup(source: str) -> dict:
@@ -119,18 +140,28 @@ def test_the_setup_cell_does_nothing_outside_colab(notebook, monkeypatch):
     assert namespace["IN_COLAB"] is False and calls == []
 
 
-def test_the_setup_cell_installs_tficon_on_colab(notebook, monkeypatch):
+def test_the_setup_cell_installs_tficon_on_colab(notebook, monkeypatch, request):
+    """In Colab: an uploaded wheel is installed; without one (and no repository set) the cell says what to do."""
+    import glob
+
     path, nb = notebook
     calls, widget_managers = [], []
     fake_colab = types.ModuleType("google.colab")
     fake_colab.output = types.SimpleNamespace(enable_custom_widget_manager=lambda: widget_managers.append(True))
     monkeypatch.setitem(sys.modules, "google.colab", fake_colab)
     monkeypatch.setattr(subprocess, "run", lambda args, **k: calls.append(args))
+    monkeypatch.setattr(glob, "glob", lambda pattern: ["/content/tficon-0.1.0-py3-none-any.whl"])
     namespace = _run_setup(_setup_cells(nb)[0])
     assert namespace["IN_COLAB"] is True
-    assert len(calls) == 1 and calls[0][1:4] == ["-m", "pip", "install"] and any("tficon" in a for a in calls[0])
-    if "Explorer" in json.dumps(nb):  # notebooks that show widgets enable Colab's widget manager
-        assert widget_managers == [True]
+    assert len(calls) == 1 and calls[0][1:4] == ["-m", "pip", "install"]
+    assert calls[0][-1] == "tficon[widgets] @ file:///content/tficon-0.1.0-py3-none-any.whl"
+    assert widget_managers == [True]  # the notebooks' widgets (Explorer, SweepGrid) need Colab's widget manager
+    monkeypatch.setattr(glob, "glob", lambda pattern: [])
+    calls.clear()
+    if not _repository():
+        with pytest.raises(RuntimeError, match="upload a wheel .* or set TFICON_SOURCE"):
+            _run_setup(_setup_cells(nb)[0])
+        assert calls == []
 
 
 def test_the_stable_diffusion_notebook_has_one_model_line_and_a_loud_stand_in():

@@ -80,13 +80,19 @@ def official(model, sample):
 
 def test_the_step_runs_named_phases_in_one_order():
     assert phases.STEP_ORDER == ("warm_up", "before_denoiser", "rows", "denoiser", "after_denoiser")
+    # PrimeComposer's operations (issue 22) follow TF-ICON's; each does nothing unless its plan flag is on
+    primecomposer_after = ("kept_history_blend", "hold_object", "kept_blend")
     assert Engine.phases.names() == {
-        "before_denoiser": ("advance",),
-        "after_denoiser": ("record_evaluations", "guidance", "history_blend", "blend"),
+        "before_denoiser": ("paste_on_reference", "advance", "latent_normalization"),
+        "after_denoiser": (
+            "record_evaluations", "guidance", "history_blend", "adaptive_blend", "blend", *primecomposer_after
+        ),
     }
     extended = Engine.phases.with_operation("after_denoiser", halve, before=phases.blend)
-    assert extended.names()["after_denoiser"] == ("record_evaluations", "guidance", "history_blend", "halve", "blend")
-    assert Engine.phases.names()["after_denoiser"][-1] == "blend"  # the default is left as it was
+    assert extended.names()["after_denoiser"] == (
+        "record_evaluations", "guidance", "history_blend", "adaptive_blend", "halve", "blend", *primecomposer_after
+    )  # fmt: skip
+    assert Engine.phases.names()["after_denoiser"][4] == "blend"  # the default is left as it was
     with pytest.raises(ValueError, match=r"phase must be one of \['before_denoiser', 'after_denoiser'\]"):
         Engine.phases.with_operation("denoiser", halve)
     with pytest.raises(ValueError, match="before='halve' is not an operation of before_denoiser"):

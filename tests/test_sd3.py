@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tiny_setup import SIZE, new_session
 
+import tficon
 from tficon.composition.attention import BatchLayout, InjectionController, composite_logits
 from tficon.composition.engine import Engine
 from tficon.composition.joint_attention import (
@@ -578,3 +579,25 @@ def test_tiny_model_names_sd3(tmp_path):
     model = tiny_model("sd3", dtype=torch.bfloat16)
     assert model.family == "tiny-sd3" and model.unet.dtype == torch.bfloat16
     assert load_model(save_tiny_model(tmp_path / "m", "sd3"), device="cpu").family == "tiny-sd3"
+
+
+@pytest.mark.parametrize("preset", ["primecomposer", "primecomposer-rca", "shine-blend"])
+def test_presets_whose_mechanism_needs_unet_attention_are_refused_by_name(sd3, sample, preset):
+    from tficon.core.config import CompositionConfig
+
+    config = CompositionConfig.preset(preset, steps=STEPS, object_words="star")
+    with pytest.raises(ValueError, match=r"sd3 models do not support .*(strategy|adaptive_blend)"):
+        new_session(sd3, sample, steps=STEPS, **{k: getattr(config, k) for k in tficon.presets()[preset].changes})
+    session = new_session(sd3, sample, steps=STEPS)
+    with pytest.raises(ValueError, match="inject_layers='decoder'"):
+        session.update(inject_layers="decoder")
+    assert session.config.inject_layers == "all"  # a refused update leaves the Session as it was
+
+
+def test_the_tale_preset_runs_on_sd3(sd3, sample):
+    from tficon.core.config import CompositionConfig
+
+    config = CompositionConfig.preset("tale", steps=STEPS)
+    session = new_session(sd3, sample, steps=STEPS, **{k: getattr(config, k) for k in tficon.presets()["tale"].changes})
+    session.run()
+    assert session.steps < STEPS and torch.isfinite(session.records[-1].generation.x).all()

@@ -243,7 +243,7 @@ def test_input_errors_name_the_argument(model, sample):
     with pytest.raises(ValueError, match="order"):
         make(model, sample, order=4)
     with pytest.raises(TypeError, match="unknown config field"):
-        make(model, sample, tau_c=0.3)
+        make(model, sample, tau_z=0.3)  # (tau_c is a setting since issue 22)
     with pytest.raises(ValueError, match="box"):
         make(model, sample).update(mask_or_box=(100, 100, 60, 60))
     with pytest.raises(ValueError, match="prompt"):

@@ -92,18 +92,32 @@ STEPS = 4
 #: settings' values change the plans of 4 steps (some from step 0, some later).
 CHANGED = dict(
     mode="same", steps=5, order=1, guidance=3.0, tau_a=1.0, tau_b=1.0, tau_bg=1.0, seed=5, align_warmup=True,
-    no_cross_lag=True, background_queries=True, largest_contour=True, clip_box=True,
+    no_cross_lag=True, background_queries=True, largest_contour=True, clip_box=True, strategy="primecomposer",
+    tau_c=1.0, later_start=0.5, latent_norm_steps=2, latent_norm_strength=1.0,
+    inject_layers="decoder", region_cross_attention=True, object_words="red star", adaptive_blend=True,
+    adaptive_blend_until=1.0,
 )  # fmt: skip
 #: The settings a Session starts from before the change (the official ones but where noted): the cross lag
 #: only matters on steps with foreground injection past the warm-up, which 4 steps reach with tau_a = 1.
-BEFORE = {"no_cross_lag": {"tau_a": 1.0}}
+BEFORE = {
+    "no_cross_lag": {"tau_a": 1.0},
+    "tau_c": {"strategy": "primecomposer"},  # tau_c acts in primecomposer only
+    "latent_norm_strength": {"latent_norm_steps": 2},
+    "region_cross_attention": {"object_words": "red star"},
+    # 4 steps blend after step 2 only with tau_b = 1; an adaptive blend there needs adaptive_blend_until = 1
+    "adaptive_blend": {"object_words": "red star", "tau_b": 1.0, "adaptive_blend_until": 1.0},
+    "adaptive_blend_until": {"object_words": "red star", "tau_b": 1.0, "adaptive_blend": True},
+}
 
 
 def test_declared_ranges_are_exactly_what_the_config_accepts():
     """A number setting's ``range`` is its accepted values: both bounds pass, a step past either fails, so the CLI's
     help and the Explorer never promise what the config refuses."""
     numbers = [s for s in SETTINGS if s.range is not None]
-    assert {s.name for s in numbers} == {"steps", "guidance", "tau_a", "tau_b", "tau_bg", "seed"}
+    assert {s.name for s in numbers} == {
+        "steps", "guidance", "tau_a", "tau_b", "tau_bg", "seed", "tau_c", "later_start", "latent_norm_steps",
+        "latent_norm_strength", "adaptive_blend_until",
+    }  # fmt: skip
     for setting in numbers:
         low, high = setting.range
         integer = isinstance(setting.default, int)
@@ -146,7 +160,8 @@ def test_update_returns_and_drops_what_the_setting_declares(model, sample, engin
     if level == "plans":
         old, new = plans_for(old_config), plans_for(session.config)
         expected = next(s for s, (a, b) in enumerate(zip(old, new)) if a != b)
-        assert expected > 0 or name in ("align_warmup", "background_queries")  # the prefix is kept where it can be
+        from_step_0 = ("align_warmup", "background_queries", "strategy", "inject_layers", "region_cross_attention")
+        assert expected > 0 or name in from_step_0  # the prefix is kept where it can be
         assert first == expected and session.step_index == expected and not session.needs_inversion
     else:
         assert first == 0 and session.step_index == 0

@@ -134,10 +134,11 @@ def test_a_nan_in_one_cell_fails_only_that_cell_and_a_rerun_computes_only_it(mod
     assert "failed" in (out / "cells.csv").read_text()
     # the grid: each good cell's picture, and in the failed cell's place a grey tile with an X, labelled "failed"
     grid = np.asarray(Image.open(out / "grid.png").convert("RGB"))
-    assert all(tile_positions(grid, np.asarray(thumbnail(c.image, 96))) for c in good)
-    blank = np.asarray(thumbnail(None, 96))
-    [(y, x)] = tile_positions(grid, blank[16:])  # below the label
-    assert not np.array_equal(grid[y - 16 : y, x : x + 96], blank[:16])  # the label is drawn on the tile
+    side = 192  # SweepResult.grid_image's cell size
+    assert all(tile_positions(grid, np.asarray(thumbnail(c.image, side))) for c in good)
+    blank = np.asarray(thumbnail(None, side))
+    [(y, x)] = tile_positions(grid, blank[32:])  # below the label
+    assert not np.array_equal(grid[y - 32 : y, x : x + side], blank[:32])  # the label is drawn on the tile
 
     rerun = sweep(model, sample, out)  # the NaN gone: only the failed cell is computed
     assert not rerun.failed and {c.index for c in rerun.resumed} == {c.index for c in good}

@@ -154,7 +154,7 @@ def test_every_setting_with_a_control_has_its_widget_with_the_declared_range(fin
         assert control.value == expected, setting.name
     assert controls["tau_b"].max == 2.0  # tau_b may exceed 1 (blending on the last steps too)
     switches = [controls[setting.name] for setting in declared if setting.switch]
-    assert len(switches) == 5 and not any(c.value for c in switches)  # all off: the official code
+    assert len(switches) == 7 and not any(c.value for c in switches)  # all off: the official code
     accordion = finished.settings_panel.switches
     assert accordion.selected_index is None and list(accordion.children[0].children) == switches  # collapsed
 
@@ -332,11 +332,22 @@ def test_query_click_shows_that_row_of_the_captured_maps(finished):
     assert set(kinds) == {"composite", "generation", "background", "reference", "pseudo_cross"}  # step 1 injects
     pictures = row_pictures(finished.sources_row)
     assert len(pictures) == 5
-    for kind, picture in zip(kinds, pictures):  # each source: that kind's mean map's row q, over its picture
+    heats = {}
+    for kind in kinds:  # each source: that kind's mean map's row q, over its picture
         layers = [layer for layer in finest if (layer, kind) in captured]
-        heat = torch.stack([captured[(l, kind)] for l in layers]).mean(0)[q].reshape(16, 16)
+        heats[kind] = torch.stack([captured[(l, kind)] for l in layers]).mean(0)[q].reshape(16, 16)
+    shared = max(float(h.max()) for h in heats.values())  # one colour scale for all (the default)
+    for (kind, heat), picture in zip(heats.items(), pictures):
+        expected_picture = source_picture(panel.frame_for(kind), heat, (20, 100), size=finished.sources_row.size, width=SIZE, peak=shared)
+        assert np.array_equal(picture, render.enlarge_to(expected_picture, finished.sources_row.size)), kind
+    assert all(f"{shared:.3f}" in cell.children[1].value for cell in finished.sources_row.children)
+    panel.shared_scale.value = False  # each map on its own scale
+    assert finished.wait(60)
+    for (kind, heat), picture in zip(heats.items(), row_pictures(finished.sources_row)):
         expected_picture = source_picture(panel.frame_for(kind), heat, (20, 100), size=finished.sources_row.size, width=SIZE)
         assert np.array_equal(picture, render.enlarge_to(expected_picture, finished.sources_row.size)), kind
+    panel.shared_scale.value = True
+    assert finished.wait(60)
 
     # one layer and one kind
     layer = finest[0]
@@ -575,8 +586,9 @@ def test_explorer_degrades_to_plain_widgets_without_anywidget(model, sample, mon
         grid, layers, _kind = ex.attention.selected()
         q = maps.query_token(*ex.picker.query, (SIZE, SIZE), grid)
         heat = maps.query_heatmap(maps.mean_map(ex.attention.maps, layers, "composite"), q, grid)
-        size = ex.sources_row.size  # the side-by-side follows the slider's query
-        expected = source_picture(ex.attention.frame_for("composite"), heat, ex.picker.query, size=size, width=SIZE)
+        peaks = [maps.query_heatmap(m, q, grid).max() for k in maps.KINDS if (m := maps.mean_map(ex.attention.maps, layers, k)) is not None]
+        size = ex.sources_row.size  # the side-by-side follows the slider's query, on one colour scale
+        expected = source_picture(ex.attention.frame_for("composite"), heat, ex.picker.query, size=size, width=SIZE, peak=float(max(peaks)))
         assert np.array_equal(row_pictures(ex.sources_row)[0], render.enlarge_to(expected, size))
         for field, value in zip(ex.box_fields, (10, 10, 40, 40)):  # typed box, then "set box"
             field.value = value

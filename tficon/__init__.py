@@ -30,6 +30,7 @@ _EXPORTS = {
     "Session": "tficon.composition.session",
     "compose": "tficon.composition.one_call",
     "sweep": "tficon.run.sweeps",
+    "presets": "tficon.core.presets",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -3,7 +3,8 @@
 Exit codes: 0 success; 1 the run failed (a numerical failure; a batch with failed samples); 2 a usage or input
 error (a bad flag value, a missing or unreadable file, a box that does not fit); 3 an output could not be written
 (a full disk, a read-only folder, a name too long; a batch: some sample's or summary's files); 130 interrupted
-(Ctrl-C). Errors are reported in one paragraph on stderr without a traceback.
+(Ctrl-C); with ``batch --processes N``, 128 + n when one process was ended by signal n (137: ``kill -9``).
+Errors are reported in one paragraph on stderr without a traceback.
 
 Coordinates and sizes: ``--box x,y,w,h`` is in the background's own pixels (like ``--mask``, which is drawn on
 the background); the composition runs at the working size (``--size``, default the model's) and the result is
@@ -21,44 +22,15 @@ import json
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
+from tficon.cli_messages import _CONFIG_FLAGS, _FLAG_NAMES, Parser, Timer, describe_time, flag_message  # noqa: F401
 from tficon.core.boxes import box_mask, parse_box_text
 from tficon.core.config import SETTINGS, CompositionConfig
 from tficon.run.files import AtomicFiles, WriteError
 from tficon.run.processes import launched_by_processes
 
 EXIT_RUN_FAILED, EXIT_USAGE, EXIT_WRITE_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
-
-# Python names in library messages -> the flags a CLI user typed: first the phrases and arguments that are not
-# settings, then every setting whose name has an underscore (longest first: "tau_bg" before "tau_b").
-_FLAG_NAMES = {
-    "pass clip_box=True to shift it inside (a CompositionConfig field; --clip-box on the command line)":
-        "pass --clip-box to shift it inside",
-    "image_size (--size)": "--size",
-    "mask_or_box (the user mask)": "--mask",
-    "mask_or_box": "--mask/--box",
-    "foreground_mask": "--foreground-mask",
-    "image_size": "--size",
-    "clip_box=True": "--clip-box",
-    "clip=True": "--clip-box",
-    **{s.name: s.flag for s in sorted(SETTINGS, key=lambda s: -len(s.name)) if "_" in s.name},
-}
-# Settings named by a plain word ("steps", "mode"): that word occurs in other senses inside messages ("a fraction
-# of the steps"), so it becomes a flag only where it opens a message ("steps must be ..." -> "--steps must be ...").
-_CONFIG_FLAGS = {s.name: s.flag for s in SETTINGS if "_" not in s.name}
-
-
-def flag_message(message: str) -> str:
-    """A library message with its Python argument names replaced by the CLI's flag names."""
-    for name, flag in _FLAG_NAMES.items():
-        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w])", flag, message)
-    for name, flag in _CONFIG_FLAGS.items():
-        if message.startswith(f"{name} "):
-            message = flag + message[len(name) :]
-    return message
-
 
 def _box(text: str) -> tuple[int, int, int, int]:
     try:
@@ -99,18 +71,19 @@ def _add_config_flags(parser: argparse.ArgumentParser, **help_overrides: str) ->
     group = parser.add_argument_group("composition settings (defaults reproduce the official code)")
     for setting in SETTINGS:
         help_text = _setting_help(setting, help_overrides.get(setting.name))
-        if setting.switch:
+        # Every value flag defaults to None, "not given", so that explicit flags override a --preset's values
+        # (config_from_args); mode: None = the command's own (cross; the demo's sample; batch: per folder).
+        if setting.switch:  # can only switch on: off (False) is "not given"
             group.add_argument(setting.flag, dest=setting.name, action="store_true", help=help_text)
             continue
-        # mode: None = the command's own (cross; the demo's sample; batch: per folder); guidance: None = official
-        default = None if setting.name == "mode" else setting.default
         kind = float if setting.name == "guidance" else type(setting.default)
         group.add_argument(
-            setting.flag, dest=setting.name, type=kind, choices=setting.choices, default=default, help=help_text
+            setting.flag, dest=setting.name, type=kind, choices=setting.choices, default=None, help=help_text
         )
+    _add_preset_flag(group)
     parser.add_argument(
         "--threads", type=int, default=None,
-        help="CPU threads for torch (default: the free cores, at most one per core; see tficon/core/threads.py)",
+        help="CPU threads for torch (default: the free cores, at most one per core)",
     )  # fmt: skip
     parser.add_argument(
         "--dtype", choices=("float32", "float16", "bfloat16"), default=None,
@@ -118,10 +91,27 @@ def _add_config_flags(parser: argparse.ArgumentParser, **help_overrides: str) ->
     )  # fmt: skip
 
 
+def _add_preset_flag(group) -> None:
+    """--preset NAME (``tficon.core.presets``): a named set of settings; explicit setting flags override it."""
+    from tficon.core.presets import presets
+
+    names = ", ".join(presets())
+    group.add_argument(
+        "--preset", default=None, metavar="NAME",
+        help=f"start from a named preset ({names}; default: tf-icon, the official code); setting flags given "
+        "explicitly override its values; docs/strategies.md describes them",
+    )  # fmt: skip
+
+
 def config_from_args(args, mode: str) -> CompositionConfig:
-    """The ``CompositionConfig`` of parsed flags (one per setting); ``mode`` when --mode was not given."""
-    values = {setting.name: getattr(args, setting.name) for setting in SETTINGS}
-    return CompositionConfig(**{**values, "mode": values["mode"] or mode})
+    """The ``CompositionConfig`` of parsed flags: the --preset's settings (default: the official ones), then every
+    setting flag that was given (value flags default to None and switches to False, "not given"); ``mode`` when --mode
+    was not given."""
+    values = {s.name: getattr(args, s.name, None) for s in SETTINGS}
+    given = {name: v for name, v in values.items() if v is not None and v is not False}  # not "== False": 0 is given
+    preset = getattr(args, "preset", None)
+    base = CompositionConfig() if preset is None else CompositionConfig.preset(preset)
+    return base.replace(**{"mode": mode, **given})
 
 
 def _load(spec: str, dtype: str | None = None):
@@ -130,9 +120,11 @@ def _load(spec: str, dtype: str | None = None):
     return load_model(spec, dtype=dtype)
 
 
-def _check_output_path(path: str | None, flag: str, *, image: bool) -> Path | None:
+def _check_output_path(path: str | None, flag: str, *, image: bool, planned: set | None = None) -> Path | None:
     """Refuse an output path that cannot be written, before any work: a folder, a path below a regular file,
-    an unknown image format. Nothing is created here (folders are made when the outputs are written)."""
+    a folder whose own folder is missing too (a mistyped path should not grow a tree), an unknown image format.
+    Nothing is created here (the file's own folder is made, and named, when the outputs are written); ``planned``
+    holds the folders that this command's earlier outputs will create (they count as existing; this one's is added)."""
     if path is None:
         return None
     from PIL import Image
@@ -144,13 +136,22 @@ def _check_output_path(path: str | None, flag: str, *, image: bool) -> Path | No
         raise ValueError(f"{flag}: {str(target)!r} cannot be used ({error.strerror}); shorten the name") from None
     if target.is_dir():
         raise ValueError(f"{flag}: {str(target)!r} is a folder; give a file name inside it (e.g. {str(target / 'out.png')!r})")
+    planned = set() if planned is None else planned
     for parent in target.parents:
+        if parent in planned:
+            break
         if parent.exists():
             if not parent.is_dir():
                 raise ValueError(f"{flag}: {str(parent)!r} is a file, so {str(target)!r} cannot be created below it")
             if not os.access(parent, os.W_OK):
                 raise ValueError(f"{flag}: the folder {str(parent)!r} is not writable")
+            if parent != target.parent.parent and parent != target.parent:
+                raise ValueError(
+                    f"{flag}: the folder {str(target.parent.parent)!r} does not exist; tficon creates only the "
+                    f"file's own folder ({target.parent.name!r}): create the folders above it first"
+                )
             break
+    planned.add(target.parent)
     if image and target.suffix.lower() not in Image.registered_extensions():
         raise ValueError(f"{flag}: unknown image format {target.suffix or '(no suffix)'!r}; use a .png or .jpg file name")
     return target
@@ -182,6 +183,8 @@ def _write_outputs(
         **pasted,
         "working_size": [session.image_size[1], session.image_size[0]],
     }
+    targets = [out, *(path for path, _ in more), *([json_path] if json_path is not None else [])]
+    new_folders = sorted({str(path.parent) for path in targets if not path.parent.exists()})
     outputs = AtomicFiles()  # written all or nothing: temporary files renamed into place together
     try:
         outputs.image(out, result)
@@ -195,16 +198,17 @@ def _write_outputs(
         raise
     print(
         f"wrote {out} ({result.size[0]}x{result.size[1]}; composed at {session.image_size[1]}x{session.image_size[0]}); "
-        f"{summary['sample_evals']} UNet sample-evaluations in {summary['unet_calls']} calls, "
-        f"{summary['total_seconds']:.1f} s"
+        f"{summary['sample_evals']} UNet sample-evaluations in {summary['unet_calls']} calls, {describe_time(summary)}"
+        + "".join(f"\ncreated the folder {folder}" for folder in new_folders)
     )
 
 
 def cmd_compose(args) -> int:
+    from tficon.cli_checks import check_geometry_before_loading
     from tficon.composition.session import Session
     from tficon.core import io
 
-    started = time.perf_counter()
+    timer = Timer()
     if (args.mask is None) == (args.box is None):
         raise ValueError("give exactly one of --mask (a mask image) or --box x,y,w,h")
     # Everything the user typed is checked before the model loads (seconds to minutes for SD).
@@ -215,16 +219,19 @@ def cmd_compose(args) -> int:
         raise ValueError("--paste-back pastes onto the background at its own size; drop --output-size working")
     if args.feather is not None and args.feather < 0:
         raise ValueError(f"--feather must be a non-negative number of pixels (0: a hard edge), got {args.feather}")
-    out = _check_output_path(args.out, "--out", image=True)
-    json_path = _check_output_path(args.json, "--json", image=False)
+    folders: set = set()  # the folder --out will create counts as there for --json
+    out = _check_output_path(args.out, "--out", image=True, planned=folders)
+    json_path = _check_output_path(args.json, "--json", image=False, planned=folders)
     background = io.load_image(args.background, name="--background")
     foreground = io.load_image(args.foreground, name="--foreground")
-    io.load_mask(args.foreground_mask, name="--foreground-mask")
+    object_mask = io.load_mask(args.foreground_mask, name="--foreground-mask")
     if args.mask is not None:
         target = io.load_mask(args.mask, name="--mask")
     else:
         target = box_mask(args.box, background.size, name="--box")
+    check_geometry_before_loading(args.model, args.size, background, foreground, object_mask, target, config)
     model = _load(args.model, args.dtype)
+    timer.model_loaded()
     session = Session(
         model,
         background,
@@ -241,7 +248,7 @@ def cmd_compose(args) -> int:
         session,
         out,
         json_path,
-        {"total_seconds": time.perf_counter() - started},
+        timer.fields(),
         background_size=background.size if args.output_size == "background" else None,
         paste_back=(8 if args.feather is None else args.feather) if args.paste_back else None,
     )
@@ -251,14 +258,20 @@ def cmd_compose(args) -> int:
 def cmd_demo(args) -> int:
     from tficon.composition.session import Session
     from tficon.core import io
-    from tficon.toy.samples import demo_sample, side_by_side
+    from tficon import cli_demo
+    from tficon.toy.samples import demo_sample
 
-    started = time.perf_counter()
-    config = config_from_args(args, demo_sample().mode)
-    out = _check_output_path(args.out, "--out", image=True)
-    json_path = _check_output_path(args.json, "--json", image=False)
-    model = _load(args.model, args.dtype)
+    timer = Timer()
     sample = demo_sample()
+    config = config_from_args(args, sample.mode)
+    folders: set = set()  # the folders the outputs will create, so that --save-inputs may sit in --out's
+    out = _check_output_path(args.out, "--out", image=True, planned=folders)
+    json_path = _check_output_path(args.json, "--json", image=False, planned=folders)
+    saved = cli_demo.input_files(args.save_inputs, sample) if args.save_inputs else []
+    for path, _ in saved:
+        _check_output_path(str(path), "--save-inputs", image=True, planned=folders)
+    model = _load(args.model, args.dtype)
+    timer.model_loaded()
     print(f"model: {model.describe()}")
     print(f"sample: {sample.name}; prompt: {sample.prompt!r}")
     session = Session(
@@ -273,15 +286,16 @@ def cmd_demo(args) -> int:
     )
     session.run()
     inputs = session.inputs
-    sheet = side_by_side(
+    sheet = cli_demo.sheet_with_box(
         [io.to_pil(inputs.background), sample.foreground, io.to_pil(inputs.cut_and_paste), session.result],
-        ["background", "foreground", "cut-and-paste", "tficon"],
-    )
+        ["background", "foreground", "cut-and-paste", "tficon"], {0, 2, 3}, sample.box, sample.background.size,
+    )  # fmt: skip
     sheet_path = out.with_name(out.stem + "_sheet.png")
-    _write_outputs(
-        session, out, json_path, {"total_seconds": time.perf_counter() - started}, more=[(sheet_path, sheet)]
-    )
-    print(f"wrote {sheet_path} (background | foreground | cut-and-paste | result)")
+    _write_outputs(session, out, json_path, timer.fields(), more=[(sheet_path, sheet), *saved])
+    print(f"wrote {sheet_path} (background | foreground | cut-and-paste | result; the green box: the target)")
+    if saved:
+        print(f"wrote the inputs to {args.save_inputs}: {', '.join(cli_demo.INPUT_NAMES)}")
+    print(cli_demo.guidance(sheet_path, sample, args.save_inputs, config.mode))
     return 0
 
 
@@ -342,6 +356,7 @@ def cmd_sweep(args) -> int:
 
 
 def _sweep(args) -> int:
+    from tficon.cli_checks import check_geometry_before_loading
     from tficon.core import io
     from tficon.run.sweeps import GridError, parse_grid_option, run_sweep
     from tficon.toy.samples import demo_sample
@@ -380,6 +395,9 @@ def _sweep(args) -> int:
     config, out = config_from_args(args, mode), Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out: {str(out)!r} is a file; the sweep writes a folder")
+    object_mask_array = io.load_mask(object_mask, name="--foreground-mask")
+    for each in grid.get("box", [target]):  # every box's placement, before the model loads
+        check_geometry_before_loading(args.model, args.size, background, foreground, object_mask_array, each, config)
     result = run_sweep(
         _load(args.model, args.dtype), background, foreground, object_mask, target, prompt, grid, config=config,
         image_size=args.size, out=out, value_labels=labels, progress=not args.quiet, batch_cells=args.batch_cells,
@@ -404,16 +422,18 @@ def _batch_size(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="tficon", description="TF-ICON training-free image composition on diffusers",
         epilog="exit codes: 0 done; 1 numerical failure (a batch: some sample failed); 2 bad input or usage; 3 an "
-        "output could not be written (full disk, read-only folder, name too long); 130 interrupted (Ctrl-C)",
+        "output could not be written (full disk, read-only folder, name too long); 130 interrupted (Ctrl-C); "
+        "batch --processes: 128+n when a process was ended by signal n",
     )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="compose the built-in cross-domain sample with the embedded toy model")
-    demo.add_argument("--model", default="toy", help="model spec (default: the embedded toy model)")
-    demo.add_argument("--out", default="tficon_demo.png", help="result image; a side-by-side sheet is written beside it")
+    demo.add_argument("--model", default="toy", help="\"toy\" (the embedded model), a hub id, a diffusers folder or a checkpoint")
+    demo.add_argument("--out", default="out/tficon_demo.png", help="result image; a side-by-side sheet is written beside it")
+    demo.add_argument("--save-inputs", default=None, metavar="DIR", help="also write the sample's images into DIR")
     demo.add_argument("--json", default=None, help="write settings, timings and counts as JSON")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_flags(demo)
@@ -503,10 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser(
         "sweep",
         help="compose one sample over a grid of settings, sharing inversions and common steps",
-        description="Compose one sample at every point of a grid over tau_a, tau_b, tau_bg, guidance, seed, steps "
-        "and box (--grid name=v1,v2,... or name=start:stop:count, repeated; boxes as box='x,y,w,h;x,y,w,h' in the "
-        "background's pixels). Writes grid.png (first parameter down, second across), cells.csv, cells.json, "
-        "index.html and cells/ into --out.",
+        description="Compose one sample at every point of a grid over tau_a, tau_b, tau_bg, guidance, seed, steps, "
+        "box and preset (--grid name=v1,v2,... or name=start:stop:count, repeated; boxes as box='x,y,w,h;x,y,w,h' "
+        "in the background's pixels; presets by name, preset=tf-icon,tale, each cell following its preset). Writes "
+        "grid.png (first parameter down, second across), cells.csv, cells.json, index.html and cells/ into --out.",
     )
     sweep.add_argument("--grid", action="append", metavar="NAME=VALUES", help="a swept parameter and its values")
     sweep.add_argument("--demo", action="store_true", help="sweep the built-in demo sample (the toy model's)")
@@ -528,11 +548,15 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_config_flags(sweep)
     sweep.set_defaults(func=cmd_sweep)
-    return parser
+    from tficon import __version__
+    from tficon.cli_messages import add_examples_and_version
+
+    return add_examples_and_version(parser, __version__)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
+    from tficon.cli_messages import warnings_as_lines
     from tficon.core.threads import apply_threads, prepare_environment
 
     prepare_environment()  # before anything imports torch: OpenMP reads its wait policy only then
@@ -541,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     where = f"tficon {args.command}"
     try:
         apply_threads(args.threads)
-        return args.func(args)
+        with warnings_as_lines(where):  # one line each, with flag names, no source path
+            return args.func(args)
     except KeyboardInterrupt:
         note = "finished samples are kept; a re-run resumes" if args.command == "batch" else "nothing was written"
         if not launched_by_processes():  # one of --processes N's processes: the launching command says it

@@ -1,7 +1,8 @@
 """Jupyter views of TF-ICON (imported as ``tficon.widgets``; the core never imports this package).
 
 - ``Explorer(session)``: run, inspect and tune one ``tficon.Session`` in a notebook; a column of panels
-  (``panel.Panel``: ``status_panel``, ``inputs_panel``, ``settings_panel``, ``steps_panel``, ``live_attention``).
+  (``panel.Panel``: ``status_panel``, ``banner``, ``inputs_panel``, ``settings_panel``, ``history_panel``,
+  ``export``, ``steps_panel``, ``live_attention``); ``compare`` holds the history's pure image functions.
 - ``SweepGrid(tficon.sweep(...))``: a parameter sweep as a clickable grid; a click opens the cell in an Explorer.
 - Building blocks over plain tensors: ``AttentionMapView`` (click a query, see its attention),
   ``AttentionPanel`` (every view of one step's captured maps), ``StepStrip`` (one thumbnail per
@@ -39,7 +40,8 @@ _EXPORTS = {
 }
 _SUBMODULES = (
     "figures", "maps", "render", "masks", "views", "canvas", "attention_panel", "panel", "status_panel", "inputs_panel",
-    "settings_panel", "steps_panel", "live_attention", "explorer", "worker", "sweep",
+    "settings_panel", "steps_panel", "live_attention", "explorer", "worker", "sweep", "banner", "compare",
+    "history_panel", "export",
 )
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)

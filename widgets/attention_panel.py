@@ -4,7 +4,9 @@ Given ``{(layer, kind): (N, N) map}`` (what ``Session.capture_attention`` return
 maps' keys belong to, it shows: a layer / resolution picker (one layer, or the mean of all layers of a
 grid) and a kind picker; the selected map as a clickable query picker with the query's heatmap over
 the image; the map's top SVD components; the region masks at that resolution; and the same query in
-the composite and each of its sources side by side, so a wrong injection is visible at a glance.
+the composite and each of its sources side by side, on one colour scale (switchable), so a wrong injection is
+visible at a glance. Positions are written (row, col) everywhere in the page; the Python API takes a query as
+``(x, y)`` pixels, as the canvas reports clicks.
 
 It is fed plain data (no Session): the Explorer captures the maps and passes them in, and a notebook
 can do the same with maps from anywhere.
@@ -40,12 +42,26 @@ def short_layer_name(name: str) -> str:
         return name
 
 
-def source_picture(frame: np.ndarray, heat: torch.Tensor, query: tuple[int, int], *, size: int, width: int | None = None) -> np.ndarray:
+#: What a healthy set of maps looks like (shown under the side-by-side).
+HEALTHY_LEGEND = (
+    "<b>reading the maps</b>: a query on the pasted object should, in the composite, attend to the object "
+    "(in the reference source, the same spot of the object lights up); a query on the background should attend "
+    "to nearby background, as in the background source. Warning signs: the composite's map of an object query "
+    "lies mostly outside the box, or a map is spread evenly (its peak p near 1/N: the query attends nowhere in "
+    "particular). The dashed crosshair marks the query's row and column."
+)
+
+
+def source_picture(
+    frame: np.ndarray, heat: torch.Tensor, query: tuple[int, int], *, size: int, width: int | None = None,
+    peak: float | None = None,
+) -> np.ndarray:  # fmt: skip
     """One picture of the side-by-side: the query's heatmap ``heat`` over ``frame``, ``size`` px wide, with the
-    query pixel ``(x, y)`` marked (in the pixels of an image ``width`` wide; default: ``frame``'s width)."""
-    picture = render.heat_overlay(frame, heat.numpy(), size=size)
+    query pixel ``(x, y)`` marked by a crosshair (in the pixels of an image ``width`` wide; default: ``frame``'s
+    width). ``peak``: the top of the colour scale (default: this map's own maximum)."""
+    picture = render.heat_overlay(frame, heat.numpy(), size=size, peak=peak)
     scale = picture.shape[1] / (frame.shape[1] if width is None else width)
-    return render.draw_marker(picture, (query[0] + 0.5) * scale, (query[1] + 0.5) * scale)
+    return render.draw_crosshair(picture, (query[0] + 0.5) * scale, (query[1] + 0.5) * scale)
 
 
 class AttentionPanel(widgets.VBox):
@@ -78,13 +94,19 @@ class AttentionPanel(widgets.VBox):
         self._context: dict[str, Any] = {}
         self._sources_drawn = 0
 
-        self.layer_choice = widgets.Dropdown(options=[], description="layer", style={"description_width": "40px"}, layout=widgets.Layout(width="330px"))
+        self.layer_choice = widgets.Dropdown(options=[], description="layer", style={"description_width": "40px"}, layout=widgets.Layout(width="340px"))
         self.layer_choice.add_class("tficon-layer")
-        self.kind_choice = widgets.Dropdown(options=[], description="kind", style={"description_width": "40px"}, layout=widgets.Layout(width="250px"))
+        # wide enough for the longest kind label ("composite (no injection at this step: = own)")
+        self.kind_choice = widgets.Dropdown(options=[], description="kind", style={"description_width": "40px"}, layout=widgets.Layout(width="400px"))
         self.kind_choice.add_class("tficon-kind")
         self.layer_choice.observe(self._on_choice, names="value")
         self.kind_choice.observe(self._on_choice, names="value")
+        self.shared_scale = widgets.Checkbox(value=True, description="one colour scale for all maps", indent=False, layout=widgets.Layout(width="230px"))
+        self.shared_scale.add_class("tficon-shared-scale")
+        self.shared_scale.observe(self._on_scale, names="value")
+        self.stale = False
         self.title = widgets.HTML("")
+        self.title.add_class("tficon-attention-title")
         self.picker = AttentionMapView(size=picker_px, dispatch=self._dispatch)
         self.picker.add_class("tficon-attention-map")
         self.picker.on_query(self._on_query)
@@ -94,7 +116,10 @@ class AttentionPanel(widgets.VBox):
         self.sources_row.add_class("tficon-sources")
         small = "<span style='font-size:11px;color:#555'>{}</span>"
         self.children = [
-            widgets.HBox([self.layer_choice, self.kind_choice, *extra_controls], layout=widgets.Layout(align_items="center")),
+            widgets.HBox(
+                [self.layer_choice, self.kind_choice, self.shared_scale, *extra_controls],
+                layout=widgets.Layout(align_items="center", flex_flow="row wrap"),
+            ),
             self.title,
             widgets.HBox(
                 [
@@ -115,6 +140,7 @@ class AttentionPanel(widgets.VBox):
                 "paired by index as the official code pairs them)"
             )),
             self.sources_row,
+            widgets.HTML(f"<div style='font-size:11px;color:#555;max-width:760px;white-space:normal'>{HEALTHY_LEGEND}</div>"),
         ]
 
     # ------------------------------------------------------------------ public
@@ -140,6 +166,7 @@ class AttentionPanel(widgets.VBox):
         injected: whether foreground or background injection was on in the captured call (names the composite).
         """
         self.maps = maps
+        self.stale = False
         self.grids = maps_mod.layers_by_grid(maps, like=latent_grid)
         self._context = {"frames": frames, "region_masks": region_masks, "heading": heading, "injected": injected}
         if query is not None:
@@ -153,6 +180,16 @@ class AttentionPanel(widgets.VBox):
             self.query = (int(x), int(y))
             return
         self.picker.set_query(int(x), int(y))  # -> _on_query
+
+    def mark_stale(self, text: str) -> None:
+        """Say above the views that they show older maps (a recompute has not reached their step yet)."""
+        self.stale = True
+        self._stale_html = (
+            f"<span class='tficon-stale' style='background:#fff4d6;color:#8a4b00;font-size:12px;padding:1px 4px'>"
+            f"stale: {html.escape(text)}</span> "
+        )
+        if "tficon-stale" not in self.title.value:
+            self.title.value = self._stale_html + self.title.value
 
     def selected(self) -> tuple[tuple[int, int], list[str], str]:
         """``(grid, layers, kind)`` of the current choice."""
@@ -179,6 +216,10 @@ class AttentionPanel(widgets.VBox):
     def _on_choice(self, _change) -> None:
         if not self._syncing and self.maps is not None:
             self._dispatch(self.render)
+
+    def _on_scale(self, _change) -> None:
+        if self.maps is not None:
+            self._dispatch(self._render_sources)
 
     def _on_query(self, query: tuple[int, int]) -> None:
         self.query = query
@@ -219,6 +260,8 @@ class AttentionPanel(widgets.VBox):
             f"<span style='font-size:12px'>{self._context['heading']}{html.escape(self._label(kind))} &middot; "
             f"{grid[0]}&times;{grid[1]} ({count}) &middot; click the picture to pick a query</span>"
         )
+        if self.stale:
+            self.title.value = self._stale_html + self.title.value
         base = self.frame_for(kind)
         height, width = base.shape[:2]
         query = self.query if self.query is not None else (width // 2, height // 2)
@@ -249,13 +292,17 @@ class AttentionPanel(widgets.VBox):
         grid, layers, _kind = self.selected()
         height, width = self._context["frames"]["target"].shape[:2]
         query = maps_mod.query_token(self.query[0], self.query[1], (height, width), grid)
-        images, captions = [], []
+        heats = {}
         for kind in maps_mod.KINDS:
             attention = maps_mod.mean_map(self.maps, layers, kind)
-            if attention is None:
-                continue
-            heat = maps_mod.query_heatmap(attention, query, grid)
-            images.append(source_picture(self.frame_for(kind), heat, self.query, size=self.sources_row.size, width=width))
-            captions.append(f"{html.escape(self._label(kind))}{render.colour_bar_html(float(heat.max()))}")
+            if attention is not None:
+                heats[kind] = maps_mod.query_heatmap(attention, query, grid)
+        shared = max(float(h.max()) for h in heats.values()) if self.shared_scale.value and heats else None
+        images, captions = [], []
+        for kind, heat in heats.items():
+            peak = shared if shared is not None else float(heat.max())
+            images.append(source_picture(self.frame_for(kind), heat, self.query, size=self.sources_row.size, width=width, peak=peak))
+            own = "" if shared is None else f"<span style='font-size:9px;color:#555'>own peak {float(heat.max()):.3f}</span>"
+            captions.append(f"{html.escape(self._label(kind))}{render.colour_bar_html(peak)}{own}")
         self.sources_row.set(images, captions)
         self._sources_drawn += 1

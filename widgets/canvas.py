@@ -131,9 +131,19 @@ function render({ model, el }) {
       const k = dw / nw;
       const cx = (point[0] + 0.5) * k, cy = (point[1] + 0.5) * k;
       ctx.save();
+      // a thin dashed crosshair across the whole picture (its row and column), then a ring and a cross
+      ctx.setLineDash([4, 3]);
+      ctx.lineWidth = 1;
+      ctx.strokeStyle = "rgba(255, 255, 255, 0.75)";
+      ctx.beginPath();
+      ctx.moveTo(0, cy); ctx.lineTo(cx - 11, cy); ctx.moveTo(cx + 11, cy); ctx.lineTo(dw, cy);
+      ctx.moveTo(cx, 0); ctx.lineTo(cx, cy - 11); ctx.moveTo(cx, cy + 11); ctx.lineTo(cx, dh);
+      ctx.stroke();
+      ctx.setLineDash([]);
       ctx.strokeStyle = "#00ff80";
       ctx.lineWidth = 2;
       ctx.beginPath();
+      ctx.arc(cx, cy, 10, 0, 2 * Math.PI);
       ctx.moveTo(cx - 8, cy); ctx.lineTo(cx - 3, cy); ctx.moveTo(cx + 3, cy); ctx.lineTo(cx + 8, cy);
       ctx.moveTo(cx, cy - 8); ctx.lineTo(cx, cy - 3); ctx.moveTo(cx, cy + 3); ctx.lineTo(cx, cy + 8);
       ctx.stroke();

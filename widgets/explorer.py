@@ -4,6 +4,8 @@ It is a column of panels (``tficon.widgets.panel``: each builds its widgets, ren
 and reacts to a change of the Session), top to bottom:
 
 - ``StatusPanel``: the model, the progress of the run and one status message;
+- ``BannerPanel``: the warnings and the error of the last run, right under the status (hidden when there are
+  none); a run that warned ends with the status "done, with a warning";
 - ``InputsPanel``: the background with the target box (drawn by dragging), the foreground with its object mask
   (painted with the mouse), the pixel cut-and-paste and the result;
 - ``SettingsPanel``: the prompt, one control per setting of ``tficon.core.config.SETTINGS`` (the official-code
@@ -12,7 +14,10 @@ and reacts to a change of the Session), top to bottom:
   (channels), x0 previews and, on demand, VAE decodes;
 - ``LiveAttentionPanel``: the attention of the scrubbed step's UNet call (layer or resolution, kind, a clickable
   query pixel with its heatmap, the map's top SVD components, the region masks at that resolution, and the same
-  query side by side in the composite and its sources).
+  query side by side in the composite and its sources);
+- ``HistoryPanel``: every finished run (thumbnail and settings); any two compared side by side with a difference
+  map and a split view; undo to any kept run; reset to the opening settings;
+- ``ExportPanel``: the result PNG, a figure of the current views and the recipe JSON, as download links.
 
 How it stays responsive: every Session access is a job on one worker thread (``tficon.widgets.worker``),
 a run is one job per denoising step, and event handlers only queue jobs. Updates coalesce: a newer value of
@@ -30,6 +35,10 @@ import ipywidgets as widgets
 
 from tficon.composition.runner import run_alone
 
+from .banner import TOY_WORLD_MARK, BannerPanel, toy_world_notice
+from .compare import changes_to, snapshot
+from .export import ExportPanel
+from .history_panel import HistoryPanel
 from .inputs_panel import InputsPanel
 from .live_attention import LiveAttentionPanel
 from .panel import FINISHED, SETTINGS_CHANGED, STARTED, STEP_COMPUTED, STEPS_DROPPED, Change, Panel, section
@@ -58,9 +67,12 @@ class Explorer(widgets.VBox):
 
     Python API (every call queues work and returns at once; ``wait()`` blocks until it is done):
     ``run(until=None)``, ``step()``, ``rewind(step)``, ``stop()``, ``update(**changes)``,
-    ``show_step(step)``, ``select_query(x, y)``, ``decode_step()``, ``wait(timeout)``. ``lock`` guards the
-    Session: hold it to use the Session directly while the Explorer is live. ``history`` lists the applied
-    updates (``{"changes", "first"}``), ``last_error`` the error the status shows (None when it shows none).
+    ``show_step(step)``, ``select_query(x, y)``, ``decode_step()``, ``restore(run)``, ``reset()``,
+    ``compare(a, b)``, ``export(folder)``, ``wait(timeout)``. ``lock`` guards the Session: hold it to use the
+    Session directly while the Explorer is live. ``history`` lists the applied updates (``{"changes", "first"}``),
+    ``runs`` the kept finished runs (``tficon.widgets.compare.RunEntry``: number, settings, result, warnings),
+    ``last_error`` the error the status shows (None when it shows none) and ``run_warnings`` the warnings of the
+    run in progress or the last one (what the banner shows).
 
     ``panels`` are the parts (``status_panel``, ``inputs_panel``, ``settings_panel``, ``steps_panel``,
     ``attention_panel``); their main widgets are also attributes of the Explorer: ``controls`` (the prompt and one
@@ -87,20 +99,26 @@ class Explorer(widgets.VBox):
         self.session = session
         self.image_px, self.attention_px, self.thumbnail_px = image_px, attention_px, thumbnail_px
         self.attention_max_tokens = attention_max_tokens
-        self._worker = Worker(threaded=threaded, on_error=self._report_error, name="tficon-explorer")
+        self._worker = Worker(threaded=threaded, on_error=self._report_error, on_warning=self._collect_warnings, name="tficon-explorer")
         self.lock = self._worker.lock
         self.last_error: BaseException | None = None
         self.history: list[dict[str, Any]] = []  # applied updates: {"changes", "first"}
         self.runs_finished = 0  # completed runs (the status names the last one)
+        self.run_warnings: list[str] = []  # of the run in progress, or the last one
+        self._opening_settings = snapshot(session)  # what reset() brings back
         self._run_started: tuple[int, int, float] | None = None  # (first step, sample evals, time)
 
         self.status_panel = StatusPanel(self)
+        self.banner_panel = BannerPanel(self)
         self.inputs_panel = InputsPanel(self)
         self.settings_panel = SettingsPanel(self, auto_run=auto_run)
         self.steps_panel = StepsPanel(self)
         self.attention_panel = LiveAttentionPanel(self, live=live_attention)
+        self.history_panel = HistoryPanel(self)
+        self.export_panel = ExportPanel(self)
         self.panels: tuple[Panel, ...] = (
-            self.status_panel, self.inputs_panel, self.settings_panel, self.steps_panel, self.attention_panel
+            self.status_panel, self.banner_panel, self.inputs_panel, self.settings_panel, self.history_panel,
+            self.export_panel, self.steps_panel, self.attention_panel,
         )  # fmt: skip
         with self.lock:
             parts = [panel.build() for panel in self.panels]
@@ -117,7 +135,9 @@ class Explorer(widgets.VBox):
 
     def _expose_widgets(self) -> None:
         """The panels' widgets as attributes of the Explorer (its API for notebooks and tests)."""
-        status, inputs, settings, steps, attention = self.panels
+        status, inputs, settings = self.status_panel, self.inputs_panel, self.settings_panel
+        steps, attention = self.steps_panel, self.attention_panel
+        self.banner = self.banner_panel.view
         self.status, self.progress = status.status, status.progress
         for name in (
             "box_drawer", "mask_painter", "box_fields", "set_box_button", "box_label", "cut_and_paste_view", "result_view",
@@ -193,9 +213,53 @@ class Explorer(widgets.VBox):
         step = self.scrubber.value
         self._worker.submit(lambda: self.attention_panel.show(self.session, step, recapture=True))
 
-    def submit(self, job: Callable[[], None]) -> None:
-        """Queue ``job`` on the Explorer's worker (it runs holding ``lock``, after the jobs already queued)."""
-        self._worker.submit(job)
+    def restore(self, run: int) -> None:
+        """Undo to the kept run number ``run``: its settings come back through ``Session.update`` (only the steps
+        they change are recomputed; with auto-run the result is that run's again)."""
+        entry = self.history_panel.entry(int(run))  # a KeyError here, at the call, names the kept runs
+        self._restore_later(entry.settings, f"restored run {entry.number}'s settings")
+
+    def reset(self) -> None:
+        """Back to the settings (config, prompt, box, images, object mask) the Explorer opened with."""
+        self._restore_later(self._opening_settings, "reset to the opening settings")
+
+    def _restore_later(self, settings: dict, what: str) -> None:
+        generation = self._worker.new_generation()
+
+        def job() -> None:
+            changes = changes_to(self.session, settings)
+            if not changes:
+                self.set_status(f"{what}: they are the current settings")
+                return
+            self._job_update(changes, generation)
+
+        self._worker.submit(job, key=("update", "restore"))
+
+    @property
+    def runs(self) -> list:
+        """The kept finished runs, oldest first (``tficon.widgets.compare.RunEntry``)."""
+        return list(self.history_panel.entries)
+
+    def compare(self, a: int, b: int) -> None:
+        """Compare the kept runs ``a`` and ``b`` in the history panel (side by side, difference, split view)."""
+        for run in (a, b):
+            self.history_panel.entry(int(run))
+        self.history_panel.a_choice.value, self.history_panel.b_choice.value = int(a), int(b)
+
+    def export(self, folder) -> dict:
+        """Write the result PNG, the figure PNG and the recipe JSON into ``folder``; returns {kind: path}.
+        Waits for the queued work first (the files describe the finished run)."""
+        paths: dict = {}
+        self._worker.submit(lambda: paths.update(self.export_panel.write(self.session, folder)))
+        self.wait()
+        if not paths:
+            raise RuntimeError(f"export failed: {self.last_error}")
+        return paths
+
+    def submit(self, job: Callable[[], None], *, key: object = None) -> None:
+        """Queue ``job`` on the Explorer's worker (it runs holding ``lock``, after the jobs already queued); a
+        pending job with the same ``key`` is replaced by this one."""
+        self._worker.submit(job, key=key)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the queued work is done; False if ``timeout`` seconds passed first."""
@@ -212,6 +276,7 @@ class Explorer(widgets.VBox):
         if not error:
             self.last_error = None
         self.status_panel.set(text, error=error)
+        self.banner_panel.set_error(text if error else None)
 
     def __repr__(self) -> str:  # short: the default lists every child widget
         s = self.session
@@ -226,6 +291,25 @@ class Explorer(widgets.VBox):
     def _tell(self, change: Change) -> None:
         for panel in self.panels:
             panel.on_change(self.session, change)
+
+    def _collect_warnings(self, caught: list) -> None:
+        """The warnings a job raised (``Worker``'s ``on_warning``): kept for the run and shown in the banner. The
+        library's toy-world warning is said in the Explorer's own words when the run ends (``toy_world_notice``)."""
+        for message in caught:
+            text = str(message.message)
+            if TOY_WORLD_MARK in text:
+                continue
+            self._warn(f"{message.category.__name__}: {text}" if message.category is not UserWarning else text)
+
+    def _warn(self, text: str) -> None:
+        if text not in self.run_warnings:
+            self.run_warnings.append(text)
+        self.banner_panel.add_warning(text)
+
+    def _begin_run(self) -> None:
+        """A new run begins: the warnings and the error shown belong to the run before."""
+        self.run_warnings = []
+        self.banner_panel.clear()
 
     def _report_error(self, error: BaseException) -> None:
         self.last_error = error
@@ -248,6 +332,7 @@ class Explorer(widgets.VBox):
             self.set_status(f"not applied: {error}", error=True)
             return
         self.history.append({"changes": dict(changes), "first": first})
+        self._begin_run()
         what = ", ".join(f"{k}={v!r}" if isinstance(v, (int, float, str, tuple)) else k for k, v in changes.items())
         # the status first: when a view below has changed, the status already says what is going on
         if first is None:
@@ -281,6 +366,7 @@ class Explorer(widgets.VBox):
             self._finish()
             return
         if self._run_started is None:
+            self._begin_run()
             self._run_started = (s.step_index, s.stats["sample_evals"], time.perf_counter())
         if s.step_index == 0:
             self.set_status("encoding and inverting both images (cached after the first run)…")
@@ -317,8 +403,14 @@ class Explorer(widgets.VBox):
             self.set_status(f"paused after {s.step_index} of {s.steps + 1} steps")
             return
         self.runs_finished += 1
-        summary = f"done · run {self.runs_finished}"
-        if self._run_started is not None:
+        notice = toy_world_notice(s)
+        if notice is not None:
+            self._warn(notice)
+        count = len(self.run_warnings)
+        done = "done" if not count else "done, with a warning" if count == 1 else f"done, with {count} warnings"
+        summary = f"{done} · run {self.runs_finished}"
+        if self._run_started is not None:  # steps were computed: a new result to keep
+            self.history_panel.record(s, self.runs_finished, tuple(self.run_warnings))
             first, evals, started = self._run_started
             summary += (
                 f" · steps {first}..{s.steps} computed ({s.steps + 1 - first} of {s.steps + 1}), "

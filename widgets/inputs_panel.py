@@ -75,22 +75,35 @@ class InputsPanel(Panel):
         self.result_view = image_widget(render.blank(8, 8), size=px, css_class="tficon-result")
         self.result_caption = widgets.HTML("<span style='font-size:11px'>not run yet</span>")
         self.result_caption.add_class("tficon-result-caption")
+        # small working images (the toy model's 64 px) are easier to judge larger: the browser enlarges the
+        # picture, drawn as crisp pixels (the Explorer's style rule)
+        self.zoom = widgets.Dropdown(options=[("1\u00d7", 1), ("2\u00d7", 2), ("3\u00d7", 3)], value=1, description="zoom",
+                                     style={"description_width": "36px"}, layout=widgets.Layout(width="110px"))
+        self.zoom.add_class("tficon-zoom")
+        self.zoom.observe(self._on_zoom, names="value")
 
         def column(heading: str, *children: widgets.Widget, width: int = px) -> widgets.VBox:
             return widgets.VBox([widgets.HTML(f"<b>{heading}</b>"), *children], layout=widgets.Layout(margin="0 8px 0 0", width=f"{width + 12}px"))
 
+        self._result_column = column("result", self.result_view, self.result_caption, self.zoom)
         return widgets.HBox(
             [
                 column("background &middot; drag a box", background_view, self.box_label,
                        widgets.HBox(self.box_fields[:2]), widgets.HBox([*self.box_fields[2:]]), self.set_box_button),
                 column("foreground &middot; paint the mask", *foreground_tools),
                 column("cut-and-paste", self.cut_and_paste_view, width=self.small_px),
-                column("result", self.result_view, self.result_caption),
+                self._result_column,
             ],
             layout=widgets.Layout(flex_flow="row wrap"),
         )
 
     # ---- main thread
+    def _on_zoom(self, change) -> None:
+        """Show the result at ``zoom`` times its width (CSS only: no Session work)."""
+        px = self.explorer.image_px * change["new"]
+        self.result_view.layout.width = f"{px}px"
+        self._result_column.layout.width = f"{px + 12}px"
+
     def _apply_box_fields(self) -> None:
         box = tuple(int(f.value) for f in self.box_fields)
         if box == self.box:  # the fields show the Session's box: nothing to change (a mask stays a mask)

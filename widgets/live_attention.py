@@ -8,7 +8,7 @@ import numpy as np
 
 from . import render
 from .attention_panel import AttentionPanel
-from .panel import FINISHED, STEPS_DROPPED, Change, Panel
+from .panel import FINISHED, STEP_COMPUTED, STEPS_DROPPED, Change, Panel
 from .steps_panel import plan_tags
 
 __all__ = ["LiveAttentionPanel"]
@@ -29,6 +29,7 @@ class LiveAttentionPanel(Panel):
         self._maps_cache: dict[int, dict] = {}
         self._frames_of: tuple | None = None  # (inputs, mode) the frames were made for
         self._frames: dict[str, np.ndarray] = {}
+        self.shown_step: int | None = None  # the UNet call whose maps the view shows
 
     def build(self) -> widgets.Widget:
         ex = self.explorer
@@ -47,6 +48,11 @@ class LiveAttentionPanel(Panel):
         if change.kind == STEPS_DROPPED:
             for step in [k for k in self._maps_cache if k >= change.step]:
                 del self._maps_cache[step]
+            if self.shown_step is not None and self.shown_step >= change.step:
+                self.view.mark_stale(f"step {self.shown_step} is being recomputed; these maps are of the earlier settings")
+        elif change.kind == STEP_COMPUTED and self.view.stale and self.live.value and self.shown_step is not None:
+            if session.step_index > self.shown_step:  # the recompute reached the step shown: show its new maps
+                self.show(session, self.shown_step)
         elif change.kind == FINISHED and session.done and self.live.value:
             self.show(session, self.explorer.scrubber.value)
 
@@ -72,6 +78,7 @@ class LiveAttentionPanel(Panel):
             target = session.placement.target_window
             self.view.query = ((target.left + target.right) // 2, (target.top + target.bottom) // 2)
         plan = session.plans[k]
+        self.shown_step = k
         self.view.show(
             self._maps_cache[k],
             frames=self.frames(session),

@@ -27,6 +27,7 @@ __all__ = [
     "colourise",
     "heat_overlay",
     "draw_marker",
+    "draw_crosshair",
     "draw_box",
     "tint",
     "channel_strip",
@@ -141,10 +142,12 @@ def heat_overlay(
     size: int | None = None,
     cmap: str = "inferno",
     strength: float = 0.85,
+    peak: float | None = None,
 ) -> np.ndarray:
     """Draw a non-negative map over an image.
 
-    The map is scaled by its maximum, resampled onto the image by nearest neighbour (one block per cell)
+    The map is scaled by ``peak`` (default: its own maximum; pass a common peak to draw several maps on one
+    colour scale, values above it are clipped), resampled onto the image by nearest neighbour (one block per cell)
     and blended with an opacity proportional to its value, so weak attention leaves the image visible
     and strong attention is a solid colour. ``size``: enlarge the image first (integer factor).
 
@@ -156,7 +159,7 @@ def heat_overlay(
     heat = np.asarray(heat, dtype=np.float64)
     if heat.ndim != 2:
         raise ValueError(f"heat must be a 2-D map (h, w), got shape {heat.shape}")
-    peak = float(heat.max())
+    peak = float(heat.max()) if peak is None else float(peak)
     weight = heat / peak if peak > 0 else np.zeros_like(heat)
     weight = _resample_nearest(np.clip(weight, 0.0, 1.0), image.shape[0], image.shape[1])
     colour = colourise(weight, cmap=cmap, vmin=0.0, vmax=1.0).astype(np.float64)
@@ -178,6 +181,22 @@ def draw_marker(image: np.ndarray, x: float, y: float, *, radius: int = 5, colou
         if 0 <= cy + d < height and 0 <= cx < width:
             out[cy + d, cx] = colour
     return out
+
+
+def draw_crosshair(image: np.ndarray, x: float, y: float, *, colour=(255, 255, 255), opacity: float = 0.6, gap: int = 6) -> np.ndarray:
+    """Thin lines through pixel ``(x, y)`` across the whole image (its row and its column), blended at
+    ``opacity``, leaving ``gap`` pixels around the point clear; then :func:`draw_marker` on it (a copy)."""
+    out = as_rgb(image).astype(np.float64)
+    height, width = out.shape[:2]
+    cx, cy = int(round(x)), int(round(y))
+    colour = np.asarray(colour, dtype=np.float64)
+    if 0 <= cy < height:
+        cols = np.r_[0 : max(0, cx - gap), min(width, cx + gap + 1) : width]
+        out[cy, cols] = (1 - opacity) * out[cy, cols] + opacity * colour
+    if 0 <= cx < width:
+        rows = np.r_[0 : max(0, cy - gap), min(height, cy + gap + 1) : height]
+        out[rows, cx] = (1 - opacity) * out[rows, cx] + opacity * colour
+    return draw_marker((out + 0.5).astype(np.uint8), x, y)
 
 
 def draw_box(image: np.ndarray, box: Sequence[int], *, colour=(255, 64, 64), width: int = 1) -> np.ndarray:

@@ -17,7 +17,7 @@ import ipywidgets as widgets
 from tficon.core.config import SETTINGS, Setting
 
 from . import _compat
-from .panel import SETTINGS_CHANGED, STARTED, Change, Panel
+from .panel import FINISHED, SETTINGS_CHANGED, STARTED, STEP_COMPUTED, Change, Panel
 
 __all__ = ["SettingsPanel", "control_for"]
 
@@ -96,7 +96,7 @@ class SettingsPanel(Panel):
             "step": button("Step", ex.step),
             "run": button("Run", ex.run, "primary"),
             "rewind": button("Rewind", lambda: ex.rewind()),
-            "stop": button("Stop", ex.stop, "warning"),
+            "stop": button("Stop", ex.stop),  # grey while idle; amber while a run goes on (on_change)
         }
         self.change_label = widgets.HTML("")
         self.change_label.add_class("tficon-last-change")
@@ -132,6 +132,10 @@ class SettingsPanel(Panel):
     def on_change(self, session, change: Change) -> None:
         if change.kind in (STARTED, SETTINGS_CHANGED):
             self.sync(session)
+        if change.kind == STEP_COMPUTED:
+            self.buttons["stop"].button_style = "warning"  # a run is going on: Stop means something now
+        elif change.kind == FINISHED:
+            self.buttons["stop"].button_style = ""
 
     def sync(self, session) -> None:
         """Controls show the Session's settings (after an update, or to undo a rejected change)."""

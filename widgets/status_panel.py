@@ -20,18 +20,26 @@ class StatusPanel(Panel):
     def build(self) -> widgets.Widget:
         s = self.explorer.session
         model = s.model
+        spec, family = str(getattr(model, "spec", "")), str(getattr(model, "family", ""))
+        name = spec if not family or family == spec else f"{spec} ({family})"  # "toy", not "toy (toy)"
         title = (
-            f"<b>TF-ICON Explorer</b> <span style='color:#666'>&middot; {html.escape(str(getattr(model, 'spec', '')))} "
-            f"({html.escape(str(getattr(model, 'family', '')))}) &middot; {s.image_size[1]}&times;{s.image_size[0]} px</span>"
+            f"<b>TF-ICON Explorer</b> <span style='color:#666'>&middot; {html.escape(name)} "
+            f"&middot; {s.image_size[1]}&times;{s.image_size[0]} px</span>"
         )
         self.status = widgets.HTML("")
         self.status.add_class("tficon-status")
         self.progress = widgets.IntProgress(min=0, max=s.steps + 1, value=0, layout=widgets.Layout(width="200px"))
         self.progress.add_class("tficon-progress")
         self.is_error = False
+        # the header wraps on a narrow page instead of cutting the status off; a style rule shows the small
+        # pictures of the Explorer and the SweepGrid as crisp pixels when the browser enlarges them
+        style = widgets.HTML(
+            "<style>.tficon-explorer img, .tficon-sweep-grid img { image-rendering: pixelated; }"
+            ".tficon-explorer .widget-html-content, .tficon-sweep-grid .widget-html-content { white-space: normal; line-height: 1.35; }</style>"
+        )
         return widgets.HBox(
-            [widgets.HTML(title), self.progress, self.status],
-            layout=widgets.Layout(align_items="center", justify_content="flex-start"),
+            [widgets.HTML(title), self.progress, self.status, style],
+            layout=widgets.Layout(align_items="center", justify_content="flex-start", flex_flow="row wrap"),
         )
 
     def set(self, text: str, *, error: bool = False) -> None:

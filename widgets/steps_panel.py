@@ -60,6 +60,7 @@ class StepsPanel(Panel):
             title="<span style='font-size:11px;color:#555'>x0 preview of the generation branch after each step "
             f"(click to inspect)</span><br>{FLAG_LEGEND}",
         )
+        self.strip.add_class("tficon-step-strip")
         self.strip.observe(self._on_strip_select, names="selected")
         self.step_title = widgets.HTML("")
         self.channel_rows = ImageRow(size=3 * ex.image_px // 2)
@@ -95,7 +96,8 @@ class StepsPanel(Panel):
     def on_change(self, session, change: Change) -> None:
         if change.kind in (STARTED, SETTINGS_CHANGED):
             with self.quietly():
-                self.scrubber.max = session.config.steps
+                # the steps this Session runs (with a later start, fewer than config.steps)
+                self.scrubber.max = session.steps
         if change.kind == STARTED:  # a Session that already ran: show its steps as if the Explorer had run them
             for record in session.records:
                 self._computed(session, record.s)

@@ -212,7 +212,7 @@ class AttentionMapView(widgets.VBox):
                 self.canvas.point = list(query)
         else:
             scale = picture.shape[0] / self.image_size[0]
-            marked = render.draw_marker(picture, (query[0] + 0.5) * scale, (query[1] + 0.5) * scale)
+            marked = render.draw_crosshair(picture, (query[0] + 0.5) * scale, (query[1] + 0.5) * scale)
             self.canvas.value = render.png_bytes(marked)
             self._setting_sliders = True
             try:
@@ -222,8 +222,9 @@ class AttentionMapView(widgets.VBox):
         row, col = divmod(index, self.grid[1])
         peak_row, peak_col = divmod(int(np.argmax(heat)), self.grid[1])
         self.caption.value = (
-            f"<span style='font-size:11px'>query ({query[0]}, {query[1]}) &rarr; cell ({row}, {col}) of "
-            f"{self.grid[0]}&times;{self.grid[1]} &middot; peak at ({peak_row}, {peak_col}), p = {heat.max():.3f}</span>"
+            f"<span style='font-size:11px'>(row, col) everywhere: query pixel ({query[1]}, {query[0]}) &rarr; cell "
+            f"({row}, {col}) of {self.grid[0]}&times;{self.grid[1]} &middot; peak at cell ({peak_row}, {peak_col}), "
+            f"p = {heat.max():.3f}</span>"
         )
         changed = query != self.query
         self.query = query

@@ -11,6 +11,9 @@ two steps instead of after the whole run. A job that belongs to an outdated requ
 ``is_current(generation)`` and stops: ``new_generation()`` is called whenever the user asks for
 something that makes the running work pointless (moving a slider while a run is under way).
 
+Warnings raised in a job go to ``on_warning`` (a list per job) when one is given, so that the page can show
+them; errors go to ``on_error``.
+
 ``threaded=False`` runs every job inline, in the thread that submits it (tests, scripts, front ends
 whose comms do not like threads); the order and the one-at-a-time guarantee are the same.
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import warnings
 from typing import Callable
 
 __all__ = ["Worker"]
@@ -32,10 +36,18 @@ __all__ = ["Worker"]
 class Worker:
     """Runs submitted jobs in order, one at a time, on a daemon thread (or inline)."""
 
-    def __init__(self, *, threaded: bool = True, on_error: Callable[[BaseException], None] | None = None, name: str = "tficon-worker"):
+    def __init__(
+        self,
+        *,
+        threaded: bool = True,
+        on_error: Callable[[BaseException], None] | None = None,
+        on_warning: Callable[[list[warnings.WarningMessage]], None] | None = None,
+        name: str = "tficon-worker",
+    ):
         self.threaded = threaded
         self.lock = threading.RLock()
         self._on_error = on_error
+        self._on_warning = on_warning
         self._name = name
         self._jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._keys: dict[Callable[[], None], object] = {}  # pending job -> its coalescing key
@@ -141,13 +153,30 @@ class Worker:
     def _run(self, job: Callable[[], None]) -> None:
         try:
             with self.lock:
-                job()
+                if self._on_warning is None:
+                    job()
+                else:
+                    self._run_catching_warnings(job)
         except Exception as error:  # reported, never kills the worker
             self.errors.append(error)
             if self._on_error is not None:
                 self._on_error(error)
             else:
                 raise
+
+    def _run_catching_warnings(self, job: Callable[[], None]) -> None:
+        """Run ``job`` and hand the warnings it raised to ``on_warning`` (also when it fails: the warnings
+        said before the error still describe the state). A warning raised on a worker thread would otherwise go
+        to the kernel's log, never to the page the user looks at. "always": a warning is shown for every job
+        that raises it, not once per code location. (``catch_warnings`` swaps process-wide state: a warning the main
+        thread raises while a job runs may land in that job's list, which is harmless here.)"""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                job()
+            finally:
+                if caught:
+                    self._on_warning(list(caught))
 
     def _loop(self) -> None:
         while True:

@@ -64,12 +64,25 @@ class BatchLayout:
     fg: bool = False
     bg: bool = False
     background_queries: bool = False  # pseudo-cross logits from the background row's queries (not official)
+    # fg also sets the object x object block from the reference row (TF-ICON); False: the pseudo-cross rows and
+    # columns only, the F x F block then holding the column injection (PrimeComposer's released code)
+    object_block: bool = True
+    # The self-attention layers whose cond row takes the composite (None: every layer, the official case); the
+    # plan decides it (``StepPlan.inject_layers``), the other layers run plain attention on this cell's rows.
+    inject_layers: frozenset[str] | None = None
+    # The object's token positions whose cross-attention the cond row confines to the placed object on this call
+    # (``tficon.composition.cross_attention``; empty: no constraint).
+    object_tokens: tuple[int, ...] = ()
+    # Records of the cond row's cross-attention to some tokens, filled by the call (``CrossAttentionRecord``s).
+    attention_records: tuple = field(default=(), compare=False, repr=False)
     # The controller whose region geometry this layout's rows read (None: the processor's own controller). Set
     # per cell when several cells share one call, since each may have its own box.
     geometry: "InjectionController | None" = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.fg and None in (self.reference, self.pseudo_cross, self.cond):
+        if self.fg and None in (self.pseudo_cross, self.cond):
+            raise ValueError("foreground injection needs the pseudo_cross and cond rows in the batch")
+        if self.fg and self.object_block and self.reference is None:
             raise ValueError("foreground injection needs the reference, pseudo_cross and cond rows in the batch")
         if self.fg and self.background_queries and self.background is None:
             raise ValueError("background queries need the background row in the batch")
@@ -122,6 +135,7 @@ class InjectionController:
     dropped: int = 0  # maps not kept because the capture's byte budget was spent
     _regions: dict[tuple[int, int], object] = field(default_factory=dict)
     _masks: dict[tuple[int, int, str], torch.Tensor] = field(default_factory=dict)
+    _row_groups: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def resolution(self, n_tokens: int) -> tuple[int, int]:
         """The (h, w) grid of a layer with ``n_tokens`` tokens (its downsampling factor is a power of 2)."""
@@ -146,6 +160,33 @@ class InjectionController:
             mask[self.regions(n_tokens).box] = False
             self._masks[key] = mask.to(device)
         return self._masks[key]
+
+    def row_groups(self, n_tokens: int, device: torch.device, *, fg_on: bool, bg: bool):
+        """The fused composite's query groups at this resolution (:func:`fused_composite_attention`): the long indices
+        of the ``cond`` row's queries that read the background block (outside the box, with ``bg``) and of those that
+        read the generation's own keys (neither the object, with ``fg_on``, nor the background block's).
+
+        They depend on the placement alone, so they are built once per resolution (all four cases), on the CPU, and
+        moved to ``device``: a step then reads nothing back from the device (``nonzero`` on a GPU tensor waits for its
+        queue).
+        """
+        hw = self.resolution(n_tokens)
+        key = (*hw, str(device), fg_on, bg)
+        if key not in self._row_groups:  # every case of this resolution at once: later steps switch cases
+            regions = self.regions(n_tokens)
+            outside = torch.ones(n_tokens, dtype=torch.bool)
+            outside[regions.box.cpu()] = False
+            for with_fg in (False, True):
+                in_f = torch.zeros(n_tokens, dtype=torch.bool)
+                if with_fg:
+                    in_f[regions.fg.cpu()] = True
+                for with_bg in (False, True):
+                    from_background = outside & ~in_f if with_bg else torch.zeros_like(in_f)
+                    rows_gen = ~in_f & ~from_background
+                    self._row_groups[(*hw, str(device), with_fg, with_bg)] = (
+                        from_background.nonzero().squeeze(1).to(device), rows_gen.nonzero().squeeze(1).to(device)
+                    )
+        return self._row_groups[key]
 
 
 def _pool_map(probs: torch.Tensor, hw: tuple[int, int], max_tokens: int) -> torch.Tensor:
@@ -231,7 +272,7 @@ class CompositeSelfAttention:
             geometry = cell.geometry if cell.geometry is not None else self.controller
             regions = geometry.regions(n_tokens)
             c = cell.cond
-            inject = c is not None and (cell.bg or (cell.fg and regions.fg.numel() > 0))
+            inject = c is not None and (cell.bg or (cell.fg and regions.fg.numel() > 0)) and self._injected(cell)
             mine = {row for row in (cell.pseudo_cross, c if inject else None) if row is not None}
             if mine & replaced:
                 clash = sorted(mine & replaced)
@@ -262,11 +303,17 @@ class CompositeSelfAttention:
                     query[p : p + 1], key[p : p + 1, :, keep], value[p : p + 1, :, keep], scale=attn.scale
                 )[0]
             if inject:
+                fg_on = cell.fg and regions.fg.numel() > 0
                 out[cell.cond] = fused_composite_attention(
                     query, key, value, layout=cell, regions=regions,
                     outside=geometry.outside_box(n_tokens, query.device), scale=attn.scale,
-                )
+                    rows=geometry.row_groups(n_tokens, query.device, fg_on=fg_on, bg=cell.bg),
+                )  # fmt: skip
         return out
+
+    def _injected(self, layout: BatchLayout) -> bool:
+        """Whether this layer is one of the layout's injected layers (``BatchLayout.inject_layers``)."""
+        return layout.inject_layers is None or self.layer_name in layout.inject_layers
 
     @staticmethod
     def _pseudo_keys(regions, device) -> torch.Tensor:
@@ -331,7 +378,7 @@ class CompositeSelfAttention:
         if want_generation:
             self._store("generation", torch.softmax(own, -1), n_tokens)
         if want_composite:
-            inject = layout.bg or (layout.fg and regions.fg.numel() > 0)
+            inject = (layout.bg or (layout.fg and regions.fg.numel() > 0)) and self._injected(layout)
             composite = composite_logits(
                 own, query=query, key=key, layout=layout, regions=regions,
                 outside=self.controller.outside_box(n_tokens, query.device), scale=scale,
@@ -340,7 +387,15 @@ class CompositeSelfAttention:
 
 
 def fused_composite_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, layout: BatchLayout, regions, outside, scale: float
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    *,
+    layout: BatchLayout,
+    regions,
+    outside,
+    scale: float,
+    rows: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The ``cond`` row's composite self-attention output, softmax(L) V_gen, without building L.
 
@@ -361,7 +416,8 @@ def fused_composite_attention(
     every other i                     [A(i), q_G(i)]              j = F[b]: [k_P(R[b]), 0]; else [0, k_G(j)]
     ================================  ==========================  ==============================================
 
-    The A / k_P segments are dropped when foreground injection is off or |F| = 0 at this layer. Values
+    The A / k_P segments are dropped when foreground injection is off or |F| = 0 at this layer. Without the object
+    block (``layout.object_block`` False) the object rows are [k_P(R[a])] against [A(j)] for every key j. Values
     are always gen's own, zero-padded to the query width because the CPU's fused kernel needs equal
     widths (with unequal widths it falls back to one that builds the N x N matrix).
 
@@ -372,7 +428,9 @@ def fused_composite_attention(
     values are already rounded) and would double the kernel's memory, so it is not done. The tests
     bound float16/bfloat16 against a float32 transcription.
 
-    query/key/value: (batch, heads, N, d); outside: (N,) bool. Returns (heads, N, d_v) in value's dtype.
+    query/key/value: (batch, heads, N, d); outside: (N,) bool. ``rows``: the row groups (background block's, gen's
+    own) as ``InjectionController.row_groups`` caches them; None computes them here (one host read each).
+    Returns (heads, N, d_v) in value's dtype.
     """
     c = layout.cond
     q_gen, k_gen, v_gen = query[c], key[c], value[c]
@@ -386,7 +444,7 @@ def fused_composite_attention(
         fg, fg_ref = regions.fg.to(device), regions.fg_ref.to(device)
         in_f[fg] = True
         q_ask = query[layout.background] if layout.background_queries else query[layout.pseudo_cross]
-        k_pseudo, q_ref, k_ref = key[layout.pseudo_cross], query[layout.reference], key[layout.reference]
+        k_pseudo = key[layout.pseudo_cross]
     from_background = outside & ~in_f if layout.bg else torch.zeros_like(in_f)  # the O block's rows and keys
     from_gen = ~in_f & ~from_background
 
@@ -409,12 +467,17 @@ def fused_composite_attention(
         v = v_gen if q.shape[-1] == d_v else torch.cat([v_gen, v_gen.new_zeros(heads, n, q.shape[-1] - d_v)], -1)
         out[:, rows] = F.scaled_dot_product_attention(q[None], k[None], v[None], scale=scale)[0, ..., :d_v]
 
-    rows_background = from_background.nonzero().squeeze(1)
-    rows_gen = (~in_f & ~from_background).nonzero().squeeze(1)
+    if rows is None:
+        rows = from_background.nonzero().squeeze(1), from_gen.nonzero().squeeze(1)
+    rows_background, rows_gen = rows
     if fg_on:
         k_obj = at_f(k_pseudo)
-        # Object rows F[a]: C transposed (query k_P(R[a]) against the asking queries), then ref's object block.
-        attend(fg, [k_pseudo[:, fg_ref], q_ref[:, fg_ref]], [masked(q_ask, ~in_f), at_f(k_ref)])
+        if layout.object_block:
+            # Object rows F[a]: C transposed (query k_P(R[a]) against the asking queries), then ref's object block.
+            q_ref, k_ref = query[layout.reference], key[layout.reference]
+            attend(fg, [k_pseudo[:, fg_ref], q_ref[:, fg_ref]], [masked(q_ask, ~in_f), at_f(k_ref)])
+        else:  # C transposed on the whole row, the F x F block included
+            attend(fg, [k_pseudo[:, fg_ref]], [q_ask])
         attend(
             rows_background,
             [q_ask[:, rows_background], query[layout.background][:, rows_background], q_gen[:, rows_background]],
@@ -437,8 +500,8 @@ def composite_logits(own, *, query, key, layout: BatchLayout, regions, outside, 
     Assignment order as in the official code, later writes win: the gen row's own logits; the
     background block (query and key both outside the box) from ``background``; every key column of an
     object token from the pseudo-cross map C; every query row of an object token from C transposed;
-    the object x object block from ``reference``. Query i of gen is matched to reference-grid position i
-    with no translation, exactly as the official code does. With ``layout.background_queries`` the map C
+    the object x object block from ``reference`` (unless ``layout.object_block`` is False). Query i of gen is
+    matched to reference-grid position i with no translation, exactly as the official code does. With ``layout.background_queries`` the map C
     takes the background row's query i instead of the pseudo-cross row's (our reading of the paper).
 
     own: (heads, N, N), float32 or wider: every source is computed in its dtype; query/key: (batch, heads, N, d); outside: (N,) bool.
@@ -457,8 +520,9 @@ def composite_logits(own, *, query, key, layout: BatchLayout, regions, outside, 
         logits = logits.clone() if logits is own else logits
         logits[:, :, fg_target] = cross
         logits[:, fg_target, :] = cross.transpose(-1, -2)
-        obj = (query[r][:, fg_ref] @ key[r][:, fg_ref].transpose(-1, -2)).to(own.dtype) * scale  # (heads, |F|, |F|)
-        logits[:, fg_target[:, None], fg_target[None, :]] = obj
+        if layout.object_block:
+            obj = (query[r][:, fg_ref] @ key[r][:, fg_ref].transpose(-1, -2)).to(own.dtype) * scale  # (heads, |F|, |F|)
+            logits[:, fg_target[:, None], fg_target[None, :]] = obj
     return logits
 
 

@@ -53,9 +53,12 @@ import torch
 
 from tficon.composition.attention import BatchLayout, CaptureRequest, InjectionController, composite_attention
 from tficon.composition.joint_attention import joint_composite_attention
+from tficon.composition.cross_attention import CrossAttentionRecord, object_cross_attention
 from tficon.composition.phases import Rows, StepPhases, StepState, add_rows, warm_up_rows, warm_up_update
 from tficon.core import checks, solver
+from tficon.core.layers import select_layers
 from tficon.core.plan import StepPlan
+from tficon.core.primecomposer import KeptInversions
 from tficon.model import vae
 from tficon.model.families import Family, conditioning_digest
 
@@ -153,6 +156,7 @@ class StepRecord:
     unet_calls: int
     sample_evals: int
     attention: dict = field(default_factory=dict)  # maps (layer, kind) -> (Nq, Nk), when captured
+    blend_mask: torch.Tensor | None = None  # the adaptive background blend's mask of this step (True: kept)
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,15 @@ class StepInputs:
     capture: CaptureRequest | None = None
     # each branch's extra conditioning (branch -> SDXL's (1, 6) added time ids); None for families without any (SD)
     time_ids: dict | None = None
+    # both inversions' records and the blend windows, for plans that read them (``plan.kept_inversions``: strategy
+    # "primecomposer"); step 0 then starts the reference latents from the reference record (tficon.core.primecomposer)
+    kept: KeptInversions | None = None
+    # the placed object's region, a bool (h, w) latent map: read by TALE's latent normalisation (plan.latent_norm)
+    object_region: torch.Tensor | None = None
+    # the object's token positions in the prompt (region-constrained cross-attention reads them where the plan says)
+    object_tokens: tuple[int, ...] = ()
+    # records the generation's conditional cross-attention to some tokens (inspection: the object mask proposal)
+    cross_record: CrossAttentionRecord | None = None
 
     def conditioning(self, embedding, branch: str, family: Family):
         """``embedding`` with ``branch``'s extra conditioning attached by the model's ``family`` (SDXL: its time
@@ -203,10 +216,18 @@ class Engine:
         self.sample_evals = 0
         self._prepared: dict = {}  # inversions handed over to the next invert() of the same latents
         self._batched = InversionCache(64)  # batched inversions by latent content (prepare_inversions)
+        self._selections: dict[str, frozenset[str] | None] = {}  # inject_layers text -> layer names
 
     @property
     def dtype(self) -> torch.dtype:
         return self.model.unet.dtype
+
+    def injected_layers(self, spec: str) -> frozenset[str] | None:
+        """The layers a plan's ``inject_layers`` selects among :attr:`attention_layers` (None: all of them; the
+        model's family tells encoder, mid and decoder apart); unknown names raise, listing the valid ones."""
+        if spec not in self._selections:
+            self._selections[spec] = select_layers(spec, self.attention_layers, self.family.layer_part)
+        return self._selections[spec]
 
     @property
     def device(self) -> torch.device:
@@ -275,8 +296,10 @@ class Engine:
         time_ids: Sequence[torch.Tensor] | None = None,
         progress: bool = False,
         names: Sequence[str] | None = None,
+        t_start: float = 1.0,
     ) -> tuple[list[torch.Tensor], list[bool], int]:
-        """Invert clean latents (each (1, C, h, w)) to t = 1 together, one UNet call per step.
+        """Invert clean latents (each (1, C, h, w)) to t = 1 together, one UNet call per step (to ``t_start`` < 1 with
+        a later start: ``steps`` steps of the grid from the clean end up to it; cached apart from inversions to t = 1).
 
         ``embedding`` defaults to the exceptional prompt e* (used as both CFG halves officially, so one
         unguided evaluation per step is exact). SDXL: ``time_ids`` gives each latent's added time ids (default:
@@ -292,6 +315,8 @@ class Engine:
         result of that batch is cached.
         """
         embedding, keys = self._inversion_keys(latents, steps, order, embedding, time_ids)
+        if t_start != 1.0:  # a later start (TALE): another end point, another result
+            keys = [key + (("t_start", float(t_start)),) for key in keys]
         if keys and all(key in self._prepared for key in keys):
             return [self._prepared[key].clone() for key in keys], [False] * len(keys), steps * len(keys)
         n = len(latents)
@@ -308,7 +333,7 @@ class Engine:
         check(0, None, batch)
         x_T = solver.invert(
             self.model_fn(embedding), batch, self.schedule, steps, order,
-            prediction_type=self.model.prediction_type, progress=progress, callback=check,
+            prediction_type=self.model.prediction_type, progress=progress, callback=check, t_start=t_start,
         )  # fmt: skip
         for i in missing:
             results[i] = x_T[i : i + 1].clone()
@@ -427,7 +452,12 @@ class Engine:
                 raise ValueError(f"cells of one call must share the latent shape, got {sorted(shapes)}")
         controller = states[0].inputs.controller
         install = joint_composite_attention if self.family.joint_attention else composite_attention
-        with install(self.model.unet, controller, self.attention_layers):
+        cross = any(
+            w.plan.region_cross_attention or w.plan.adaptive_blend or w.inputs.cross_record is not None for w in states
+        )
+        with install(self.model.unet, controller, self.attention_layers), object_cross_attention(
+            self.model.unet, controller, active=cross
+        ):
             try:
                 # warm_up: one call per pre-evaluation depth, background and reference rows only
                 for depth in range(max(len(w.plan.pre_evals) for w in states)):
@@ -474,7 +504,8 @@ def _begin(plan: StepPlan, previous: StepRecord | None, inputs: StepInputs) -> S
         grid = inputs.grid
         make = lambda x: Track(0, solver.SolverState(x=x, t=grid[0]))  # noqa: E731
         generation, background, reference = (make(x) for x in inputs.start)
-        return StepState(plan, inputs, generation, background, reference, (inputs.start[2],))
+        reference_latents = (inputs.start[2],) if inputs.kept is None else inputs.kept.reference
+        return StepState(plan, inputs, generation, background, reference, reference_latents)
     return StepState(
         plan, inputs, previous.generation, previous.background, previous.reference, previous.reference_latents
     )
@@ -503,4 +534,5 @@ def _record(state: StepState, seconds: float) -> StepRecord:
         unet_calls=state.calls,
         sample_evals=state.evals,
         attention=state.attention,
+        blend_mask=state.blend_mask,
     )

@@ -4,14 +4,18 @@ the UNet), which drives the phases in this order for each cell (one Session's st
 
 1. ``warm_up``: background and reference evaluated on their own and moved one grid point ahead, one denoiser call
    per depth (``plan.pre_evals``: step 0 of the official warm-up). :func:`warm_up_rows`, :func:`warm_up_update`.
-2. ``before_denoiser``: the operations of :attr:`StepPhases.before_denoiser`, by default ``(advance,)``, the solver
-   update moving each branch the plan names from t_{s-1} to t_s (``plan.advance_*``).
+2. ``before_denoiser``: the operations of :attr:`StepPhases.before_denoiser`, by default ``(advance,
+   latent_normalization)``: the solver update moving each branch the plan names from t_{s-1} to t_s
+   (``plan.advance_*``), then TALE's normalisation of the object region's latent where the plan asks for it
+   (``plan.latent_norm``, off officially).
 3. ``rows``: :func:`add_rows`, the rows of the batched call and the composite-attention layout
-   (``plan.background_row``, ``reference_row``, ``pseudo_cross_row``, ``fg``, ``bg``, ``background_queries``).
+   (``plan.background_row``, ``reference_row``, ``pseudo_cross_row``, ``fg``, ``bg``, ``background_queries``,
+   ``inject_layers``, ``region_cross_attention``).
 4. ``denoiser``: one batched UNet call holding every cell's rows (``plan.evaluate``). In the engine, not here.
 5. ``after_denoiser``: the operations of :attr:`StepPhases.after_denoiser`, by default ``(record_evaluations,
-   guidance, history_blend, blend)``: keep the helper rows' evaluations, combine the CFG rows into the generation
-   branch's evaluation, then the two blends (``plan.history_blend``, ``plan.blend``).
+   guidance, history_blend, adaptive_blend, blend)``: keep the helper rows' evaluations, combine the CFG rows into
+   the generation branch's evaluation, then the blends (``plan.history_blend``, ``plan.adaptive_blend``,
+   ``plan.blend``).
 
 :data:`STEP_ORDER` names this order; ``Engine.run_steps`` follows it. The solver update comes first because a plan's
 step ``s`` leaves the generation branch at grid index ``s`` (``tficon.core.plan``): it starts by moving to ``t_s``
@@ -47,7 +51,10 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import torch
 
 from tficon.composition.attention import BatchLayout, InjectionController
-from tficon.core import solver
+from tficon.composition.attention_masks import adaptive_blend_mask, attention_heat
+from tficon.composition.cross_attention import CrossAttentionRecord
+from tficon.composition.latent_norm import adaptive_latent_normalization
+from tficon.core import primecomposer, solver
 from tficon.core.plan import StepPlan
 from tficon.model.families import Family, conditioning_digest
 
@@ -61,11 +68,17 @@ __all__ = [
     "Rows",
     "StepPhases",
     "StepState",
+    "adaptive_blend",
     "add_rows",
     "advance",
     "blend",
     "guidance",
     "history_blend",
+    "hold_object",
+    "kept_blend",
+    "kept_history_blend",
+    "latent_normalization",
+    "paste_on_reference",
     "record_evaluations",
     "warm_up_rows",
     "warm_up_update",
@@ -78,13 +91,16 @@ STEP_ORDER = ("warm_up", "before_denoiser", "rows", "denoiser", "after_denoiser"
 
 
 class Door(Protocol):
-    """What operations may use of the engine: its noise schedule, the conversion of raw outputs to D, and the
-    model's family (which attaches each branch's extra conditioning to a row)."""
+    """What operations may use of the engine: its noise schedule, the conversion of raw outputs to D, the
+    model's family (which attaches each branch's extra conditioning to a row) and the layer names a plan's
+    ``inject_layers`` selects (None: all)."""
 
     schedule: solver.NoiseSchedule
     family: Family
 
     def data_prediction(self, output: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
+
+    def injected_layers(self, spec: str) -> frozenset[str] | None: ...
 
 
 @dataclass
@@ -104,6 +120,9 @@ class StepState:
     attention: dict = field(default_factory=dict)
     layout: BatchLayout | None = None  # this cell's rows in the main call (absolute row indices)
     output: torch.Tensor | None = None  # the main call's raw float32 outputs, all rows
+    # the main call's record of the object words' cross-attention (``plan.adaptive_blend``), filled by the call
+    object_attention: CrossAttentionRecord | None = None
+    blend_mask: torch.Tensor | None = None  # the adaptive blend's mask (True: generation kept), for the record
 
 
 Operation = Callable[[StepState, Door], None]
@@ -157,6 +176,35 @@ def advance(state: StepState, door: Door) -> None:
         state.reference_latents = state.reference_latents + (state.reference.x,)
 
 
+def paste_on_reference(state: StepState, door: Door) -> None:
+    """PrimeComposer's correlation-diffuser canvas (``plan.paste_on_reference``), before the solver update: the
+    reference record at t_s takes the generation's latent, still at t_{s-1}, on the object
+    (``tficon.core.primecomposer.paste_on_reference``); the pseudo-cross row and the object hold read it."""
+    plan = state.plan
+    if not plan.paste_on_reference:
+        return
+    s, latents = plan.s, state.reference_latents
+    canvas = primecomposer.paste_on_reference(state.inputs.kept, latents[s], state.generation.x)
+    state.reference_latents = latents[:s] + (canvas,) + latents[s + 1 :]
+
+
+def latent_normalization(state: StepState, door: Door) -> None:
+    """TALE's adaptive latent normalisation (``plan.latent_norm``, the weight; 0: nothing), right after the solver
+    update: the generation branch's object region (``inputs.object_region``) moves toward the per-channel mean and
+    standard deviation of the background branch's latent at the same grid point
+    (``tficon.composition.latent_norm.adaptive_latent_normalization``); the stored data predictions are kept."""
+    weight = state.plan.latent_norm
+    if not weight:
+        return
+    region, background, s = state.inputs.object_region, state.background, state.plan.s
+    if region is None:
+        raise RuntimeError("internal: the plan normalises the latent but StepInputs.object_region is None")
+    if background.index != s:
+        raise RuntimeError(f"internal: background is at grid index {background.index}, normalising at {s}")
+    x = adaptive_latent_normalization(state.generation.x, region, background.x, weight)
+    state.generation = with_latent(state.generation, x)
+
+
 # ---------------------------------------------------------------------------------------------------- rows
 def add_rows(state: StepState, batch: Rows, door: Door, *, geometry: InjectionController | None) -> BatchLayout:
     """Add this cell's rows of the main call to ``batch`` (plan order: background, reference, pseudo_cross, uncond,
@@ -175,13 +223,18 @@ def add_rows(state: StepState, batch: Rows, door: Door, *, geometry: InjectionCo
     if plan.reference_row:
         at["reference"] = batch.add((state.reference.x, grid[m], conditioned(e_star, "reference")), shareable=True)
     if plan.pseudo_cross_row:
-        e_pseudo = conditioned(e_star, "pseudo_cross")
+        e_pseudo = conditioned(inputs.cond if plan.pseudo_cross_prompt else e_star, "pseudo_cross")
         at["pseudo_cross"] = batch.add((state.reference_latents[plan.pseudo_latent], grid[m], e_pseudo))
     at["uncond"] = batch.add((state.generation.x, grid[s], conditioned(inputs.uncond, "generation")))
     at["cond"] = batch.add((state.generation.x, grid[s], conditioned(inputs.cond, "generation")))
+    if plan.adaptive_blend:
+        state.object_attention = CrossAttentionRecord(tokens=inputs.object_tokens)
+    records = tuple(r for r in (inputs.cross_record, state.object_attention) if r is not None)
     state.layout = BatchLayout(
-        **at, fg=plan.fg, bg=plan.bg, background_queries=plan.background_queries, geometry=geometry
-    )
+        **at, fg=plan.fg, bg=plan.bg, background_queries=plan.background_queries, object_block=plan.object_block,
+        geometry=geometry, inject_layers=door.injected_layers(plan.inject_layers),
+        object_tokens=inputs.object_tokens if plan.region_cross_attention else (), attention_records=records,
+    )  # fmt: skip
     return state.layout
 
 
@@ -258,6 +311,26 @@ def history_blend(state: StepState, door: Door) -> None:
     state.generation = with_history(generation, generation.state.d_hist[:-k] + blended)
 
 
+def adaptive_blend(state: StepState, door: Door) -> None:
+    """SHINE's adaptive background blend (``plan.adaptive_blend``): the generation branch's latent outside the
+    object mask derived from this step's own cross-attention to the object's words
+    (``attention_masks.adaptive_blend_mask``: the finest layers' heat > 0.4, dilated 3 x 3, its largest region) takes
+    the background branch's latent. A flat heat map (no region stands out) falls back to the box. The mask is kept
+    as ``blend_mask`` on the step's record."""
+    if not state.plan.adaptive_blend:
+        return
+    generation, background, s = state.generation, state.background, state.plan.s
+    if background.index != s:
+        raise RuntimeError(f"internal: background is at grid index {background.index}, blending at {s}")
+    maps = [values for layer_maps in state.object_attention.maps.values() for values in layer_maps]
+    controller = state.inputs.controller
+    heat = attention_heat(maps, controller.resolution, tuple(generation.x.shape[-2:]))
+    mask = adaptive_blend_mask(heat)
+    keep = state.inputs.inside if mask is None else mask.to(generation.x.device)
+    state.blend_mask = keep
+    state.generation = with_latent(generation, torch.where(keep, generation.x, background.x))
+
+
 def blend(state: StepState, door: Door) -> None:
     """The background blend (``plan.blend``): the generation branch's latent outside the box takes the background
     branch's latent at the same grid point (diffusers' inpainting after-block does the same)."""
@@ -269,6 +342,38 @@ def blend(state: StepState, door: Door) -> None:
     state.generation = with_latent(generation, torch.where(state.inputs.inside, generation.x, background.x))
 
 
+def kept_history_blend(state: StepState, door: Door) -> None:
+    """PrimeComposer's warm-up blend (``plan.kept_history_blend``): the generation's last ``order`` stored data
+    predictions take the kept background record's first entries outside the box (noisy latents, as the released code
+    does; ``tficon.core.primecomposer.kept_history_blend``)."""
+    if not state.plan.kept_history_blend:
+        return
+    inputs, generation = state.inputs, state.generation
+    k, d_hist = inputs.order, generation.state.d_hist
+    blended = primecomposer.kept_history_blend(inputs.inside, d_hist[-k:], inputs.kept.background)
+    state.generation = with_history(generation, d_hist[:-k] + blended)
+
+
+def hold_object(state: StepState, door: Door) -> None:
+    """PrimeComposer's tau_c phase (``plan.hold_object``), after the evaluation: the latent becomes the kept background
+    at t_s with the reference canvas at t_s on the object (``tficon.core.primecomposer.hold_object``)."""
+    if not state.plan.hold_object:
+        return
+    s, kept = state.plan.s, state.inputs.kept
+    held = primecomposer.hold_object(kept, kept.background[s], state.reference_latents[s])
+    state.generation = with_latent(state.generation, held)
+
+
+def kept_blend(state: StepState, door: Door) -> None:
+    """PrimeComposer's background blend (``plan.kept_blend``), after the evaluation: the latent outside the box takes
+    the kept background record at t_s."""
+    if not state.plan.kept_blend:
+        return
+    s, inputs, generation = state.plan.s, state.inputs, state.generation
+    blended = primecomposer.kept_blend(inputs.inside, generation.x, inputs.kept.background[s])
+    state.generation = with_latent(generation, blended)
+
+
 # ---------------------------------------------------------------------------------------------------- the phases
 @dataclass(frozen=True)
 class StepPhases:
@@ -276,8 +381,10 @@ class StepPhases:
     TF-ICON step; a strategy adds its operation to one tuple here, or, to try one out, to a copy
     (:meth:`with_operation`) given to an engine (``engine.phases``)."""
 
-    before_denoiser: tuple[Operation, ...] = (advance,)
-    after_denoiser: tuple[Operation, ...] = (record_evaluations, guidance, history_blend, blend)
+    before_denoiser: tuple[Operation, ...] = (paste_on_reference, advance, latent_normalization)
+    after_denoiser: tuple[Operation, ...] = (
+        record_evaluations, guidance, history_blend, adaptive_blend, blend, kept_history_blend, hold_object, kept_blend
+    )  # fmt: skip
 
     def with_operation(self, phase: str, operation: Operation, *, before: Operation | None = None) -> StepPhases:
         """A copy with ``operation`` added to ``phase`` (``"before_denoiser"`` or ``"after_denoiser"``): at its end,

@@ -51,6 +51,7 @@ from tficon.composition.inputs import (
     official_mask_source,
     prepare_inputs,
 )
+from tficon.composition.inversion_record import invert_keeping_records, kept_inversions
 from tficon.composition.runner import run_alone
 from tficon.composition.session_views import BRANCHES, SessionViews
 from tficon.composition.start import start_latent
@@ -58,9 +59,13 @@ from tficon.core import checks, io, solver
 from tficon.core import placement as placement_mod
 from tficon.core.boxes import as_user_box, same_box
 from tficon.core.config import CompositionConfig, settings_invalidating
-from tficon.core.plan import StepPlan, injection_for, plans_for
+from tficon.core.plan import StepPlan, composition_steps, injection_for, plans_for, start_index
+from tficon.core.presets import preset_of
+from tficon.core.primecomposer import released_prompt
+from tficon.core.prompt_markers import plain_prompt
 from tficon.core.schedule import InjectionSchedule
 from tficon.core.threads import torch_threads
+from tficon.model.token_positions import object_token_positions_of
 
 __all__ = ["BRANCHES", "Session"]
 
@@ -113,7 +118,8 @@ class Session(SessionViews):
         self.threads = threads
         self.progress = progress
         self._config = (config or CompositionConfig()).replace(**config_changes)
-        self._check_steps(self._config)
+        self._check_config(self._config)
+        self.engine.injected_layers(self._config.inject_layers)  # a layer name this model lacks raises now
         self._images = {
             "background": io.load_image(background, name="background"),
             "foreground": io.load_image(foreground, name="foreground"),
@@ -121,6 +127,7 @@ class Session(SessionViews):
         self._object_mask = official_mask_source(foreground_mask)
         self._mask_or_box = self._load_box(mask_or_box)
         self._prompt = self._check_prompt(prompt)
+        self._object_tokens(self._prompt, self._config)  # the object's words must be found now, not at step 0
         size = image_size if image_size is not None else model.image_size
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)
         io.check_image_size(self.image_size, model.size_multiple, name="image_size")
@@ -157,7 +164,9 @@ class Session(SessionViews):
 
     @property
     def steps(self) -> int:
-        return self._config.steps
+        """The steps the composition runs (records 0..steps): ``config.steps``, or with a later start (TALE) those
+        after its grid index (``tficon.core.plan.composition_steps``)."""
+        return composition_steps(self._config)
 
     @property
     def injection(self) -> InjectionSchedule:
@@ -176,6 +185,10 @@ class Session(SessionViews):
         return self._plan_cache["plans"]
 
 
+    def _check_config(self, config: CompositionConfig) -> None:
+        self._check_steps(config)
+        self.engine.family.check_config(config)  # settings this model family cannot honour are refused by name
+
     @staticmethod
     def _check_steps(config: CompositionConfig) -> None:
         if config.steps < config.order:
@@ -184,10 +197,19 @@ class Session(SessionViews):
     def _check_prompt(self, prompt) -> str:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-        self.model.encode_prompt(prompt)  # raises a clear error when it is longer than the encoder window
+        text = plain_prompt(prompt)  # the encoder sees the prompt without its <ref> markers; unbalanced ones raise
+        self.model.encode_prompt(text)  # raises a clear error when it is longer than the encoder window
         if self.model.vocabulary is not None:
-            notice_words_outside_the_toy_world(prompt, self.model.vocabulary)
+            notice_words_outside_the_toy_world(text, self.model.vocabulary)
         return prompt
+
+    def _object_tokens(self, prompt: str, config: CompositionConfig) -> tuple[int, ...]:
+        """The object's token positions where region-constrained cross-attention or the adaptive blend needs
+        them, else ()."""
+        needed_by = [name for name in ("region_cross_attention", "adaptive_blend") if getattr(config, name)]
+        if not needed_by:
+            return ()
+        return object_token_positions_of(self.model, prompt, config.object_words, " and ".join(needed_by))
 
     @staticmethod
     def _load_box(mask_or_box):
@@ -214,7 +236,9 @@ class Session(SessionViews):
         new_mask = official_mask_source(changes.pop("foreground_mask")) if "foreground_mask" in changes else self._object_mask
         images_changed = any(new_images[n] is not self._images[n] for n in new_images) or new_mask is not self._object_mask
         new_config = self._config.replace(**changes)
-        self._check_steps(new_config)
+        self._check_config(new_config)
+        self.engine.injected_layers(new_config.inject_layers)
+        self._object_tokens(new_prompt, new_config)
         prompt_changed = new_prompt != self._prompt
         box_changed = not same_box(new_box, self._mask_or_box)
         changed_fields = {
@@ -253,6 +277,7 @@ class Session(SessionViews):
             self._preview_map = None
         self._latents = None  # (z_bg, z_ref, generator state after both draws)
         self._inverted = None  # (x_bg_T, x_ref_T)
+        self._kept_records = None  # both inversions' records, when the plans read them (strategy primecomposer)
         self._start = None
         self._records: list[StepRecord] = []
         self._result = None
@@ -297,7 +322,10 @@ class Session(SessionViews):
         return {branch: ids for branch in ("generation", "background", "reference", "pseudo_cross")}
 
     def invert(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Invert the background (the cut-and-paste in "same" mode) and the reference to t = 1."""
+        """Invert the background (the cut-and-paste in "same" mode) and the reference to t = 1 (with a later start:
+        to its grid point, ``self.steps`` inversion steps of the same grid)."""
+        if self._inverted is None and any(plan.kept_inversions for plan in self.plans):
+            self._inverted = tuple(record[0] for record in self.inversion_records())  # one inversion, kept whole
         if self._inverted is None:
             z_bg, z_ref, _ = self._encode()
             started = time.perf_counter()
@@ -307,6 +335,7 @@ class Session(SessionViews):
                     [z_bg, z_ref], self.steps, self._config.order, progress=self.progress,
                     time_ids=None if ids is None else [ids["background"], ids["reference"]],
                     names=("cut-and-paste" if self._config.mode == "same" else "background", "reference"),
+                    t_start=float(self._grid()[0]),  # 1.0; a later start stops the inversions at its grid point
                 )  # fmt: skip
             self.stats["unet_calls"] += self.steps if evals else 0
             self.stats["sample_evals"] += evals
@@ -315,9 +344,30 @@ class Session(SessionViews):
             self.timings["invert_cached"] = tuple(cached)
         return self._inverted
 
+    def inversion_records(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """Both inversions with their records kept (``tficon.composition.inversion_record``): per image, S + 1 latents
+        in sampling order, entry 0 = x_T. What strategy "primecomposer" reads back at every step; computed once."""
+        if self._kept_records is None:
+            z_bg, z_ref, _ = self._encode()
+            started = time.perf_counter()
+            ids = self.time_ids
+            with torch.no_grad(), self._threads():
+                records, evals = invert_keeping_records(
+                    self.engine, [z_bg, z_ref], self.steps, self._config.order,
+                    time_ids=None if ids is None else [ids["background"], ids["reference"]],
+                    names=("cut-and-paste" if self._config.mode == "same" else "background", "reference"),
+                )  # fmt: skip
+            self.stats["unet_calls"] += self.steps if evals else 0
+            self.stats["sample_evals"] += evals
+            self._kept_records = tuple(records)
+            self.timings["invert"] = time.perf_counter() - started
+            self.timings["invert_cached"] = (evals == 0, evals == 0)
+        return self._kept_records
+
     def compose_start(self) -> torch.Tensor:
         """The start latent (docs/algorithm.md §7): inverted background outside the box, inverted reference (cross) or
-        inverted composite (same) on the object, fresh noise in the rest of the box (``tficon.composition.start``)."""
+        inverted composite (same) on the object, fresh noise in the rest of the box (``tficon.composition.start``);
+        with a later start, of the inversions at its grid point."""
         if self._start is None:
             x_bg, x_ref = self.invert()
             _, _, rng_state = self._encode()
@@ -354,10 +404,13 @@ class Session(SessionViews):
         return torch_threads(self.threads)
 
     def _grid(self) -> torch.Tensor:
-        # on the model's device, so that solver coefficients never mix CPU and GPU tensors
-        # the schedule's ends (the official 1.0 and 1e-3; a flow keeps its noisy end off alpha = 0, tficon.core.flow)
+        # on the model's device, so that solver coefficients never mix CPU and GPU tensors; the schedule's ends (the
+        # official 1.0 and 1e-3; a flow keeps its noisy end off alpha = 0, tficon.core.flow); with a later start the
+        # tail of the config's grid from its start index on (a time-uniform grid of self.steps steps)
         ends = dict(t_start=self.schedule.t_start, t_end=self.schedule.t_end)
-        return solver.time_grid(self.steps, **ends, device=self.model.device)
+        grid = solver.time_grid(self._config.steps, **ends, device=self.model.device)
+        start = start_index(self._config)
+        return grid if start == 0 else grid[start:].clone()
 
     def _blend_mask(self, like: torch.Tensor) -> torch.Tensor:
         """True inside the latent target box ("param"), broadcastable to a latent."""
@@ -466,14 +519,34 @@ class Session(SessionViews):
             grid=grid,
             exceptional=model.exceptional_embedding(),
             uncond=model.unconditional_embedding(),
-            cond=model.encode_prompt(self._prompt),
+            cond=model.encode_prompt(self._encoded_text()),
             inside=self._blend_mask(start[0] if start is not None else previous.generation.x),
             controller=self._ensure_controller(),
             start=start,
             capture=capture,
             time_ids=self.time_ids,
+            kept=self._kept_inversions() if self.plans[s].kept_inversions else None,
+            object_region=self.region_masks()["object"].to(model.device) if self.plans[s].latent_norm else None,
+            object_tokens=self._object_tokens(self._prompt, self._config),
         )
         return self.plans[s], previous, inputs
+
+    def _encoded_text(self) -> str:
+        # The prompt without its "<ref>" markers (tficon.core.prompt_markers); strategy "primecomposer" strips them
+        # exactly as its released code does (every " <ref>", leading space included).
+        if self._config.strategy == "primecomposer":
+            return released_prompt(self._prompt)
+        return plain_prompt(self._prompt)
+
+    def _kept_inversions(self):
+        inputs = self.inputs
+        records, scale = self.inversion_records(), self.model.vae_scale_factor
+        return kept_inversions(records, inputs.placement, inputs.object_mask, scale)
+
+    def summary(self) -> dict:
+        """``SessionViews.summary`` plus ``preset``: the preset these settings follow (``tficon.core.presets.preset_of``;
+        None when they follow none), so batch and sweep records name it."""
+        return {**super().summary(), "preset": preset_of(self._config)}
 
     # ------------------------------------------------------------------ phase 6
     def decode(self, latent: torch.Tensor | None = None) -> torch.Tensor:
@@ -489,6 +562,13 @@ class Session(SessionViews):
             image = self.engine.decode(latent).cpu()
         checks.check_finite(image, f"the VAE decode of {what}", dtype=self.model.dtype)
         return image
+
+    def propose_mask(self, words: str | None = None, *, steps=None, threshold: float = 0.5, max_factor: int = 1):
+        """A bool (H, W) object mask at the working size from the generation's cross-attention to the object's
+        words, to pass back as ``mask_or_box`` (``tficon.composition.mask_proposal.propose_object_mask``)."""
+        from tficon.composition.mask_proposal import propose_object_mask
+
+        return propose_object_mask(self, words, steps=steps, threshold=threshold, max_factor=max_factor)
 
     @property
     def result(self):

@@ -2,6 +2,10 @@
 
 A pure function of the two inverted latents, the placement and the seeded generator, so that strategies which start
 elsewhere (a later start, another model family's time parametrisation) replace one function, not a Session method.
+
+With TALE's later start (``CompositionConfig.later_start``) the same function builds the start latent from the
+inversions that stopped at the later grid point: the fresh noise in the box is then read as the noise of that point
+(a standard normal, as the marginal of a unit-variance latent is close to one there too).
 """
 
 from __future__ import annotations

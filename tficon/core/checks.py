@@ -53,24 +53,27 @@ def check_step_finite(record, *, dtype: torch.dtype | None = None) -> None:
     latent and, when evaluated, its newest data prediction. Called before the record is stored, so the Session
     stays at the last good step.
     """
+    named = []
     for item in dataclasses.fields(record):
         track = getattr(record, item.name)
         state = getattr(track, "state", None)
         if state is None:
             continue
-        tensors = [("latent", state.x)]
+        named.append((item.name, "latent", state.x))
         if getattr(track, "evaluated", False) and state.d_hist:
-            tensors.append(("UNet evaluation (x0 estimate)", state.d_hist[-1]))
-        for what, tensor in tensors:
-            if not _finite(tensor):
-                branch = item.name  # the branch names: generation, background, reference
-                last_good = f"step {record.s - 1}" if record.s > 0 else "before step 0 (after the inversions)"
-                raise NonFiniteError(
-                    f"step {record.s}: the {branch} branch's {what} contains NaN or inf values; the run stopped "
-                    f"and the Session stays at its last good state ({last_good}). {_likely_cause(dtype)}",
-                    step=record.s,
-                    branch=branch,
-                )
+            named.append((item.name, "UNet evaluation (x0 estimate)", state.d_hist[-1]))
+    # One host read for the whole step (on a GPU each read waits for the queue to drain); only a failing step
+    # looks at its tensors one by one to name the branch.
+    if not named or bool(torch.stack([torch.isfinite(t).all() for _, _, t in named]).all()):
+        return
+    branch, what = next((branch, what) for branch, what, tensor in named if not _finite(tensor))
+    last_good = f"step {record.s - 1}" if record.s > 0 else "before step 0 (after the inversions)"
+    raise NonFiniteError(
+        f"step {record.s}: the {branch} branch's {what} contains NaN or inf values; the run stopped "
+        f"and the Session stays at its last good state ({last_good}). {_likely_cause(dtype)}",
+        step=record.s,
+        branch=branch,
+    )
 
 
 def check_finite(tensor: torch.Tensor, what: str, *, step: int | None = None, dtype: torch.dtype | None = None) -> None:

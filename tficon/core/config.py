@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from tficon.core.layers import parse_layer_spec
+
 #: What a change of a setting makes stale, from the most to the least work (``Session.update``):
 #: ``inputs``: the placement and the prepared images (and everything after them);
 #: ``latents``: the encoded latents, both inversions and the start latent (placement kept);
@@ -59,6 +61,13 @@ def setting(default, *, help: str, invalidates: str, **meta) -> Any:
 
 MODES = ("cross", "same")
 
+#: What the denoising steps compute (the ``strategy`` field): "tf-icon" is the official TF-ICON code, "primecomposer"
+#: the released code of PrimeComposer (docs/strategies.md §4.3), run on the same inputs and inversions.
+STRATEGIES = ("tf-icon", "primecomposer")
+
+#: PrimeComposer's script does not force the guidance per domain: its ``--scale`` default is 2.5 in both modes.
+PRIMECOMPOSER_GUIDANCE = 2.5
+
 # The official script ignores --scale and forces these per domain (docs/algorithm.md §8.1).
 OFFICIAL_GUIDANCE = {"cross": 5.0, "same": 2.5}
 
@@ -71,6 +80,18 @@ TAU_RANGES: dict[str, float] = {}
 #: Seeds go to ``torch.Generator.manual_seed``, which takes a signed 64-bit integer; negative ones wrap, so we
 #: accept exactly the non-negative range and say so instead of torch's "Overflow when unpacking long long".
 SEED_RANGE = (0, 2**63)
+
+
+#: The largest accepted ``later_start``: later than 90 % of the steps leaves (almost) nothing to compose; a start
+#: must also leave at least ``order`` steps (checked with the steps).
+LATER_START_MAX = 0.9
+
+
+def later_start_index(later_start: float, steps: int) -> int:
+    """The grid index a composition with ``later_start`` starts at: ``int(later_start * steps)``, as the official
+    bounds truncate, with a guard of 1e-9 so that e.g. 0.6 * 20 (= 11.999999999999998 in some orders of operations)
+    gives 12."""
+    return int(later_start * steps + 1e-9)
 
 
 def _is_number(value) -> bool:
@@ -104,6 +125,26 @@ class CompositionConfig:
                    paper, instead of the reference's own queries as the official code does (docs/algorithm.md §8.3).
     largest_contour: the target box is the bbox of the largest mask contour instead of OpenCV's first one.
     clip_box:      boxes that leave the image are moved inside instead of raising an error.
+
+    strategy:  "tf-icon" (default, the official code) or "primecomposer" (PrimeComposer's released code, see
+               docs/strategies.md §4.3; tau_bg, align_warmup, no_cross_lag and background_queries do not
+               apply to it).
+    tau_c:     primecomposer only: the steps s < int(tau_c * S + 1 - order) reset the latent to the inverted
+               background with the object held at its post-warm-up latent (its sampler's default 0.2), in [0, 1].
+    TALE's mechanisms (off by default; docs/strategies.md):
+    later_start:   fraction of the steps skipped: the inversions stop at grid index ``int(later_start * steps)`` and
+                   the composition runs the remaining steps from there (the taus count those steps).
+    latent_norm_steps, latent_norm_strength: on steps 1..n after the start, the object region's per-channel latent
+                   statistics move toward the background branch's (AdaIN), with weight strength * j / n on step j.
+    Attention mechanisms (off by default; docs/strategies.md):
+    inject_layers: the self-attention layers that take the composite injection (``tficon.core.layers``): "all"
+                   (official), "encoder", "mid", "decoder", or a comma-separated list of layer names/prefixes.
+    region_cross_attention: on every generation evaluation, the conditional cross-attention of the object's words
+                   is removed outside the placed object (PrimeComposer's region-constrained cross-attention).
+    object_words:  the object's words in the prompt (else marked in it: ``a painting of a <ref> red dog <ref>``).
+    adaptive_blend: the background blends of the steps before ``adaptive_blend_until`` (a step fraction, bound
+                   int(f * S + 1 - order) like the taus) keep the generation inside a mask derived from its
+                   cross-attention to the object's words instead of the box (SHINE's adaptive background blending).
     """
 
     mode: str = setting(
@@ -155,10 +196,73 @@ class CompositionConfig:
         False, help="move boxes that leave the image inside instead of raising an error", invalidates="inputs",
         switch=True, control="checkbox",
     )  # fmt: skip
+    # PrimeComposer (issue 22)
+    strategy: str = setting(
+        "tf-icon", help="what the steps compute: tf-icon (the official code) or primecomposer (PrimeComposer's "
+        "released code: correlation-diffuser pass, background from the inversion trajectory, tau_c object hold)",
+        invalidates="plans", choices=STRATEGIES, control="dropdown",
+    )  # fmt: skip
+    tau_c: float = setting(
+        0.2, help="primecomposer only: fraction of steps that keep the object at its post-warm-up latent and the "
+        "rest at the inverted background", invalidates="plans", range=(0.0, 1.0), sweep=True, control="slider",
+        step=0.05,
+    )  # fmt: skip
+    # TALE (issue 22): a later start and an adaptive normalisation of the object region's latent (docs/strategies.md)
+    later_start: float = setting(
+        0.0, help="fraction of the steps skipped: start from the inversions at grid index int(later_start * steps) "
+        "instead of t = 1 (TALE's t'; 0: official)", invalidates="latents", range=(0.0, 0.9),
+        sweep=True, control="slider", step=0.05,
+    )  # fmt: skip
+    latent_norm_steps: int = setting(
+        0, help="the first steps after the start that move the object region's latent statistics toward the "
+        "background's (TALE's tau; 0: off; steps past the end are not run)", invalidates="plans", range=(0, None),
+        span=(0, 50), sweep=True, control="int",
+    )  # fmt: skip
+    latent_norm_strength: float = setting(
+        0.5, help="weight of the latent normalisation on its last step; step j of n uses j/n of it (TALE: 0.5)",
+        invalidates="plans", range=(0.0, 1.0), sweep=True, control="slider", step=0.05,
+    )  # fmt: skip
+    # attention mechanisms (issue 22)
+    inject_layers: str = setting(
+        "all", help="self-attention layers that take the composite injection: all (official), encoder, mid, "
+        "decoder, or a comma-separated list of layer names/prefixes (others run plain attention)",
+        invalidates="plans", sweep=True,
+    )  # fmt: skip
+    region_cross_attention: bool = setting(
+        False, help="the object's words attend only inside the placed object in the generation's conditional "
+        "cross-attention (PrimeComposer's region-constrained cross-attention)", invalidates="plans", switch=True,
+        control="checkbox",
+    )  # fmt: skip
+    object_words: str = setting(
+        "", help="the object's words in the prompt, for region_cross_attention and the mask proposal (a prompt "
+        "that marks them as '<ref> red dog <ref>' needs none)", invalidates="all_steps",
+    )  # fmt: skip
+    adaptive_blend: bool = setting(
+        False, help="early background blends keep the generation inside an attention-derived object mask instead "
+        "of the box (SHINE's adaptive background blending); later ones use the box", invalidates="plans",
+        switch=True, control="checkbox",
+    )  # fmt: skip
+    adaptive_blend_until: float = setting(
+        0.5, help="fraction of steps until which the background blend follows the attention mask (adaptive_blend)",
+        invalidates="plans", range=(0.0, 1.0), sweep=True, control="slider", step=0.05,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.strategy == "primecomposer" and self.adaptive_blend:
+            raise ValueError(
+                "strategy='primecomposer' blends with its kept background trajectory, which adaptive_blend does not "
+                "apply to; set adaptive_blend=False (or use strategy='tf-icon')"
+            )
+        if self.strategy == "primecomposer" and (self.later_start or self.latent_norm_steps):
+            # its steps read the full inversion trajectories from t = 1 and run no background branch to normalise to
+            raise ValueError(
+                "strategy='primecomposer' runs PrimeComposer's released steps, which TALE's later_start and "
+                "latent_norm_steps do not apply to; set them to 0 (or use strategy='tf-icon')"
+            )
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
         if self.order not in (1, 2, 3):
@@ -180,6 +284,13 @@ class CompositionConfig:
                 f"guidance must be a finite number >= 0, or None for the official per-mode value "
                 f"{OFFICIAL_GUIDANCE}, got {self.guidance!r}"
             )
+        self._check_tale()
+        parse_layer_spec(self.inject_layers)  # the text's form; the model's layer names are checked by the Session
+        if not isinstance(self.object_words, str):
+            raise ValueError(f"object_words must be a string of words of the prompt, got {self.object_words!r}")
+        until = self.adaptive_blend_until
+        if not _is_number(until) or not math.isfinite(until) or not 0 <= until <= 1:
+            raise ValueError(f"adaptive_blend_until must be a finite step fraction in [0, 1], got {until!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         if not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:
@@ -188,14 +299,45 @@ class CompositionConfig:
                 "e.g. seed % 2**63"
             )
 
+    def _check_tale(self) -> None:
+        """The TALE settings (issue 22): numbers in range, and a later start that leaves at least ``order`` steps."""
+        for name in ("later_start", "latent_norm_strength"):
+            value, high = getattr(self, name), 1.0 if name == "latent_norm_strength" else LATER_START_MAX
+            if not _is_number(value) or not math.isfinite(value) or not 0 <= value <= high:
+                raise ValueError(f"{name} must be a finite number in [0, {high:g}], got {value!r}")
+        n = self.latent_norm_steps
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"latent_norm_steps must be an integer >= 0 (0: off), got {n!r}")
+        if not isinstance(self.steps, int) or self.order not in (1, 2, 3):
+            return  # reported by the checks of steps and order
+        remaining = self.steps - later_start_index(self.later_start, self.steps)
+        if self.later_start and remaining < self.order:
+            raise ValueError(
+                f"later_start={self.later_start!r} leaves {remaining} of the {self.steps} steps, fewer than "
+                f"order={self.order}; lower later_start or raise steps"
+            )
+
     @property
     def effective_guidance(self) -> float:
-        """The guidance scale actually used (the official per-mode value when ``guidance`` is None)."""
-        return float(OFFICIAL_GUIDANCE[self.mode] if self.guidance is None else self.guidance)
+        """The guidance scale actually used: ``guidance``, or when it is None the official per-mode value (strategy
+        "primecomposer": PrimeComposer's default 2.5 in both modes)."""
+        if self.guidance is not None:
+            return float(self.guidance)
+        return float(PRIMECOMPOSER_GUIDANCE if self.strategy == "primecomposer" else OFFICIAL_GUIDANCE[self.mode])
 
     @property
     def box_rule(self) -> str:
         return "largest" if self.largest_contour else "first"
+
+    @classmethod
+    def preset(cls, name: str, **changes) -> "CompositionConfig":
+        """The configuration of the named preset (``tficon.presets()`` lists them), with ``changes`` applied over it.
+
+        ``CompositionConfig.preset("tf-icon")`` is the default configuration; any setting can be overridden, e.g.
+        ``CompositionConfig.preset("tale", steps=30)``. An unknown name raises a ValueError listing the valid ones."""
+        from tficon.core.presets import apply_preset  # function level: the presets module imports this one
+
+        return apply_preset(cls(), name).replace(**changes)
 
     def replace(self, **changes) -> "CompositionConfig":
         """A copy with ``changes`` applied (validated); unknown names raise a TypeError listing the valid ones."""
@@ -212,7 +354,7 @@ SETTINGS: tuple[Setting, ...] = tuple(
     Setting(name=f.name, default=f.default, **f.metadata["tficon"]) for f in dataclasses.fields(CompositionConfig)
 )
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
-TAU_RANGES.update({name: SETTINGS_BY_NAME[name].range[1] for name in ("tau_a", "tau_b", "tau_bg")})
+TAU_RANGES.update({name: SETTINGS_BY_NAME[name].range[1] for name in ("tau_a", "tau_b", "tau_bg", "tau_c")})
 
 
 def settings_invalidating(level: str) -> frozenset[str]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tficon.core.config import later_start_index
+from tficon.core.layers import ALL_LAYERS, parse_layer_spec
 from tficon.core.schedule import InjectionSchedule, injection_schedule
 from tficon.core.solver import step_order
 
@@ -33,6 +35,28 @@ class StepPlan:
     history_blend:  after the last warm-up evaluation, replace the generation branch's stored D values outside the box
                     by the background branch's (the official model-history blending).
     blend:          after the evaluation, the generation branch's latent outside the box <- the background branch's latent.
+
+    PrimeComposer's released code (strategy "primecomposer"; tficon.core.primecomposer has the formulas):
+    kept_inversions: the step reads the kept inversion trajectories (``StepInputs.kept``) instead of running
+                    background and reference branches.
+    object_block:   with ``fg``, the object x object block of the composite comes from the reference row (TF-ICON);
+                    False: the pseudo-cross rows and columns only.
+    pseudo_cross_prompt: the pseudo-cross row is conditioned on the prompt instead of the exceptional prompt.
+    paste_on_reference: before the solver update, the reference canvas at t_s takes the generation's latent (still at
+                    t_{s-1}) on the object; the pseudo-cross row then reads that canvas.
+    kept_history_blend: after the last warm-up evaluation, the generation's stored data predictions outside the box
+                    <- the kept background trajectory's entries 0..k-1 (noisy latents: the released code's oddity).
+    hold_object:    after the evaluation, the latent <- the kept background at t_s, with the reference canvas at t_s
+                    on the object.
+    kept_blend:     after the evaluation, the latent outside the box <- the kept background at t_s.
+    latent_norm:    TALE's adaptive latent normalisation right after the solver update: the weight with which the
+                    generation branch's object region takes the background branch's per-channel statistics (0: none).
+    inject_layers:  the self-attention layers whose ``cond`` row takes this step's composite (``tficon.core.layers``:
+                    "all", a part, or a list); the others run plain attention. "all" on steps without injection.
+    region_cross_attention: the generation's conditional cross-attention confines the object's words to the placed
+                    object on this step's evaluation (``tficon.composition.cross_attention``).
+    adaptive_blend: this step's background blend keeps the generation inside the attention-derived object mask of
+                    its own evaluation instead of the box (``blend`` is then False; ``phases.adaptive_blend``).
     """
 
     s: int
@@ -52,6 +76,19 @@ class StepPlan:
     background_queries: bool
     history_blend: bool
     blend: bool
+    # PrimeComposer (issue 22; ``primecomposer_step_plan``). All off by default, so TF-ICON's plans are unchanged.
+    kept_inversions: bool = False
+    object_block: bool = True
+    pseudo_cross_prompt: bool = False
+    paste_on_reference: bool = False
+    kept_history_blend: bool = False
+    hold_object: bool = False
+    kept_blend: bool = False
+    # TALE (issue 22): the weight of the adaptive latent normalisation (0: off)
+    latent_norm: float = 0.0
+    inject_layers: str = ALL_LAYERS
+    region_cross_attention: bool = False
+    adaptive_blend: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -71,13 +108,29 @@ class StepPlan:
 
 
 def step_plan(
-    schedule: InjectionSchedule, s: int, *, cross_lag: bool = True, background_queries: bool = False
+    schedule: InjectionSchedule,
+    s: int,
+    *,
+    cross_lag: bool = True,
+    background_queries: bool = False,
+    latent_norm: tuple[int, float] = (0, 0.0),
+    inject_layers: str = ALL_LAYERS,
+    region_cross_attention: bool = False,
+    adaptive_blend_until: float | None = None,
 ) -> StepPlan:
     """The plan of step ``s`` (0..steps) for an injection schedule.
 
     ``cross_lag`` (official True): in the main loop the pseudo-cross row reads the reference latent of
     the previous grid point, t_{s-1}, with the timestep of t_s. ``background_queries`` (official False):
     the injected pseudo-cross logits use the background branch's queries, so the background row is evaluated while fg injection is on.
+    ``latent_norm`` (official ``(0, 0.0)``: off): ``(n, strength)``, TALE's adaptive latent normalisation on steps
+    1..n with weight ``strength * s / n`` on step ``s``; its target, the background branch's latent at t_s, needs that
+    branch evaluated on every step before (so its row is kept until step n - 1). With order 3 and the official
+    warm-up the background is a step ahead on step 1, which is then left out.
+    ``inject_layers`` (official "all"): the self-attention layers that take the composite on injected steps.
+    ``region_cross_attention`` (official False): PrimeComposer's constraint on every generation evaluation.
+    ``adaptive_blend_until`` (official None: off): the blends of steps s < int(f * S + 1 - order), step fractions
+    read like the taus, that also evaluate, use the attention-derived mask instead of the box.
     """
     steps, k = schedule.steps, schedule.order
     if not 0 <= s <= steps:
@@ -89,12 +142,15 @@ def step_plan(
     fg = evaluate and schedule.fg_inject(s)
     bg = evaluate and schedule.bg_inject(s)
     background_queries = fg and background_queries
-    background_row = evaluate and (bg or schedule.background_needed(s) or background_queries)
+    norm_steps, norm_strength = latent_norm
+    norm = norm_strength * s / norm_steps if 1 <= s <= norm_steps and not (ahead and s < k - 1) else 0.0
+    background_row = evaluate and (bg or schedule.background_needed(s) or background_queries or s < norm_steps)
     blend = s >= k and schedule.blend_after(s)
+    adaptive = adaptive_blend_until is not None and blend and evaluate and s < int(adaptive_blend_until * steps + 1 - k)
     if s == 0 or (ahead and s < k):
         advance_background = advance_reference = False
     else:
-        advance_background = background_row or blend
+        advance_background = background_row or blend or norm > 0  # an adaptive blend is a blend: background at t_s
         advance_reference = fg
     map_index = schedule.maps_index(s) if evaluate else None
     pseudo_latent = None
@@ -117,29 +173,129 @@ def step_plan(
         bg=bg,
         background_queries=background_queries,
         history_blend=s == k - 1,
-        blend=blend,
+        blend=blend and not adaptive,
+        latent_norm=norm,
+        inject_layers=parse_layer_spec(inject_layers) if (fg or bg) else ALL_LAYERS,
+        region_cross_attention=region_cross_attention and evaluate,
+        adaptive_blend=adaptive,
     )
+
+
+def _bound(tau: float, steps: int, order: int) -> int:
+    """The released codes' step bound ``int(tau * steps + 1 - order)`` (Python floats, truncation)."""
+    return int(tau * steps + 1 - order)
+
+
+def primecomposer_step_plan(
+    steps: int,
+    order: int,
+    tau_a: float,
+    tau_b: float,
+    tau_c: float,
+    s: int,
+    *,
+    inject_layers: str = ALL_LAYERS,
+    region_cross_attention: bool = False,
+) -> StepPlan:
+    """The plan of step ``s`` (0..steps) as PrimeComposer's released sampler runs it (docs/strategies.md §4.3).
+
+    Warm-up (s < order): the generation branch is evaluated with the pseudo-cross rows/columns injected, from one
+    pseudo-cross pass on the unedited inverted reference x_ref(t_0) at time t_{k-1} (the last of the released code's
+    warm-up passes, the one whose maps survive); at s = order - 1 the stored data predictions are blended with the kept
+    background trajectory. Main loop (s >= order), with threshold(f) = int(f * S + 1 - k): while s <
+    threshold(tau_a) the reference canvas at t_s takes the generation's latent on the object, the pseudo-cross pass
+    runs on it at t_s and is injected; after the evaluation, s < threshold(tau_c) holds the object, else s <
+    threshold(tau_b) blends the kept background outside the box. No background or reference branch ever runs.
+    """
+    if not 0 <= s <= steps:
+        raise ValueError(f"step must be in 0..{steps}, got {s}")
+    evaluate = s < steps
+    warm_up = s < order
+    fg = evaluate and (warm_up or s < _bound(tau_a, steps, order))
+    hold = not warm_up and s < _bound(tau_c, steps, order)
+    return StepPlan(
+        s=s,
+        order=step_order(s, steps, order) if s > 0 else 0,
+        pre_evals=(),
+        advance_generation=s > 0,
+        advance_background=False,
+        advance_reference=False,
+        evaluate=evaluate,
+        map_index=(order - 1 if warm_up else s) if evaluate else None,
+        pseudo_latent=(0 if warm_up else s) if fg else None,
+        background_row=False,
+        reference_row=False,
+        pseudo_cross_row=fg,
+        fg=fg,
+        bg=False,
+        background_queries=False,
+        history_blend=False,
+        blend=False,
+        kept_inversions=True,
+        object_block=False,
+        pseudo_cross_prompt=True,
+        paste_on_reference=fg and not warm_up,
+        kept_history_blend=s == order - 1,
+        hold_object=hold,
+        kept_blend=not warm_up and not hold and s < _bound(tau_b, steps, order),
+        # the attention mechanisms that apply to it: the layer choice of its injection, and its own region-constrained
+        # cross-attention on every generation evaluation (the ``primecomposer-rca`` preset)
+        inject_layers=parse_layer_spec(inject_layers) if fg else ALL_LAYERS,
+        region_cross_attention=region_cross_attention and evaluate,
+    )
+
+
+def start_index(config) -> int:
+    """The grid index (of the ``config.steps``-step grid) where the composition starts: 0 officially (t = 1), TALE's
+    t' with ``later_start`` (``tficon.core.config.later_start_index``)."""
+    return later_start_index(config.later_start, config.steps)
+
+
+def composition_steps(config) -> int:
+    """The steps the composition runs: ``config.steps`` officially; with a later start, those after its grid index
+    (the inversions stop there and the steps before it are not run: no plan, no UNet work)."""
+    return config.steps - start_index(config)
 
 
 def injection_for(config) -> InjectionSchedule:
-    """The injection schedule of a ``CompositionConfig`` (its steps, order, fractions and warm-up switch)."""
+    """The injection schedule of a ``CompositionConfig`` (its steps, order, fractions and warm-up switch); with a
+    later start the fractions count the steps the composition runs (:func:`composition_steps`)."""
     return injection_schedule(
-        config.steps, config.order, config.tau_a, config.tau_b, config.tau_bg, align_warmup=config.align_warmup
-    )
+        composition_steps(config), config.order, config.tau_a, config.tau_b, config.tau_bg,
+        align_warmup=config.align_warmup,
+    )  # fmt: skip
 
 
 def plans_for(config) -> tuple[StepPlan, ...]:
     """Plans of all steps 0..steps of a ``CompositionConfig``: the one place the config becomes plans."""
+    if config.strategy == "primecomposer":
+        args = (config.steps, config.order, config.tau_a, config.tau_b, config.tau_c)
+        attention = dict(inject_layers=config.inject_layers, region_cross_attention=config.region_cross_attention)
+        return tuple(primecomposer_step_plan(*args, s, **attention) for s in range(config.steps + 1))
     return composition_plan(
-        injection_for(config), cross_lag=not config.no_cross_lag, background_queries=config.background_queries
-    )
+        injection_for(config), cross_lag=not config.no_cross_lag, background_queries=config.background_queries,
+        latent_norm=(config.latent_norm_steps, config.latent_norm_strength),
+        inject_layers=config.inject_layers, region_cross_attention=config.region_cross_attention,
+        adaptive_blend_until=config.adaptive_blend_until if config.adaptive_blend else None,
+    )  # fmt: skip
 
 
 def composition_plan(
-    schedule: InjectionSchedule, *, cross_lag: bool = True, background_queries: bool = False
+    schedule: InjectionSchedule,
+    *,
+    cross_lag: bool = True,
+    background_queries: bool = False,
+    latent_norm: tuple[int, float] = (0, 0.0),
+    inject_layers: str = ALL_LAYERS,
+    region_cross_attention: bool = False,
+    adaptive_blend_until: float | None = None,
 ) -> tuple[StepPlan, ...]:
     """Plans of all steps 0..steps."""
     return tuple(
-        step_plan(schedule, s, cross_lag=cross_lag, background_queries=background_queries)
+        step_plan(
+            schedule, s, cross_lag=cross_lag, background_queries=background_queries, latent_norm=latent_norm,
+            inject_layers=inject_layers, region_cross_attention=region_cross_attention,
+            adaptive_blend_until=adaptive_blend_until,
+        )  # fmt: skip
         for s in range(schedule.steps + 1)
     )

@@ -1,7 +1,8 @@
 """``tficon batch --processes N``: the command runs itself again under accelerate's launcher, with N processes on
 this machine, and keeps them tied to itself: a Ctrl-C is reported once (by the command, not by each process), a
 kill of the command (SIGTERM, SIGHUP) reaches the launcher, which stops its processes, and on Linux the launcher
-gets SIGTERM when the command dies, even by ``kill -9``. A failed launch says that a re-run resumes."""
+gets SIGTERM when the command dies, even by ``kill -9``. The launcher runs through ``tficon.run.launcher``, which
+names a failed process in one line instead of torchrun's error report; a failed launch says that a re-run resumes."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def launch_processes(processes: int, argv: list[str]) -> int:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+        sys.executable, "-m", "tficon.run.launcher", "--multi_gpu", "--num_processes", str(processes),
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
         "-m", "tficon", *argv,
     ]  # fmt: skip

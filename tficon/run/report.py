@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "COLUMNS", "SheetRow", "thumbnail", "data_uri", "jsonable", "contact_sheet", "html_report", "panels",
-    "metric_caption", "sweep_grid_image", "sweep_html",
+    "metric_caption", "metric_text", "METRIC_LEGEND", "sweep_grid_image", "sweep_html",
 ]  # fmt: skip
 
 COLUMNS = ("background", "foreground", "cut-and-paste", "result")
@@ -210,6 +210,15 @@ def panels(result):
     return out
 
 
+#: What the numbers under a sweep's cells mean (the grid PNG, the HTML page and the SweepGrid widget show it).
+METRIC_LEGEND = (
+    "bg dB: PSNR of the result against the background, the target box blanked in both (higher = the background "
+    "is better kept). fg dB: PSNR of the result's box against the foreground's object crop (higher = the object "
+    "stays closer to the pasted one). PSNR in dB on [0, 1] images; the cut-and-paste's values are given for "
+    "comparison."
+)
+
+
 def metric_caption(cell) -> str:
     if cell.error is not None:
         return "failed"
@@ -219,62 +228,104 @@ def metric_caption(cell) -> str:
     return f"bg {bg.get('psnr', float('nan')):.1f}  fg {fg.get('psnr', float('nan')):.1f} dB"
 
 
-def sweep_grid_image(result, *, thumb: int, metrics: bool) -> Image.Image:
+def _scalable_font(size: int):
+    """PIL's built-in scalable font at ``size`` px (Pillow >= 10.1 with FreeType); the small bitmap font otherwise."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError, AttributeError):
+        return _FONT
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, width: int, font) -> list[str]:
+    """``text`` broken into lines at most ``width`` pixels wide (at spaces)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def sweep_grid_image(result, *, thumb: int, metrics: bool, text_px: int = 15) -> Image.Image:
+    """The sweep's grid as one picture: title, what the numbers mean, the inputs, then per panel a header row and
+    one row per value of the first parameter, its label right beside its images. Text ``text_px`` high."""
+    font, bold = _scalable_font(text_px), _scalable_font(text_px + 1)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line = int(probe.textbbox((0, 0), "Ag", font=font)[3]) + 4
     names = result.names
     row_name = names[0]
     col_name = names[1] if len(names) > 1 else None
     n_rows = len(result.grid[row_name])
     n_cols = len(result.grid[col_name]) if col_name else 1
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     row_labels = [f"{row_name}={result.label_of(row_name, i)}" for i in range(n_rows)]
-    label_w = int(max(probe.textlength(t, font=_FONT) for t in row_labels)) + 8
-    caption_h = _LINE + 2 if metrics else 0
-    cell_w, cell_h = thumb + _GAP, thumb + caption_h + _GAP
-    stacked = panels(result)
-    header_h = _LINE + 4
-    panel_h = (_LINE + 4 if len(names) > 2 else 0) + header_h + n_rows * cell_h
-    inputs_h = thumb + _LINE + 8
-    width = max(label_w + n_cols * cell_w, 4 * cell_w)
-    title_h = 2 * _LINE + 4
-    sheet = Image.new("RGB", (width, title_h + inputs_h + len(stacked) * (panel_h + _GAP)), "white")
-    draw = ImageDraw.Draw(sheet)
+    col_labels = [f"{col_name}={result.label_of(col_name, c)}" if col_name else "" for c in range(n_cols)]
+    gap = max(_GAP, text_px // 2)
+    label_w = int(max(probe.textlength(t, font=bold) for t in row_labels)) + 2 * gap
+    caption_h = line if metrics else 0
+    cell_w = max(thumb, int(max(probe.textlength(t, font=font) for t in col_labels + ["bg 00.0  fg 00.0 dB"]))) + gap
+    cell_h = thumb + caption_h + gap
+    cp = next(iter(result.cut_and_paste.values()), {})
+    strip = [("background", result.inputs["background"], ""), ("foreground", result.inputs["foreground"], ""),
+             ("cut-and-paste", cp.get("image"), metric_text(cp.get("metrics")) if metrics else "")]  # fmt: skip
+    width = max(label_w + n_cols * cell_w, len(strip) * cell_w, 560) + gap
     title = f"tficon sweep: {result.inputs['prompt']}"
-    draw.text((2, 1), title, fill="black", font=_FONT)
     axes = f"rows: {row_name}" + (f"; columns: {col_name}" if col_name else "")
     work = (f"{result.sample_evals} UNet sample-evals ({100 * result.shared_fraction:.0f} % of "
             f"{result.independent_sample_evals} run one by one)")  # fmt: skip
-    draw.text((2, 1 + _LINE), f"{axes}; {work}", fill=(70, 70, 70), font=_FONT)
-    y = title_h
-    cp = next(iter(result.cut_and_paste.values()), {}).get("image")
-    strip = [("background", result.inputs["background"]), ("foreground", result.inputs["foreground"]),
-             ("cut-and-paste", cp)]  # fmt: skip
-    for i, (name, image) in enumerate(strip):
-        draw.text((i * cell_w + 2, y), name, fill="black", font=_FONT)
-        sheet.paste(thumbnail(image, thumb), (i * cell_w, y + _LINE + 2))
+    head = _wrap(probe, title, width - 2 * gap, bold) + _wrap(probe, f"{axes}; {work}", width - 2 * gap, font)
+    legend = _wrap(probe, METRIC_LEGEND, width - 2 * gap, font) if metrics else []
+    stacked = panels(result)
+    panel_h = (line if len(names) > 2 else 0) + line + n_rows * cell_h
+    inputs_h = line + thumb + caption_h + gap
+    height = gap + (len(head) + len(legend)) * line + gap + inputs_h + len(stacked) * (panel_h + gap) + gap
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    y = gap
+    for i, text in enumerate(head):
+        draw.text((gap, y), text, fill="black" if i == 0 else (70, 70, 70), font=bold if i == 0 else font)
+        y += line
+    for text in legend:
+        draw.text((gap, y), text, fill=(90, 90, 90), font=font)
+        y += line
+    y += gap
+    for i, (name, image, caption) in enumerate(strip):
+        draw.text((gap + i * cell_w, y), name, fill="black", font=font)
+        sheet.paste(thumbnail(image, thumb), (gap + i * cell_w, y + line))
+        draw.rectangle((gap + i * cell_w - 1, y + line - 1, gap + i * cell_w + thumb, y + line + thumb), outline=(200, 200, 200))
+        if caption:
+            draw.text((gap + i * cell_w, y + line + thumb + 1), caption, fill=(70, 70, 70), font=font)
     y += inputs_h
     for heading, cells in stacked:
         if heading:
-            draw.text((2, y + 2), heading, fill=(150, 30, 30), font=_FONT)
-            y += _LINE + 4
+            draw.text((gap, y), heading, fill=(150, 30, 30), font=bold)
+            y += line
         for c in range(n_cols):
-            text = f"{col_name}={result.label_of(col_name, c)}" if col_name else ""
-            draw.text((label_w + c * cell_w + 2, y + 1), text, fill="black", font=_FONT)
-        y += header_h
+            draw.text((label_w + c * cell_w, y), col_labels[c], fill="black", font=bold)
+        y += line
         for r in range(n_rows):
             top = y + r * cell_h
-            draw.text((2, top + thumb // 2 - _LINE // 2), row_labels[r], fill="black", font=_FONT)
+            draw.text((gap, top + thumb // 2 - line // 2), row_labels[r], fill="black", font=bold)
             for c in range(n_cols):
                 cell = cells.get((r, c))
                 if cell is None:
                     continue
                 left = label_w + c * cell_w
                 sheet.paste(thumbnail(cell.image, thumb), (left, top))  # a failed cell: a grey tile, labelled
+                draw.rectangle((left - 1, top - 1, left + thumb, top + thumb), outline=(200, 200, 200))
                 if cell.error is not None:
-                    draw.text((left + 3, top + 3), "failed", fill=(170, 0, 0), font=_FONT)
+                    draw.text((left + 3, top + 3), "failed", fill=(170, 0, 0), font=font)
                 if metrics:
-                    draw.text((left + 1, top + thumb + 1), metric_caption(cell), fill=(70, 70, 70), font=_FONT)
-        y += n_rows * cell_h + _GAP
+                    draw.text((left, top + thumb + 1), metric_caption(cell), fill=(70, 70, 70), font=font)
+        y += n_rows * cell_h + gap
     return sheet
+
+
+def metric_text(values) -> str:
+    """The caption of measurements ``{"bg": {...}, "fg": {...}}`` (the cut-and-paste's), as ``metric_caption``."""
+    if not values or "bg" not in values:
+        return ""
+    return f"bg {values['bg'].get('psnr', float('nan')):.1f}  fg {values.get('fg', {}).get('psnr', float('nan')):.1f} dB"
 
 
 def sweep_html(result, *, thumb: int) -> str:

@@ -15,6 +15,7 @@ from PIL import Image
 
 from tficon.core.boxes import as_user_box, parse_box_text
 from tficon.core.config import INVALIDATES, SETTINGS, CompositionConfig
+from tficon.core.presets import get_preset, preset_of, with_preset
 
 __all__ = ["PARAMETERS", "GridError", "SweepCell", "parse_grid_option", "grid_cells"]
 
@@ -23,8 +24,9 @@ __all__ = ["PARAMETERS", "GridError", "SweepCell", "parse_grid_option", "grid_ce
 _CONFIG_PARAMETERS = tuple(
     s.name for s in sorted((s for s in SETTINGS if s.sweep), key=lambda s: -INVALIDATES.index(s.invalidates))
 )
-#: The parameters a sweep can vary: those settings, then the box.
-PARAMETERS = (*_CONFIG_PARAMETERS, "box")
+#: The parameters a sweep can vary: those settings, the box, and the preset (``tficon.core.presets``: a cell follows
+#: the named preset, the other axes override it).
+PARAMETERS = (*_CONFIG_PARAMETERS, "box", "preset")
 
 class GridError(ValueError):
     """A bad grid: an unknown parameter, no values, a repeated value, a value a cell cannot take."""
@@ -45,7 +47,7 @@ def _check_grid(grid: Mapping[str, Sequence]) -> dict[str, list]:
             raise GridError(f"unknown sweep parameter {name!r}; a sweep can vary {', '.join(PARAMETERS)}")
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
             raise GridError(f"grid[{name!r}] must be a list of values, got {values!r}")
-        values = [_grid_box(b) if name == "box" else b for b in values]
+        values = [_grid_box(b) if name == "box" else _grid_preset(b) if name == "preset" else b for b in values]
         if not values:
             raise GridError(f"grid[{name!r}] is empty: give at least one value")
         labels = [_label(name, v) for v in values]
@@ -54,6 +56,15 @@ def _check_grid(grid: Mapping[str, Sequence]) -> dict[str, list]:
             raise GridError(f"grid[{name!r}] repeats the value(s) {', '.join(repeated)}; give each value once")
         checked[name] = values
     return checked
+
+
+def _grid_preset(name):
+    """A preset of the grid, checked by name (``tficon.presets()`` lists them)."""
+    try:
+        get_preset(name)
+    except ValueError as error:
+        raise GridError(f"grid['preset']: {error}") from None
+    return name
 
 
 def _grid_box(value):
@@ -83,7 +94,8 @@ def _label(name: str, value) -> str:
 
 def parse_grid_option(text: str) -> tuple[str, list]:
     """One ``--grid`` option of the command line: ``name=v1,v2,...`` or ``name=start:stop:count`` (evenly spaced,
-    both ends included); boxes as ``box=x,y,w,h;x,y,w,h``; ``guidance=official`` is the per-mode default."""
+    both ends included); boxes as ``box=x,y,w,h;x,y,w,h``; ``guidance=official`` is the per-mode default; text
+    settings as ``name=v1;v2`` (their values may hold commas, e.g. ``inject_layers=decoder;up_blocks.1,mid``)."""
     name, sep, rest = text.partition("=")
     name = name.strip().replace("-", "_")
     if not sep or not rest.strip():
@@ -91,9 +103,13 @@ def parse_grid_option(text: str) -> tuple[str, list]:
     if name not in PARAMETERS:
         raise GridError(f"--grid: unknown sweep parameter {name!r}; a sweep can vary {', '.join(PARAMETERS)}")
     rest = rest.strip()
+    if name == "preset":
+        return name, [_grid_preset(v.strip()) for v in rest.split(",")]
     try:
         if name == "box":
             return name, [parse_box_text(part, name="--grid box") for part in rest.split(";")]
+        if isinstance(CompositionConfig.__dataclass_fields__[name].default, str):
+            return name, [part.strip() for part in rest.split(";")]
         kind = int if name in ("seed", "steps") else float
         if ":" in rest:
             start, stop, count = rest.split(":")
@@ -151,6 +167,8 @@ class SweepCell:
         return {
             "index": self.index,
             **{n: _label(n, v) if n == "box" else v for n, v in self.values.items()},
+            # the preset axis' value, else the preset the cell's settings follow (None: none)
+            "preset": self.values.get("preset", preset_of(self.config)),
             "guidance_used": self.config.effective_guidance,
             **{c: flat.get(c) for c in _METRIC_COLUMNS},
             "eval_order": self.order,
@@ -176,7 +194,8 @@ def grid_cells(checked: dict[str, list], base: CompositionConfig, mask_or_box) -
         values = {name: checked[name][i] for name, i in zip(checked, combo)}
         changes = {n: v for n, v in values.items() if n in _CONFIG_PARAMETERS}
         try:
-            cell_config = base.replace(**changes)
+            cell_base = with_preset(base, values["preset"]) if "preset" in values else base
+            cell_config = cell_base.replace(**changes)
         except (ValueError, TypeError) as error:
             raise GridError(f"grid cell {_cell_text(values)}: {error}") from None
         if cell_config.steps < cell_config.order:

@@ -9,7 +9,7 @@ from typing import Sequence
 
 from tficon.core.boxes import same_box
 from tficon.core.config import CompositionConfig
-from tficon.core.plan import plans_for
+from tficon.core.plan import composition_steps, plans_for
 from tficon.run.sweep_grid import SweepCell
 
 __all__ = ["independent_cost", "evaluation_order", "plan_lanes"]
@@ -18,7 +18,7 @@ __all__ = ["independent_cost", "evaluation_order", "plan_lanes"]
 def independent_cost(config: CompositionConfig) -> int:
     """UNet sample-evaluations of one fresh composition with ``config``: both inversions (one two-row call per step)
     plus every step's plan."""
-    return 2 * config.steps + sum(p.sample_evals for p in plans_for(config))
+    return 2 * composition_steps(config) + sum(p.sample_evals for p in plans_for(config))
 
 
 def evaluation_order(cells: Sequence[SweepCell]) -> list[SweepCell]:
@@ -37,7 +37,7 @@ def evaluation_order(cells: Sequence[SweepCell]) -> list[SweepCell]:
     def key(cell: SweepCell):
         c = cell.config
         path = tuple(symbols.setdefault(p, len(symbols)) for p in plans_for(c))
-        return (c.steps, c.seed, box_index(cell.box), c.effective_guidance, path)
+        return (c.steps, c.later_start, c.seed, box_index(cell.box), c.effective_guidance, path)
 
     keys = {cell.index: key(cell) for cell in cells}
     return sorted(cells, key=lambda cell: keys[cell.index])
@@ -49,7 +49,10 @@ def _shared_steps(previous: SweepCell | None, cell: SweepCell) -> tuple[int, boo
     if previous is None:
         return 0, True
     a, b = previous.config, cell.config
-    new_inversions = (a.steps, a.seed) != (b.steps, b.seed) or not same_box(previous.box, cell.box)
+    # the settings of the "latents" level (a later start too: inversions that stop elsewhere), and the box
+    new_inversions = (a.steps, a.seed, a.later_start) != (b.steps, b.seed, b.later_start) or not same_box(
+        previous.box, cell.box
+    )
     if new_inversions or a.effective_guidance != b.effective_guidance:
         return 0, new_inversions
     plans_a, plans_b = plans_for(a), plans_for(b)
@@ -70,7 +73,8 @@ def plan_lanes(order: Sequence[SweepCell], lanes: int, *, free_cuts_only: bool) 
     for i, cell in enumerate(order):
         shared, new_inversions = _shared_steps(order[i - 1] if i else None, cell)
         plans = plans_for(cell.config)
-        marginal.append(sum(p.sample_evals for p in plans[shared:]) + (2 * cell.config.steps if new_inversions else 0))
+        inversions = 2 * composition_steps(cell.config) if new_inversions else 0
+        marginal.append(sum(p.sample_evals for p in plans[shared:]) + inversions)
         prefix.append(sum(p.sample_evals for p in plans[:shared]))
     running = [0]
     for m in marginal:

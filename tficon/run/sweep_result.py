@@ -128,7 +128,7 @@ class SweepResult:
         return text
 
     # ---------------------------------------------------------------------------------------------- outputs
-    def grid_image(self, *, thumb: int = 96, metrics: bool = True) -> Image.Image:
+    def grid_image(self, *, thumb: int = 192, metrics: bool = True) -> Image.Image:
         """The labelled grid: first parameter down the rows, second across the columns, further parameters as
         stacked panels with a heading; a strip of the inputs on top."""
         return sweep_grid_image(self, thumb=thumb, metrics=metrics)

@@ -60,6 +60,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -320,9 +321,10 @@ class _SweepRun:
 
     def begin(self, cell: SweepCell, session, *, first_in_lane: bool) -> CellTask:
         """Move ``session`` to ``cell`` (``Session.update`` keeps the steps the cells share)."""
-        changes = {f: getattr(cell.config, f) for f in PARAMETERS if f != "box"}
+        # every setting (not only the swept ones: a preset axis changes the settings its presets control)
+        changes = {f.name: getattr(cell.config, f.name) for f in dataclasses.fields(cell.config)}
         first_step = session.update(mask_or_box=cell.box, **changes)
-        cell.first_step = 0 if first_in_lane else (cell.config.steps + 1 if first_step is None else first_step)
+        cell.first_step = 0 if first_in_lane else (session.steps + 1 if first_step is None else first_step)
         cell.order = self.position_of[cell.index]
         return CellTask(
             session=session, cell=cell, evals=session.stats["sample_evals"], calls=session.stats["unet_calls"],
@@ -353,7 +355,7 @@ class _SweepRun:
         cell.image = session.result
         cell.sample_evals = session.stats["sample_evals"] - task.evals
         # what the steps cost by their plans; the rest went into inversions
-        step_evals = sum(p.sample_evals for p in session.plans[min(cell.first_step, cell.config.steps + 1):])
+        step_evals = sum(p.sample_evals for p in session.plans[min(cell.first_step, session.steps + 1):])
         cell.inversions_cached = cell.sample_evals == step_evals
         cell.unet_calls = session.stats["unet_calls"] - task.calls
         if self.shared_calls:  # its share of the shared calls, and its own decode

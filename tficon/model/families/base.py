@@ -88,6 +88,31 @@ class Family:
         """Names (without ``.processor``) of the self-attention layers that take the composite, in execution order."""
         return self_attention_layers(unet)
 
+    #: the diffusers UNet's top-level blocks and the part of the network each is (``tficon.core.layers``)
+    layer_parts: tuple[tuple[str, str], ...] = (("down_blocks.", "encoder"), ("mid_block.", "mid"), ("up_blocks.", "decoder"))
+
+    def layer_part(self, name: str) -> str:
+        """The part of the network (``"encoder"``, ``"mid"`` or ``"decoder"``) an attention layer ``name`` is in."""
+        for prefix, part in self.layer_parts:
+            if name.startswith(prefix):
+                return part
+        raise ValueError(f"{type(self).__name__} cannot tell which part of the network layer {name!r} is in")
+
+    #: Settings this family's denoiser path cannot honour, each with the value it must keep (the official one): a
+    #: Session refuses any other value by name instead of ignoring it (:meth:`check_config`).
+    unsupported_settings: dict = {}
+
+    def check_config(self, config) -> None:
+        """Raise ValueError naming every setting of ``config`` that this family cannot honour."""
+        bad = [name for name, value in self.unsupported_settings.items() if getattr(config, name) != value]
+        if bad:
+            given = ", ".join(f"{name}={getattr(config, name)!r}" for name in bad)
+            keep = ", ".join(f"{name}={self.unsupported_settings[name]!r}" for name in bad)
+            raise ValueError(
+                f"{self.names[0]} models do not support {given} (the mechanism needs UNet attention layers this "
+                f"family does not have); keep {keep}, or use a Stable Diffusion 1.x/2.x/XL model"
+            )
+
     def pipeline(self, model, scheduler):
         """A diffusers pipeline sharing ``model``'s modules (a container for diffusers' LoRA loading)."""
         from diffusers import StableDiffusionPipeline

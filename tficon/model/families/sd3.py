@@ -37,6 +37,11 @@ class StableDiffusion3(Family):
     text_encoders = 2  # the two CLIP encoders; T5 is the model's optional third
     prediction_type = FLOW_PREDICTION
     joint_attention = True
+    # The joint-attention composite is TF-ICON's (tficon.composition.joint_attention): the strategies that change its
+    # blocks, restrict it to UNet layers, or read UNet cross-attention maps have no counterpart here yet.
+    unsupported_settings = {
+        "strategy": "tf-icon", "inject_layers": "all", "region_cross_attention": False, "adaptive_blend": False,
+    }  # fmt: skip
 
     @staticmethod
     def _text_parts(model):
