@@ -296,10 +296,11 @@ class Engine:
         time_ids: Sequence[torch.Tensor] | None = None,
         progress: bool = False,
         names: Sequence[str] | None = None,
-        t_start: float = 1.0,
+        t_start: float | None = None,
     ) -> tuple[list[torch.Tensor], list[bool], int]:
-        """Invert clean latents (each (1, C, h, w)) to t = 1 together, one UNet call per step (to ``t_start`` < 1 with
-        a later start: ``steps`` steps of the grid from the clean end up to it; cached apart from inversions to t = 1).
+        """Invert clean latents (each (1, C, h, w)) to the schedule's noisy end together (t = 1; a flow's stops just
+        short of it, tficon.core.flow), one UNet call per step; to an earlier ``t_start`` with a later start:
+        ``steps`` steps of the grid from the clean end up to it, cached apart from inversions to the noisy end.
 
         ``embedding`` defaults to the exceptional prompt e* (used as both CFG halves officially, so one
         unguided evaluation per step is exact). SDXL: ``time_ids`` gives each latent's added time ids (default:
@@ -315,7 +316,7 @@ class Engine:
         result of that batch is cached.
         """
         embedding, keys = self._inversion_keys(latents, steps, order, embedding, time_ids)
-        if t_start != 1.0:  # a later start (TALE): another end point, another result
+        if t_start is not None and t_start != self.schedule.t_start:  # a later start (TALE): another end point
             keys = [key + (("t_start", float(t_start)),) for key in keys]
         if keys and all(key in self._prepared for key in keys):
             return [self._prepared[key].clone() for key in keys], [False] * len(keys), steps * len(keys)

@@ -335,7 +335,8 @@ class Session(SessionViews):
                     [z_bg, z_ref], self.steps, self._config.order, progress=self.progress,
                     time_ids=None if ids is None else [ids["background"], ids["reference"]],
                     names=("cut-and-paste" if self._config.mode == "same" else "background", "reference"),
-                    t_start=float(self._grid()[0]),  # 1.0; a later start stops the inversions at its grid point
+                    # a later start stops the inversions at its grid point; else the schedule's noisy end
+                    t_start=float(self._grid()[0]) if start_index(self._config) else None,
                 )  # fmt: skip
             self.stats["unet_calls"] += self.steps if evals else 0
             self.stats["sample_evals"] += evals
