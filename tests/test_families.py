@@ -43,8 +43,8 @@ def test_the_toy_model_is_sd_shaped_with_a_closed_vocabulary():
 
 
 def test_an_unknown_family_name_is_refused():
-    with pytest.raises(ValueError, match="no model family drives 'sd3'"):
-        family_for("sd3")
+    with pytest.raises(ValueError, match="no model family drives 'flux'"):
+        family_for("flux")
     with pytest.raises(TypeError, match="Family subclass or instance"):
         register(object)
     with pytest.raises(ValueError, match="names must list"):

@@ -191,6 +191,8 @@ def test_identify_model_from_sd_configs():
     with pytest.raises(ValueError, match="prediction_type 'sample' is not supported"):
         identify_model(*_sd_configs(768, prediction="sample"))
     with pytest.raises(ValueError, match="family must be one of"):
+        identify_model(*_sd_configs(768), overrides={"family": "flux"})
+    with pytest.raises(ValueError, match="family 'sd3' is an SD3 .MM-DiT. family, but the components are a UNet"):
         identify_model(*_sd_configs(768), overrides={"family": "sd3"})
     with pytest.raises(ValueError, match="family 'sdxl' does not match the components"):
         identify_model(*_sd_configs(768), overrides={"family": "sdxl"})

@@ -52,6 +52,7 @@ from typing import Sequence
 import torch
 
 from tficon.composition.attention import BatchLayout, CaptureRequest, InjectionController, composite_attention
+from tficon.composition.joint_attention import joint_composite_attention
 from tficon.composition.cross_attention import CrossAttentionRecord, object_cross_attention
 from tficon.composition.phases import Rows, StepPhases, StepState, add_rows, warm_up_rows, warm_up_update
 from tficon.core import checks, solver
@@ -69,8 +70,9 @@ Row = tuple[torch.Tensor, torch.Tensor, object]
 
 
 def noise_schedule(model) -> solver.NoiseSchedule:
-    """The continuous-time noise schedule of a loaded model (cheap: built from its scheduler config)."""
-    return solver.NoiseSchedule.from_scheduler_config(model.scheduler_config)
+    """The continuous-time noise schedule of a loaded model (cheap: built from its scheduler config by its family:
+    the official VP schedule, or SD3's rectified flow, ``tficon.core.flow.FlowSchedule``)."""
+    return model.family_rules.noise_schedule(model)
 
 
 class InversionCache:
@@ -294,10 +296,11 @@ class Engine:
         time_ids: Sequence[torch.Tensor] | None = None,
         progress: bool = False,
         names: Sequence[str] | None = None,
-        t_start: float = 1.0,
+        t_start: float | None = None,
     ) -> tuple[list[torch.Tensor], list[bool], int]:
-        """Invert clean latents (each (1, C, h, w)) to t = 1 together, one UNet call per step (to ``t_start`` < 1 with
-        a later start: ``steps`` steps of the grid from the clean end up to it; cached apart from inversions to t = 1).
+        """Invert clean latents (each (1, C, h, w)) to the schedule's noisy end together (t = 1; a flow's stops just
+        short of it, tficon.core.flow), one UNet call per step; to an earlier ``t_start`` with a later start:
+        ``steps`` steps of the grid from the clean end up to it, cached apart from inversions to the noisy end.
 
         ``embedding`` defaults to the exceptional prompt e* (used as both CFG halves officially, so one
         unguided evaluation per step is exact). SDXL: ``time_ids`` gives each latent's added time ids (default:
@@ -313,7 +316,7 @@ class Engine:
         result of that batch is cached.
         """
         embedding, keys = self._inversion_keys(latents, steps, order, embedding, time_ids)
-        if t_start != 1.0:  # a later start (TALE): another end point, another result
+        if t_start is not None and t_start != self.schedule.t_start:  # a later start (TALE): another end point
             keys = [key + (("t_start", float(t_start)),) for key in keys]
         if keys and all(key in self._prepared for key in keys):
             return [self._prepared[key].clone() for key in keys], [False] * len(keys), steps * len(keys)
@@ -449,10 +452,11 @@ class Engine:
             if len(shapes) > 1:
                 raise ValueError(f"cells of one call must share the latent shape, got {sorted(shapes)}")
         controller = states[0].inputs.controller
+        install = joint_composite_attention if self.family.joint_attention else composite_attention
         cross = any(
             w.plan.region_cross_attention or w.plan.adaptive_blend or w.inputs.cross_record is not None for w in states
         )
-        with composite_attention(self.model.unet, controller, self.attention_layers), object_cross_attention(
+        with install(self.model.unet, controller, self.attention_layers), object_cross_attention(
             self.model.unet, controller, active=cross
         ):
             try:

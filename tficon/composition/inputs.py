@@ -43,7 +43,7 @@ def prepare_inputs(
         model.vae_scale_factor,
         box_rule=config.box_rule,
         clip=config.clip_box,
-        levels=len(model.unet.config.block_out_channels),
+        levels=model.attention_levels,
     )
     background = io.resize_background(images["background"], size)
     reference, mpad = placement_mod.prepare_foreground(images["foreground"], object_mask, place)

@@ -86,6 +86,10 @@ def row_bytes(model, latent_size: tuple[int, int]) -> int:
     hidden states, queries, keys, values, the composite's concatenated queries and keys (up to three widths) and the
     feed-forward's 8x-wide projection; 24 tensors of ``channels_0 x h x w`` cover that. Times the UNet's element size.
     """
+    if model.family_rules.joint_attention:  # an MM-DiT (SD3): its own estimate
+        from tficon.composition.joint_attention import joint_row_bytes
+
+        return joint_row_bytes(model, latent_size)
     config = model.unet.config
     channels = list(config.block_out_channels)
     per_block = config.layers_per_block

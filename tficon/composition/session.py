@@ -118,7 +118,7 @@ class Session(SessionViews):
         self.threads = threads
         self.progress = progress
         self._config = (config or CompositionConfig()).replace(**config_changes)
-        self._check_steps(self._config)
+        self._check_config(self._config)
         self.engine.injected_layers(self._config.inject_layers)  # a layer name this model lacks raises now
         self._images = {
             "background": io.load_image(background, name="background"),
@@ -185,6 +185,10 @@ class Session(SessionViews):
         return self._plan_cache["plans"]
 
 
+    def _check_config(self, config: CompositionConfig) -> None:
+        self._check_steps(config)
+        self.engine.family.check_config(config)  # settings this model family cannot honour are refused by name
+
     @staticmethod
     def _check_steps(config: CompositionConfig) -> None:
         if config.steps < config.order:
@@ -232,7 +236,7 @@ class Session(SessionViews):
         new_mask = official_mask_source(changes.pop("foreground_mask")) if "foreground_mask" in changes else self._object_mask
         images_changed = any(new_images[n] is not self._images[n] for n in new_images) or new_mask is not self._object_mask
         new_config = self._config.replace(**changes)
-        self._check_steps(new_config)
+        self._check_config(new_config)
         self.engine.injected_layers(new_config.inject_layers)
         self._object_tokens(new_prompt, new_config)
         prompt_changed = new_prompt != self._prompt
@@ -331,7 +335,8 @@ class Session(SessionViews):
                     [z_bg, z_ref], self.steps, self._config.order, progress=self.progress,
                     time_ids=None if ids is None else [ids["background"], ids["reference"]],
                     names=("cut-and-paste" if self._config.mode == "same" else "background", "reference"),
-                    t_start=float(self._grid()[0]),  # 1.0; a later start stops the inversions at its grid point
+                    # a later start stops the inversions at its grid point; else the schedule's noisy end
+                    t_start=float(self._grid()[0]) if start_index(self._config) else None,
                 )  # fmt: skip
             self.stats["unet_calls"] += self.steps if evals else 0
             self.stats["sample_evals"] += evals
@@ -400,9 +405,11 @@ class Session(SessionViews):
         return torch_threads(self.threads)
 
     def _grid(self) -> torch.Tensor:
-        # on the model's device, so that solver coefficients never mix CPU and GPU tensors; with a later start the
+        # on the model's device, so that solver coefficients never mix CPU and GPU tensors; the schedule's ends (the
+        # official 1.0 and 1e-3; a flow keeps its noisy end off alpha = 0, tficon.core.flow); with a later start the
         # tail of the config's grid from its start index on (a time-uniform grid of self.steps steps)
-        grid = solver.time_grid(self._config.steps, device=self.model.device)
+        ends = dict(t_start=self.schedule.t_start, t_end=self.schedule.t_end)
+        grid = solver.time_grid(self._config.steps, **ends, device=self.model.device)
         start = start_index(self._config)
         return grid if start == 0 else grid[start:].clone()
 

@@ -44,7 +44,7 @@ __all__ = [
     "to_data_prediction",
 ]
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow_prediction")  # the last: a flow velocity (core.flow)
 HISTORY_LENGTH = 3  # the highest supported order needs the last 3 data predictions
 
 TimeLike = Union[Tensor, float]
@@ -107,6 +107,10 @@ class NoiseSchedule:
         self._knot_t = torch.linspace(0.0, 1.0, self.num_train_timesteps + 1, dtype=torch.float32)[1:]
         self._knot_log_alpha = 0.5 * torch.log(acp)
         self._knots_by_device: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        #: the ends of the time grid this schedule is solved on (the official ones; a flow schedule,
+        #: ``tficon.core.flow.FlowSchedule``, keeps its noisy end off t = 1, where its alpha is 0)
+        self.t_start = 1.0
+        self.t_end = 1e-3
 
     @classmethod
     def from_scheduler_config(cls, config: Mapping) -> "NoiseSchedule":
@@ -227,7 +231,8 @@ def to_data_prediction(
 
     - ``"epsilon"``: ``D = (x - sigma * eps) / alpha``;
     - ``"v_prediction"``: ``D = alpha * x - sigma * v`` (from ``v = alpha * eps - sigma * x0``);
-    - ``"sample"``: the output is ``D`` itself.
+    - ``"sample"``: the output is ``D`` itself;
+    - ``"flow_prediction"``: a rectified-flow velocity ``v = eps - x0`` (``tficon.core.flow``): ``D = x - sigma * v``.
     """
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
@@ -241,6 +246,8 @@ def to_data_prediction(
     sigma = _per_sample(schedule.sigma(t).to(x.device), x)
     if prediction_type == "epsilon":
         return (x - sigma * model_output) / alpha
+    if prediction_type == "flow_prediction":
+        return x - sigma * model_output
     return alpha * x - sigma * model_output
 
 
@@ -400,6 +407,13 @@ def _integrate(
     return state.x
 
 
+def _grid_ends(schedule, t_start: float | None, t_end: float | None) -> tuple[float, float]:
+    """The grid's ends: those given, else the schedule's own (1.0 and 1e-3 unless the schedule says otherwise)."""
+    start = getattr(schedule, "t_start", 1.0) if t_start is None else t_start
+    end = getattr(schedule, "t_end", 1e-3) if t_end is None else t_end
+    return start, end
+
+
 def sample(
     model_fn: ModelFn,
     x: Tensor,
@@ -408,8 +422,8 @@ def sample(
     order: int = 2,
     *,
     prediction_type: str = "epsilon",
-    t_start: float = 1.0,
-    t_end: float = 1e-3,
+    t_start: float | None = None,
+    t_end: float | None = None,
     callback: Optional[Callback] = None,
     progress: bool = False,
 ) -> Tensor:
@@ -421,12 +435,15 @@ def sample(
         x: latent at ``t_start``, shape ``(batch, ...)``; the solver state is float32.
         steps: number of grid intervals = number of model evaluations (NFE).
         order: 1, 2 or 3; the first ``order - 1`` steps use lower orders (warm-up), see :func:`step_order`.
+        t_start, t_end: the grid's ends; None: the schedule's (``schedule.t_start``, ``schedule.t_end``: 1.0 and
+            1e-3 for the official schedule).
         callback: called as ``callback(index, t, x)`` after each step lands on grid index 1..steps.
         progress: show a tqdm bar.
 
     Returns:
         The float32 latent at ``t_end`` (no final denoising evaluation).
     """
+    t_start, t_end = _grid_ends(schedule, t_start, t_end)
     grid = time_grid(steps, t_start=t_start, t_end=t_end, device=x.device)
     return _integrate(model_fn, x, grid, schedule, order, prediction_type, callback, progress, "sample")
 
@@ -439,8 +456,8 @@ def invert(
     order: int = 2,
     *,
     prediction_type: str = "epsilon",
-    t_start: float = 1.0,
-    t_end: float = 1e-3,
+    t_start: float | None = None,
+    t_end: float | None = None,
     callback: Optional[Callback] = None,
     progress: bool = False,
 ) -> Tensor:
@@ -450,5 +467,6 @@ def invert(
     the first step is DDIM inversion, later ones multistep of ``order``; no fixed-point iterations. Arguments as in
     :func:`sample`. Returns the float32 latent at ``t_start``.
     """
+    t_start, t_end = _grid_ends(schedule, t_start, t_end)
     grid = time_grid(steps, t_start=t_start, t_end=t_end, ascending=True, device=x0.device)
     return _integrate(model_fn, x0, grid, schedule, order, prediction_type, callback, progress, "invert")

@@ -33,6 +33,7 @@ class CheckpointFileError(ModelLoadError):
 
 _SUPPORTED = (
     "TF-ICON runs on Stable Diffusion 1.x and 2.x text-to-image models (a 4-channel UNet, one CLIP text encoder) "
-    "and on SDXL base (two CLIP text encoders, six added time ids)"
+    "and on SDXL base (two CLIP text encoders, six added time ids), and on SD3 / SD3.5 (a diffusers "
+    "StableDiffusion3Pipeline folder)"
 )
 

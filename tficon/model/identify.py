@@ -3,8 +3,9 @@
 The family is read from the configs (``cross_attention_dim`` 768 -> SD 1.x, 1024 -> SD 2.x; two text encoders and
 ``addition_embed_type="text_time"`` with six time ids -> SDXL base, docs/algorithm.md §15), or from a ``tficon.json``
 file in the folder, which overrides ``family``, ``exceptional_token_id`` and ``image_size`` (the toy and tiny models
-have one). Models TF-ICON cannot drive (the SDXL refiner, SD3, Flux, inpainting/depth UNets, ...) are refused here,
-naming what they are. A stated family must be one that ``tficon.model.families`` has registered.
+have one). Models TF-ICON cannot drive (the SDXL refiner, Flux, inpainting/depth UNets, ...) are refused here,
+naming what they are. A stated family must be one that ``tficon.model.families`` has registered. SD3 / SD3.5
+folders (a ``transformer/`` holding an ``SD3Transformer2DModel``) are identified by ``tficon.model.load_sd3``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tficon.model.errors import _SUPPORTED
 __all__ = ["FAMILIES", "PREDICTION_TYPES", "SD_EXCEPTIONAL_TOKEN_ID", "TFICON_JSON", "ModelIdentity", "identify_model"]
 
 #: the built-in family names (``tficon.model.families.family_names()`` also lists families registered later)
-FAMILIES = ("sd1", "sd2", "sdxl", "toy", "tiny-sd1", "tiny-sd2", "tiny-sdxl")
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "toy", "tiny-sd1", "tiny-sd2", "tiny-sdxl", "tiny-sd3")
 SDXL_TIME_IDS = 6  # original size (h, w), crop top-left (top, left), target size (h, w)
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 SD_EXCEPTIONAL_TOKEN_ID = 7788  # "rian</w>" in CLIP's BPE; the official TF-ICON choice
@@ -72,7 +73,8 @@ def identify_model(
         _check_sdxl_base(unet_config, text_encoder_config, text_encoder_2_config, names, where)
     if "transformer" in names or "prior" in names:
         raise ValueError(
-            f"{where}: a transformer- or prior-based pipeline (SD3, Flux, PixArt, Kandinsky, ...) is not supported; "
+            f"{where}: a transformer- or prior-based pipeline (Flux, PixArt, Kandinsky, ...) other than SD3 / SD3.5 "
+            "is not supported; "
             f"{_SUPPORTED}."
         )
     cross = unet_config.get("cross_attention_dim")
@@ -107,6 +109,11 @@ def identify_model(
             )
     elif family not in families.family_names():
         raise ValueError(f"{where}: {TFICON_JSON} family must be one of {families.family_names()}, got {family!r}")
+    if families.family_for(family).joint_attention:  # an MM-DiT family named on a UNet pipeline's configs
+        raise ValueError(
+            f"{where}: {TFICON_JSON} family {family!r} is an SD3 (MM-DiT) family, but the components are a UNet "
+            "pipeline's; SD3 folders hold a transformer/ (StableDiffusion3Pipeline)"
+        )
     if (families.family_for(family).text_encoders == 2) != sdxl:
         raise ValueError(
             f"{where}: {TFICON_JSON} family {family!r} does not match the components "

@@ -4,7 +4,8 @@
 
 - ``"toy"``: the embedded offline model shipped in ``tficon/toy/model``;
 - a local diffusers pipeline folder (``model_index.json`` + ``vae/``, ``unet/``, ``text_encoder/``,
-  ``tokenizer/``, ``scheduler/``);
+  ``tokenizer/``, ``scheduler/``), or a ``StableDiffusion3Pipeline`` folder (SD3 / SD3.5, T5 optional:
+  ``tficon.model.load_sd3``);
 - a single-file checkpoint (``.ckpt`` / ``.safetensors``, e.g. the official ``v2-1_512-ema-pruned.ckpt``),
   read with diffusers' ``from_single_file`` (``tficon.model.single_file``); ``config=`` names a diffusers folder (or
   hub id) with the matching component configs, which keeps it offline;
@@ -31,6 +32,7 @@ from tficon.model import folder_layout
 from tficon.model.errors import _ALTERNATIVES, ModelNotAvailableError
 from tficon.model.hub import _hub_snapshot
 from tficon.model.identify import _component_names, _read_json, _read_overrides, identify_model
+from tficon.model.load_sd3 import is_sd3_index, load_sd3_folder
 from tficon.model.loaded import LoadedModel, _resolve_device, _resolve_dtype, assemble_loaded_model
 from tficon.model.lora import _check_lora_arguments, _fuse_lora
 from tficon.model.single_file import _is_checkpoint_name, _load_single_file, _looks_like_path
@@ -154,6 +156,8 @@ def _load_folder_components(folder: Path, spec: str, device, dtype) -> LoadedMod
             f"{spec!r} is a folder but not a diffusers pipeline folder (no model_index.json). {_ALTERNATIVES}"
         )
     index = _read_json(folder / "model_index.json")
+    if is_sd3_index(index):  # an MM-DiT on a flow: its own layout and loader (tficon.model.load_sd3)
+        return load_sd3_folder(folder, spec, device, dtype)
     component_names = _component_names(index)
     sdxl = "text_encoder_2" in component_names
     # The SDXL refiner has no first text encoder: identify_model names it instead of a missing-file error.

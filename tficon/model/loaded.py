@@ -51,6 +51,9 @@ class LoadedModel:
     text_encoder_2: object | None = None  # SDXL: the CLIPTextModelWithProjection
     tokenizer_2: object | None = None  # SDXL: its tokenizer
     force_zeros_for_empty_prompt: bool = False  # SDXL: the unconditional embedding is zeros (the pipeline's rule)
+    text_encoder_3: object | None = None  # SD3: the optional T5 encoder (None: its rows are zeros)
+    tokenizer_3: object | None = None  # SD3: its tokenizer
+    t5_length: int = 256  # SD3: T5 rows per prompt (the pipeline's max_sequence_length)
     #: The words a closed-world model was trained on (the toy model's caption words), so that a prompt leaving
     #: its world can be pointed out; None for open-vocabulary models (Stable Diffusion).
     vocabulary: frozenset | None = None
@@ -67,7 +70,8 @@ class LoadedModel:
     def is_sdxl(self) -> bool:
         """Two text encoders and added time ids (docs/algorithm.md §15): text conditioning is a ``Conditioning``.
         A read-only convenience for people; tficon itself asks :attr:`family_rules`."""
-        return self.family_rules.text_encoders == 2
+        rules = self.family_rules
+        return rules.text_encoders == 2 and not rules.joint_attention
 
     @property
     def vae_scale_factor(self) -> int:
@@ -77,6 +81,21 @@ class LoadedModel:
     @property
     def latent_channels(self) -> int:
         return int(self.vae.config.latent_channels)
+
+    @property
+    def latent_shift(self) -> float:
+        """The VAE's ``shift_factor`` (SD3: 0.0609; 0 when it has none): latents are ``(z - shift) * scaling``."""
+        return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+
+    @property
+    def attention_levels(self) -> int:
+        """Grids the attention runs on: the UNet's levels (the latent grid and its halvings), or 1 + log2 of a
+        transformer's patch size (SD3: 2, the latent grid and the token grid at half its resolution)."""
+        config = self.unet.config
+        patch = getattr(config, "patch_size", None)
+        if patch is not None and not hasattr(config, "block_out_channels"):
+            return int(patch).bit_length()
+        return len(config.block_out_channels)
 
     @property
     def latent_scaling(self) -> float:
@@ -91,9 +110,8 @@ class LoadedModel:
     @property
     def size_multiple(self) -> int:
         """Working image sides must be multiples of this: the VAE's factor times the UNet's downsampling (64 for SD),
-        so that every attention level has a whole grid."""
-        levels = len(self.unet.config.block_out_channels)
-        return self.vae_scale_factor * 2 ** (levels - 1)
+        or a transformer's patch size (16 for SD3), so that every attention level has a whole grid."""
+        return self.vae_scale_factor * 2 ** (self.attention_levels - 1)
 
     def latent_shape(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """The latent grid (h, w) of a working image of ``image_size`` = (H, W) pixels."""
@@ -250,6 +268,8 @@ def assemble_loaded_model(
     text_encoder_2=None,
     tokenizer_2=None,
     force_zeros_for_empty_prompt: bool = False,
+    text_encoder_3=None,
+    tokenizer_3=None,
 ) -> LoadedModel:
     """Move components to ``device``/``dtype`` (defaults: cuda+float16 if available, else cpu+float32),
     switch them to inference (eval, no gradients) and wrap them in a ``LoadedModel``.
@@ -262,14 +282,16 @@ def assemble_loaded_model(
         raise ValueError(f"family must be one of {family_names()}, got {family!r}")
     rules = family_for(family)
     two = rules.text_encoders == 2
-    prediction_type = scheduler_config.get("prediction_type", "epsilon")
-    if prediction_type not in PREDICTION_TYPES:
+    prediction_type = rules.prediction_type or scheduler_config.get("prediction_type", "epsilon")
+    if prediction_type not in PREDICTION_TYPES and prediction_type != rules.prediction_type:
         raise ValueError(f"scheduler prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
     if (text_encoder_2 is None) == two or (text_encoder_2 is None) != (tokenizer_2 is None):
         raise ValueError(f"family {family!r} needs {'both' if two else 'no'} text_encoder_2 and tokenizer_2")
     modules = [(vae, dtype), (unet, dtype), (text_encoder, dtype)]
     if text_encoder_2 is not None:
         modules.append((text_encoder_2, dtype))
+    if text_encoder_3 is not None:
+        modules.append((text_encoder_3, dtype))
     if dtype == torch.float16 and getattr(vae.config, "force_upcast", False) and rules.upcast_vae:
         modules[0] = (vae, torch.float32)
     for module, module_dtype in modules:
@@ -295,6 +317,8 @@ def assemble_loaded_model(
         text_encoder_2=text_encoder_2,
         tokenizer_2=tokenizer_2,
         force_zeros_for_empty_prompt=bool(force_zeros_for_empty_prompt),
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
         vocabulary=rules.vocabulary(),
     )
 

@@ -1,7 +1,8 @@
 """Single-file checkpoints (``.ckpt`` / ``.safetensors``): checked from their tensor names and shapes, then read
 with diffusers' ``from_single_file``.
 
-Models TF-ICON cannot drive (the SDXL refiner and inpainting, SD3, Flux, inpainting/depth UNets, ...) are refused
+Models TF-ICON cannot drive (the SDXL refiner and inpainting, Flux, inpainting/depth UNets, ...), and SD3 files given
+without ``config=`` (an SD3 diffusers folder; ``tficon.model.load_sd3``), are refused
 before any weights are read, from the safetensors header or a ``.ckpt`` unpickled onto the meta device; that also
 turns a truncated or corrupt file into a ``CheckpointFileError`` naming the file.
 """
@@ -16,6 +17,7 @@ import torch
 from tficon.model.errors import _SUPPORTED, CheckpointFileError, ModelNotAvailableError
 from tficon.model.hub import _hub_reachable, _offline_requested
 from tficon.model.identify import _read_overrides, identify_model
+from tficon.model.load_sd3 import is_sd3_checkpoint, load_sd3_single_file
 from tficon.model.loaded import LoadedModel, _resolve_device, _resolve_dtype, assemble_loaded_model
 
 __all__ = ["CHECKPOINT_SUFFIXES", "SD2_BASE_CONFIG_REPO"]
@@ -57,7 +59,10 @@ def _default_single_file_config(path: Path) -> str | None:
 def _load_single_file(path: Path, spec: str, config, device, dtype, local_files_only) -> LoadedModel:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    kind = _check_checkpoint(_checkpoint_layout(path, spec), spec)
+    layout = _checkpoint_layout(path, spec)
+    if is_sd3_checkpoint(layout) and config is not None:  # SD3 / SD3.5: read with its diffusers folder's configs
+        return load_sd3_single_file(path, spec, config, device, dtype)
+    kind = _check_checkpoint(layout, spec)
     sdxl = kind == "xl_base"
     overrides: dict = {}
     if config is not None:
@@ -212,6 +217,11 @@ def _check_checkpoint(layout: dict, spec: str) -> str | None:
         family = next((name for p, name in _CHECKPOINT_FAMILY_PREFIXES.items() if kind.startswith(p)), None)
     if family is None and kind not in (None, "v1", "v2", "xl_base"):
         family = f"diffusers type {kind!r}"
+    if family is not None and family.startswith("Stable Diffusion 3"):  # runs, from its diffusers folder only
+        raise CheckpointFileError(
+            f"checkpoint file {spec!r} is a {family} model; tficon reads an SD3 single file with config=<a local "
+            f"SD3 diffusers folder of the same architecture>, or the diffusers folder itself; {_SUPPORTED}."
+        )
     if family is not None:
         raise CheckpointFileError(f"checkpoint file {spec!r} is a {family} model, which TF-ICON cannot run; {_SUPPORTED}.")
     if not any(k.startswith("model.diffusion_model.") for k in layout):

@@ -217,12 +217,17 @@ def tiny_model(
     """A ``LoadedModel`` around ``tiny_components(family, seed)``.
 
     Its family is ``"tiny-sd1"``, ``"tiny-sd2"`` or ``"tiny-sdxl"`` (``"sd2-v"`` gives ``"tiny-sd2"`` with
-    ``prediction_type == "v_prediction"``), image size 64, exceptional token 7788.
+    ``prediction_type == "v_prediction"``), image size 64, exceptional token 7788. ``"sd3"`` gives the tiny SD3.5-shaped
+    model of ``tficon.model.tiny_sd3`` (family ``"tiny-sd3"``).
 
     Args:
         device: default cuda when available, else cpu.
         dtype: default float32 on every device (random weights gain nothing from float16).
     """
+    if family == "sd3":  # an MM-DiT: its own module (tficon.model.tiny_sd3)
+        from tficon.model.tiny_sd3 import tiny_sd3_model
+
+        return tiny_sd3_model(seed, device, dtype)
     parts = tiny_components(family, seed)
     return assemble_loaded_model(
         vae=parts["vae"],
@@ -250,6 +255,10 @@ def save_tiny_model(directory: str | os.PathLike, family: str = "sd2", seed: int
     """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    if family == "sd3":
+        from tficon.model.tiny_sd3 import save_tiny_sd3_model
+
+        return save_tiny_sd3_model(directory, seed)
     directory = Path(directory)
     if family == "sdxl":
         pipeline = StableDiffusionXLPipeline(**tiny_components(family, seed), force_zeros_for_empty_prompt=True)

@@ -36,8 +36,9 @@ def encode_image(model, image: torch.Tensor, generator: torch.Generator | None) 
     with torch.no_grad():
         posterior = vae.encode(image.to(model.device, vae.dtype)).latent_dist
     mean = posterior.mean.float()
+    shift = model.latent_shift  # SD3's VAE: latents are (z - shift) * scaling (0 for SD and SDXL)
     if generator is None:
-        return mean * model.latent_scaling
+        return (mean - shift) * model.latent_scaling if shift else mean * model.latent_scaling
     std = posterior.std.float()
     one_image = (1, *mean.shape[1:])
     noise = torch.cat(
@@ -46,7 +47,8 @@ def encode_image(model, image: torch.Tensor, generator: torch.Generator | None) 
             for _ in range(mean.shape[0])
         ]
     ).to(model.device)
-    return (mean + std * noise) * model.latent_scaling
+    sample = mean + std * noise
+    return (sample - shift) * model.latent_scaling if shift else sample * model.latent_scaling
 
 
 def decode_latent(model, z: torch.Tensor) -> torch.Tensor:
@@ -60,7 +62,8 @@ def decode_latent(model, z: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"z must be a (B, {model.latent_channels}, h, w) latent tensor, got {shape}")
     vae = model.vae
     with torch.no_grad():
-        image = vae.decode(z.to(model.device, vae.dtype) / model.latent_scaling).sample
+        z = z.to(model.device, vae.dtype) / model.latent_scaling
+        image = vae.decode(z + model.latent_shift if model.latent_shift else z).sample
     return image.float().clamp(-1.0, 1.0)
 
 

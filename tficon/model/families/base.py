@@ -24,6 +24,11 @@ class Family:
     text_encoders: int = 1
     #: keep a VAE whose config sets ``force_upcast`` in float32 when the model is float16 (SDXL's overflows)
     upcast_vae: bool = False
+    #: what the denoiser predicts, when the family fixes it (SD3: "flow_prediction"); None: the scheduler config says
+    prediction_type: str | None = None
+    #: the denoiser is an MM-DiT whose attention is joint over text and image tokens (SD3): the composite is
+    #: installed with ``tficon.composition.joint_attention`` instead of on UNet ``attn1`` layers
+    joint_attention: bool = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(self.names)})"
@@ -70,6 +75,14 @@ class Family:
         """A content hash of a conditioning (shapes, dtypes, values), for cache keys."""
         return conditioning_digest(embedding)
 
+    # ------------------------------------------------------------------ time
+    def noise_schedule(self, model):
+        """The continuous-time schedule the solver integrates (``tficon.core.solver.NoiseSchedule`` from the
+        scheduler config; a flow family returns a ``tficon.core.flow.FlowSchedule``)."""
+        from tficon.core.solver import NoiseSchedule
+
+        return NoiseSchedule.from_scheduler_config(model.scheduler_config)
+
     # ------------------------------------------------------------------ layers
     def attention_layers(self, unet) -> list[str]:
         """Names (without ``.processor``) of the self-attention layers that take the composite, in execution order."""
@@ -84,6 +97,21 @@ class Family:
             if name.startswith(prefix):
                 return part
         raise ValueError(f"{type(self).__name__} cannot tell which part of the network layer {name!r} is in")
+
+    #: Settings this family's denoiser path cannot honour, each with the value it must keep (the official one): a
+    #: Session refuses any other value by name instead of ignoring it (:meth:`check_config`).
+    unsupported_settings: dict = {}
+
+    def check_config(self, config) -> None:
+        """Raise ValueError naming every setting of ``config`` that this family cannot honour."""
+        bad = [name for name, value in self.unsupported_settings.items() if getattr(config, name) != value]
+        if bad:
+            given = ", ".join(f"{name}={getattr(config, name)!r}" for name in bad)
+            keep = ", ".join(f"{name}={self.unsupported_settings[name]!r}" for name in bad)
+            raise ValueError(
+                f"{self.names[0]} models do not support {given} (the mechanism needs UNet attention layers this "
+                f"family does not have); keep {keep}, or use a Stable Diffusion 1.x/2.x/XL model"
+            )
 
     def pipeline(self, model, scheduler):
         """A diffusers pipeline sharing ``model``'s modules (a container for diffusers' LoRA loading)."""
