@@ -80,8 +80,8 @@ class Explorer(widgets.VBox):
     ``last_error`` the error the status shows (None when it shows none) and ``run_warnings`` the warnings of the
     run in progress or the last one (what the banner shows).
 
-    ``panels`` are the parts (``status_panel``, ``inputs_panel``, ``settings_panel``, ``steps_panel``,
-    ``attention_panel``); their main widgets are also attributes of the Explorer: ``controls`` (the prompt and one
+    ``panels`` are the parts (``status_panel``, ``inputs_panel``, ``settings_panel``, ``strategy_panel``,
+    ``steps_panel``, ``attention_panel``...); their main widgets are also attributes of the Explorer: ``controls`` (the prompt and one
     widget per setting), ``status``, ``progress``, ``box_drawer``, ``mask_painter``, ``box_fields``, ``set_box_button``,
     ``cut_and_paste_view``, ``result_view``, ``result_caption``, ``scrubber``, ``strip``, ``channel_rows``,
     ``preview_row``, ``decoded_row``, ``attention`` (the ``AttentionPanel``), ``picker``, ``sources_row``...
