@@ -84,7 +84,8 @@ class Explorer(widgets.VBox):
     ``steps_panel``, ``attention_panel``...); their main widgets are also attributes of the Explorer: ``controls`` (the prompt and one
     widget per setting), ``status``, ``progress``, ``box_drawer``, ``mask_painter``, ``box_fields``, ``set_box_button``,
     ``cut_and_paste_view``, ``result_view``, ``result_caption``, ``scrubber``, ``strip``, ``channel_rows``,
-    ``preview_row``, ``decoded_row``, ``attention`` (the ``AttentionPanel``), ``picker``, ``sources_row``...
+    ``preview_row``, ``decoded_row``, ``attention`` (the ``AttentionPanel``), ``picker``, ``sources_row``, ``preset_choice``,
+    ``preset_note``, ``propose_button``, ``accept_button``, ``proposal_row``, ``cross_row``...
     """
 
     def __init__(
