@@ -138,7 +138,10 @@ def test_every_setting_with_a_control_has_its_widget_with_the_declared_range(fin
     declared = [setting for setting in SETTINGS if setting.control is not None]
     assert set(controls) == {"prompt"} | {setting.name for setting in declared}
     assert "order" not in controls  # declared without a control
-    kinds = {"slider": widgets.FloatSlider, "int": widgets.BoundedIntText, "dropdown": widgets.Dropdown, "checkbox": widgets.Checkbox}
+    kinds = {
+        "slider": widgets.FloatSlider, "int": widgets.BoundedIntText, "dropdown": widgets.Dropdown,
+        "checkbox": widgets.Checkbox, "text": widgets.Text, "layers": widgets.Combobox,
+    }  # fmt: skip
     for setting in declared:
         control = controls[setting.name]
         assert isinstance(control, kinds[setting.control]), setting.name

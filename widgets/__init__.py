@@ -41,7 +41,7 @@ _EXPORTS = {
 _SUBMODULES = (
     "figures", "maps", "render", "masks", "views", "canvas", "attention_panel", "panel", "status_panel", "inputs_panel",
     "settings_panel", "steps_panel", "live_attention", "explorer", "worker", "sweep", "banner", "compare",
-    "history_panel", "export",
+    "history_panel", "export", "strategy_panel", "strategy_views",
 )
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)

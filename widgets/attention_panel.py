@@ -154,6 +154,7 @@ class AttentionPanel(widgets.VBox):
         query: tuple[int, int] | None = None,
         heading: str = "",
         injected: bool = True,
+        layer_marks: Mapping[str, str] | None = None,
     ) -> None:
         """Show new maps.
 
@@ -164,11 +165,16 @@ class AttentionPanel(widgets.VBox):
         query: the query pixel to start from (default: keep the current one, else the image centre).
         heading: HTML put before the title (e.g. which step).
         injected: whether foreground or background injection was on in the captured call (names the composite).
+        layer_marks: ``{layer: "injected" or "plain"}`` where only some layers take the composite (``inject_layers``),
+            shown in the layer list; None or {}: no marks.
         """
         self.maps = maps
         self.stale = False
         self.grids = maps_mod.layers_by_grid(maps, like=latent_grid)
-        self._context = {"frames": frames, "region_masks": region_masks, "heading": heading, "injected": injected}
+        self._context = {
+            "frames": frames, "region_masks": region_masks, "heading": heading, "injected": injected,
+            "layer_marks": dict(layer_marks or {}),
+        }  # fmt: skip
         if query is not None:
             self.query = query
         self._update_choices()
@@ -227,9 +233,12 @@ class AttentionPanel(widgets.VBox):
 
     def _update_choices(self) -> None:
         options = []
+        marks = self._context.get("layer_marks", {})
         for (h, w), layers in self.grids.items():
-            options.append((f"{h}×{w} · mean of {len(layers)} layer{'s' if len(layers) > 1 else ''}", f"grid:{h}x{w}"))
-            options.extend((f"{h}×{w} · {short_layer_name(layer)}", layer) for layer in layers)
+            injected = sum(marks.get(layer) == "injected" for layer in layers)
+            count = f" ({injected} injected)" if marks else ""
+            options.append((f"{h}×{w} · mean of {len(layers)} layer{'s' if len(layers) > 1 else ''}{count}", f"grid:{h}x{w}"))
+            options.extend((f"{h}×{w} · {short_layer_name(layer)}{self._mark(marks, layer)}", layer) for layer in layers)
         values = [v for _, v in options]
         kinds = [k for k in maps_mod.KINDS if any(kind == k for (_layer, kind) in self.maps)]
         self._local.syncing = True
@@ -242,6 +251,12 @@ class AttentionPanel(widgets.VBox):
             self.kind_choice.value = current_kind if current_kind in kinds else kinds[0]
         finally:
             self._local.syncing = False
+
+    @staticmethod
+    def _mark(marks: Mapping[str, str], layer: str) -> str:
+        """A layer's mark in the list: which layers take the composite where only some do."""
+        mark = marks.get(layer)
+        return "" if mark is None else " ◆ injected" if mark == "injected" else " · plain"
 
     def _label(self, kind: str) -> str:
         return maps_mod.kind_label(kind, self._context.get("injected", True))

@@ -115,7 +115,12 @@ def _short(value) -> str:
 
 def describe_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """What differs between two snapshots, one ``"name: old -> new"`` line each (images and masks by identity)."""
+    from tficon.core.presets import preset_of
+
     lines = []
+    presets = [preset_of(snap["config"]) or "custom" for snap in (before, after)]
+    if presets[0] != presets[1]:  # a switch of strategy first: the settings lines below say what it changed
+        lines.append(f"preset: {presets[0]} \u2192 {presets[1]}")
     for name in after["config"].__dataclass_fields__:
         old, new = getattr(before["config"], name), getattr(after["config"], name)
         if old != new:

@@ -15,6 +15,10 @@ and reacts to a change of the Session), top to bottom:
 - ``LiveAttentionPanel``: the attention of the scrubbed step's UNet call (layer or resolution, kind, a clickable
   query pixel with its heatmap, the map's top SVD components, the region masks at that resolution, and the same
   query side by side in the composite and its sources);
+- ``StrategyPanel``: the preset selector (``tficon.presets()``, applied through ``update``), the object mask
+  proposal (``Session.propose_mask``, accepted as the target) and the scrubbed step's cross-attention of the object's
+  words with the placed object outlined; the adaptive blend mask of a step is on the step view, and the layers that
+  take the composite (``inject_layers``) are marked in the attention panel's layer list;
 - ``HistoryPanel``: every finished run (thumbnail and settings); any two compared side by side with a difference
   map and a split view; undo to any kept run; reset to the opening settings;
 - ``ExportPanel``: the result PNG, a figure of the current views and the recipe JSON, as download links.
@@ -45,6 +49,7 @@ from .panel import FINISHED, SETTINGS_CHANGED, STARTED, STEP_COMPUTED, STEPS_DRO
 from .settings_panel import SettingsPanel
 from .status_panel import StatusPanel
 from .steps_panel import StepsPanel
+from .strategy_panel import StrategyPanel
 from .worker import Worker
 
 __all__ = ["Explorer"]
@@ -68,17 +73,19 @@ class Explorer(widgets.VBox):
     Python API (every call queues work and returns at once; ``wait()`` blocks until it is done):
     ``run(until=None)``, ``step()``, ``rewind(step)``, ``stop()``, ``update(**changes)``,
     ``show_step(step)``, ``select_query(x, y)``, ``decode_step()``, ``restore(run)``, ``reset()``,
-    ``compare(a, b)``, ``export(folder)``, ``wait(timeout)``. ``lock`` guards the Session: hold it to use the
+    ``compare(a, b)``, ``export(folder)``, ``apply_preset(name)``, ``propose_mask(threshold)``, ``accept_proposal()``,
+    ``wait(timeout)``. ``lock`` guards the Session: hold it to use the
     Session directly while the Explorer is live. ``history`` lists the applied updates (``{"changes", "first"}``),
     ``runs`` the kept finished runs (``tficon.widgets.compare.RunEntry``: number, settings, result, warnings),
     ``last_error`` the error the status shows (None when it shows none) and ``run_warnings`` the warnings of the
     run in progress or the last one (what the banner shows).
 
-    ``panels`` are the parts (``status_panel``, ``inputs_panel``, ``settings_panel``, ``steps_panel``,
-    ``attention_panel``); their main widgets are also attributes of the Explorer: ``controls`` (the prompt and one
+    ``panels`` are the parts (``status_panel``, ``inputs_panel``, ``settings_panel``, ``strategy_panel``,
+    ``steps_panel``, ``attention_panel``...); their main widgets are also attributes of the Explorer: ``controls`` (the prompt and one
     widget per setting), ``status``, ``progress``, ``box_drawer``, ``mask_painter``, ``box_fields``, ``set_box_button``,
     ``cut_and_paste_view``, ``result_view``, ``result_caption``, ``scrubber``, ``strip``, ``channel_rows``,
-    ``preview_row``, ``decoded_row``, ``attention`` (the ``AttentionPanel``), ``picker``, ``sources_row``...
+    ``preview_row``, ``decoded_row``, ``attention`` (the ``AttentionPanel``), ``picker``, ``sources_row``, ``preset_choice``,
+    ``preset_note``, ``propose_button``, ``accept_button``, ``proposal_row``, ``cross_row``...
     """
 
     def __init__(
@@ -112,13 +119,14 @@ class Explorer(widgets.VBox):
         self.banner_panel = BannerPanel(self)
         self.inputs_panel = InputsPanel(self)
         self.settings_panel = SettingsPanel(self, auto_run=auto_run)
+        self.strategy_panel = StrategyPanel(self)
         self.steps_panel = StepsPanel(self)
         self.attention_panel = LiveAttentionPanel(self, live=live_attention)
         self.history_panel = HistoryPanel(self)
         self.export_panel = ExportPanel(self)
         self.panels: tuple[Panel, ...] = (
-            self.status_panel, self.banner_panel, self.inputs_panel, self.settings_panel, self.history_panel,
-            self.export_panel, self.steps_panel, self.attention_panel,
+            self.status_panel, self.banner_panel, self.inputs_panel, self.settings_panel, self.strategy_panel,
+            self.history_panel, self.export_panel, self.steps_panel, self.attention_panel,
         )  # fmt: skip
         with self.lock:
             parts = [panel.build() for panel in self.panels]
@@ -154,6 +162,8 @@ class Explorer(widgets.VBox):
         self.attention, self.live_attention = attention.view, attention.live
         self.picker, self.layer_choice, self.kind_choice = self.attention.picker, self.attention.layer_choice, self.attention.kind_choice
         self.sources_row = self.attention.sources_row
+        for name in ("preset_choice", "preset_note", "propose_button", "accept_button", "proposal_row", "cross_row"):
+            setattr(self, name, getattr(self.strategy_panel, name))
 
     # ================================================================== public API
     def run(self, until: int | None = None) -> None:
@@ -255,6 +265,32 @@ class Explorer(widgets.VBox):
         if not paths:
             raise RuntimeError(f"export failed: {self.last_error}")
         return paths
+
+    def apply_preset(self, name: str) -> None:
+        """Switch to preset ``name`` (``tficon.presets()``) through ``update``: the settings some preset controls take
+        its values (or their defaults where it leaves them alone), the others (steps, seed, ...) are kept; only the
+        steps the change affects are recomputed. An unknown name raises a ValueError here, listing the presets."""
+        from tficon.core.presets import get_preset
+
+        from .strategy_views import preset_update
+
+        get_preset(name)
+        self.update_later(("preset",), lambda: preset_update(self.session.config, name))
+
+    def propose_mask(self, threshold: float = 0.5) -> None:
+        """Propose the object's mask from its words' cross-attention on the computed steps (``Session.propose_mask``)
+        and show it over the background; ``accept_proposal()`` makes it the target."""
+        self._worker.submit(lambda: self.strategy_panel.propose(self.session, float(threshold)))
+
+    def accept_proposal(self) -> None:
+        """Make the proposed mask the target (``update(mask_or_box=proposal)``); the official rule reads its box."""
+        def changes() -> dict:
+            proposal = self.strategy_panel.proposal
+            if proposal is None:
+                raise ValueError("there is no mask proposal to accept: propose one first (propose_mask)")
+            return {"mask_or_box": proposal}
+
+        self.update_later(("mask_or_box",), changes)
 
     def submit(self, job: Callable[[], None], *, key: object = None) -> None:
         """Queue ``job`` on the Explorer's worker (it runs holding ``lock``, after the jobs already queued); a

@@ -1,5 +1,6 @@
 """The Explorer's attention panel: captures the scrubbed step's self-attention from the Session and shows it in an
-``AttentionPanel`` (which itself knows nothing of Sessions)."""
+``AttentionPanel`` (which itself knows nothing of Sessions). Where the step's ``inject_layers`` selects only some
+layers, the layer list marks which take the composite ("◆ injected") and which run plain attention ("plain")."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from . import render
 from .attention_panel import AttentionPanel
 from .panel import FINISHED, STEP_COMPUTED, STEPS_DROPPED, Change, Panel
 from .steps_panel import plan_tags
+from .strategy_views import layer_marks
 
 __all__ = ["LiveAttentionPanel"]
 
@@ -86,6 +88,8 @@ class LiveAttentionPanel(Panel):
             region_masks=session.region_masks,
             heading=f"step {k}'s UNet call {plan_tags(plan)} &middot; ",
             injected=plan.fg or plan.bg,
+            # with inject_layers, only the selected layers take the composite: the layer list says which
+            layer_marks=layer_marks(session.attention_layers, session.engine.injected_layers(plan.inject_layers), plan.fg or plan.bg),
         )
 
     def frames(self, session) -> dict[str, np.ndarray]:

@@ -3,8 +3,10 @@
 The controls come from the one list of settings, ``tficon.core.config.SETTINGS``: each ``Setting`` with a
 ``control`` gets a widget of that kind ("slider": a float slider over its ``range`` by its ``step``; "int": a
 bounded number field over its ``range``; "dropdown": its ``choices``; "checkbox": a parity switch, gathered in a
-collapsed "official-code switches" section), its ``help`` as hover text and the CSS class
-``tficon-<name-with-dashes>``. A new setting declared in ``CompositionConfig`` appears here by itself.
+collapsed "official-code switches" section; "text": a text field, applied on Enter or when it loses focus; "layers":
+the same with the model's self-attention layer selections offered as suggestions, ``layer_suggestions``), its
+``help`` as hover text and the CSS class ``tficon-<name-with-dashes>``. A new setting declared in
+``CompositionConfig`` appears here by itself.
 """
 
 from __future__ import annotations
@@ -19,13 +21,26 @@ from tficon.core.config import SETTINGS, Setting
 from . import _compat
 from .panel import FINISHED, SETTINGS_CHANGED, STARTED, STEP_COMPUTED, Change, Panel
 
-__all__ = ["SettingsPanel", "control_for"]
+__all__ = ["SettingsPanel", "control_for", "layer_suggestions"]
 
 _LABEL_STYLE = {"description_width": "62px"}
+#: The control kinds, in the order their rows are laid out.
+KINDS = ("slider", "int", "dropdown", "checkbox", "text", "layers")
 
 
-def control_for(setting: Setting) -> widgets.Widget:
-    """The widget of one setting (``setting.control`` says which kind), with its CSS class and hover text."""
+def layer_suggestions(layers) -> list[str]:
+    """What a "layers" control offers: ``all``, the UNet's parts, then every block prefix and layer name of ``layers``
+    (``Session.attention_layers``), e.g. ``up_blocks.1`` and ``up_blocks.1.attentions.0.transformer_blocks.0.attn1``.
+    Any other text can still be typed (a comma-separated list)."""
+    from tficon.core.layers import ALL_LAYERS, LAYER_PARTS
+
+    blocks = [".".join(name.split(".")[:2]) for name in layers if name.split(".")[0] != "mid_block"]
+    return list(dict.fromkeys([ALL_LAYERS, *LAYER_PARTS, *blocks, *layers]))
+
+
+def control_for(setting: Setting, *, suggestions=()) -> widgets.Widget:
+    """The widget of one setting (``setting.control`` says which kind), with its CSS class and hover text.
+    ``suggestions``: what a "layers" control offers (``layer_suggestions``)."""
     kind = setting.control
     if kind == "slider":
         low, high = setting.control_span
@@ -45,8 +60,18 @@ def control_for(setting: Setting) -> widgets.Widget:
         )
     elif kind == "checkbox":
         control = widgets.Checkbox(value=bool(setting.default), description=setting.name, indent=False)
+    elif kind in ("text", "layers"):
+        # not continuous: a half-typed layer name or word is not applied (and not refused) at every key press
+        make = widgets.Combobox if kind == "layers" else widgets.Text
+        extra = {"options": list(suggestions), "ensure_option": False} if kind == "layers" else {}
+        control = make(
+            value=str(setting.default), description=setting.name, continuous_update=False, style=_LABEL_STYLE,
+            layout=widgets.Layout(width="280px"), **extra,
+        )  # fmt: skip
     else:
-        raise ValueError(f"setting {setting.name!r} has an unknown control {kind!r}; known: slider, int, dropdown, checkbox")
+        raise ValueError(
+            f"setting {setting.name!r} has an unknown control {kind!r}; known: slider, int, dropdown, checkbox, text, layers"
+        )
     control.add_class(f"tficon-{setting.name.replace('_', '-')}")
     _compat.set_help(control, setting.help)
     return control
@@ -79,11 +104,12 @@ class SettingsPanel(Panel):
         self.prompt.observe(lambda c: self._on_control("prompt", c), names="value")
         self.controls: dict[str, widgets.Widget] = {"prompt": self.prompt}
         self.settings = [s for s in SETTINGS if s.control is not None]
+        suggestions = layer_suggestions(ex.session.attention_layers)
         for setting in self.settings:
-            control = control_for(setting)
+            control = control_for(setting, suggestions=suggestions)
             control.observe(lambda c, n=setting.name: self._on_control(n, c), names="value")
             self.controls[setting.name] = control
-        by_kind = {kind: [self.controls[s.name] for s in self.settings if s.control == kind] for kind in ("slider", "int", "dropdown", "checkbox")}
+        by_kind = {kind: [self.controls[s.name] for s in self.settings if s.control == kind] for kind in KINDS}
 
         def button(description: str, action, style: str = "") -> widgets.Button:
             b = widgets.Button(description=description, button_style=style, layout=widgets.Layout(width="76px"))
@@ -102,6 +128,7 @@ class SettingsPanel(Panel):
         self.change_label.add_class("tficon-last-change")
         rows: list[widgets.Widget] = [
             widgets.HBox([self.prompt, *by_kind["dropdown"]]),
+            widgets.HBox([*by_kind["layers"], *by_kind["text"]], layout=widgets.Layout(flex_flow="row wrap")),
             widgets.HBox(
                 [
                     widgets.VBox(by_kind["slider"]),

@@ -1,5 +1,6 @@
 """The Explorer's steps: the step scrubber, a strip of every step's x0 preview, and the scrubbed step's latent
-channels, x0 previews and, on demand, VAE decodes."""
+channels, x0 previews, the mechanisms' intermediates of that step (the adaptive background blend's mask,
+``StepRecord.blend_mask``, where the step has one) and, on demand, VAE decodes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 
 from . import render
 from .panel import SETTINGS_CHANGED, STARTED, STEP_COMPUTED, STEPS_DROPPED, Change, Panel
+from .strategy_views import blend_mask_picture
 from .views import ImageRow, StepStrip
 
 __all__ = ["StepsPanel", "plan_tags", "FLAG_LEGEND"]
@@ -22,6 +24,13 @@ def plan_tags(plan) -> str:
         tags.append("<span style='color:#2060c0' title='background logit injection'>bg</span>")
     if plan.blend or plan.history_blend:
         tags.append("<span style='color:#208040' title='background latent blend'>bl</span>")
+    # the strategy mechanisms (docs/strategies.md), tagged only on the steps they act on
+    if getattr(plan, "adaptive_blend", False):
+        tags.append("<span style='color:#10a070' title='adaptive background blend (attention mask)'>ab</span>")
+    if getattr(plan, "latent_norm", 0.0):
+        tags.append(f"<span style='color:#8040a0' title='latent normalisation, weight {plan.latent_norm:.2f}'>ln</span>")
+    if getattr(plan, "region_cross_attention", False):
+        tags.append("<span style='color:#a07000' title='region-constrained cross-attention'>rca</span>")
     return "<span style='font-size:10px'>" + " ".join(tags) + "</span>"
 
 
@@ -30,14 +39,18 @@ FLAG_LEGEND = (
     "<span style='font-size:10px;color:#555'>tags: "
     "<span style='color:#d04020'>fg</span> foreground (composite) injection &middot; "
     "<span style='color:#2060c0'>bg</span> background-logit injection &middot; "
-    "<span style='color:#208040'>bl</span> background latent blend</span>"
+    "<span style='color:#208040'>bl</span> background latent blend; where on: "
+    "<span style='color:#10a070'>ab</span> adaptive blend (its mask shown under the step) &middot; "
+    "<span style='color:#8040a0'>ln</span> latent normalisation &middot; "
+    "<span style='color:#a07000'>rca</span> region-constrained cross-attention</span>"
 )
 
 
 class StepsPanel(Panel):
     """``scrubber`` (the step looked at), ``strip`` (one thumbnail per computed step), ``step_title``,
     ``plan_label``, ``channel_rows`` (each branch's latent channels), ``preview_row`` (each branch's x0 preview)
-    and ``decoded_row`` (filled by ``decode``).
+    ``mechanism_row`` (the step's adaptive blend mask over its x0 preview, empty on steps without one) and
+    ``decoded_row`` (filled by ``decode``).
 
     While a run goes on the panel follows the newest step, unless the user scrubbed back to an older one.
     """
@@ -69,12 +82,15 @@ class StepsPanel(Panel):
         self.decode_button.add_class("tficon-decode")
         self.decode_button.on_click(lambda _b: ex.decode_step())
         self.decoded_row = ImageRow(size=ex.image_px // 2)
+        self.mechanism_row = ImageRow(size=ex.image_px)
+        self.mechanism_row.add_class("tficon-blend-mask")
         return widgets.VBox(
             [
                 widgets.HBox([self.scrubber, self.plan_label], layout=widgets.Layout(align_items="center")),
                 self.strip,
                 self.step_title,
                 widgets.HBox([self.channel_rows, self.preview_row, widgets.VBox([self.decode_button, self.decoded_row])], layout=widgets.Layout(flex_flow="row wrap")),
+                self.mechanism_row,
             ]
         )
 
@@ -115,6 +131,7 @@ class StepsPanel(Panel):
         if step >= session.step_index:
             self.step_title.value = f"<i>step {step} is not computed yet</i>"
             self.plan_label.value = ""
+            self.mechanism_row.set([], [])
             return
         record = session.records[step]
         plan = record.plan
@@ -130,6 +147,12 @@ class StepsPanel(Panel):
             [f"{b} latent, {z.shape[1]} channels" for b, z in latents.items()],
         )
         self.preview_row.set(list(previews.values()), [f"{b} x0 preview" for b in previews])
+        if record.blend_mask is not None:  # the adaptive blend acted on this step: show what it kept
+            box = session.region_masks(*record.blend_mask.shape[-2:])["box"]
+            picture, caption = blend_mask_picture(previews["generation"], record.blend_mask, box, size=self.mechanism_row.size)
+            self.mechanism_row.set([picture], [f"step {step}: {caption}"])
+        else:
+            self.mechanism_row.set([], [])
         if self._decoded_step is not None and self._decoded_step != step:
             self.decoded_row.set([], [])
             self._decoded_step = None

@@ -39,7 +39,9 @@ class Setting:
     choices: tuple | None = None
     cli: str | None = None  # the command-line flag; None: derived from the name
     sweep: bool = False  # can be an axis of ``tficon.sweep``
-    control: str | None = None  # the Explorer control: "slider", "int", "dropdown", "checkbox" or None (not shown)
+    # the Explorer control: "slider", "int", "dropdown", "checkbox", "text" (a text field), "layers" (a text field that
+    # also offers the model's self-attention layer selections) or None (not shown)
+    control: str | None = None
     step: float | None = None  # the slider's step
     switch: bool = False  # a parity switch (bool, off = the official behaviour)
 
@@ -226,7 +228,7 @@ class CompositionConfig:
     inject_layers: str = setting(
         "all", help="self-attention layers that take the composite injection: all (official), encoder, mid, "
         "decoder, or a comma-separated list of layer names/prefixes (others run plain attention)",
-        invalidates="plans", sweep=True,
+        invalidates="plans", sweep=True, control="layers",
     )  # fmt: skip
     region_cross_attention: bool = setting(
         False, help="the object's words attend only inside the placed object in the generation's conditional "
@@ -235,7 +237,7 @@ class CompositionConfig:
     )  # fmt: skip
     object_words: str = setting(
         "", help="the object's words in the prompt, for region_cross_attention and the mask proposal (a prompt "
-        "that marks them as '<ref> red dog <ref>' needs none)", invalidates="all_steps",
+        "that marks them as '<ref> red dog <ref>' needs none)", invalidates="all_steps", control="text",
     )  # fmt: skip
     adaptive_blend: bool = setting(
         False, help="early background blends keep the generation inside an attention-derived object mask instead "
