@@ -29,6 +29,7 @@ REQUIRED = (
     "04_parameters.ipynb",
     "05_stable_diffusion.ipynb",
     "06_toy_world.ipynb",
+    "07_strategies.ipynb",
 )
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 MAX_BYTES = 64_000  # stripped notebooks are text only; this catches committed images and widget state
