@@ -10,7 +10,8 @@ the UNet), which drives the phases in this order for each cell (one Session's st
    (``plan.latent_norm``, off officially).
 3. ``rows``: :func:`add_rows`, the rows of the batched call and the composite-attention layout
    (``plan.background_row``, ``reference_row``, ``pseudo_cross_row``, ``fg``, ``bg``, ``background_queries``,
-   ``inject_layers``, ``region_cross_attention``).
+   ``inject_layers``, ``region_cross_attention``; TIGIC's ``prompted_branches``, ``mix_background``,
+   ``mix_reference``).
 4. ``denoiser``: one batched UNet call holding every cell's rows (``plan.evaluate``). In the engine, not here.
 5. ``after_denoiser``: the operations of :attr:`StepPhases.after_denoiser`, by default ``(record_evaluations,
    guidance, history_blend, adaptive_blend, blend)``: keep the helper rows' evaluations, combine the CFG rows into
