@@ -259,3 +259,33 @@ def test_sdxl_shaped_models_run_the_strategy(sample):
     session = new_session(tiny_model("sdxl"), sample, steps=8, strategy="tigic").run()  # bg mix at s = 2
     assert any(p.mix_background for p in session.plans)
     assert bool(torch.isfinite(session.records[-1].generation.x).all())
+
+
+def test_attention_capture_shows_the_mixed_map_in_the_decoder_only(model):
+    """The "composite" capture of a mixing step is softmax of the mixed logits in decoder layers and the plain map
+    elsewhere; the capture does not change the step's result."""
+    session = _session(model, 10).run()
+    maps = session.capture_attention(2, kinds=("composite", "generation", "background", "reference"))
+    decoder = session.engine.injected_layers("decoder")
+    for layer in session.attention_layers:
+        composite, own = maps[(layer, "composite")], maps[(layer, "generation")]
+        assert torch.allclose(composite.sum(-1), torch.ones(composite.shape[0]), atol=1e-4)
+        if layer in decoder:
+            assert not torch.allclose(composite, own, atol=1e-4), layer
+        else:
+            assert torch.equal(composite, own), layer
+    again = session._compute_step(2)
+    assert torch.equal(again.generation.x, session.records[2].generation.x)
+
+
+def test_lockstep_runs_tigic_sessions_together(model):
+    """Several tigic Sessions in one UNet call per round (tficon.composition.runner) equal their runs alone to float
+    tolerance; each cell mixes its own rows."""
+    from tficon.composition.runner import Task, run_tasks
+
+    boxes = [None, (8, 64, 40, 40)]
+    together = [_session(model, 8, box=box) for box in boxes]
+    run_tasks([Task(session=s) for s in together], max_rows=12)
+    for box, session in zip(boxes, together):
+        want = _session(model, 8, box=box).run().records[-1].generation.x
+        _close(session.records[-1].generation.x, want, want.abs().max(), f"box {box}")

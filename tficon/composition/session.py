@@ -458,8 +458,9 @@ class Session(SessionViews):
 
     @property
     def needs_inversion(self) -> bool:
-        """Whether the inversions are still to be computed (or taken from the engine's cache)."""
-        return self._inverted is None
+        """Whether the exceptional-prompt inversions, which the runner batches, are still to be computed (strategy
+        "tigic" inverts with its own prompts, alone: False)."""
+        return self._inverted is None and self._config.strategy != "tigic"
 
     def encoded_latents(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The VAE latents of the background (the cut-and-paste in "same" mode) and of the reference canvas,
