@@ -19,6 +19,9 @@ This module is test support, not a test file. It re-implements what TIGIC's rele
 - the step windows are the released loop's literal comparisons, and after each main-loop step below threshold(1.0)
   gen takes orig's latent outside the box (``blended = orig; blended[param] = gen[param]``).
 
+Exact simplification (dropped work that nothing reads): the classifier-free doubling of the inversions (the same
+embedding in both halves, so the guided output is the conditional one), as in ``primecomposer_reference``.
+
 One generalisation: the released loop runs ``range(order, 21)``, i.e. it assumes 20 steps; the oracle runs
 ``range(order, steps + 1)`` so that tiny tests can use fewer.
 """

@@ -17,6 +17,7 @@ from tficon.core.config import later_start_index
 from tficon.core.layers import ALL_LAYERS, parse_layer_spec
 from tficon.core.schedule import InjectionSchedule, injection_schedule
 from tficon.core.solver import step_order
+from tficon.core.tigic import BACKGROUND_WINDOW, BLEND_UNTIL, REFERENCE_WINDOW
 
 
 @dataclass(frozen=True)
@@ -268,8 +269,6 @@ def tigic_step_plan(steps: int, order: int, s: int) -> StepPlan:
     the evaluation, s < threshold(1.0) takes the background's latent outside the box. ``tau_a``, ``tau_b`` and the
     TF-ICON switches are not read (the released sampler ignores its ``--tau_a`` / ``--tau_b``).
     """
-    from tficon.core.tigic import BACKGROUND_WINDOW, BLEND_UNTIL, REFERENCE_WINDOW
-
     if not 0 <= s <= steps:
         raise ValueError(f"step must be in 0..{steps}, got {s}")
     evaluate = s < steps
