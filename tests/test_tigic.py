@@ -289,3 +289,14 @@ def test_lockstep_runs_tigic_sessions_together(model):
     for box, session in zip(boxes, together):
         want = _session(model, 8, box=box).run().records[-1].generation.x
         _close(session.records[-1].generation.x, want, want.abs().max(), f"box {box}")
+
+
+def test_the_command_line_composes_the_preset(tmp_path):
+    """``tficon demo --preset tigic`` composes with the strategy; a refused mechanism is reported, not run."""
+    from tficon.cli import main
+
+    out = tmp_path / "tigic.png"
+    assert main(["demo", "--preset", "tigic", "--steps", "4", "--quiet", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
+    assert main(["demo", "--preset", "tigic", "--inject-layers", "decoder", "--steps", "4", "--quiet",
+                 "--out", str(tmp_path / "x.png")]) == 2  # fmt: skip
