@@ -4,14 +4,14 @@ This module is test support, not a test file. It re-implements what TIGIC's rele
 (docs/strategies.md §4.6) the way that code runs them, written independently of the batched strategy in ``tficon``
 (``tigic_step_plan``, the phase operations, ``tficon.composition.tigic_attention``):
 
-- the collage and the reference are inverted one after the other, each on its own, the collage with E('') and the
-  reference with E(prompt) (``inv=True`` encodes the text normally in the released encoder);
+- the collage and the reference are inverted one after the other, each on its own, the collage with E('') and
+  the reference with E(prompt) (``inv=True`` encodes the text normally in the released encoder);
 - the start latent is built as ``run.py`` builds it: the collage's inversion, its box replaced by the second of two box
   noises, then the inverted reference on the object (the first noise is drawn and overwritten);
 - three solvers run one after the other, each with its own UNet calls and classifier-free batches ``[uncond, cond]``:
-  ``orig`` (the collage's inversion, E('') / E('')), ``ref`` (the collage's inversion, E(prompt) / E(prompt)) and ``gen``
-  (the start latent, E('') / E(prompt), the guidance scale); orig and ref finish their warm-up before gen starts it,
-  and in the main loop orig, then ref, then gen move to t_s and are evaluated there;
+  ``orig`` (the collage's inversion, E('') / E('')), ``ref`` (the collage's inversion, E(prompt) / E(prompt)) and
+  ``gen`` (the start latent, E('') / E(prompt), the guidance scale); orig and ref finish their warm-up before gen
+  starts it, and in the main loop orig, then ref, then gen move to t_s and are evaluated there;
 - orig and ref record the conditional half's pre-softmax logits of every self-attention layer (their most recent
   complete forward); in gen's forward every decoder (``up_blocks``) self-attention overwrites its conditional half's
   FULL N x N logits, ``S = 0.5 S_orig + 0.5 S`` when the background injection is on, then ``S = 0.5 S_ref + 0.5 S``

@@ -157,7 +157,8 @@ def warm_up_rows(state: StepState, depth: int, batch: Rows, door: Door) -> tuple
     j, inputs = state.plan.pre_evals[depth], state.inputs
     e_background, e_reference = branch_embeddings(state)
     grid, family = inputs.grid, door.family
-    b = batch.add((state.background.x, grid[j], inputs.conditioning(e_background, "background", family)), shareable=True)
+    background = inputs.conditioning(e_background, "background", family)
+    b = batch.add((state.background.x, grid[j], background), shareable=True)
     r = batch.add((state.reference.x, grid[j], inputs.conditioning(e_reference, "reference", family)), shareable=True)
     return b, r
 

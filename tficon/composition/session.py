@@ -529,8 +529,8 @@ class Session(SessionViews):
         previous = self._records[s - 1] if s > 0 else None
         start = None
         if s == 0:
-            x_bg, x_ref = self.invert()
-            start = (self.compose_start(), x_bg, x_bg if self._config.strategy == "tigic" else x_ref)  # tigic: ref from the collage
+            x_bg, x_ref = self.invert()  # tigic: its reference branch, too, starts from x_bg (the collage's)
+            start = (self.compose_start(), x_bg, x_bg if self._config.strategy == "tigic" else x_ref)
         model = self.model
         grid = self._grid()
         inputs = StepInputs(
