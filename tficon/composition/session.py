@@ -55,7 +55,7 @@ from tficon.composition.inversion_record import invert_keeping_records, kept_inv
 from tficon.composition.runner import run_alone
 from tficon.composition.session_views import BRANCHES, SessionViews
 from tficon.composition.start import start_latent
-from tficon.composition.tigic_latents import encode_collage, prompted_inversions
+from tficon.composition.tigic_latents import encode_collage, latent_recipe, prompted_inversions
 from tficon.core import checks, io, solver
 from tficon.core import placement as placement_mod
 from tficon.core.boxes import as_user_box, same_box
@@ -242,7 +242,8 @@ class Session(SessionViews):
             name for name in new_config.__dataclass_fields__ if getattr(new_config, name) != getattr(self._config, name)
         }
         old_plans = self.plans
-        new_recipe = self._latent_recipe(new_config, new_prompt) != self._latent_recipe(self._config, self._prompt)
+        pairs = ((new_config, new_prompt), (self._config, self._prompt))
+        new_recipe = len({latent_recipe(c.strategy, plain_prompt(p)) for c, p in pairs}) > 1  # tigic: the prompt too
         new_inputs = None
         if images_changed or box_changed or changed_fields & _NEW_INPUTS:
             # raises before anything changes
@@ -293,11 +294,6 @@ class Session(SessionViews):
     @property
     def placement(self) -> placement_mod.Placement:
         return self.inputs.placement
-
-    @staticmethod
-    def _latent_recipe(config: CompositionConfig, prompt: str) -> tuple:
-        # what the latents and inversions depend on besides images, steps, order, seed (tigic: the prompt, too)
-        return ("tigic", plain_prompt(prompt)) if config.strategy == "tigic" else ("exceptional",)
 
     def _encode(self):
         if self._latents is None and self._config.strategy == "tigic":  # the collage and the reference (tigic_latents)

@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["encode_collage", "prompted_inversions"]
+__all__ = ["encode_collage", "latent_recipe", "prompted_inversions"]
+
+
+def latent_recipe(strategy: str, text: str) -> tuple:
+    """What a Session's encoded latents and inversions depend on besides its images, steps, order and seed: the
+    exceptional prompt (strategies "tf-icon", "primecomposer"), or under "tigic" the text the reference is inverted
+    with (a prompt change then means new inversions)."""
+    return ("tigic", text) if strategy == "tigic" else ("exceptional",)
 
 
 def encode_collage(engine, inputs, seed: int):
