@@ -34,6 +34,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from tficon.composition.tigic_attention import fused_mixed_attention, mixed_logits
+from tficon.core.tigic import mixing_weights
 from tficon.model.families.base import self_attention_layers
 
 ROLES = ("background", "reference", "pseudo_cross", "uncond", "cond")
@@ -67,6 +69,10 @@ class BatchLayout:
     # fg also sets the object x object block from the reference row (TF-ICON); False: the pseudo-cross rows and
     # columns only, the F x F block then holding the column injection (PrimeComposer's released code)
     object_block: bool = True
+    # TIGIC's logit mixes (``tficon.composition.tigic_attention``): the cond row's whole pre-softmax map mixed 50/50
+    # with the background row's, then with the reference row's, in the ``inject_layers`` (strategy "tigic")
+    mix_background: bool = False
+    mix_reference: bool = False
     # The self-attention layers whose cond row takes the composite (None: every layer, the official case); the
     # plan decides it (``StepPlan.inject_layers``), the other layers run plain attention on this cell's rows.
     inject_layers: frozenset[str] | None = None
@@ -88,6 +94,10 @@ class BatchLayout:
             raise ValueError("background queries need the background row in the batch")
         if self.bg and None in (self.background, self.cond):
             raise ValueError("background injection needs the background and cond rows in the batch")
+        if self.mix_background and None in (self.background, self.cond):
+            raise ValueError("the background logit mix needs the background and cond rows in the batch")
+        if self.mix_reference and None in (self.reference, self.cond):
+            raise ValueError("the reference logit mix needs the reference and cond rows in the batch")
 
     def row(self, role: str) -> int | None:
         return getattr(self, role)
@@ -273,12 +283,13 @@ class CompositeSelfAttention:
             regions = geometry.regions(n_tokens)
             c = cell.cond
             inject = c is not None and (cell.bg or (cell.fg and regions.fg.numel() > 0)) and self._injected(cell)
-            mine = {row for row in (cell.pseudo_cross, c if inject else None) if row is not None}
+            mix = c is not None and (cell.mix_background or cell.mix_reference) and self._injected(cell)
+            mine = {row for row in (cell.pseudo_cross, c if inject or mix else None) if row is not None}
             if mine & replaced:
                 clash = sorted(mine & replaced)
                 raise ValueError(f"{self.layer_name}: two cells of one call replace the same batch rows {clash}")
             replaced |= mine
-            cells.append((cell, geometry, regions, inject))
+            cells.append((cell, geometry, regions, inject, mix))
         if not replaced:
             # Same call as AttnProcessor2_0, so un-injected steps are bitwise those of the stock processor.
             return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
@@ -293,7 +304,12 @@ class CompositeSelfAttention:
                 query.index_select(0, rows), key.index_select(0, rows), value.index_select(0, rows),
                 attn_mask=mask, dropout_p=0.0, is_causal=False,
             )
-        for cell, geometry, regions, inject in cells:
+        for cell, geometry, regions, inject, mix in cells:
+            if mix:  # TIGIC: the cond row's whole map mixed with the background's and the reference's
+                out[cell.cond] = fused_mixed_attention(
+                    query, key, value, rows=(cell.cond, cell.background, cell.reference),
+                    weights=mixing_weights(cell.mix_background, cell.mix_reference), scale=attn.scale,
+                )  # fmt: skip
             if cell.pseudo_cross is not None:
                 # Keys and values restricted to the reference's own object tokens (the whole reference box
                 # when this resolution has none); queries at every position (docs/algorithm.md §8.3).
@@ -379,6 +395,11 @@ class CompositeSelfAttention:
             self._store("generation", torch.softmax(own, -1), n_tokens)
         if want_composite:
             inject = (layout.bg or (layout.fg and regions.fg.numel() > 0)) and self._injected(layout)
+            if (layout.mix_background or layout.mix_reference) and self._injected(layout):
+                own = mixed_logits(
+                    query, key, rows=(c, layout.background, layout.reference),
+                    weights=mixing_weights(layout.mix_background, layout.mix_reference), scale=scale,
+                )  # fmt: skip
             composite = composite_logits(
                 own, query=query, key=key, layout=layout, regions=regions,
                 outside=self.controller.outside_box(n_tokens, query.device), scale=scale,

@@ -10,7 +10,8 @@ the UNet), which drives the phases in this order for each cell (one Session's st
    (``plan.latent_norm``, off officially).
 3. ``rows``: :func:`add_rows`, the rows of the batched call and the composite-attention layout
    (``plan.background_row``, ``reference_row``, ``pseudo_cross_row``, ``fg``, ``bg``, ``background_queries``,
-   ``inject_layers``, ``region_cross_attention``).
+   ``inject_layers``, ``region_cross_attention``; TIGIC's ``prompted_branches``, ``mix_background``,
+   ``mix_reference``).
 4. ``denoiser``: one batched UNet call holding every cell's rows (``plan.evaluate``). In the engine, not here.
 5. ``after_denoiser``: the operations of :attr:`StepPhases.after_denoiser`, by default ``(record_evaluations,
    guidance, history_blend, adaptive_blend, blend)``: keep the helper rows' evaluations, combine the CFG rows into
@@ -71,6 +72,7 @@ __all__ = [
     "adaptive_blend",
     "add_rows",
     "advance",
+    "branch_embeddings",
     "blend",
     "guidance",
     "history_blend",
@@ -141,13 +143,23 @@ def with_history(track: Track, d_hist: tuple[torch.Tensor, ...]) -> Track:
 
 
 # ---------------------------------------------------------------------------------------------------- warm_up
+def branch_embeddings(state: StepState) -> tuple[object, object]:
+    """The text conditioning of the background and reference rows: the exceptional prompt e* (TF-ICON), or with
+    ``plan.prompted_branches`` (TIGIC's released code) the empty prompt and the prompt."""
+    inputs = state.inputs
+    if state.plan.prompted_branches:
+        return inputs.uncond, inputs.cond
+    return inputs.exceptional, inputs.exceptional
+
+
 def warm_up_rows(state: StepState, depth: int, batch: Rows, door: Door) -> tuple[int, int]:
     """Add the background and reference rows at ``plan.pre_evals[depth]`` to ``batch``; returns their indices."""
     j, inputs = state.plan.pre_evals[depth], state.inputs
-    e_star, grid = inputs.exceptional, inputs.grid
-    family = door.family
-    b = batch.add((state.background.x, grid[j], inputs.conditioning(e_star, "background", family)), shareable=True)
-    r = batch.add((state.reference.x, grid[j], inputs.conditioning(e_star, "reference", family)), shareable=True)
+    e_background, e_reference = branch_embeddings(state)
+    grid, family = inputs.grid, door.family
+    background = inputs.conditioning(e_background, "background", family)
+    b = batch.add((state.background.x, grid[j], background), shareable=True)
+    r = batch.add((state.reference.x, grid[j], inputs.conditioning(e_reference, "reference", family)), shareable=True)
     return b, r
 
 
@@ -217,11 +229,12 @@ def add_rows(state: StepState, batch: Rows, door: Door, *, geometry: InjectionCo
         return inputs.conditioning(embedding, branch, door.family)
 
     at = {}
+    e_background, e_reference = branch_embeddings(state)
     if plan.background_row:
-        row = (state.background.x, grid[state.background.index], conditioned(e_star, "background"))
+        row = (state.background.x, grid[state.background.index], conditioned(e_background, "background"))
         at["background"] = batch.add(row, shareable=True)
     if plan.reference_row:
-        at["reference"] = batch.add((state.reference.x, grid[m], conditioned(e_star, "reference")), shareable=True)
+        at["reference"] = batch.add((state.reference.x, grid[m], conditioned(e_reference, "reference")), shareable=True)
     if plan.pseudo_cross_row:
         e_pseudo = conditioned(inputs.cond if plan.pseudo_cross_prompt else e_star, "pseudo_cross")
         at["pseudo_cross"] = batch.add((state.reference_latents[plan.pseudo_latent], grid[m], e_pseudo))
@@ -232,6 +245,7 @@ def add_rows(state: StepState, batch: Rows, door: Door, *, geometry: InjectionCo
     records = tuple(r for r in (inputs.cross_record, state.object_attention) if r is not None)
     state.layout = BatchLayout(
         **at, fg=plan.fg, bg=plan.bg, background_queries=plan.background_queries, object_block=plan.object_block,
+        mix_background=plan.mix_background, mix_reference=plan.mix_reference,
         geometry=geometry, inject_layers=door.injected_layers(plan.inject_layers),
         object_tokens=inputs.object_tokens if plan.region_cross_attention else (), attention_records=records,
     )  # fmt: skip

@@ -55,6 +55,7 @@ from tficon.composition.inversion_record import invert_keeping_records, kept_inv
 from tficon.composition.runner import run_alone
 from tficon.composition.session_views import BRANCHES, SessionViews
 from tficon.composition.start import start_latent
+from tficon.composition.tigic_latents import encode_collage, latent_recipe, prompted_inversions
 from tficon.core import checks, io, solver
 from tficon.core import placement as placement_mod
 from tficon.core.boxes import as_user_box, same_box
@@ -245,6 +246,8 @@ class Session(SessionViews):
             name for name in new_config.__dataclass_fields__ if getattr(new_config, name) != getattr(self._config, name)
         }
         old_plans = self.plans
+        pairs = ((new_config, new_prompt), (self._config, self._prompt))
+        new_recipe = len({latent_recipe(c.strategy, plain_prompt(p)) for c, p in pairs}) > 1  # tigic: the prompt too
         new_inputs = None
         if images_changed or box_changed or changed_fields & _NEW_INPUTS:
             # raises before anything changes
@@ -256,7 +259,7 @@ class Session(SessionViews):
             self._reset(inputs=True)
             self._inputs = new_inputs
             return 0
-        if changed_fields & _NEW_LATENTS:  # steps, order, seed: new latents and inversions
+        if changed_fields & _NEW_LATENTS or new_recipe:  # steps, order, seed (or what is inverted): new inversions
             self._reset(inputs=False)
             return 0
         if prompt_changed or changed_fields & _ALL_STEPS:  # the prompt and guidance enter every step
@@ -297,6 +300,9 @@ class Session(SessionViews):
         return self.inputs.placement
 
     def _encode(self):
+        if self._latents is None and self._config.strategy == "tigic":  # the collage and the reference (tigic_latents)
+            with self._threads():
+                self._latents = encode_collage(self.engine, self.inputs, self._config.seed)
         if self._latents is None:
             started = time.perf_counter()
             inputs = self.inputs
@@ -326,6 +332,8 @@ class Session(SessionViews):
         to its grid point, ``self.steps`` inversion steps of the same grid)."""
         if self._inverted is None and any(plan.kept_inversions for plan in self.plans):
             self._inverted = tuple(record[0] for record in self.inversion_records())  # one inversion, kept whole
+        if self._inverted is None and self._config.strategy == "tigic":
+            self._inverted = self._prompted_inversions()
         if self._inverted is None:
             z_bg, z_ref, _ = self._encode()
             started = time.perf_counter()
@@ -344,6 +352,20 @@ class Session(SessionViews):
             self.timings["invert"] = time.perf_counter() - started
             self.timings["invert_cached"] = tuple(cached)
         return self._inverted
+
+    def _prompted_inversions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # strategy "tigic": the collage inverted with '' and the reference with the prompt (tigic_latents)
+        (z_collage, z_ref, _), started, ids = self._encode(), time.perf_counter(), self.time_ids
+        with self._threads():
+            inverted, cached, evals = prompted_inversions(
+                self.engine, z_collage, z_ref, self.steps, self._config.order, progress=self.progress,
+                empty=self.model.unconditional_embedding(), prompt=self.model.encode_prompt(self._encoded_text()),
+                time_ids=None if ids is None else [ids["background"], ids["reference"]],
+            )  # fmt: skip
+        self.stats["unet_calls"] += self.steps * sum(not hit for hit in cached)
+        self.stats["sample_evals"] += evals
+        self.timings["invert"], self.timings["invert_cached"] = time.perf_counter() - started, cached
+        return inverted
 
     def inversion_records(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
         """Both inversions with their records kept (``tficon.composition.inversion_record``): per image, S + 1 latents
@@ -376,7 +398,7 @@ class Session(SessionViews):
             generator.set_state(rng_state)
             self._start = start_latent(
                 x_bg, x_ref, self.placement, self.inputs.object_mask, self.model.vae_scale_factor,
-                mode=self._config.mode, generator=generator,
+                mode="cross" if self._config.strategy == "tigic" else self._config.mode, generator=generator,
             )  # fmt: skip
         return self._start
 
@@ -439,8 +461,9 @@ class Session(SessionViews):
 
     @property
     def needs_inversion(self) -> bool:
-        """Whether the inversions are still to be computed (or taken from the engine's cache)."""
-        return self._inverted is None
+        """Whether the exceptional-prompt inversions, which the runner batches, are still to be computed (strategy
+        "tigic" inverts with its own prompts, alone: False)."""
+        return self._inverted is None and self._config.strategy != "tigic"
 
     def encoded_latents(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The VAE latents of the background (the cut-and-paste in "same" mode) and of the reference canvas,
@@ -509,8 +532,8 @@ class Session(SessionViews):
         previous = self._records[s - 1] if s > 0 else None
         start = None
         if s == 0:
-            x_bg, x_ref = self.invert()
-            start = (self.compose_start(), x_bg, x_ref)
+            x_bg, x_ref = self.invert()  # tigic: its reference branch, too, starts from x_bg (the collage's)
+            start = (self.compose_start(), x_bg, x_bg if self._config.strategy == "tigic" else x_ref)
         model = self.model
         grid = self._grid()
         inputs = StepInputs(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tficon.core.layers import parse_layer_spec
+from tficon.core.tigic import TIGIC_GUIDANCE  # TIGIC's released --scale default, not forced per domain
 
 #: What a change of a setting makes stale, from the most to the least work (``Session.update``):
 #: ``inputs``: the placement and the prepared images (and everything after them);
@@ -64,8 +65,9 @@ def setting(default, *, help: str, invalidates: str, **meta) -> Any:
 MODES = ("cross", "same")
 
 #: What the denoising steps compute (the ``strategy`` field): "tf-icon" is the official TF-ICON code, "primecomposer"
-#: the released code of PrimeComposer (docs/strategies.md §4.3), run on the same inputs and inversions.
-STRATEGIES = ("tf-icon", "primecomposer")
+#: the released code of PrimeComposer (docs/strategies.md §4.3), run on the same inputs and inversions, "tigic" the
+#: released code of TIGIC (§4.6: its own prompted inversions of the collage, three branches, decoder logit mixes).
+STRATEGIES = ("tf-icon", "primecomposer", "tigic")
 
 #: PrimeComposer's script does not force the guidance per domain: its ``--scale`` default is 2.5 in both modes.
 PRIMECOMPOSER_GUIDANCE = 2.5
@@ -128,9 +130,10 @@ class CompositionConfig:
     largest_contour: the target box is the bbox of the largest mask contour instead of OpenCV's first one.
     clip_box:      boxes that leave the image are moved inside instead of raising an error.
 
-    strategy:  "tf-icon" (default, the official code) or "primecomposer" (PrimeComposer's released code, see
+    strategy:  "tf-icon" (default, the official code), "primecomposer" (PrimeComposer's released code, see
                docs/strategies.md §4.3; tau_bg, align_warmup, no_cross_lag and background_queries do not
-               apply to it).
+               apply to it) or "tigic" (TIGIC's released code, §4.6: mode, the taus, tau_bg and the parity switches
+               do not apply; guidance None means 3.5).
     tau_c:     primecomposer only: the steps s < int(tau_c * S + 1 - order) reset the latent to the inverted
                background with the object held at its post-warm-up latent (its sampler's default 0.2), in [0, 1].
     TALE's mechanisms (off by default; docs/strategies.md):
@@ -201,7 +204,8 @@ class CompositionConfig:
     # PrimeComposer (issue 22)
     strategy: str = setting(
         "tf-icon", help="what the steps compute: tf-icon (the official code) or primecomposer (PrimeComposer's "
-        "released code: correlation-diffuser pass, background from the inversion trajectory, tau_c object hold)",
+        "released code: correlation-diffuser pass, background from the inversion trajectory, tau_c object hold) or "
+        "tigic (TIGIC's released code: prompted collage inversion, three branches, decoder logit mixes)",
         invalidates="plans", choices=STRATEGIES, control="dropdown",
     )  # fmt: skip
     tau_c: float = setting(
@@ -265,6 +269,7 @@ class CompositionConfig:
                 "strategy='primecomposer' runs PrimeComposer's released steps, which TALE's later_start and "
                 "latent_norm_steps do not apply to; set them to 0 (or use strategy='tf-icon')"
             )
+        self._check_tigic()
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
         if self.order not in (1, 2, 3):
@@ -301,6 +306,27 @@ class CompositionConfig:
                 "e.g. seed % 2**63"
             )
 
+    def _check_tigic(self) -> None:
+        """Strategy "tigic" runs TIGIC's released steps: its own inversions from t = 1, its own decoder-only mixing
+        and its box blend, so the mechanisms that change those are refused by name."""
+        if self.strategy != "tigic":
+            return
+        refused = [
+            name for name, on in (
+                ("later_start", bool(self.later_start)), ("latent_norm_steps", bool(self.latent_norm_steps)),
+                ("adaptive_blend", bool(self.adaptive_blend)),
+                ("region_cross_attention", bool(self.region_cross_attention)),
+                ("inject_layers", self.inject_layers != "all"),
+            ) if on
+        ]  # fmt: skip
+        if refused:
+            raise ValueError(
+                f"strategy='tigic' runs TIGIC's released steps (its inversions from t = 1, its logit mixes in every "
+                f"decoder self-attention, its box blend), which {', '.join(refused)} do not apply to; set "
+                "later_start=0, latent_norm_steps=0, adaptive_blend=False, region_cross_attention=False and "
+                "inject_layers='all' (or use strategy='tf-icon')"
+            )
+
     def _check_tale(self) -> None:
         """The TALE settings (issue 22): numbers in range, and a later start that leaves at least ``order`` steps."""
         for name in ("later_start", "latent_norm_strength"):
@@ -325,6 +351,8 @@ class CompositionConfig:
         "primecomposer": PrimeComposer's default 2.5 in both modes)."""
         if self.guidance is not None:
             return float(self.guidance)
+        if self.strategy == "tigic":
+            return float(TIGIC_GUIDANCE)
         return float(PRIMECOMPOSER_GUIDANCE if self.strategy == "primecomposer" else OFFICIAL_GUIDANCE[self.mode])
 
     @property

@@ -17,6 +17,7 @@ from tficon.core.config import later_start_index
 from tficon.core.layers import ALL_LAYERS, parse_layer_spec
 from tficon.core.schedule import InjectionSchedule, injection_schedule
 from tficon.core.solver import step_order
+from tficon.core.tigic import BACKGROUND_WINDOW, BLEND_UNTIL, REFERENCE_WINDOW
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,13 @@ class StepPlan:
                     object on this step's evaluation (``tficon.composition.cross_attention``).
     adaptive_blend: this step's background blend keeps the generation inside the attention-derived object mask of
                     its own evaluation instead of the box (``blend`` is then False; ``phases.adaptive_blend``).
+
+    TIGIC's released code (strategy "tigic"; ``tigic_step_plan``, tficon.core.tigic has the weights):
+    prompted_branches: the background rows are conditioned on the empty prompt and the reference rows on the prompt
+                    (``inputs.uncond`` / ``inputs.cond``) instead of the exceptional prompt.
+    mix_background, mix_reference: the generation's conditional pre-softmax map in the ``inject_layers`` (the
+                    decoder) is mixed 50/50 with the background row's, then 50/50 with the reference row's
+                    (``tficon.composition.tigic_attention``); nothing else of TF-ICON's composite is injected.
     """
 
     s: int
@@ -89,6 +97,10 @@ class StepPlan:
     inject_layers: str = ALL_LAYERS
     region_cross_attention: bool = False
     adaptive_blend: bool = False
+    # TIGIC (issue 22; ``tigic_step_plan``). All off by default, so TF-ICON's plans are unchanged.
+    prompted_branches: bool = False
+    mix_background: bool = False
+    mix_reference: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -245,6 +257,53 @@ def primecomposer_step_plan(
     )
 
 
+def tigic_step_plan(steps: int, order: int, s: int) -> StepPlan:
+    """The plan of step ``s`` (0..steps) as TIGIC's released sampler runs it (docs/strategies.md §4.6).
+
+    Three branches start from the collage's inversion: background ("orig", conditioned on ''), reference ("ref",
+    conditioned on the prompt) and the generation. Warm-up (s < order): background and reference finish their own
+    warm-up first (evaluated at t_0..t_{k-2} on their own, at t_{k-1} in step 0's call), and every generation warm-up
+    evaluation mixes the reference's maps at t_{k-1} into its decoder self-attention. Main loop (s >= order), with
+    threshold(f) = int(f * S + 1 - k): all three branches move to t_s and are evaluated in one call; the reference mix
+    is on for threshold(0.2) <= s <= threshold(0.5), the background mix for threshold(0.0) < s < threshold(0.5); after
+    the evaluation, s < threshold(1.0) takes the background's latent outside the box. ``tau_a``, ``tau_b`` and the
+    TF-ICON switches are not read (the released sampler ignores its ``--tau_a`` / ``--tau_b``).
+    """
+    if not 0 <= s <= steps:
+        raise ValueError(f"step must be in 0..{steps}, got {s}")
+    evaluate = s < steps
+    warm_up = s < order
+    main = evaluate and not warm_up  # all three branches move to t_s and are evaluated there
+    low, high = (_bound(f, steps, order) for f in REFERENCE_WINDOW)
+    mix_reference = evaluate and (warm_up or low <= s <= high)
+    low, high = (_bound(f, steps, order) for f in BACKGROUND_WINDOW)
+    mix_background = main and low < s < high
+    mixing = mix_background or mix_reference
+    return StepPlan(
+        s=s,
+        order=step_order(s, steps, order) if s > 0 else 0,
+        pre_evals=tuple(range(order - 1)) if s == 0 else (),
+        advance_generation=s > 0,
+        advance_background=main,
+        advance_reference=main,
+        evaluate=evaluate,
+        map_index=(order - 1 if warm_up else s) if evaluate else None,
+        pseudo_latent=None,
+        background_row=s == 0 or main,  # its evaluation at t_{k-1} (step 0) and at every main-loop t_s
+        reference_row=evaluate,  # the warm-up steps re-evaluate it at t_{k-1} for its maps
+        pseudo_cross_row=False,
+        fg=False,
+        bg=False,
+        background_queries=False,
+        history_blend=False,
+        blend=not warm_up and s < _bound(BLEND_UNTIL, steps, order),
+        inject_layers="decoder" if mixing else ALL_LAYERS,
+        prompted_branches=True,
+        mix_background=mix_background,
+        mix_reference=mix_reference,
+    )
+
+
 def start_index(config) -> int:
     """The grid index (of the ``config.steps``-step grid) where the composition starts: 0 officially (t = 1), TALE's
     t' with ``later_start`` (``tficon.core.config.later_start_index``)."""
@@ -268,6 +327,8 @@ def injection_for(config) -> InjectionSchedule:
 
 def plans_for(config) -> tuple[StepPlan, ...]:
     """Plans of all steps 0..steps of a ``CompositionConfig``: the one place the config becomes plans."""
+    if config.strategy == "tigic":
+        return tuple(tigic_step_plan(config.steps, config.order, s) for s in range(config.steps + 1))
     if config.strategy == "primecomposer":
         args = (config.steps, config.order, config.tau_a, config.tau_b, config.tau_c)
         attention = dict(inject_layers=config.inject_layers, region_cross_attention=config.region_cross_attention)

@@ -24,6 +24,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from tficon.core.primecomposer import PRIMECOMPOSER_DESCRIPTION, PRIMECOMPOSER_SOURCE
+from tficon.core.tigic import TIGIC_DESCRIPTION, TIGIC_SOURCE
 
 __all__ = [
     "Preset", "apply_preset", "get_preset", "preset_names", "preset_of", "presets", "register_preset", "with_preset",
@@ -154,4 +155,11 @@ register_preset(
     "later ones the box (needs the object's words: '<ref>' markers or object_words)",
     "SHINE, ICLR 2026 (arXiv 2509.21278); ZhumingLian/SHINE",
     adaptive_blend=True,
+)
+register_preset(
+    "tigic",
+    TIGIC_DESCRIPTION,
+    TIGIC_SOURCE,
+    # the strategy alone: guidance None means the released --scale 3.5 under it (tficon.core.tigic.tigic_changes)
+    strategy="tigic",
 )
