@@ -208,3 +208,37 @@ def test_the_seam_of_a_composed_case_leaves_the_placed_object_out():
             assert abs(value) < 0.01, case.sample.name
             assert seam_jump(paste, background, session.placement.target_window, width=2) > abs(value)
     assert seen_square
+
+
+def test_a_resumed_run_skips_a_partial_last_line(tmp_path):
+    """A run stopped while writing leaves a partial line: a resumed run ignores it and appends on a new line."""
+    import json
+
+    from training.toy.preset_comparison import _load, compare_presets
+
+    out = tmp_path / "rows.jsonl"
+    done = {"seed": 1, "steps": 4, "index": 0, "preset": "tf-icon", "found": True}
+    other_seed = {**done, "seed": 2, "index": 1}
+    out.write_text(json.dumps(done) + "\n" + json.dumps(other_seed) + "\n" + '{"seed": 1, "steps": 4, "ind')
+    assert list(_load(out, 1, 4)) == [(0, "tf-icon")]
+    rows = compare_presets(None, [object()], ["tf-icon"], seed=1, steps=4, out=out, log=None)
+    assert rows == {(0, "tf-icon"): done}  # nothing left to compose: the model is never touched
+    assert out.read_text().endswith('"ind\n')
+
+
+def test_the_background_reconstruction_after_a_later_start_starts_at_its_grid_point():
+    """TALE's inversion stops at t'; its reconstruction is sampled back from t'. Seed 0's first case, 10 steps:
+    37 dB against the background; sampled from t = 1 as if the half-noised latent were pure noise it was 26 dB."""
+    from tficon.composition.session import Session
+    from tficon.core import io
+    from tficon.eval.pixel import psnr
+    from tficon.model import load_model
+    from tficon.toy.reading import background_reconstruction
+
+    case = composition_cases(seed=0, repeats=1)[0]
+    s = case.sample
+    session = Session(load_model("toy"), s.background, s.foreground, s.foreground_mask, s.box, s.prompt,
+                      mode="cross", steps=10, later_start=0.6)  # fmt: skip
+    reconstruction = (background_reconstruction(session) + 1) / 2
+    background = (io.image_to_tensor(s.background.convert("RGB")) + 1) / 2
+    assert psnr(reconstruction, background) > 32.0

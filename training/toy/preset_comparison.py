@@ -175,10 +175,12 @@ def _load(out: Path | None, seed: int, steps) -> dict:
     rows = {}
     if out is not None and out.exists():
         for line in out.read_text().splitlines():
-            if line.strip():
+            try:
                 row = json.loads(line)
-                if row.get("seed") == seed and row.get("steps") == steps:
-                    rows[(row["index"], row["preset"])] = row
+            except json.JSONDecodeError:  # an empty line, or the last one of a run stopped while writing it
+                continue
+            if isinstance(row, dict) and row.get("seed") == seed and row.get("steps") == steps:
+                rows[(row["index"], row["preset"])] = row
     return rows
 
 
@@ -187,6 +189,9 @@ def compare_presets(model, cases, presets, *, seed: int, steps: int | None = Non
     """Every case under every preset, interleaved (case by case, the presets' order rotated by one per case);
     rows already in ``out`` (same seed and steps) are kept, new ones appended. Returns ``{(index, preset): row}``."""
     rows = _load(out, seed, steps)
+    if out is not None and out.exists() and out.stat().st_size and not out.read_bytes().endswith(b"\n"):
+        with out.open("a") as handle:  # a run stopped mid-line: its partial row is skipped, the next starts afresh
+            handle.write("\n")
     todo = [(i, p) for i in range(len(cases)) for p in presets if (i, p) not in rows]
     if todo:
         compose_and_score(model, cases[0], presets[0], steps=steps)  # warm-up, not recorded: first-call costs
