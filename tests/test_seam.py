@@ -114,3 +114,15 @@ def test_inputs_box_forms_edges_on_the_image_border_and_ignore():
 def test_bad_arguments_are_named(call, words):
     with pytest.raises(ValueError, match=words):
         call(_paper())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_half_precision_tensors_read_alike(dtype):
+    """The package's image tensors in any precision: the seam of a hard paste is the colour step to the precision's
+    rounding of [-1, 1] values."""
+    background, hard = _paper(), _paste(INK, 0)
+    step = _step(hard[30, 30], background[30, 30])
+    to_tensor = lambda a: torch.from_numpy(a.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1).to(dtype)  # noqa: E731
+    tolerance = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+    assert seam_jump(to_tensor(hard), to_tensor(background), BOX) == pytest.approx(step, abs=tolerance)
+    assert seam_jump(to_tensor(background), to_tensor(background), BOX) == 0.0

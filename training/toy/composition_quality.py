@@ -21,7 +21,8 @@ near edges), compose with TF-ICON's defaults and ask of each result:
 ``python -m training.toy.composition_quality [--seed N] [--repeats R]`` prints the figures; tests keep them
 from regressing. With ``--preset NAME`` (repeatable, or a comma list) the same cases are composed under each
 named preset and compared, with a seam measure at the box border and each preset's cost
-(``training.toy.preset_comparison``). One composition is read by ``tficon.toy.reading`` (the notebooks read theirs with it too).
+(``training.toy.preset_comparison``). One composition is read by ``tficon.toy.reading`` (the notebooks read
+theirs with it too).
 """
 
 from __future__ import annotations
