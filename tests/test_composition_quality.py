@@ -115,3 +115,130 @@ def test_style_accuracy_through_a_vae_round_trip():
     assert style_accuracy(sizes=sizes, seed=1, roundtrip=lambda image: image) == style_accuracy(sizes=sizes, seed=1)
     through_vae = style_accuracy(sizes=sizes, seed=1, roundtrip=vae_roundtrip(load_model("toy")))
     assert through_vae["flat"] >= 0.95 and through_vae["pencil"] >= 0.95
+
+
+# ---------------------------------------------------------------------------------------------- presets compared
+def test_presets_compared_on_the_same_cases_report_every_column(tmp_path, capsys):
+    """``--preset tf-icon,tale`` on 2 cases with 4 steps: both presets on the same cases, every figure of the table
+    reported for each, the cost counted (TALE's later start runs fewer evaluations), and a second run given the same
+    ``--out`` file composes nothing again and reports the same figures."""
+    import json
+
+    from training.toy.composition_quality import main
+    from training.toy.preset_comparison import FIGURES
+
+    out = tmp_path / "rows.jsonl"
+    argv = ["--preset", "tf-icon,tale", "--seed", "11", "--repeats", "1", "--cases", "2", "--steps", "4",
+            "--threads", "1", "--out", str(out)]  # fmt: skip
+    summary = main(argv)
+    printed = capsys.readouterr().out
+    assert "seed 11: 2 fresh cross-domain cases" in printed and "<ref>" in printed
+    header = next(line for line in printed.splitlines() if line.startswith("preset "))
+    for column, key, _ in FIGURES:
+        assert column in header
+        for preset in ("tf-icon", "tale"):
+            assert key in summary[preset]
+    assert list(summary) == ["tf-icon", "tale"]
+    assert summary["tf-icon"]["cases"] == summary["tale"]["cases"] == 2
+    # 4 steps: TF-ICON inverts both images (2 x 4) and composes; TALE starts at grid index int(0.6 * 4) = 2
+    assert summary["tf-icon"]["sample_evals_ratio"] == 1.0 and summary["tf-icon"]["cpu_ratio"] == 1.0
+    assert summary["tale"]["sample_evals"] < summary["tf-icon"]["sample_evals"]
+    assert summary["tale"]["sample_evals_ratio"] == summary["tale"]["sample_evals"] / summary["tf-icon"]["sample_evals"]
+    assert summary["tf-icon"]["cpu_seconds"] > 0 and summary["tale"]["cpu_seconds"] > 0
+    for preset in ("tf-icon", "tale"):
+        assert 0 <= summary[preset]["object_in_box"] <= 1 and np.isfinite(summary[preset]["psnr_outside_box_db"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["index"], r["preset"]) for r in rows) == [(0, "tale"), (0, "tf-icon"), (1, "tale"), (1, "tf-icon")]
+    # interleaved, the order rotated per case: case 0 tf-icon first, case 1 tale first
+    assert [(r["index"], r["preset"]) for r in rows] == [(0, "tf-icon"), (0, "tale"), (1, "tale"), (1, "tf-icon")]
+    again = main(argv)
+    assert len(out.read_text().splitlines()) == 4  # resumed: nothing composed twice
+    assert json.dumps(again, sort_keys=True) == json.dumps(summary, sort_keys=True)
+
+
+def test_preset_names_and_the_object_words():
+    from training.toy.preset_comparison import marked_prompt, parse_presets
+
+    assert parse_presets(["tf-icon,tale", "shine-blend", "tale"]) == ["tf-icon", "tale", "shine-blend"]
+    with pytest.raises(ValueError, match="registered: tf-icon"):
+        parse_presets(["tf-icon,no-such"])
+    for case in composition_cases(seed=0, repeats=4):
+        prompt = marked_prompt(case)
+        assert prompt.count("<ref>") == 2 and f"<ref> {case.colour} {case.shape} <ref>" in prompt
+        assert prompt.replace("<ref> ", "").replace(" <ref>", "") == case.sample.prompt
+
+
+def test_a_prompt_naming_the_object_twice_marks_the_placed_one():
+    """The prompt names objects left to right: with a scene object of the same colour and shape, the placed
+    object's phrase is the one on its side (seed 0 holds such cases)."""
+    from training.toy.preset_comparison import marked_prompt
+
+    twins = [c for c in composition_cases(seed=0, repeats=4) if c.sample.prompt.count(f"a {c.colour} {c.shape}") == 2]
+    assert twins
+    by_box = {c.sample.box: marked_prompt(c) for c in twins}
+    assert by_box[(7, 0, 24, 24)].startswith("a red square and a <ref> red square <ref>")  # scene object at x 12.5
+    assert by_box[(14, 15, 20, 20)].startswith("a <ref> green square <ref> and")  # scene object at x 48
+
+
+def test_the_seam_of_a_composed_case_leaves_the_placed_object_out():
+    """On the cut-and-paste itself (the object pasted on the background by its silhouette) the seam is about 0: the
+    only jumps at the box border are the object's own edges, which are left out; a square, filling its box, leaves
+    no border at all (NaN)."""
+    import math
+
+    from tficon.composition.session import Session
+    from tficon.core import io
+    from tficon.eval.seam import seam_jump
+    from tficon.model import load_model
+    from training.toy.preset_comparison import OBJECT_DILATION, _dilate, placed_object_mask
+
+    model = load_model("toy")
+    seen_square = False
+    for case in composition_cases(seed=0, repeats=1)[:6]:
+        s = case.sample
+        session = Session(model, s.background, s.foreground, s.foreground_mask, s.box, s.prompt, mode="cross")
+        paste = np.asarray(io.to_pil(session.inputs.cut_and_paste))
+        background = np.asarray(s.background.convert("RGB").resize((64, 64)))
+        ignore = _dilate(placed_object_mask(session), OBJECT_DILATION)
+        value = seam_jump(paste, background, session.placement.target_window, width=2, ignore=ignore)
+        if case.shape == "square":
+            seen_square = True
+            assert math.isnan(value)
+        else:
+            assert abs(value) < 0.01, case.sample.name
+            assert seam_jump(paste, background, session.placement.target_window, width=2) > abs(value)
+    assert seen_square
+
+
+def test_a_resumed_run_skips_a_partial_last_line(tmp_path):
+    """A run stopped while writing leaves a partial line: a resumed run ignores it and appends on a new line."""
+    import json
+
+    from training.toy.preset_comparison import _load, compare_presets
+
+    out = tmp_path / "rows.jsonl"
+    done = {"seed": 1, "steps": 4, "index": 0, "preset": "tf-icon", "found": True}
+    other_seed = {**done, "seed": 2, "index": 1}
+    out.write_text(json.dumps(done) + "\n" + json.dumps(other_seed) + "\n" + '{"seed": 1, "steps": 4, "ind')
+    assert list(_load(out, 1, 4)) == [(0, "tf-icon")]
+    rows = compare_presets(None, [object()], ["tf-icon"], seed=1, steps=4, out=out, log=None)
+    assert rows == {(0, "tf-icon"): done}  # nothing left to compose: the model is never touched
+    assert out.read_text().endswith('"ind\n')
+
+
+def test_the_background_reconstruction_after_a_later_start_starts_at_its_grid_point():
+    """TALE's inversion stops at t'; its reconstruction is sampled back from t'. Seed 0's first case, 10 steps:
+    37 dB against the background; sampled from t = 1 as if the half-noised latent were pure noise it was 26 dB."""
+    from tficon.composition.session import Session
+    from tficon.core import io
+    from tficon.eval.pixel import psnr
+    from tficon.model import load_model
+    from tficon.toy.reading import background_reconstruction
+
+    case = composition_cases(seed=0, repeats=1)[0]
+    s = case.sample
+    session = Session(load_model("toy"), s.background, s.foreground, s.foreground_mask, s.box, s.prompt,
+                      mode="cross", steps=10, later_start=0.6)  # fmt: skip
+    reconstruction = (background_reconstruction(session) + 1) / 2
+    background = (io.image_to_tensor(s.background.convert("RGB")) + 1) / 2
+    assert psnr(reconstruction, background) > 32.0

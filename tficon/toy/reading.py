@@ -117,14 +117,20 @@ class PairResult:
 
 
 def background_reconstruction(session) -> torch.Tensor:
-    """Decode of the background's exceptional-prompt inversion sampled back (what blending keeps)."""
+    """Decode of the background's exceptional-prompt inversion sampled back (what blending keeps).
+
+    With a later start (TALE) the inversion stops at the start's grid point t', so it is sampled back from t' over
+    the steps that run; sampling it from t = 1 would treat a half-noised latent as pure noise."""
     from tficon.core import solver
+    from tficon.core.plan import start_index
 
     engine, model = session.engine, session.model
     x_bg, _ = session.invert()
+    config = session.config
+    t_start = float(solver.time_grid(config.steps)[start_index(config)])  # 1.0 without a later start
     z = solver.sample(
-        engine.model_fn(model.exceptional_embedding()), x_bg, engine.schedule, session.steps, session.config.order,
-        prediction_type=model.prediction_type,
+        engine.model_fn(model.exceptional_embedding()), x_bg, engine.schedule, session.steps, config.order,
+        prediction_type=model.prediction_type, t_start=t_start,
     )
     return session.decode(z)[0]
 

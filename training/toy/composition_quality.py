@@ -19,12 +19,16 @@ near edges), compose with TF-ICON's defaults and ask of each result:
   so only the affected steps are recomputed).
 
 ``python -m training.toy.composition_quality [--seed N] [--repeats R]`` prints the figures; tests keep them
-from regressing. One composition is read by ``tficon.toy.reading`` (the notebooks read theirs with it too).
+from regressing. With ``--preset NAME`` (repeatable, or a comma list) the same cases are composed under each
+named preset and compared, with a seam measure at the box border and each preset's cost
+(``training.toy.preset_comparison``). One composition is read by ``tficon.toy.reading`` (the notebooks read
+theirs with it too).
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -115,7 +119,28 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="seed the cases are drawn from")
     parser.add_argument("--repeats", type=int, default=2, help="cases per ordered domain pair (12 pairs)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--preset", action="append", metavar="NAME",
+                        help="compare presets on the same cases (repeatable, or a comma list: tf-icon,tale)")
+    parser.add_argument("--cases", type=int, default=None,
+                        help="with --preset: only the first N of the drawn cases (a quick look; default all)")
+    parser.add_argument("--steps", type=int, default=None, help="with --preset: steps for every preset (default 20)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="with --preset: a JSON-lines file each composed case is appended to; a run given "
+                             "the same file resumes (same seed and steps)")
+    parser.add_argument("--markdown", action="store_true", help="with --preset: also print a markdown table")
     args = parser.parse_args(argv)
+    presets = None
+    if args.preset:
+        from training.toy.preset_comparison import parse_presets
+
+        try:
+            presets = parse_presets(args.preset)
+        except ValueError as error:
+            parser.error(str(error))
+    elif args.steps is not None or args.out is not None or args.markdown or args.cases is not None:
+        parser.error("--cases, --steps, --out and --markdown go with --preset")
+    if args.cases is not None and args.cases < 1:
+        parser.error(f"--cases must be a positive number of cases, got {args.cases}")
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     from tficon.model import load_model
@@ -124,6 +149,8 @@ def main(argv=None) -> dict:
     accuracy = style_accuracy()
     print("object-style reader on rendered ground truth (sizes 7-17): "
           + "  ".join(f"{d} {a:.3f}" for d, a in accuracy.items()))
+    if presets is not None:
+        return _compare(model, presets, args)
     scores, results = composition_scores(model, seed=args.seed, repeats=args.repeats)
     for r in results:
         offset = "-" if r.centroid_offset_px is None else f"{r.centroid_offset_px:4.1f}"
@@ -133,6 +160,32 @@ def main(argv=None) -> dict:
     for key, value in scores.items():
         print(f"{key}: {value:.3f}")
     return scores
+
+
+def _compare(model, presets, args) -> dict:
+    """``--preset``: every case under every preset (``training.toy.preset_comparison``), then the table."""
+    from training.toy.preset_comparison import compare_presets, format_table, summarise
+
+    cases = composition_cases(args.seed, args.repeats)[: args.cases]
+    steps = "the default 20" if args.steps is None else args.steps
+    print(f"seed {args.seed}: {len(cases)} fresh cross-domain cases ({args.repeats} per ordered domain pair"
+          f"{'' if args.cases is None else f', the first {len(cases)} of them'}), "
+          f"presets {', '.join(presets)}, steps {steps}, {args.threads} thread(s)")
+    print("prompt: the placed object's words marked '<ref> red star <ref>' for every preset (read by "
+          "primecomposer-rca and shine-blend; the others encode the prompt with the markers removed)")
+    rows = compare_presets(model, cases, presets, seed=args.seed, steps=args.steps, out=args.out)
+    summary = summarise(rows, presets, len(cases))
+    base = "tf-icon" if "tf-icon" in presets else presets[0]
+    print(f"seam: colour jump across the box border (2 px either side, placed object left out) minus the "
+          f"background's, [0, 1] units, lower is better; evals: UNet sample-evaluations per case (inversions and "
+          f"composition); CPU s: process CPU seconds per case to build and compose; x: ratio to {base}, measured "
+          f"interleaved")
+    print(format_table(summary))
+    for name, figures in summary.items():
+        print(f"{name}: seam {figures['seam']:+.4f} +- {figures['seam_stderr']:.4f} (standard error)")
+    if args.markdown:
+        print(format_table(summary, markdown=True))
+    return summary
 
 
 if __name__ == "__main__":
