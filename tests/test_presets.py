@@ -262,3 +262,18 @@ def test_primecomposer_rca_changes_only_what_its_constraint_touches(toy_pair):
     with pytest.raises(ValueError, match="object_words|<ref>"):
         Session(model, sample.background, sample.foreground, sample.foreground_mask, sample.box, sample.prompt,
                 config=CompositionConfig.preset("primecomposer-rca", steps=6)).run()  # fmt: skip
+
+
+def test_every_mechanism_setting_is_a_sweep_axis_read_from_the_command_line():
+    """Each mechanism's setting can vary in a sweep grid, read with its own type from ``--grid``."""
+    from tficon.run.sweep_grid import PARAMETERS
+
+    mechanisms = ("strategy", "tau_c", "later_start", "latent_norm_steps", "latent_norm_strength", "inject_layers",
+                  "region_cross_attention", "adaptive_blend", "adaptive_blend_until")  # fmt: skip
+    assert set(mechanisms) <= set(PARAMETERS)
+    assert parse_grid_option("latent_norm_steps=2,5") == ("latent_norm_steps", [2, 5])  # integers, not 2.0
+    assert parse_grid_option("region_cross_attention=off,on") == ("region_cross_attention", [False, True])
+    assert parse_grid_option("adaptive_blend=True,0") == ("adaptive_blend", [True, False])
+    assert parse_grid_option("strategy=tf-icon;tigic") == ("strategy", ["tf-icon", "tigic"])
+    with pytest.raises(GridError, match="adaptive_blend=off,on"):
+        parse_grid_option("adaptive_blend=maybe")

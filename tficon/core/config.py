@@ -206,7 +206,7 @@ class CompositionConfig:
         "tf-icon", help="what the steps compute: tf-icon (the official code) or primecomposer (PrimeComposer's "
         "released code: correlation-diffuser pass, background from the inversion trajectory, tau_c object hold) or "
         "tigic (TIGIC's released code: prompted collage inversion, three branches, decoder logit mixes)",
-        invalidates="plans", choices=STRATEGIES, control="dropdown",
+        invalidates="plans", choices=STRATEGIES, sweep=True, control="dropdown",
     )  # fmt: skip
     tau_c: float = setting(
         0.2, help="primecomposer only: fraction of steps that keep the object at its post-warm-up latent and the "
@@ -237,7 +237,7 @@ class CompositionConfig:
     region_cross_attention: bool = setting(
         False, help="the object's words attend only inside the placed object in the generation's conditional "
         "cross-attention (PrimeComposer's region-constrained cross-attention)", invalidates="plans", switch=True,
-        control="checkbox",
+        sweep=True, control="checkbox",
     )  # fmt: skip
     object_words: str = setting(
         "", help="the object's words in the prompt, for region_cross_attention and the mask proposal (a prompt "
@@ -246,7 +246,7 @@ class CompositionConfig:
     adaptive_blend: bool = setting(
         False, help="early background blends keep the generation inside an attention-derived object mask instead "
         "of the box (SHINE's adaptive background blending); later ones use the box", invalidates="plans",
-        switch=True, control="checkbox",
+        switch=True, sweep=True, control="checkbox",
     )  # fmt: skip
     adaptive_blend_until: float = setting(
         0.5, help="fraction of steps until which the background blend follows the attention mask (adaptive_blend)",

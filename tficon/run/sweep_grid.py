@@ -92,10 +92,21 @@ def _label(name: str, value) -> str:
     return str(value)
 
 
+_SWITCH_WORDS = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
+
+
+def _switch(text: str) -> bool:
+    try:
+        return _SWITCH_WORDS[text.strip().lower()]
+    except KeyError:
+        raise ValueError(text) from None
+
+
 def parse_grid_option(text: str) -> tuple[str, list]:
     """One ``--grid`` option of the command line: ``name=v1,v2,...`` or ``name=start:stop:count`` (evenly spaced,
     both ends included); boxes as ``box=x,y,w,h;x,y,w,h``; ``guidance=official`` is the per-mode default; text
-    settings as ``name=v1;v2`` (their values may hold commas, e.g. ``inject_layers=decoder;up_blocks.1,mid``)."""
+    settings as ``name=v1;v2`` (their values may hold commas, e.g. ``inject_layers=decoder;up_blocks.1,mid``);
+    switches as ``name=off,on`` (or true/false, 1/0)."""
     name, sep, rest = text.partition("=")
     name = name.strip().replace("-", "_")
     if not sep or not rest.strip():
@@ -108,9 +119,12 @@ def parse_grid_option(text: str) -> tuple[str, list]:
     try:
         if name == "box":
             return name, [parse_box_text(part, name="--grid box") for part in rest.split(";")]
-        if isinstance(CompositionConfig.__dataclass_fields__[name].default, str):
+        default = CompositionConfig.__dataclass_fields__[name].default
+        if isinstance(default, str):
             return name, [part.strip() for part in rest.split(";")]
-        kind = int if name in ("seed", "steps") else float
+        if isinstance(default, bool):  # a mechanism's switch: region_cross_attention=off,on
+            return name, [_switch(v) for v in rest.split(",")]
+        kind = int if isinstance(default, int) else float  # steps, seed, latent_norm_steps: integers
         if ":" in rest:
             start, stop, count = rest.split(":")
             n = int(count)
@@ -123,7 +137,13 @@ def parse_grid_option(text: str) -> tuple[str, list]:
             return name, values
         return name, [None if (name == "guidance" and v.strip() == "official") else kind(v) for v in rest.split(",")]
     except ValueError:
-        form = "box=x,y,w,h;x,y,w,h" if name == "box" else f"{name}=v1,v2,... or {name}=start:stop:count"
+        setting = CompositionConfig.__dataclass_fields__.get(name)
+        if name == "box":
+            form = "box=x,y,w,h;x,y,w,h"
+        elif setting is not None and isinstance(setting.default, bool):
+            form = f"{name}=off,on"
+        else:
+            form = f"{name}=v1,v2,... or {name}=start:stop:count"
         raise GridError(f"--grid: cannot read {text!r}; write {form}") from None
 
 
