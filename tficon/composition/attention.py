@@ -34,6 +34,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from tficon.composition.attention_backend import Attend, sdpa
 from tficon.composition.tigic_attention import fused_mixed_attention, mixed_logits
 from tficon.core.tigic import mixing_weights
 from tficon.model.families.base import self_attention_layers
@@ -146,6 +147,9 @@ class InjectionController:
     _regions: dict[tuple[int, int], object] = field(default_factory=dict)
     _masks: dict[tuple[int, int, str], torch.Tensor] = field(default_factory=dict)
     _row_groups: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    #: the attention kernel every processor of the call uses (``tficon.composition.attention_backend``; the Session's
+    #: ``attention_backend``): PyTorch's SDPA by default
+    attend: Attend = field(default=sdpa, compare=False, repr=False)
 
     def resolution(self, n_tokens: int) -> tuple[int, int]:
         """The (h, w) grid of a layer with ``n_tokens`` tokens (its downsampling factor is a power of 2)."""
@@ -257,7 +261,7 @@ class CompositeSelfAttention:
 
         layout = self.controller.layout
         if layout is None:
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+            out = self.controller.attend(query, key, value, attn_mask=attention_mask)
         else:
             out = self._attend(attn, query, key, value, attention_mask, layout, n_tokens)
             self._capture(attn, query, key, layout, n_tokens)
@@ -292,7 +296,7 @@ class CompositeSelfAttention:
             cells.append((cell, geometry, regions, inject, mix))
         if not replaced:
             # Same call as AttnProcessor2_0, so un-injected steps are bitwise those of the stock processor.
-            return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+            return self.controller.attend(query, key, value, attn_mask=attention_mask)
 
         batch = query.shape[0]
         out = query.new_empty(*query.shape[:-1], value.shape[-1])
@@ -300,22 +304,22 @@ class CompositeSelfAttention:
         if plain:
             rows = torch.tensor(plain, device=query.device)
             mask = None if attention_mask is None else attention_mask.index_select(0, rows)
-            out[rows] = F.scaled_dot_product_attention(
-                query.index_select(0, rows), key.index_select(0, rows), value.index_select(0, rows),
-                attn_mask=mask, dropout_p=0.0, is_causal=False,
+            out[rows] = self.controller.attend(
+                query.index_select(0, rows), key.index_select(0, rows), value.index_select(0, rows), attn_mask=mask
             )
         for cell, geometry, regions, inject, mix in cells:
             if mix:  # TIGIC: the cond row's whole map mixed with the background's and the reference's
                 out[cell.cond] = fused_mixed_attention(
                     query, key, value, rows=(cell.cond, cell.background, cell.reference),
                     weights=mixing_weights(cell.mix_background, cell.mix_reference), scale=attn.scale,
+                    kernel=self.controller.attend,
                 )  # fmt: skip
             if cell.pseudo_cross is not None:
                 # Keys and values restricted to the reference's own object tokens (the whole reference box
                 # when this resolution has none); queries at every position (docs/algorithm.md §8.3).
                 p = cell.pseudo_cross
                 keep = self._pseudo_keys(regions, query.device)
-                out[p] = F.scaled_dot_product_attention(
+                out[p] = self.controller.attend(
                     query[p : p + 1], key[p : p + 1, :, keep], value[p : p + 1, :, keep], scale=attn.scale
                 )[0]
             if inject:
@@ -324,6 +328,7 @@ class CompositeSelfAttention:
                     query, key, value, layout=cell, regions=regions,
                     outside=geometry.outside_box(n_tokens, query.device), scale=attn.scale,
                     rows=geometry.row_groups(n_tokens, query.device, fg_on=fg_on, bg=cell.bg),
+                    kernel=self.controller.attend,
                 )  # fmt: skip
         return out
 
@@ -417,6 +422,7 @@ def fused_composite_attention(
     outside,
     scale: float,
     rows: tuple[torch.Tensor, torch.Tensor] | None = None,
+    kernel: Attend = sdpa,
 ) -> torch.Tensor:
     """The ``cond`` row's composite self-attention output, softmax(L) V_gen, without building L.
 
@@ -450,7 +456,8 @@ def fused_composite_attention(
     bound float16/bfloat16 against a float32 transcription.
 
     query/key/value: (batch, heads, N, d); outside: (N,) bool. ``rows``: the row groups (background block's, gen's
-    own) as ``InjectionController.row_groups`` caches them; None computes them here (one host read each).
+    own) as ``InjectionController.row_groups`` caches them; None computes them here (one host read each). ``kernel``:
+    the attention kernel (``tficon.composition.attention_backend``; default PyTorch's SDPA).
     Returns (heads, N, d_v) in value's dtype.
     """
     c = layout.cond
@@ -486,7 +493,7 @@ def fused_composite_attention(
             return
         q, k = torch.cat(queries, -1), torch.cat(keys, -1)
         v = v_gen if q.shape[-1] == d_v else torch.cat([v_gen, v_gen.new_zeros(heads, n, q.shape[-1] - d_v)], -1)
-        out[:, rows] = F.scaled_dot_product_attention(q[None], k[None], v[None], scale=scale)[0, ..., :d_v]
+        out[:, rows] = kernel(q[None], k[None], v[None], scale=scale)[0, ..., :d_v]
 
     if rows is None:
         rows = from_background.nonzero().squeeze(1), from_gen.nonzero().squeeze(1)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from tficon.composition.attention import BatchLayout, CompositeSelfAttention, InjectionController
+from tficon.composition.attention_backend import Attend, sdpa
 from tficon.model.families.sd3 import joint_attention_layers
 
 __all__ = [
@@ -71,7 +72,7 @@ class CompositeJointAttention(CompositeSelfAttention):
 
         layout = self.controller.layout
         if layout is None:
-            out = F.scaled_dot_product_attention(*joint, dropout_p=0.0, is_causal=False)
+            out = self.controller.attend(*joint)
         else:
             out = self._attend_joint(attn, joint, n_image, layout)
             self._capture(attn, query, key, layout, n_image)
@@ -97,21 +98,20 @@ class CompositeJointAttention(CompositeSelfAttention):
             replaced |= mine
             cells.append((cell, geometry, regions, inject))
         if not replaced:  # the stock processor's call: un-injected steps are bitwise JointAttnProcessor2_0's
-            return F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+            return self.controller.attend(query, key, value)
         out = query.new_empty(*query.shape[:-1], value.shape[-1])
         plain = [row for row in range(query.shape[0]) if row not in replaced]
         if plain:
             rows = torch.tensor(plain, device=query.device)
-            out[rows] = F.scaled_dot_product_attention(
-                query.index_select(0, rows), key.index_select(0, rows), value.index_select(0, rows),
-                dropout_p=0.0, is_causal=False,
-            )  # fmt: skip
+            out[rows] = self.controller.attend(
+                query.index_select(0, rows), key.index_select(0, rows), value.index_select(0, rows)
+            )
         for cell, geometry, regions, inject in cells:
             if cell.pseudo_cross is not None:
                 p = cell.pseudo_cross
                 keep = self._pseudo_keys(regions, query.device)
                 keep = torch.cat([keep, torch.arange(n_image, key.shape[2], device=keep.device)])  # + every text key
-                out[p] = F.scaled_dot_product_attention(
+                out[p] = self.controller.attend(
                     query[p : p + 1], key[p : p + 1, :, keep], value[p : p + 1, :, keep], scale=attn.scale
                 )[0]
             if inject:
@@ -121,9 +121,10 @@ class CompositeJointAttention(CompositeSelfAttention):
                 out[c, :, image] = fused_joint_composite_attention(
                     query[:, :, image], key[:, :, image], value[:, :, image], text_kv, layout=cell, regions=regions,
                     outside=geometry.outside_box(n_image, query.device), scale=attn.scale,
+                    kernel=self.controller.attend,
                 )  # fmt: skip
                 if text_kv is not None:  # the cond row's text queries: its own joint attention
-                    out[c, :, n_image:] = F.scaled_dot_product_attention(
+                    out[c, :, n_image:] = self.controller.attend(
                         query[c : c + 1, :, n_image:], key[c : c + 1], value[c : c + 1], scale=attn.scale
                     )[0]
         return out
@@ -139,6 +140,7 @@ def fused_joint_composite_attention(
     regions,
     outside: torch.Tensor,
     scale: float,
+    kernel: Attend = sdpa,
 ) -> torch.Tensor:
     """The ``cond`` row's image-query outputs of the composite joint attention, without building any N x N matrix.
 
@@ -188,7 +190,7 @@ def fused_joint_composite_attention(
         q = torch.cat(queries, -1)
         k = torch.cat([torch.cat(keys, -1), torch.cat(text_keys, -1)], dim=1)
         v = values if q.shape[-1] == d_v else torch.cat([values, values.new_zeros(heads, values.shape[1], q.shape[-1] - d_v)], -1)
-        out[:, rows] = F.scaled_dot_product_attention(q[None], k[None], v[None], scale=scale)[0, ..., :d_v]
+        out[:, rows] = kernel(q[None], k[None], v[None], scale=scale)[0, ..., :d_v]
 
     rows_background = from_background.nonzero().squeeze(1)
     rows_gen = from_gen.nonzero().squeeze(1)

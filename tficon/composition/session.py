@@ -44,6 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tficon.composition.attention import CaptureRequest, InjectionController
+from tficon.composition.attention_backend import attention_function
 from tficon.composition.engine import Engine, StepInputs, StepRecord
 from tficon.composition.inputs import (
     Inputs,
@@ -91,7 +92,10 @@ class Session(SessionStrategies, SessionViews):
 
     ``engine``: the ``tficon.composition.engine.Engine`` to run on (default: a new one for ``model``); Sessions that
     share an engine share its inversion cache. ``threads``: torch's CPU thread count while this Session
-    works (restored afterwards); None leaves torch's setting as it is.
+    works (restored afterwards); None leaves torch's setting as it is. ``attention_backend``: the attention kernel
+    of the composition's processors, None (PyTorch's SDPA, bitwise the stock processors) or a name of diffusers'
+    attention dispatcher ("native", "_native_cudnn", "flash", "sage", "xformers", ...:
+    ``tficon.composition.attention_backend``); in a lockstep call of several Sessions the first one's serves the call.
     """
 
     def __init__(
@@ -108,6 +112,7 @@ class Session(SessionStrategies, SessionViews):
         progress: bool = False,
         engine: Engine | None = None,
         threads: int | None = None,
+        attention_backend: str | None = None,
         **config_changes,
     ):
         if engine is not None and model is not engine.model:
@@ -121,6 +126,8 @@ class Session(SessionStrategies, SessionViews):
         self.model = model
         self.engine = engine if engine is not None else Engine(model)
         self.threads = threads
+        self.attention_backend = attention_backend
+        self._attend = attention_function(attention_backend)  # an unknown name raises here, listing the known ones
         self.progress = progress
         self._config = (config or CompositionConfig()).replace(**config_changes)
         self._check_config(self._config)
@@ -420,7 +427,9 @@ class Session(SessionStrategies, SessionViews):
             regions = lambda h, w: placement_mod.region_indices(  # noqa: E731
                 inputs.placement, inputs.object_mask, h, w
             ).to(device)
-            self._controller = InjectionController(latent_size=self.model.latent_shape(self.image_size), region_fn=regions)
+            self._controller = InjectionController(
+                latent_size=self.model.latent_shape(self.image_size), region_fn=regions, attend=self._attend
+            )
         return self._controller
 
     def step(self) -> StepRecord:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tficon.composition.attention_backend import Attend, sdpa
+
 __all__ = ["fused_mixed_attention", "mixed_logits"]
 
 
@@ -46,6 +48,7 @@ def fused_mixed_attention(
     rows: tuple[int | None, int | None, int | None],
     weights: tuple[float, float, float],
     scale: float,
+    kernel: Attend = sdpa,
 ) -> torch.Tensor:
     """softmax(a L_gen + b L_background + c L_reference) V_gen for the generation's row, without building L.
 
@@ -61,7 +64,7 @@ def fused_mixed_attention(
     heads, n, d_v = v.shape
     if q.shape[-1] != d_v:
         v = torch.cat([v, v.new_zeros(heads, n, q.shape[-1] - d_v)], -1)
-    return F.scaled_dot_product_attention(q[None], k[None], v[None], scale=scale)[0, ..., :d_v]
+    return kernel(q[None], k[None], v[None], scale=scale)[0, ..., :d_v]
 
 
 def mixed_logits(
