@@ -9,7 +9,12 @@ import torch
 from tigic_reference import tigic_composition
 from tiny_setup import SIZE, new_session
 
-from tficon.composition.attention import BatchLayout, CompositeSelfAttention, InjectionController
+from tficon.composition.attention import (
+    BatchLayout,
+    CompositeSelfAttention,
+    InjectionController,
+)
+from tficon.composition.processor_steps import split_heads
 from tficon.composition.session import Session
 from tficon.composition.tigic_attention import fused_mixed_attention, mixed_logits
 from tficon.core import placement as placement_mod
@@ -202,7 +207,7 @@ def test_only_decoder_layers_mix():
         decoder = CompositeSelfAttention(controller, "up_blocks.1.attentions.0.transformer_blocks.0.attn1")
         mixed = decoder(attn, hidden)
     assert torch.equal(mixed[:3], plain[:3])
-    q, k, v = (CompositeSelfAttention._heads(attn, proj(hidden)) for proj in (attn.to_q, attn.to_k, attn.to_v))
+    q, k, v = (split_heads(attn, proj(hidden)) for proj in (attn.to_q, attn.to_k, attn.to_v))
     logits = mixed_logits(q, k, rows=(3, 0, 1), weights=(0.25, 0.25, 0.5), scale=attn.scale)
     want = (torch.softmax(logits, -1) @ v[3]).transpose(0, 1).reshape(64, 32)
     want = attn.to_out[1](attn.to_out[0](want))

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from tficon.composition.attention_backend import Attend, sdpa
+from tficon.composition.processor_steps import merge_heads_out, split_heads, tokens_in
 from tficon.composition.tigic_attention import fused_mixed_attention, mixed_logits
 from tficon.core.tigic import mixing_weights
 from tficon.model.families.base import self_attention_layers
@@ -239,21 +240,13 @@ class CompositeSelfAttention:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         if encoder_hidden_states is not None:
             raise ValueError(f"{self.layer_name}: the composite processor is for self-attention (attn1) layers only")
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channels, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
+        hidden_states, residual, shape = tokens_in(attn, hidden_states, temb)
         batch, n_tokens, _ = hidden_states.shape
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, n_tokens, batch)
             attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
-        query, key, value = (self._heads(attn, proj(hidden_states)) for proj in (attn.to_q, attn.to_k, attn.to_v))
+        query, key, value = (split_heads(attn, proj(hidden_states)) for proj in (attn.to_q, attn.to_k, attn.to_v))
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
@@ -266,18 +259,7 @@ class CompositeSelfAttention:
             out = self._attend(attn, query, key, value, attention_mask, layout, n_tokens)
             self._capture(attn, query, key, layout, n_tokens)
 
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * value.shape[-1]).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(batch, channels, height, width)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
-
-    @staticmethod
-    def _heads(attn, x: torch.Tensor) -> torch.Tensor:
-        batch, n, inner = x.shape
-        return x.view(batch, n, attn.heads, inner // attn.heads).transpose(1, 2)
+        return merge_heads_out(attn, out, residual, shape, query.dtype)
 
     def _attend(self, attn, query, key, value, attention_mask, layout, n_tokens: int) -> torch.Tensor:
         cells = []  # (layout, geometry, regions, inject) per cell of the call

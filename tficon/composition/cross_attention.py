@@ -30,6 +30,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from tficon.composition.processor_steps import merge_heads_out, split_heads, tokens_in
+
 __all__ = [
     "CrossAttentionRecord",
     "ObjectCrossAttention",
@@ -110,21 +112,13 @@ class ObjectCrossAttention:
         if attention_mask is not None:
             raise ValueError(f"{self.layer_name}: region-constrained cross-attention takes no encoder attention mask")
         # The steps of diffusers' AttnProcessor2_0 for a cross-attention layer, with the constrained rows redone.
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channels, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
-        batch, n_queries, _ = hidden_states.shape
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        hidden_states, residual, shape = tokens_in(attn, hidden_states, temb)
+        n_queries = hidden_states.shape[1]
         if attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        query = self._heads(attn, attn.to_q(hidden_states))
-        key = self._heads(attn, attn.to_k(encoder_hidden_states))
-        value = self._heads(attn, attn.to_v(encoder_hidden_states))
+        query = split_heads(attn, attn.to_q(hidden_states))
+        key = split_heads(attn, attn.to_k(encoder_hidden_states))
+        value = split_heads(attn, attn.to_v(encoder_hidden_states))
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
@@ -143,18 +137,7 @@ class ObjectCrossAttention:
         for cell in recording:
             self._record(query, key, cell, n_queries, n_keys)
 
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * value.shape[-1]).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(batch, channels, height, width)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
-
-    @staticmethod
-    def _heads(attn, x: torch.Tensor) -> torch.Tensor:
-        batch, n, inner = x.shape
-        return x.view(batch, n, attn.heads, inner // attn.heads).transpose(1, 2)
+        return merge_heads_out(attn, out, residual, shape, query.dtype)
 
     def _tokens(self, tokens, n_keys: int) -> torch.Tensor:
         if max(tokens) >= n_keys:
