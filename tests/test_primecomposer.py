@@ -279,3 +279,37 @@ def test_sdxl_shaped_models_run_the_strategy(sample):
     plans = session.plans
     assert any(p.hold_object for p in plans) and any(p.paste_on_reference for p in plans)
     assert bool(torch.isfinite(session.records[-1].generation.x).all())
+
+
+def test_region_constrained_cross_attention_finds_the_words_as_the_released_code_does():
+    """primecomposer-rca takes the marked words' indices in the prompt split on whitespace as token positions
+    (ldm/modules/encoders/modules.py): the tokenizer's positions while every word is one token, other tokens when an
+    earlier word splits; only the first marked phrase counts."""
+    from tficon.core.primecomposer import released_token_positions
+    from tficon.model import load_model
+    from tficon.model.token_positions import object_token_positions_of
+
+    assert released_token_positions("a painting of a <ref> red dog <ref>") == (5, 6)
+    assert released_token_positions("a <ref> red dog <ref>, outline style <ref> cat <ref>") == (2, 3)
+    assert released_token_positions("a photo of a <ref>, red dog <ref>") == (5, 6)
+    assert released_token_positions("no markers here") == ()
+    model = load_model("toy")
+    simple = "a <ref> red star <ref> and a blue square, outline style"
+    assert released_token_positions(simple) == object_token_positions_of(model, simple, "", "test") == (2, 3)
+    split = "a zxqvbnm <ref> red star <ref> and a blue square"  # a made-up word: several tokens
+    assert object_token_positions_of(model, split, "", "test") != released_token_positions(split) == (3, 4)
+
+
+def test_the_primecomposer_rca_session_reads_the_released_positions():
+    from tficon.model import load_model
+
+    model, sample = load_model("toy"), toy_sample()
+    prompt = "a zxqvbnm " + sample.prompt.replace("red star", "<ref> red star <ref>")
+    session = Session(model, sample.background, sample.foreground, sample.foreground_mask, sample.box, prompt,
+                      config=CompositionConfig.preset("primecomposer-rca", steps=4))  # fmt: skip
+    from tficon.core.primecomposer import released_token_positions
+
+    assert session._object_tokens(session.prompt, session.config) == released_token_positions(prompt)
+    tf_icon = Session(model, sample.background, sample.foreground, sample.foreground_mask, sample.box, prompt,
+                      region_cross_attention=True, steps=4)  # fmt: skip
+    assert tf_icon._object_tokens(tf_icon.prompt, tf_icon.config) != released_token_positions(prompt)

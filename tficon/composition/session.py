@@ -68,6 +68,7 @@ from tficon.core.plan import (
     plans_for,
     start_index,
 )
+from tficon.core.primecomposer import released_token_positions
 from tficon.core.prompt_markers import plain_prompt
 from tficon.core.schedule import InjectionSchedule
 from tficon.core.threads import torch_threads
@@ -221,6 +222,8 @@ class Session(SessionStrategies, SessionViews):
         needed_by = [name for name in ("region_cross_attention", "adaptive_blend") if getattr(config, name)]
         if not needed_by:
             return ()
+        if config.strategy == "primecomposer" and released_token_positions(prompt):
+            return released_token_positions(prompt)  # its released code's word indices (primecomposer-rca)
         return object_token_positions_of(self.model, prompt, config.object_words, " and ".join(needed_by))
 
     @staticmethod

@@ -33,6 +33,7 @@ __all__ = [
     "paste_on_reference",
     "primecomposer_changes",
     "released_prompt",
+    "released_token_positions",
 ]
 
 PRIMECOMPOSER_SOURCE = (
@@ -65,6 +66,27 @@ def released_prompt(prompt: str) -> str:
     words, ``a painting of a <ref> red dog <ref>`` -> ``a painting of a red dog``). The word list the markers give
     feeds only the region-constrained cross-attention, which the released code never applies."""
     return prompt.replace(" <ref>", "")
+
+
+def released_token_positions(prompt: str) -> tuple[int, ...]:
+    """The object's token positions as the released code finds them for its region-constrained cross-attention: the
+    prompt split on whitespace, and the indices of the words after its first ``<ref>`` (or ``<ref>,``) up to the
+    next one, used directly as positions of the encoder's tokens (``ldm/modules/encoders/modules.py``).
+
+    ``a painting of a <ref> red dog <ref>`` -> (5, 6): the first marker takes the place of the start token, so these
+    are the tokenizer's positions when every word before the object and in it is one token, and other tokens when a
+    word splits into several (``tficon.model.token_positions`` asks the tokenizer instead). Only the first marked
+    phrase counts, as in the released code; () when the prompt marks none."""
+    positions, inside = [], False
+    for i, word in enumerate(prompt.split()):
+        if word in ("<ref>", "<ref>,"):
+            if inside:
+                break
+            inside = True
+            continue
+        if inside:
+            positions.append(i)
+    return tuple(positions)
 
 
 @dataclass(frozen=True)
