@@ -8,6 +8,8 @@ path of the real models runs. Expectations are computed independently from the S
 
 from __future__ import annotations
 
+import re
+
 import base64
 import io
 import threading
@@ -111,6 +113,8 @@ def test_tau_b_change_recomputes_only_the_affected_suffix(explorer, model, sampl
     assert not np.array_equal(shown_result(explorer), old_result)
     assert explorer.progress.value == STEPS + 1 and len(explorer.strip) == STEPS + 1
     assert f"steps {first}..{STEPS} computed" in explorer.status.value
+    rate = float(re.search(r"\(([0-9.]+) steps/s\)", explorer.status.value).group(1))  # the run's step rate
+    assert rate > 0
     assert "tau_b=0.50" in explorer.result_caption.value
 
 

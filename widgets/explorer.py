@@ -412,7 +412,12 @@ class Explorer(widgets.VBox):
                 self.set_status(f"inversion done in {time.perf_counter() - started:.1f} s")
         run_alone(s, until=s.step_index + 1, threads=s.threads)  # one step per job: a stop or a change lands between steps
         record = s.records[-1]
-        self.set_status(f"step {record.s}/{s.steps} done ({record.seconds:.2f} s, {record.sample_evals} sample evals)")
+        first, _, started = self._run_started
+        rate = (s.step_index - first) / max(time.perf_counter() - started, 1e-9)  # since this run began (all jobs)
+        self.set_status(
+            f"step {record.s}/{s.steps} done ({record.seconds:.2f} s, {record.sample_evals} sample evals; "
+            f"{rate:.1f} steps/s)"
+        )
         self._tell(Change(STEP_COMPUTED, step=record.s))
         if s.step_index < target and self._worker.is_current(generation):
             self._worker.submit(lambda: self._job_advance(generation, until))
@@ -450,7 +455,8 @@ class Explorer(widgets.VBox):
             first, evals, started = self._run_started
             summary += (
                 f" · steps {first}..{s.steps} computed ({s.steps + 1 - first} of {s.steps + 1}), "
-                f"{s.stats['sample_evals'] - evals} sample evals, {time.perf_counter() - started:.1f} s"
+                f"{s.stats['sample_evals'] - evals} sample evals, {time.perf_counter() - started:.1f} s "
+                f"({(s.steps + 1 - first) / max(time.perf_counter() - started, 1e-9):.1f} steps/s)"
             )
         self._run_started = None
         self.set_status(summary)  # last: "done" means every view is up to date
