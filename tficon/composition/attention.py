@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from tficon.composition.attention_backend import Attend, sdpa
-from tficon.composition.processor_steps import merge_heads_out, split_heads, tokens_in
+from tficon.composition.processor_steps import installed_processors, merge_heads_out, split_heads, tokens_in
 from tficon.composition.tigic_attention import fused_mixed_attention, mixed_logits
 from tficon.core.tigic import mixing_weights
 from tficon.model.families.base import self_attention_layers
@@ -552,17 +552,6 @@ def composite_attention(
     unknown = chosen - self_attention
     if unknown:
         raise ValueError(f"layers must be self-attention layers of this UNet; unknown: {sorted(unknown)[:3]}")
-    installed = {}
-    replacement = {}
-    for name, processor in original.items():
-        if name[: -len(".processor")] in chosen:
-            installed[name[: -len(".processor")]] = replacement[name] = CompositeSelfAttention(
-                controller, name[: -len(".processor")]
-            )
-        else:
-            replacement[name] = processor
-    unet.set_attn_processor(replacement)
-    try:
+    make = lambda layer, _: CompositeSelfAttention(controller, layer)  # noqa: E731
+    with installed_processors(unet, original, chosen, make) as installed:
         yield installed
-    finally:
-        unet.set_attn_processor(original)

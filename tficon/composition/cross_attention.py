@@ -30,7 +30,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from tficon.composition.processor_steps import merge_heads_out, split_heads, tokens_in
+from tficon.composition.processor_steps import installed_processors, merge_heads_out, split_heads, tokens_in
 
 __all__ = [
     "CrossAttentionRecord",
@@ -179,17 +179,6 @@ def object_cross_attention(
         yield {}
         return
     original = dict(unet.attn_processors)
-    layers = set(cross_attention_layers(original))
-    installed: dict[str, ObjectCrossAttention] = {}
-    replacement = {}
-    for name, processor in original.items():
-        layer = name[: -len(".processor")]
-        if layer in layers:
-            installed[layer] = replacement[name] = ObjectCrossAttention(controller, layer, processor)
-        else:
-            replacement[name] = processor
-    unet.set_attn_processor(replacement)
-    try:
+    make = lambda layer, stock: ObjectCrossAttention(controller, layer, stock)  # noqa: E731
+    with installed_processors(unet, original, set(cross_attention_layers(original)), make) as installed:
         yield installed
-    finally:
-        unet.set_attn_processor(original)

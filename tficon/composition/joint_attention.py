@@ -32,10 +32,10 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from tficon.composition.attention import BatchLayout, CompositeSelfAttention, InjectionController
 from tficon.composition.attention_backend import Attend, sdpa
+from tficon.composition.processor_steps import installed_processors
 from tficon.model.families.sd3 import joint_attention_layers
 
 __all__ = [
@@ -227,18 +227,9 @@ def joint_composite_attention(
     unknown = chosen - known
     if unknown:
         raise ValueError(f"layers must be attention layers of this transformer; unknown: {sorted(unknown)[:3]}")
-    installed, replacement = {}, {}
-    for name, processor in original.items():
-        layer = name[: -len(".processor")]
-        if layer in chosen:
-            installed[layer] = replacement[name] = CompositeJointAttention(controller, layer)
-        else:
-            replacement[name] = processor
-    transformer.set_attn_processor(replacement)
-    try:
+    make = lambda layer, _: CompositeJointAttention(controller, layer)  # noqa: E731
+    with installed_processors(transformer, original, chosen, make) as installed:
         yield installed
-    finally:
-        transformer.set_attn_processor(original)
 
 
 def joint_row_bytes(model, latent_size: tuple[int, int]) -> int:

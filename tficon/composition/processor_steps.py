@@ -2,13 +2,17 @@
 the input side (spatial norm, a (B, C, H, W) input flattened to tokens, group norm), heads split off the projections,
 and the output side (heads merged, the output projection and dropout, back to (B, C, H, W), the residual, the
 rescale). The processors differ only in the attention between them (``attention.py``: the composite self-attention;
-``cross_attention.py``: the region-constrained cross-attention), so these steps have one home."""
+``cross_attention.py``: the region-constrained cross-attention), so these steps have one home; so does their
+installation on a model for one block (:func:`installed_processors`)."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
 import torch
 
-__all__ = ["merge_heads_out", "split_heads", "tokens_in"]
+__all__ = ["installed_processors", "merge_heads_out", "split_heads", "tokens_in"]
 
 
 def tokens_in(attn, hidden_states: torch.Tensor, temb=None):
@@ -43,3 +47,24 @@ def merge_heads_out(attn, out: torch.Tensor, residual: torch.Tensor, shape, dtyp
     if attn.residual_connection:
         out = out + residual
     return out / attn.rescale_output_factor
+
+
+@contextmanager
+def installed_processors(model, original: dict, layers, make: Callable) -> Iterator[dict]:
+    """For the block, ``make(layer, its processor)`` on each of ``layers`` of ``model`` (a UNet or an SD3
+    transformer), every other layer keeping its processor; yields ``{layer: processor made}``.
+
+    ``original`` is ``dict(model.attn_processors)``, read once by the caller (a walk of every module: it runs on
+    every step). The processors found are always restored, also when the block raises (``set_attn_processor``)."""
+    installed, replacement = {}, {}
+    for name, processor in original.items():
+        layer = name[: -len(".processor")]
+        if layer in layers:
+            installed[layer] = replacement[name] = make(layer, processor)
+        else:
+            replacement[name] = processor
+    model.set_attn_processor(replacement)
+    try:
+        yield installed
+    finally:
+        model.set_attn_processor(original)

@@ -20,7 +20,6 @@ with weight 0 are left out. The weights are powers of two, so weighting a query 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from tficon.composition.attention_backend import Attend, sdpa
 
