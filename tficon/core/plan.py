@@ -341,22 +341,7 @@ def plans_for(config) -> tuple[StepPlan, ...]:
     )  # fmt: skip
 
 
-def composition_plan(
-    schedule: InjectionSchedule,
-    *,
-    cross_lag: bool = True,
-    background_queries: bool = False,
-    latent_norm: tuple[int, float] = (0, 0.0),
-    inject_layers: str = ALL_LAYERS,
-    region_cross_attention: bool = False,
-    adaptive_blend_until: float | None = None,
-) -> tuple[StepPlan, ...]:
-    """Plans of all steps 0..steps."""
-    return tuple(
-        step_plan(
-            schedule, s, cross_lag=cross_lag, background_queries=background_queries, latent_norm=latent_norm,
-            inject_layers=inject_layers, region_cross_attention=region_cross_attention,
-            adaptive_blend_until=adaptive_blend_until,
-        )  # fmt: skip
-        for s in range(schedule.steps + 1)
-    )
+def composition_plan(schedule: InjectionSchedule, **options) -> tuple[StepPlan, ...]:
+    """Plans of all steps 0..steps: :func:`step_plan` of each, with the same keyword ``options`` (its list of them
+    and their official defaults is the one place they are written)."""
+    return tuple(step_plan(schedule, s, **options) for s in range(schedule.steps + 1))
