@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -394,6 +394,36 @@ class CompositeSelfAttention:
             self._store("composite", torch.softmax(composite, -1), n_tokens)
 
 
+class CompositeSets(NamedTuple):
+    """The index sets of one ``cond`` row's composite at one resolution, shared by the fused UNet and joint paths."""
+
+    fg_on: bool  # foreground injection on and the object present at this resolution
+    fg: torch.Tensor | None  # F: the object's positions in the generation grid (None when fg_on is False)
+    fg_ref: torch.Tensor | None  # R: the same positions in the reference grid
+    in_f: torch.Tensor  # (N,) bool: in F
+    from_background: torch.Tensor  # (N,) bool: the background block's rows and keys (outside the box, bg on)
+    from_gen: torch.Tensor  # (N,) bool: the generation's own keys
+    rows_background: torch.Tensor  # long indices of from_background's rows
+    rows_gen: torch.Tensor  # long indices of the rows that read the generation's own keys (not F, not the O block)
+
+
+def composite_sets(layout: BatchLayout, regions, outside: torch.Tensor, n: int, device, rows=None) -> CompositeSets:
+    """:class:`CompositeSets` of ``layout`` at a resolution of ``n`` tokens; ``rows`` (rows_background, rows_gen) as
+    ``InjectionController.row_groups`` caches them, or None to derive them here (one host read each)."""
+    fg_on = bool(layout.fg and regions.fg.numel() > 0)
+    in_f = torch.zeros(n, dtype=torch.bool, device=device)
+    fg = fg_ref = None
+    if fg_on:
+        fg, fg_ref = regions.fg.to(device), regions.fg_ref.to(device)
+        in_f[fg] = True
+    outside = outside.to(device)
+    from_background = outside & ~in_f if layout.bg else torch.zeros_like(in_f)
+    from_gen = ~in_f & ~from_background
+    if rows is None:
+        rows = from_background.nonzero().squeeze(1), from_gen.nonzero().squeeze(1)
+    return CompositeSets(fg_on, fg, fg_ref, in_f, from_background, from_gen, *rows)
+
+
 def fused_composite_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -447,16 +477,12 @@ def fused_composite_attention(
     heads, n, d_v = v_gen.shape
     device = q_gen.device
     zero = torch.zeros((), dtype=k_gen.dtype, device=device)
-    fg_on = layout.fg and regions.fg.numel() > 0
-    outside = outside.to(device)
-    in_f = torch.zeros(n, dtype=torch.bool, device=device)
+    fg_on, fg, fg_ref, in_f, from_background, from_gen, rows_background, rows_gen = composite_sets(
+        layout, regions, outside, n, device, rows
+    )
     if fg_on:
-        fg, fg_ref = regions.fg.to(device), regions.fg_ref.to(device)
-        in_f[fg] = True
         q_ask = query[layout.background] if layout.background_queries else query[layout.pseudo_cross]
         k_pseudo = key[layout.pseudo_cross]
-    from_background = outside & ~in_f if layout.bg else torch.zeros_like(in_f)  # the O block's rows and keys
-    from_gen = ~in_f & ~from_background
 
     def masked(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         return torch.where(keep[:, None], x, zero)
@@ -477,9 +503,6 @@ def fused_composite_attention(
         v = v_gen if q.shape[-1] == d_v else torch.cat([v_gen, v_gen.new_zeros(heads, n, q.shape[-1] - d_v)], -1)
         out[:, rows] = kernel(q[None], k[None], v[None], scale=scale)[0, ..., :d_v]
 
-    if rows is None:
-        rows = from_background.nonzero().squeeze(1), from_gen.nonzero().squeeze(1)
-    rows_background, rows_gen = rows
     if fg_on:
         k_obj = at_f(k_pseudo)
         if layout.object_block:

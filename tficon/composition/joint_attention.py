@@ -33,7 +33,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from tficon.composition.attention import BatchLayout, CompositeSelfAttention, InjectionController
+from tficon.composition.attention import BatchLayout, CompositeSelfAttention, InjectionController, composite_sets
 from tficon.composition.attention_backend import Attend, sdpa
 from tficon.composition.processor_steps import installed_processors
 from tficon.model.families.sd3 import joint_attention_layers
@@ -122,6 +122,9 @@ class CompositeJointAttention(CompositeSelfAttention):
                     query[:, :, image], key[:, :, image], value[:, :, image], text_kv, layout=cell, regions=regions,
                     outside=geometry.outside_box(n_image, query.device), scale=attn.scale,
                     kernel=self.controller.attend,
+                    rows=geometry.row_groups(
+                        n_image, query.device, fg_on=cell.fg and regions.fg.numel() > 0, bg=cell.bg
+                    ),
                 )  # fmt: skip
                 if text_kv is not None:  # the cond row's text queries: its own joint attention
                     out[c, :, n_image:] = self.controller.attend(
@@ -141,6 +144,7 @@ def fused_joint_composite_attention(
     outside: torch.Tensor,
     scale: float,
     kernel: Attend = sdpa,
+    rows: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The ``cond`` row's image-query outputs of the composite joint attention, without building any N x N matrix.
 
@@ -151,23 +155,20 @@ def fused_joint_composite_attention(
     ``q_G`` (the object group gets that segment added, its image keys zero there) and zero in the others.
 
     query/key/value: image tokens only, (batch, heads, N, d); text: the cond row's (text keys, text values),
-    (heads, T, d) each, or None (an image-only layer). Returns (heads, N, d_v) in value's dtype.
+    (heads, T, d) each, or None (an image-only layer). ``rows``: the cached row groups
+    (``InjectionController.row_groups``; None: derived here). Returns (heads, N, d_v) in value's dtype.
     """
     c = layout.cond
     q_gen, k_gen, v_gen = query[c], key[c], value[c]
     heads, n, d_v = v_gen.shape
     device = q_gen.device
     zero = torch.zeros((), dtype=k_gen.dtype, device=device)
-    fg_on = layout.fg and regions.fg.numel() > 0
-    outside = outside.to(device)
-    in_f = torch.zeros(n, dtype=torch.bool, device=device)
+    fg_on, fg, fg_ref, in_f, from_background, from_gen, rows_background, rows_gen = composite_sets(
+        layout, regions, outside, n, device, rows
+    )
     if fg_on:
-        fg, fg_ref = regions.fg.to(device), regions.fg_ref.to(device)
-        in_f[fg] = True
         q_ask = query[layout.background] if layout.background_queries else query[layout.pseudo_cross]
         k_pseudo, q_ref, k_ref = key[layout.pseudo_cross], query[layout.reference], key[layout.reference]
-    from_background = outside & ~in_f if layout.bg else torch.zeros_like(in_f)
-    from_gen = ~in_f & ~from_background
     k_text, v_text = text if text is not None else (k_gen[:, :0], v_gen[:, :0])
     values = torch.cat([v_gen, v_text.to(v_gen)], dim=1)
 
@@ -192,8 +193,6 @@ def fused_joint_composite_attention(
         v = values if q.shape[-1] == d_v else torch.cat([values, values.new_zeros(heads, values.shape[1], q.shape[-1] - d_v)], -1)
         out[:, rows] = kernel(q[None], k[None], v[None], scale=scale)[0, ..., :d_v]
 
-    rows_background = from_background.nonzero().squeeze(1)
-    rows_gen = from_gen.nonzero().squeeze(1)
     if fg_on:
         k_obj = at_f(k_pseudo)
         # object rows: C transposed, the reference's object block, and the generation query for the text keys
