@@ -140,6 +140,7 @@ class Session(SessionStrategies, SessionViews):
         self._object_mask = official_mask_source(foreground_mask)
         self._mask_or_box = self._load_box(mask_or_box)
         self._prompt = self._check_prompt(prompt)
+        self._token_cache: dict = {}
         self._object_tokens(self._prompt, self._config)  # the object's words must be found now, not at step 0
         size = image_size if image_size is not None else model.image_size
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)
@@ -218,13 +219,19 @@ class Session(SessionStrategies, SessionViews):
 
     def _object_tokens(self, prompt: str, config: CompositionConfig) -> tuple[int, ...]:
         """The object's token positions where region-constrained cross-attention or the adaptive blend needs
-        them, else ()."""
-        needed_by = [name for name in ("region_cross_attention", "adaptive_blend") if getattr(config, name)]
+        them, else (). Kept per prompt and settings: every step asks, and finding them tokenizes the prompt."""
+        needed_by = tuple(name for name in ("region_cross_attention", "adaptive_blend") if getattr(config, name))
         if not needed_by:
             return ()
-        if config.strategy == "primecomposer" and released_token_positions(prompt):
-            return released_token_positions(prompt)  # its released code's word indices (primecomposer-rca)
-        return object_token_positions_of(self.model, prompt, config.object_words, " and ".join(needed_by))
+        key = (prompt, config.strategy, config.object_words, needed_by)
+        if self._token_cache.get("key") != key:
+            released = released_token_positions(prompt) if config.strategy == "primecomposer" else ()
+            # primecomposer reads its released code's word indices (primecomposer-rca); else the tokenizer's
+            positions = released or object_token_positions_of(
+                self.model, prompt, config.object_words, " and ".join(needed_by)
+            )
+            self._token_cache = {"key": key, "positions": positions}
+        return self._token_cache["positions"]
 
     @staticmethod
     def _load_box(mask_or_box):
